@@ -1,8 +1,69 @@
 //! Quaver's audio engine: turns many audio sources into a stream of 20 ms Opus frames per call,
 //! on a dedicated real-time mixer thread.
+//!
+//! ```text
+//! PcmWriter ─rtrb─┐
+//! file decoder ───┼─▶ source slot ─▶ resample ─▶ mix+gain ─▶ limiter ─▶ Opus ─▶ frame queue ─▶ (sender)
+//! OpusWriter ─────┘      (one mixer thread, many calls, many sources per call)
+//! ```
+//!
+//! * [`Engine`] is the front door: calls, sources ([`Engine::push_source`], [`Engine::push_opus`],
+//!   [`Engine::play_file`]), events and statistics.
+//! * Each call's frames come out of a bounded lock-free [`FrameReceiver`], each stamped with its
+//!   tick on the shared 20 ms [`Grid`].
+//! * [`Engine::manual`] gives you the clock-free [`Mixer`] to drive yourself, for offline
+//!   rendering and deterministic tests.
+//!
+//! After start-up the mixer thread never allocates, locks, logs or blocks: everything a source
+//! or call needs is built by the calling thread and handed over through lock-free queues, and
+//! what the mixer is done with is handed back to be dropped elsewhere.
 
+mod codec;
+mod engine;
+mod error;
+mod event;
+mod file;
 pub mod frame;
+mod limiter;
+mod mixer;
+pub mod ogg_opus;
+mod pcm;
+mod resample;
+mod source;
+mod stats;
 
+pub use codec::{OpusApplication, OpusConfig};
+pub use engine::{Engine, EngineConfig};
+pub use error::{Error, Result};
+pub use event::Event;
+pub use file::FileOptions;
 pub use frame::{
     EncodedFrame, FRAME_DURATION, FRAME_SAMPLES, FrameKind, FrameReceiver, Grid, MAX_OPUS_PACKET,
 };
+pub use mixer::Mixer;
+pub use pcm::{MIX_RATE, PcmFormat};
+pub use source::{
+    EndReason, MAX_VOLUME, OPUS_SILENCE, OpusWriter, PcmWriter, SourceHandle, SourceOptions,
+    SourceStats, validate_opus_packet,
+};
+pub use stats::{EngineStats, MixerHistograms, Summary};
+
+/// Identifies a call within one [`Engine`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallId(pub(crate) u32);
+
+impl std::fmt::Display for CallId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "call#{}", self.0)
+    }
+}
+
+/// Identifies a source within one [`Engine`]; never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceId(pub(crate) u64);
+
+impl std::fmt::Display for SourceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "source#{}", self.0)
+    }
+}

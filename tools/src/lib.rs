@@ -1,1 +1,29 @@
 //! Library side of the `quaver` command, so tests and benches can reuse its pieces.
+
+pub mod render;
+
+use std::path::{Path, PathBuf};
+
+/// Errors of the `quaver` tools.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Engine(#[from] quaver::engine::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

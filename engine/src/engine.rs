@@ -1,0 +1,568 @@
+//! The engine: the control-side API (calls, sources, events, stats) and the two threads behind
+//! it — the real-time mixer thread, and a worker that reads files ahead, frees what the mixer
+//! hands back, and forwards events.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::codec::OpusConfig;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::file::{FileDecoder, FileOptions};
+use crate::frame::{FRAME_DURATION, FrameReceiver, Grid};
+use crate::mixer::{CallShared, CallSlot, Command, Garbage, Mixer};
+use crate::pcm::PcmFormat;
+use crate::source::{OpusWriter, PcmWriter, SourceHandle, SourceOptions, SourceSlot};
+use crate::stats::{EngineStats, MixerCounters, StatsCollector, Summary, stats_channel};
+use crate::{CallId, SourceId};
+
+/// Engine-wide settings and limits, fixed at start-up.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Most calls at once. Exceeding it is an error, never growth.
+    pub max_calls: usize,
+    /// Most sources per call at once.
+    pub max_sources_per_call: usize,
+    /// Encoder settings for new calls.
+    pub opus: OpusConfig,
+    /// Frames each call's queue holds (20 ms each) before the mixer drops new ones.
+    pub frame_queue: usize,
+    /// Events held for [`Engine::events`] before new ones are dropped (and counted).
+    pub event_queue: usize,
+    /// The shortest time before a frame's deadline at which the mixer builds it. The mixer
+    /// lengthens it by itself when ticks take longer.
+    pub min_lead: Duration,
+    /// Ask for SCHED_FIFO priority for the mixer thread (used when the process may).
+    pub realtime_priority: bool,
+    /// Runs first thing on the mixer thread (after its set-up), e.g. to pin it to a core or to
+    /// mark it for an allocation-counting test.
+    pub on_mixer_thread_start: Option<fn()>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_calls: 1024,
+            max_sources_per_call: 64,
+            opus: OpusConfig::default(),
+            frame_queue: 8,
+            event_queue: 4096,
+            min_lead: Duration::from_millis(4),
+            realtime_priority: true,
+            on_mixer_thread_start: None,
+        }
+    }
+}
+
+/// How often the worker thread reads files ahead, frees garbage and forwards events.
+const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(5);
+/// Commands that can wait for the mixer at once; far more than it applies per tick.
+const COMMAND_QUEUE: usize = 4096;
+/// How long a control call waits for room in a full command queue before giving up.
+const COMMAND_WAIT: Duration = Duration::from_millis(200);
+/// Longest lead the mixer gives itself; beyond this it is overloaded, not early.
+const MAX_LEAD: Duration = Duration::from_millis(16);
+
+/// Control-side bookkeeping of calls, used to enforce the limits up front.
+struct CallTable {
+    calls: HashMap<CallId, CallEntry>,
+    /// Calls whose slots exist anywhere: live, or removed but not yet freed.
+    slots_in_use: usize,
+    next_id: u32,
+}
+
+struct CallEntry {
+    shared: Arc<CallShared>,
+    /// Sources whose slots exist: playing, queued, or ended but not yet freed.
+    sources_in_use: usize,
+}
+
+/// What the mixer sends back to the control side.
+struct Outlet {
+    events: rtrb::Consumer<Event>,
+    garbage: rtrb::Consumer<Garbage>,
+    stats: StatsCollector,
+}
+
+struct Inner {
+    config: EngineConfig,
+    grid: Grid,
+    commands: Mutex<rtrb::Producer<Command>>,
+    outlet: Mutex<Outlet>,
+    table: Mutex<CallTable>,
+    decoders: Mutex<Vec<FileDecoder>>,
+    event_tx: crossbeam_channel::Sender<Event>,
+    counters: Arc<MixerCounters>,
+    next_source_id: AtomicU64,
+}
+
+/// The audio engine: many calls, many sources per call, one mixer thread.
+///
+/// ```no_run
+/// use quaver_engine::{Engine, EngineConfig, PcmFormat};
+///
+/// let engine = Engine::new(EngineConfig::default())?;
+/// let (call, frames) = engine.create_call()?;
+/// let (handle, mut writer) = engine.push_source(call, PcmFormat::new(44_100, 2)?)?;
+/// writer.write_all_f32(&vec![0.0; 44_100 * 2])?; // one second of stereo silence
+/// handle.set_volume(0.5);
+/// drop(writer); // the source plays out what is buffered, then ends with an event
+/// # drop(frames);
+/// # Ok::<(), quaver_engine::Error>(())
+/// ```
+pub struct Engine {
+    inner: Arc<Inner>,
+    events: crossbeam_channel::Receiver<Event>,
+    shutdown: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.inner.config)
+            .field("threaded", &!self.threads.is_empty())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Starts an engine with its mixer thread (real-time priority when allowed) and its worker.
+    pub fn new(config: EngineConfig) -> Result<Self> {
+        let (mut engine, mixer) = Self::build(config)?;
+        let inner = Arc::clone(&engine.inner);
+        let shutdown = Arc::clone(&engine.shutdown);
+        let mixer_thread = std::thread::Builder::new()
+            .name("quaver-mixer".into())
+            .spawn(move || run_mixer_thread(mixer, &inner, &shutdown))
+            .map_err(|source| Error::Thread {
+                name: "mixer",
+                source,
+            })?;
+        engine.threads.push(mixer_thread);
+
+        let inner = Arc::clone(&engine.inner);
+        let shutdown = Arc::clone(&engine.shutdown);
+        let worker = std::thread::Builder::new()
+            .name("quaver-engine-worker".into())
+            .spawn(move || {
+                while !shutdown.load(Ordering::Relaxed) {
+                    inner.housekeep();
+                    std::thread::sleep(HOUSEKEEPING_PERIOD);
+                }
+            })
+            .map_err(|source| Error::Thread {
+                name: "engine worker",
+                source,
+            })?;
+        engine.threads.push(worker);
+        Ok(engine)
+    }
+
+    /// An engine without threads: you drive the returned [`Mixer`] with [`Mixer::tick`] (as fast
+    /// as you like) and call [`Engine::housekeep`] between ticks, which reads files ahead,
+    /// frees ended sources and delivers events. Used for offline rendering and tests.
+    pub fn manual(config: EngineConfig) -> Result<(Self, Mixer)> {
+        Self::build(config)
+    }
+
+    fn build(config: EngineConfig) -> Result<(Self, Mixer)> {
+        if config.max_calls == 0 || config.max_sources_per_call == 0 {
+            return Err(Error::LimitReached {
+                what: "max_calls and max_sources_per_call must be above 0",
+                max: 0,
+            });
+        }
+        let (command_tx, command_rx) = rtrb::RingBuffer::new(COMMAND_QUEUE);
+        let (mixer_events_tx, mixer_events_rx) = rtrb::RingBuffer::new(config.event_queue.max(16));
+        // Room for every call and source slot that can exist at once, so the mixer can always
+        // hand a slot back without freeing it itself.
+        let garbage_capacity = config
+            .max_calls
+            .saturating_mul(config.max_sources_per_call + 1);
+        let (garbage_tx, garbage_rx) = rtrb::RingBuffer::new(garbage_capacity);
+        let (publisher, collector) = stats_channel();
+        let counters = Arc::new(MixerCounters::default());
+        let (event_tx, event_rx) = crossbeam_channel::bounded(config.event_queue.max(16));
+        let mixer = Mixer::new(
+            config.max_calls,
+            command_rx,
+            mixer_events_tx,
+            garbage_tx,
+            publisher,
+            Arc::clone(&counters),
+        );
+        let inner = Arc::new(Inner {
+            grid: Grid::new(Instant::now()),
+            commands: Mutex::new(command_tx),
+            outlet: Mutex::new(Outlet {
+                events: mixer_events_rx,
+                garbage: garbage_rx,
+                stats: collector,
+            }),
+            table: Mutex::new(CallTable {
+                calls: HashMap::new(),
+                slots_in_use: 0,
+                next_id: 1,
+            }),
+            decoders: Mutex::new(Vec::new()),
+            event_tx,
+            counters,
+            next_source_id: AtomicU64::new(1),
+            config,
+        });
+        let engine = Self {
+            inner,
+            events: event_rx,
+            shutdown: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        };
+        Ok((engine, mixer))
+    }
+
+    /// The 20 ms grid the frames are stamped on: frame `tick` is due at `grid.deadline(tick)`.
+    pub fn grid(&self) -> Grid {
+        self.inner.grid
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Creates a call with the engine's default encoder settings. Returns its id and the
+    /// consumer end of its frame queue, which the sender (or you) drains.
+    pub fn create_call(&self) -> Result<(CallId, FrameReceiver)> {
+        self.create_call_with(self.inner.config.opus)
+    }
+
+    /// Creates a call with its own encoder settings.
+    pub fn create_call_with(&self, opus: OpusConfig) -> Result<(CallId, FrameReceiver)> {
+        let max = self.inner.config.max_calls;
+        let encoder = opus.build_encoder()?;
+        let (frames_tx, frames_rx) = rtrb::RingBuffer::new(self.inner.config.frame_queue.max(2));
+        let shared = Arc::new(CallShared::new());
+        let mut table = lock(&self.inner.table);
+        if table.slots_in_use >= max {
+            return Err(Error::LimitReached {
+                what: "calls per engine",
+                max,
+            });
+        }
+        let id = CallId(table.next_id);
+        table.next_id = table.next_id.wrapping_add(1).max(1);
+        let slot = CallSlot::new(
+            id,
+            Arc::clone(&shared),
+            encoder,
+            frames_tx,
+            self.inner.config.max_sources_per_call,
+        );
+        self.inner.send(Command::AddCall(slot))?;
+        table.slots_in_use += 1;
+        table.calls.insert(
+            id,
+            CallEntry {
+                shared,
+                sources_in_use: 0,
+            },
+        );
+        Ok((id, frames_rx))
+    }
+
+    /// Removes a call: its sources end (with [`crate::EndReason::CallRemoved`]) and its frame
+    /// queue gets an end-of-stream marker if it was producing.
+    pub fn remove_call(&self, call: CallId) -> Result<()> {
+        let mut table = lock(&self.inner.table);
+        if !table.calls.contains_key(&call) {
+            return Err(Error::NoSuchCall(call));
+        }
+        self.inner.send(Command::RemoveCall(call))?;
+        table.calls.remove(&call);
+        Ok(())
+    }
+
+    /// Sets a call's master gain (ramped over one frame, like source volumes).
+    pub fn set_call_volume(&self, call: CallId, volume: f32) -> Result<()> {
+        let table = lock(&self.inner.table);
+        let entry = table.calls.get(&call).ok_or(Error::NoSuchCall(call))?;
+        entry.shared.set_master_volume(volume);
+        Ok(())
+    }
+
+    /// Adds a PCM source to `call` and returns its handle and writer. Write interleaved f32 or
+    /// i16 samples in `format` to the writer; the mixer resamples them to 48 kHz stereo.
+    pub fn push_source(
+        &self,
+        call: CallId,
+        format: PcmFormat,
+    ) -> Result<(SourceHandle, PcmWriter)> {
+        self.push_source_with(call, format, SourceOptions::default())
+    }
+
+    /// [`Engine::push_source`] with a buffer size, initial volume or pause.
+    pub fn push_source_with(
+        &self,
+        call: CallId,
+        format: PcmFormat,
+        options: SourceOptions,
+    ) -> Result<(SourceHandle, PcmWriter)> {
+        let id = self.inner.next_source_id();
+        let built = SourceSlot::new_pcm(id, format, &options)?;
+        self.inner.add_source(call, built.slot)?;
+        Ok((SourceHandle::new(call, id, built.shared), built.writer))
+    }
+
+    /// Adds a pre-encoded Opus source (20 ms packets). Alone in its call at unity volume it is
+    /// sent without re-encoding; otherwise it is decoded and mixed.
+    pub fn push_opus(
+        &self,
+        call: CallId,
+        options: SourceOptions,
+    ) -> Result<(SourceHandle, OpusWriter)> {
+        let id = self.inner.next_source_id();
+        let built = SourceSlot::new_opus(id, &options)?;
+        self.inner.add_source(call, built.slot)?;
+        Ok((SourceHandle::new(call, id, built.shared), built.writer))
+    }
+
+    /// Plays a file (wav, flac, mp3, ogg vorbis, or ogg opus) in `call`. The file is opened and
+    /// its first packet decoded before this returns, so a missing, corrupt or unsupported file
+    /// is an error here; later failures arrive as [`Event::SourceError`]. Decoding runs on the
+    /// engine's worker thread, reading ahead [`FileOptions::read_ahead`].
+    pub fn play_file(
+        &self,
+        call: CallId,
+        path: impl AsRef<Path>,
+        options: FileOptions,
+    ) -> Result<SourceHandle> {
+        let id = self.inner.next_source_id();
+        let opened = FileDecoder::open(call, id, path.as_ref(), &options)?;
+        self.inner.add_source(call, opened.slot)?;
+        lock(&self.inner.decoders).push(opened.decoder);
+        Ok(SourceHandle::new(call, id, opened.shared))
+    }
+
+    /// The engine's events. Clone the receiver freely; each event goes to one receiver.
+    pub fn events(&self) -> &crossbeam_channel::Receiver<Event> {
+        &self.events
+    }
+
+    /// In manual mode, does what the worker thread does: reads files ahead, frees slots the
+    /// mixer is done with, forwards events. Harmless (but unnecessary) on a threaded engine.
+    pub fn housekeep(&self) {
+        self.inner.housekeep();
+    }
+
+    /// A snapshot of the mixer's counters and timing histograms.
+    pub fn stats(&self) -> EngineStats {
+        let histograms = {
+            let mut outlet = lock(&self.inner.outlet);
+            outlet.stats.collect();
+            outlet.stats.total.clone()
+        };
+        let c = &self.inner.counters;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        EngineStats {
+            ticks: load(&c.ticks),
+            skipped_ticks: load(&c.skipped_ticks),
+            frames_encoded: load(&c.frames_encoded),
+            frames_passed_through: load(&c.frames_passed_through),
+            frames_dropped: load(&c.frames_dropped),
+            encode_errors: load(&c.encode_errors),
+            events_dropped: load(&c.events_dropped),
+            realtime_priority: c.realtime_priority.load(Ordering::Relaxed),
+            tick: Summary::of(&histograms.tick_us),
+            encode: Summary::of(&histograms.encode_us),
+            lateness: Summary::of(&histograms.lateness_us),
+            histograms,
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Inner {
+    fn next_source_id(&self) -> SourceId {
+        SourceId(self.next_source_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn add_source(&self, call: CallId, slot: Box<SourceSlot>) -> Result<()> {
+        let max = self.config.max_sources_per_call;
+        let mut table = lock(&self.table);
+        let entry = table.calls.get_mut(&call).ok_or(Error::NoSuchCall(call))?;
+        if entry.sources_in_use >= max {
+            return Err(Error::LimitReached {
+                what: "sources per call",
+                max,
+            });
+        }
+        self.send(Command::AddSource(call, slot))?;
+        entry.sources_in_use += 1;
+        Ok(())
+    }
+
+    /// Queues a command for the mixer, waiting briefly if the queue is full.
+    fn send(&self, command: Command) -> Result<()> {
+        let mut commands = lock(&self.commands);
+        let give_up = Instant::now() + COMMAND_WAIT;
+        let mut command = command;
+        loop {
+            match commands.push(command) {
+                Ok(()) => return Ok(()),
+                Err(rtrb::PushError::Full(returned)) => {
+                    if commands.is_abandoned() || Instant::now() >= give_up {
+                        return Err(Error::MixerGone);
+                    }
+                    command = returned;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+
+    fn housekeep(&self) {
+        let mut freed = Vec::new();
+        {
+            let mut outlet = lock(&self.outlet);
+            while let Ok(garbage) = outlet.garbage.pop() {
+                freed.push(garbage);
+            }
+            while let Ok(event) = outlet.events.pop() {
+                self.forward(event);
+            }
+            outlet.stats.collect();
+        }
+        if !freed.is_empty() {
+            let mut table = lock(&self.table);
+            for garbage in &freed {
+                match garbage {
+                    Garbage::Call(_) => table.slots_in_use = table.slots_in_use.saturating_sub(1),
+                    Garbage::Source { call, .. } => {
+                        if let Some(entry) = table.calls.get_mut(call) {
+                            entry.sources_in_use = entry.sources_in_use.saturating_sub(1);
+                        }
+                    }
+                }
+            }
+        }
+        // The slots (rings, resamplers, decoders) are freed here, off the real-time thread.
+        drop(freed);
+
+        let mut decoders = lock(&self.decoders);
+        decoders.retain_mut(|decoder| match decoder.pump() {
+            Ok(true) => true,
+            Ok(false) => false,
+            Err(message) => {
+                self.forward(Event::SourceError {
+                    call: decoder.call(),
+                    source: decoder.source(),
+                    message,
+                });
+                false
+            }
+        });
+    }
+
+    fn forward(&self, event: Event) {
+        if self.event_tx.try_send(event).is_err() {
+            MixerCounters::bump(&self.counters.events_dropped);
+        }
+    }
+}
+
+/// Locks a control-side mutex. A panic while holding one of these cannot leave the protected
+/// data inconsistent (every critical section is a few plain updates), so poisoning is ignored.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The mixer thread: builds tick `n` shortly before `grid.deadline(n)`, on absolute deadlines so
+/// a slow tick never shifts the ones after it.
+fn run_mixer_thread(mut mixer: Mixer, inner: &Inner, shutdown: &AtomicBool) {
+    let realtime = inner.config.realtime_priority && pacing::try_realtime_priority();
+    inner
+        .counters
+        .realtime_priority
+        .store(realtime, Ordering::Relaxed);
+    pacing::tighten_timer_slack();
+    if let Some(hook) = inner.config.on_mixer_thread_start {
+        hook();
+    }
+    let grid = inner.grid;
+    let min_lead = inner.config.min_lead.min(MAX_LEAD);
+    let mut lead = min_lead;
+    // Recent worst tick duration, decaying slowly, from which the lead is derived.
+    let mut recent_worst = Duration::ZERO;
+    let mut tick = grid.tick_at_or_after(Instant::now() + lead);
+    mixer.set_next_tick(tick);
+
+    while !shutdown.load(Ordering::Relaxed) {
+        let wake_at = grid
+            .deadline(tick)
+            .checked_sub(lead)
+            .unwrap_or(grid.epoch());
+        let now = Instant::now();
+        if wake_at > now {
+            std::thread::sleep(wake_at - now);
+        }
+        let started = Instant::now();
+        mixer.record_lateness(started.saturating_duration_since(wake_at).as_micros() as u64);
+        mixer.run_tick(tick);
+        let took = started.elapsed();
+
+        recent_worst = took.max(recent_worst.mul_f32(0.98));
+        lead = (recent_worst.mul_f32(1.5) + Duration::from_millis(1)).clamp(min_lead, MAX_LEAD);
+
+        tick += 1;
+        // Suspended or overloaded for more than a frame: jump to the present instead of
+        // bursting out stale frames.
+        let now = Instant::now();
+        if now > grid.deadline(tick) + FRAME_DURATION {
+            let resume_at = grid.tick_at_or_after(now + lead);
+            inner
+                .counters
+                .skipped_ticks
+                .fetch_add(resume_at - tick, Ordering::Relaxed);
+            tick = resume_at;
+        }
+    }
+}
+
+/// Scheduling knobs for the mixer thread.
+mod pacing {
+    /// Tries SCHED_FIFO (needs CAP_SYS_NICE or an RLIMIT_RTPRIO allowance); false when refused.
+    pub(super) fn try_realtime_priority() -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            let param = libc::sched_param { sched_priority: 10 };
+            // SAFETY: plain syscall wrapper on the calling thread with a valid, initialised param.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            false
+        }
+    }
+
+    /// Asks for 1 ns timer slack so sleeps end when asked rather than up to 50 µs later.
+    pub(super) fn tighten_timer_slack() {
+        #[cfg(target_os = "linux")]
+        // SAFETY: PR_SET_TIMERSLACK takes an integer argument and affects only this thread.
+        unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+        }
+    }
+}

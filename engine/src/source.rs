@@ -1,0 +1,647 @@
+//! Sources: the producer ends users write into ([`PcmWriter`], [`OpusWriter`]), the handle that
+//! controls a playing source ([`SourceHandle`]), and the mixer-side slot that reads them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::frame::{EncodedFrame, FRAME_SAMPLES, FrameKind, MAX_OPUS_PACKET};
+use crate::pcm::{MixFrame, PcmFormat, i16_to_f32};
+use crate::resample::SourceResampler;
+use crate::{CallId, SourceId};
+
+/// How long a blocking write sleeps when the ring is full before trying again. The mixer drains
+/// 20 ms per tick, so a few milliseconds keeps the ring topped up without spinning.
+const BACKPRESSURE_POLL: Duration = Duration::from_millis(2);
+
+/// Highest accepted volume (+18 dB); the limiter handles what goes over full scale.
+pub const MAX_VOLUME: f32 = 8.0;
+
+/// The silence frame (`F8 FF FE`): a 20 ms Opus packet that decodes to silence.
+pub const OPUS_SILENCE: [u8; 3] = [0xF8, 0xFF, 0xFE];
+
+/// State shared between a source's handle, its writer and its mixer slot. Only atomics, so the
+/// mixer thread reads it without locks.
+#[derive(Debug)]
+pub(crate) struct SourceShared {
+    volume_bits: AtomicU32,
+    paused: AtomicBool,
+    stop_requested: AtomicBool,
+    /// The producer is done: drain what is buffered, then end.
+    finished: AtomicBool,
+    /// The producer failed (a file could not be decoded further): end as failed, not finished.
+    failed: AtomicBool,
+    /// The mixer has ended the source; writers fail from now on.
+    ended: AtomicBool,
+    frames_mixed: AtomicU64,
+    underruns: AtomicU64,
+}
+
+impl SourceShared {
+    pub(crate) fn new(volume: f32, paused: bool) -> Self {
+        Self {
+            volume_bits: AtomicU32::new(sanitize_volume(volume).to_bits()),
+            paused: AtomicBool::new(paused),
+            stop_requested: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            frames_mixed: AtomicU64::new(0),
+            underruns: AtomicU64::new(0),
+        }
+    }
+
+    fn volume(&self) -> f32 {
+        f32::from_bits(self.volume_bits.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn mark_ended(&self) {
+        self.ended.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn finish(&self) {
+        self.finished.store(true, Ordering::Release);
+    }
+
+    /// Marks the producer as failed; the source plays out what is buffered and ends as failed.
+    pub(crate) fn fail(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+        self.finish();
+    }
+
+    fn end_of_input(&self) -> EndReason {
+        if self.failed.load(Ordering::Relaxed) {
+            EndReason::Failed
+        } else {
+            EndReason::Finished
+        }
+    }
+
+    pub(crate) fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+}
+
+fn sanitize_volume(volume: f32) -> f32 {
+    if volume.is_nan() {
+        0.0
+    } else {
+        volume.clamp(0.0, MAX_VOLUME)
+    }
+}
+
+/// Counters of one source, read at any time from its [`SourceHandle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SourceStats {
+    /// 20 ms frames this source contributed to its call.
+    pub frames_mixed: u64,
+    /// Frames for which the producer had not written enough (filled with silence).
+    pub underruns: u64,
+    /// The source has ended and left its call.
+    pub ended: bool,
+}
+
+/// Controls one playing source: volume, pause, stop, stats. Cheap to clone; every clone controls
+/// the same source. Dropping handles does not stop the source.
+#[derive(Debug, Clone)]
+pub struct SourceHandle {
+    call: CallId,
+    id: SourceId,
+    shared: Arc<SourceShared>,
+}
+
+impl SourceHandle {
+    pub(crate) fn new(call: CallId, id: SourceId, shared: Arc<SourceShared>) -> Self {
+        Self { call, id, shared }
+    }
+
+    pub fn id(&self) -> SourceId {
+        self.id
+    }
+
+    /// The call this source plays in.
+    pub fn call(&self) -> CallId {
+        self.call
+    }
+
+    /// Sets the linear gain (1.0 = unchanged, 0.0 = mute, at most [`MAX_VOLUME`]; NaN counts as
+    /// 0). The mixer ramps to it over one frame, so changes never click.
+    pub fn set_volume(&self, volume: f32) {
+        self.shared
+            .volume_bits
+            .store(sanitize_volume(volume).to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn volume(&self) -> f32 {
+        self.shared.volume()
+    }
+
+    /// Fades out over one frame and stops consuming input until [`SourceHandle::resume`].
+    pub fn pause(&self) {
+        self.shared.paused.store(true, Ordering::Relaxed);
+    }
+
+    /// Fades back in over one frame.
+    pub fn resume(&self) {
+        self.shared.paused.store(false, Ordering::Relaxed);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.shared.paused.load(Ordering::Relaxed)
+    }
+
+    /// Fades out over one frame and ends the source, discarding what is still buffered.
+    pub fn stop(&self) {
+        self.shared.stop_requested.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the source has ended (finished, stopped, failed, or its call was removed).
+    pub fn is_ended(&self) -> bool {
+        self.shared.is_ended()
+    }
+
+    pub fn stats(&self) -> SourceStats {
+        SourceStats {
+            frames_mixed: self.shared.frames_mixed.load(Ordering::Relaxed),
+            underruns: self.shared.underruns.load(Ordering::Relaxed),
+            ended: self.shared.is_ended(),
+        }
+    }
+}
+
+/// The producer end of a source's lock-free PCM ring: interleaved f32 or i16 samples at the
+/// source's own rate and channel count.
+///
+/// Writes never block the mixer. A full ring is backpressure on the writer: the non-blocking
+/// `write_*` methods accept what fits and the `write_all_*` methods wait for room. Dropping the
+/// writer or calling [`PcmWriter::finish`] lets the source play out what is buffered and end.
+pub struct PcmWriter {
+    ring: rtrb::Producer<f32>,
+    format: PcmFormat,
+    shared: Arc<SourceShared>,
+}
+
+impl std::fmt::Debug for PcmWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PcmWriter")
+            .field("format", &self.format)
+            .field("free_samples", &self.ring.slots())
+            .finish()
+    }
+}
+
+impl PcmWriter {
+    pub fn format(&self) -> PcmFormat {
+        self.format
+    }
+
+    /// Interleaved samples that fit right now (a multiple of the channel count).
+    pub fn free_samples(&self) -> usize {
+        let channels = usize::from(self.format.channels());
+        self.ring.slots() / channels * channels
+    }
+
+    /// Writes as many whole frames of `samples` as fit and returns how many samples it wrote.
+    /// Fails once the source has ended.
+    pub fn write_f32(&mut self, samples: &[f32]) -> Result<usize> {
+        self.check_alive()?;
+        let count = self
+            .free_samples()
+            .min(whole_frames(samples.len(), self.format));
+        let (written, _) = self.ring.push_partial_slice(&samples[..count]);
+        Ok(written.len())
+    }
+
+    /// Like [`PcmWriter::write_f32`] for 16-bit samples.
+    pub fn write_i16(&mut self, samples: &[i16]) -> Result<usize> {
+        self.check_alive()?;
+        let count = self
+            .free_samples()
+            .min(whole_frames(samples.len(), self.format));
+        if count == 0 {
+            return Ok(0);
+        }
+        let chunk = self
+            .ring
+            .write_chunk_uninit(count)
+            .map_err(|_| Error::SourceEnded)?;
+        Ok(chunk.fill_from_iter(samples[..count].iter().copied().map(i16_to_f32)))
+    }
+
+    /// Writes every whole frame of `samples`, waiting for room while the ring is full.
+    /// Fails if the source ends first (for example after [`SourceHandle::stop`]).
+    pub fn write_all_f32(&mut self, samples: &[f32]) -> Result<()> {
+        let mut rest = &samples[..whole_frames(samples.len(), self.format)];
+        while !rest.is_empty() {
+            let written = self.write_f32(rest)?;
+            rest = &rest[written..];
+            if !rest.is_empty() {
+                std::thread::sleep(BACKPRESSURE_POLL);
+            }
+        }
+        Ok(())
+    }
+
+    /// Like [`PcmWriter::write_all_f32`] for 16-bit samples.
+    pub fn write_all_i16(&mut self, samples: &[i16]) -> Result<()> {
+        let mut rest = &samples[..whole_frames(samples.len(), self.format)];
+        while !rest.is_empty() {
+            let written = self.write_i16(rest)?;
+            rest = &rest[written..];
+            if !rest.is_empty() {
+                std::thread::sleep(BACKPRESSURE_POLL);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the input: the source plays what is buffered, then ends with an event.
+    pub fn finish(self) {
+        // Drop does the work, so finishing and dropping behave the same.
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.shared.is_ended()
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        if self.shared.is_ended() {
+            Err(Error::SourceEnded)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Drop for PcmWriter {
+    fn drop(&mut self) {
+        self.shared.finish();
+    }
+}
+
+fn whole_frames(samples: usize, format: PcmFormat) -> usize {
+    let channels = usize::from(format.channels());
+    samples / channels * channels
+}
+
+/// One pre-encoded 20 ms Opus packet in a source's ring. Fixed size, so the ring never allocates.
+#[derive(Clone, Copy)]
+pub(crate) struct OpusPacket {
+    len: u16,
+    data: [u8; MAX_OPUS_PACKET],
+}
+
+impl OpusPacket {
+    fn bytes(&self) -> &[u8] {
+        &self.data[..usize::from(self.len)]
+    }
+}
+
+/// Checks that `packet` is one Opus packet of exactly 20 ms, the only duration a Discord RTP
+/// stream advancing 960 samples per packet can carry.
+pub fn validate_opus_packet(packet: &[u8]) -> Result<()> {
+    if packet.is_empty() {
+        return Err(Error::InvalidOpusPacket("empty packet"));
+    }
+    if packet.len() > MAX_OPUS_PACKET {
+        return Err(Error::InvalidOpusPacket("longer than 1275 bytes"));
+    }
+    let parsed = audiopus::packet::Packet::try_from(packet)
+        .map_err(|_| Error::InvalidOpusPacket("unreadable packet"))?;
+    match audiopus::packet::nb_samples(parsed, audiopus::SampleRate::Hz48000) {
+        Ok(FRAME_SAMPLES) => Ok(()),
+        Ok(_) => Err(Error::InvalidOpusPacket("packet is not 20 ms long")),
+        Err(_) => Err(Error::InvalidOpusPacket("malformed table-of-contents byte")),
+    }
+}
+
+/// The producer end of a pre-encoded Opus source: one 20 ms packet per write.
+///
+/// When the source is alone in its call at unity volume, its packets are sent as they are
+/// (passthrough, no re-encoding); otherwise they are decoded and mixed.
+pub struct OpusWriter {
+    ring: rtrb::Producer<OpusPacket>,
+    shared: Arc<SourceShared>,
+}
+
+impl std::fmt::Debug for OpusWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpusWriter")
+            .field("free_packets", &self.ring.slots())
+            .finish()
+    }
+}
+
+impl OpusWriter {
+    /// Queues one 20 ms packet. Returns `Ok(false)` when the ring is full (try again after a
+    /// frame); fails for packets that are not valid 20 ms Opus and once the source has ended.
+    pub fn write_packet(&mut self, packet: &[u8]) -> Result<bool> {
+        if self.shared.is_ended() {
+            return Err(Error::SourceEnded);
+        }
+        validate_opus_packet(packet)?;
+        if self.ring.is_full() {
+            return Ok(false);
+        }
+        let mut slot = OpusPacket {
+            len: packet.len() as u16,
+            data: [0; MAX_OPUS_PACKET],
+        };
+        slot.data[..packet.len()].copy_from_slice(packet);
+        Ok(self.ring.push(slot).is_ok())
+    }
+
+    /// Queues one packet, waiting while the ring is full.
+    pub fn write_packet_blocking(&mut self, packet: &[u8]) -> Result<()> {
+        while !self.write_packet(packet)? {
+            std::thread::sleep(BACKPRESSURE_POLL);
+        }
+        Ok(())
+    }
+
+    /// Packets that fit right now.
+    pub fn free_packets(&self) -> usize {
+        self.ring.slots()
+    }
+
+    /// Ends the input: the source plays what is buffered, then ends with an event.
+    pub fn finish(self) {}
+
+    pub fn is_ended(&self) -> bool {
+        self.shared.is_ended()
+    }
+}
+
+impl Drop for OpusWriter {
+    fn drop(&mut self) {
+        self.shared.finish();
+    }
+}
+
+/// Why a source left its call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndReason {
+    /// Its producer finished and everything buffered was played.
+    Finished,
+    /// [`SourceHandle::stop`] was called.
+    Stopped,
+    /// Its call was removed.
+    CallRemoved,
+    /// Its file could not be decoded any further (an [`crate::Event::SourceError`] came first).
+    Failed,
+}
+
+/// What the slot's input is: PCM through an optional resampler, or pre-encoded Opus.
+enum Input {
+    Pcm {
+        ring: rtrb::Consumer<f32>,
+        resampler: SourceResampler,
+    },
+    Opus {
+        ring: rtrb::Consumer<OpusPacket>,
+        decoder: audiopus::coder::Decoder,
+    },
+}
+
+impl Input {
+    fn available_frames(&self) -> usize {
+        match self {
+            Input::Pcm { ring, resampler } => ring.slots() / resampler.channels(),
+            Input::Opus { ring, .. } => ring.slots() * FRAME_SAMPLES,
+        }
+    }
+
+    fn needed_frames(&self) -> usize {
+        match self {
+            Input::Pcm { resampler, .. } => resampler.input_frames_next(),
+            Input::Opus { .. } => FRAME_SAMPLES,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing played yet: waits until a whole frame of input is buffered, so a fresh source
+    /// does not count underruns while its producer starts up.
+    Prebuffering,
+    Playing,
+}
+
+/// What a source does in one tick, decided before any audio is read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Step {
+    /// Render a frame, ramping the gain from `from` to `to` across it.
+    Render { from: f32, to: f32 },
+    /// Contribute nothing this tick (prebuffering or paused).
+    Silent,
+    /// Leave the call.
+    Ended(EndReason),
+}
+
+/// The mixer-side state of one source. Built on the control side, moved to the mixer thread
+/// through a lock-free queue, and moved back for dropping, so the real-time path never
+/// allocates or frees.
+pub(crate) struct SourceSlot {
+    pub(crate) id: SourceId,
+    pub(crate) shared: Arc<SourceShared>,
+    input: Input,
+    gain: f32,
+    phase: Phase,
+    /// Zero-input ticks still to render after the producer finished, so the resampler's delay
+    /// line is flushed and the end of the audio is not cut off.
+    tail_ticks: u32,
+}
+
+/// Everything created for a new PCM source: the slot for the mixer and the user's ends.
+pub(crate) struct NewPcmSource {
+    pub(crate) slot: Box<SourceSlot>,
+    pub(crate) writer: PcmWriter,
+    pub(crate) shared: Arc<SourceShared>,
+}
+
+/// Everything created for a new Opus source.
+pub(crate) struct NewOpusSource {
+    pub(crate) slot: Box<SourceSlot>,
+    pub(crate) writer: OpusWriter,
+    pub(crate) shared: Arc<SourceShared>,
+}
+
+/// Options for a new source.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SourceOptions {
+    /// How much audio the ring holds: the most a producer can be ahead of the mixer.
+    pub buffer: Duration,
+    /// Initial linear gain.
+    pub volume: f32,
+    /// Start paused.
+    pub paused: bool,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        Self {
+            buffer: Duration::from_millis(200),
+            volume: 1.0,
+            paused: false,
+        }
+    }
+}
+
+impl SourceSlot {
+    pub(crate) fn new_pcm(
+        id: SourceId,
+        format: PcmFormat,
+        options: &SourceOptions,
+    ) -> Result<NewPcmSource> {
+        let resampler = SourceResampler::new(format)?;
+        // At least two mixer frames of input, so a producer that writes exactly one frame per
+        // tick never sees a full ring.
+        let minimum = resampler.input_frames_max() * usize::from(format.channels()) * 2;
+        let capacity = format.samples_in(options.buffer).max(minimum);
+        let (producer, consumer) = rtrb::RingBuffer::new(capacity);
+        let shared = Arc::new(SourceShared::new(options.volume, options.paused));
+        let tail_ticks = resampler.tail_ticks();
+        let slot = Box::new(SourceSlot {
+            id,
+            shared: Arc::clone(&shared),
+            input: Input::Pcm {
+                ring: consumer,
+                resampler,
+            },
+            gain: 0.0,
+            phase: Phase::Prebuffering,
+            tail_ticks,
+        });
+        let writer = PcmWriter {
+            ring: producer,
+            format,
+            shared: Arc::clone(&shared),
+        };
+        Ok(NewPcmSource {
+            slot,
+            writer,
+            shared,
+        })
+    }
+
+    pub(crate) fn new_opus(id: SourceId, options: &SourceOptions) -> Result<NewOpusSource> {
+        let decoder = audiopus::coder::Decoder::new(
+            audiopus::SampleRate::Hz48000,
+            audiopus::Channels::Stereo,
+        )?;
+        let packets = (options.buffer.as_millis() / 20).max(2) as usize;
+        let (producer, consumer) = rtrb::RingBuffer::new(packets);
+        let shared = Arc::new(SourceShared::new(options.volume, options.paused));
+        let slot = Box::new(SourceSlot {
+            id,
+            shared: Arc::clone(&shared),
+            input: Input::Opus {
+                ring: consumer,
+                decoder,
+            },
+            gain: 0.0,
+            phase: Phase::Prebuffering,
+            tail_ticks: 0,
+        });
+        let writer = OpusWriter {
+            ring: producer,
+            shared: Arc::clone(&shared),
+        };
+        Ok(NewOpusSource {
+            slot,
+            writer,
+            shared,
+        })
+    }
+
+    pub(crate) fn is_opus(&self) -> bool {
+        matches!(self.input, Input::Opus { .. })
+    }
+
+    /// Decides what this source does this tick and updates its counters. Reads only atomics
+    /// and ring fill levels.
+    pub(crate) fn step(&mut self) -> Step {
+        let shared = &self.shared;
+        let stop = shared.stop_requested.load(Ordering::Relaxed);
+        let paused = shared.paused.load(Ordering::Relaxed);
+        // Acquire before reading the fill level: samples written before `finish` are visible.
+        let finished = shared.finished.load(Ordering::Acquire);
+        let available = self.input.available_frames();
+        let needed = self.input.needed_frames();
+
+        if stop && (self.gain == 0.0 || self.phase == Phase::Prebuffering) {
+            return Step::Ended(EndReason::Stopped);
+        }
+        if self.phase == Phase::Prebuffering {
+            if available == 0 && finished {
+                return Step::Ended(shared.end_of_input());
+            }
+            if available < needed && !finished {
+                return Step::Silent;
+            }
+            self.phase = Phase::Playing;
+            // The first frame starts at the target gain: fading in from silence would alter
+            // the start of the producer's audio.
+            self.gain = if paused { 0.0 } else { shared.volume() };
+        }
+        if paused && !stop && self.gain == 0.0 {
+            return Step::Silent;
+        }
+        if available == 0 && finished {
+            if self.tail_ticks == 0 {
+                return Step::Ended(shared.end_of_input());
+            }
+            self.tail_ticks -= 1;
+        } else if available < needed && !finished {
+            shared.underruns.fetch_add(1, Ordering::Relaxed);
+        }
+        let target = if stop || paused { 0.0 } else { shared.volume() };
+        let from = std::mem::replace(&mut self.gain, target);
+        shared.frames_mixed.fetch_add(1, Ordering::Relaxed);
+        Step::Render { from, to: target }
+    }
+
+    /// Renders this tick's audio as 48 kHz stereo into `out`, consuming up to one frame of input
+    /// and filling any shortfall with silence.
+    pub(crate) fn render(&mut self, out: &mut MixFrame) {
+        match &mut self.input {
+            Input::Pcm { ring, resampler } => resampler.render(ring, out),
+            Input::Opus { ring, decoder } => {
+                let decoded = match audiopus::MutSignals::try_from(out.as_mut_slice()) {
+                    Ok(signals) => match ring.pop() {
+                        Ok(packet) => audiopus::packet::Packet::try_from(packet.bytes())
+                            .and_then(|packet| decoder.decode_float(Some(packet), signals, false)),
+                        // A missing packet: let libopus conceal the gap.
+                        Err(_) => decoder.decode_float(None, signals, false),
+                    },
+                    Err(error) => Err(error),
+                };
+                let frames = decoded.unwrap_or(0).min(FRAME_SAMPLES);
+                out[frames * 2..].fill(0.0);
+            }
+        }
+    }
+
+    /// Passthrough: copies this tick's packet into `frame` without decoding. A missing packet
+    /// becomes the 20 ms silence packet so the stream keeps its timing.
+    pub(crate) fn render_passthrough(&mut self, frame: &mut EncodedFrame) {
+        let Input::Opus { ring, .. } = &mut self.input else {
+            return;
+        };
+        let packet = ring.pop();
+        let bytes = match &packet {
+            Ok(packet) => packet.bytes(),
+            Err(_) => &OPUS_SILENCE[..],
+        };
+        frame.kind = FrameKind::Audio;
+        frame.buffer_mut()[..bytes.len()].copy_from_slice(bytes);
+        frame.set_len(bytes.len());
+    }
+
+    /// True when the source would play unchanged this tick: unity gain with no ramp.
+    pub(crate) fn is_unity(step: Step) -> bool {
+        matches!(step, Step::Render { from, to } if from == 1.0 && to == 1.0)
+    }
+}
