@@ -432,14 +432,18 @@ impl Inner {
     }
 
     fn housekeep(&self) {
+        // Events are taken before garbage: the mixer queues a slot's garbage before its end
+        // event, so by the time a user sees `SourceEnded`, the slot no longer counts against
+        // the limits.
+        let mut events = Vec::new();
         let mut freed = Vec::new();
         {
             let mut outlet = lock(&self.outlet);
+            while let Ok(event) = outlet.events.pop() {
+                events.push(event);
+            }
             while let Ok(garbage) = outlet.garbage.pop() {
                 freed.push(garbage);
-            }
-            while let Ok(event) = outlet.events.pop() {
-                self.forward(event);
             }
             outlet.stats.collect();
         }
@@ -455,6 +459,9 @@ impl Inner {
                     }
                 }
             }
+        }
+        for event in events {
+            self.forward(event);
         }
         // The slots (rings, resamplers, decoders) are freed here, off the real-time thread.
         drop(freed);

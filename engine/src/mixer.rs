@@ -381,8 +381,8 @@ fn apply_command(
                     reason: EndReason::CallRemoved,
                 });
             }
-            out.event(Event::CallRemoved { call: id });
             out.discard(Garbage::Call(call));
+            out.event(Event::CallRemoved { call: id });
         }
         Command::AddSource(id, source) => match calls.iter_mut().find(|call| call.id == id) {
             Some(call) if call.sources.len() < call.sources.capacity() => call.sources.push(source),
