@@ -844,3 +844,7 @@ impl VoiceGateway {
         .into()
     }
 }
+
+#[cfg(test)]
+#[path = "voice_tests.rs"]
+mod tests;
