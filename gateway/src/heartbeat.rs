@@ -47,6 +47,21 @@ impl Heartbeater {
         }
     }
 
+    /// Like [`Heartbeater::new`] but with the first heartbeat due at `first_due` (the main
+    /// gateway wants the first one after a random fraction of the interval).
+    pub fn starting_at(interval: Duration, missed_limit: u32, first_due: Instant) -> Self {
+        let mut h = Heartbeater::new(interval, missed_limit, 1, first_due);
+        h.next_due = first_due;
+        h
+    }
+
+    /// Record an ACK that carries no nonce (main gateway op 11): it answers the last heartbeat.
+    pub fn on_ack_latest(&mut self, now: Instant) {
+        if let Some((nonce, _)) = self.outstanding {
+            self.on_ack(nonce, now);
+        }
+    }
+
     /// Convert Hello's `heartbeat_interval` (float milliseconds) into a sane duration; NaN,
     /// negative or absurd values are clamped rather than trusted.
     pub fn interval_from_ms(ms: f64) -> Duration {

@@ -3,10 +3,12 @@
 //! control thread that drives every call's websocket without blocking on any one of them.
 
 pub mod backoff;
+pub mod control;
 pub mod dave;
 mod error;
 pub mod heartbeat;
 pub mod join;
+pub mod main_gateway;
 pub mod protocol;
 pub mod voice;
 
