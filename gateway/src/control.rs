@@ -533,11 +533,11 @@ impl EventLoop {
                 .timers
                 .peek()
                 .map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()));
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!(error = %e, "control thread poll failed; stopping");
-                    return;
-                }
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::error!(error = %e, "control thread poll failed; stopping");
+                return;
             }
             for ev in events.iter() {
                 if ev.token() == WAKER {

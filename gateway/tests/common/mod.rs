@@ -1,0 +1,166 @@
+//! A small scripted voice gateway v8 server for driver tests, on 127.0.0.1 only.
+//!
+//! One thread per connection with blocking tungstenite: simple and plenty for tests. It speaks
+//! just enough of the server side: Identify → Hello + Ready, Select Protocol → Session
+//! Description, Heartbeat → ACK, Resume → Hello + Resumed + a replayed op 11.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use quaver_gateway::protocol::{
+    ClientsConnect, HeartbeatAck, Hello, Ready, SecretKey, SessionDescription, Snowflake,
+    VoicePayload,
+};
+use tungstenite::Message;
+
+#[derive(Default)]
+pub struct ServerStats {
+    pub connections: AtomicU64,
+    pub identifies: AtomicU64,
+    pub resumes: AtomicU64,
+    pub heartbeats: AtomicU64,
+    pub speaking: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct ServerOptions {
+    pub heartbeat_interval_ms: f64,
+    /// Drop the TCP connection (no close frame) of the first session once it sent Speaking.
+    pub drop_first_after_speaking: bool,
+}
+
+pub struct ScriptedServer {
+    pub addr: SocketAddr,
+    pub stats: Arc<ServerStats>,
+}
+
+impl ScriptedServer {
+    pub fn start(options: ServerOptions) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().expect("bound socket has an address");
+        let stats = Arc::new(ServerStats::default());
+        let dropped = Arc::new(AtomicBool::new(false));
+        let s = stats.clone();
+        std::thread::Builder::new()
+            .name("voice-server-accept".into())
+            .spawn(move || {
+                for (n, stream) in listener.incoming().enumerate() {
+                    let Ok(stream) = stream else { continue };
+                    let (s, o, d) = (s.clone(), options.clone(), dropped.clone());
+                    let _ = std::thread::Builder::new()
+                        .stack_size(256 * 1024)
+                        .spawn(move || serve(stream, n as u32 + 1, &s, &o, &d));
+                }
+            })
+            .expect("spawn accept thread");
+        ScriptedServer { addr, stats }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    ssrc: u32,
+    stats: &ServerStats,
+    o: &ServerOptions,
+    dropped: &AtomicBool,
+) {
+    let _ = stream.set_nodelay(true);
+    let Ok(mut ws) = tungstenite::accept(stream) else {
+        return;
+    };
+    stats.connections.fetch_add(1, Ordering::Relaxed);
+    let mut seq = 0i64;
+    let mut send = |ws: &mut tungstenite::WebSocket<TcpStream>, p: VoicePayload, numbered: bool| {
+        let s = if numbered {
+            seq += 1;
+            Some(seq)
+        } else {
+            None
+        };
+        ws.send(Message::text(p.encode(s).expect("server payloads encode")))
+    };
+    let hello = VoicePayload::Hello(Hello {
+        heartbeat_interval: o.heartbeat_interval_ms,
+        v: Some(8),
+    });
+    loop {
+        let msg = match ws.read() {
+            Ok(m) => m,
+            Err(_) => return,
+        };
+        let Message::Text(t) = msg else { continue };
+        let Ok(frame) = VoicePayload::decode(t.as_str(), 1 << 20) else {
+            continue;
+        };
+        let r = match frame.payload {
+            VoicePayload::Identify(_) => {
+                stats.identifies.fetch_add(1, Ordering::Relaxed);
+                // Ready before Hello, as real servers sometimes do.
+                send(
+                    &mut ws,
+                    VoicePayload::Ready(Ready {
+                        ssrc,
+                        ip: "127.0.0.1".into(),
+                        port: 9,
+                        modes: vec![
+                            "aead_xchacha20_poly1305_rtpsize".into(),
+                            "aead_aes256_gcm_rtpsize".into(),
+                        ],
+                    }),
+                    true,
+                )
+                .and_then(|_| send(&mut ws, hello.clone(), false))
+            }
+            VoicePayload::SelectProtocol(sp) => send(
+                &mut ws,
+                VoicePayload::SessionDescription(SessionDescription {
+                    mode: sp.data.mode,
+                    secret_key: SecretKey::new([1; 32]),
+                    dave_protocol_version: 0,
+                }),
+                true,
+            ),
+            VoicePayload::Speaking(_) => {
+                stats.speaking.fetch_add(1, Ordering::Relaxed);
+                if o.drop_first_after_speaking && !dropped.swap(true, Ordering::SeqCst) {
+                    return; // drop the TCP connection without a close frame
+                }
+                Ok(())
+            }
+            VoicePayload::Heartbeat(h) => {
+                stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                send(
+                    &mut ws,
+                    VoicePayload::HeartbeatAck(HeartbeatAck { t: h.t }),
+                    false,
+                )
+            }
+            VoicePayload::Resume(_) => {
+                stats.resumes.fetch_add(1, Ordering::Relaxed);
+                send(&mut ws, hello.clone(), false)
+                    .and_then(|_| send(&mut ws, VoicePayload::Resumed, false))
+                    .and_then(|_| {
+                        // A message the client missed while disconnected, replayed.
+                        send(
+                            &mut ws,
+                            VoicePayload::ClientsConnect(ClientsConnect {
+                                user_ids: vec![Snowflake(42)],
+                            }),
+                            true,
+                        )
+                    })
+            }
+            _ => Ok(()),
+        };
+        if r.is_err() {
+            return;
+        }
+    }
+}
