@@ -751,8 +751,7 @@ impl EventLoop {
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     let e = e.to_string();
-                    self.fail_socket(id, e, None);
-                    return self.drive(id);
+                    return self.fail_socket(id, e, None);
                 }
             }
         }

@@ -137,6 +137,12 @@ pub struct JoinFlow {
     server: Option<(Token, String)>,
     out: VecDeque<JoinAction>,
     voice_state_retries: u32,
+    /// After our op 4, wait for *both* dispatches before connecting, whatever their order: a
+    /// move's new token must not be used with the old channel or vice versa.
+    awaiting_state: bool,
+    awaiting_server: bool,
+    /// A server update arrived since the last connect: its token has not been used yet.
+    fresh_token: bool,
 }
 
 impl JoinFlow {
@@ -152,6 +158,9 @@ impl JoinFlow {
             server: None,
             out: VecDeque::new(),
             voice_state_retries: 0,
+            awaiting_state: false,
+            awaiting_server: false,
+            fresh_token: false,
         }
     }
 
@@ -183,7 +192,13 @@ impl JoinFlow {
         if self.state != JoinState::Connected {
             self.state = JoinState::ExpectVoiceUpdates;
         }
-        // A move keeps the current connection until the new token arrives.
+        // A move keeps the current connection until both new dispatches arrived.
+        self.request_voice_state(update);
+    }
+
+    fn request_voice_state(&mut self, update: UpdateVoiceState) {
+        self.awaiting_state = true;
+        self.awaiting_server = true;
         self.out.push_back(JoinAction::SendVoiceStateUpdate(update));
     }
 
@@ -215,11 +230,11 @@ impl JoinFlow {
         let moved = self.channel_id.is_some_and(|c| c != channel.0);
         self.channel_id = Some(channel.0);
         self.session_id = Some(u.session_id.clone());
-        if moved && self.state == JoinState::Connected {
-            // The token changes with a move; the old one is spent. Wait for the new server update.
-            self.server = None;
-            self.out.push_back(JoinAction::Disconnect);
-            self.state = JoinState::ExpectVoiceUpdates;
+        self.awaiting_state = false;
+        if moved && self.state == JoinState::Connected && !self.fresh_token {
+            // Moved by someone else: the token changes with a move, so wait for the new server
+            // update (the old connection keeps running until then).
+            self.awaiting_server = true;
         }
         self.try_connect();
     }
@@ -236,14 +251,14 @@ impl JoinFlow {
                     self.out.push_back(JoinAction::Disconnect);
                 }
                 self.server = None;
+                self.fresh_token = false;
                 self.state = JoinState::ExpectServerUpdate;
             }
             Some(endpoint) => {
                 // Never reuse a token: every server update means a fresh voice session.
                 self.server = Some((u.token.clone(), endpoint.clone()));
-                if self.state == JoinState::Connected {
-                    self.state = JoinState::ExpectVoiceUpdates;
-                }
+                self.awaiting_server = false;
+                self.fresh_token = true;
                 self.try_connect();
             }
         }
@@ -261,7 +276,7 @@ impl JoinFlow {
                 match self.requested {
                     Some(update) if self.voice_state_retries < 1 => {
                         self.voice_state_retries += 1;
-                        self.out.push_back(JoinAction::SendVoiceStateUpdate(update));
+                        self.request_voice_state(update);
                     }
                     _ => self.reset_to_idle(),
                 }
@@ -280,7 +295,10 @@ impl JoinFlow {
     }
 
     fn try_connect(&mut self) {
-        if self.state == JoinState::Connected {
+        if self.awaiting_state || self.awaiting_server {
+            return;
+        }
+        if self.state == JoinState::Connected && !self.fresh_token {
             return;
         }
         let (Some(session_id), Some(channel_id), Some((token, endpoint))) =
@@ -298,6 +316,7 @@ impl JoinFlow {
         };
         self.out.push_back(JoinAction::Connect(request));
         self.state = JoinState::Connected;
+        self.fresh_token = false;
     }
 
     fn reset_to_idle(&mut self) {
@@ -312,6 +331,9 @@ impl JoinFlow {
         self.channel_id = None;
         self.server = None;
         self.requested = None;
+        self.awaiting_state = false;
+        self.awaiting_server = false;
+        self.fresh_token = false;
         self.out.push_back(JoinAction::Left);
     }
 }
@@ -422,11 +444,36 @@ mod tests {
             [JoinAction::SendVoiceStateUpdate(_)]
         ));
         f.handle_voice_state_update(&vsu(Some(6), "s1"));
-        assert_eq!(actions(&mut f), vec![JoinAction::Disconnect]);
+        assert!(actions(&mut f).is_empty(), "waits for the new token");
         // Same endpoint, new token: a new voice session in the new channel.
         f.handle_voice_server_update(&vserver("t2", Some("ep:443")));
         let r = connect_to(&mut f);
         assert_eq!((r.channel_id, r.token.expose()), (6, "t2"));
+        // The other order: server update first must not connect to the old channel.
+        f.join(7, false, false);
+        actions(&mut f);
+        f.handle_voice_server_update(&vserver("t3", Some("ep:443")));
+        assert!(actions(&mut f).is_empty(), "waits for the new channel");
+        f.handle_voice_state_update(&vsu(Some(7), "s1"));
+        let r = connect_to(&mut f);
+        assert_eq!((r.channel_id, r.token.expose()), (7, "t3"));
+    }
+
+    #[test]
+    fn moved_by_someone_else() {
+        let mut f = JoinFlow::new(G, ME);
+        f.join(5, false, false);
+        f.handle_voice_state_update(&vsu(Some(5), "s1"));
+        f.handle_voice_server_update(&vserver("t1", Some("ep:443")));
+        connect_to(&mut f);
+        f.handle_voice_state_update(&vsu(Some(8), "s1"));
+        assert!(actions(&mut f).is_empty());
+        f.handle_voice_server_update(&vserver("t2", Some("ep:443")));
+        let r = connect_to(&mut f);
+        assert_eq!((r.channel_id, r.token.expose()), (8, "t2"));
+        // An unrelated state change (mute) in the same channel changes nothing.
+        f.handle_voice_state_update(&vsu(Some(8), "s1"));
+        assert!(actions(&mut f).is_empty());
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod error;
 pub mod heartbeat;
 pub mod join;
 pub mod main_gateway;
+pub mod manager;
 pub mod protocol;
 pub mod voice;
 

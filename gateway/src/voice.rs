@@ -453,10 +453,8 @@ impl VoiceGateway {
             state = self.state.name(),
             "voice socket closed"
         );
-        let failed_resume = matches!(
-            self.state,
-            State::ExpectResumed | State::ExpectSocket { resume: true }
-        );
+        // Only a server that saw our Resume and closed rejects it; a failed TCP connect doesn't.
+        let failed_resume = matches!(self.state, State::ExpectResumed);
         self.heartbeat = None;
         self.handshake_deadline = None;
         let resumable = self.session.is_some() && !failed_resume;

@@ -164,3 +164,113 @@ fn serve(
         }
     }
 }
+
+/// A scripted *main* gateway: Hello, READY for user 99, heartbeat ACKs, and for every op 4 a
+/// VOICE_SERVER_UPDATE (fresh token, pointing at `voice_endpoint`) then a VOICE_STATE_UPDATE.
+pub struct MainServer {
+    pub addr: SocketAddr,
+    pub op4s: Arc<AtomicU64>,
+    pub identifies: Arc<AtomicU64>,
+}
+
+impl MainServer {
+    pub fn start(voice_endpoint: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().expect("bound socket has an address");
+        let op4s = Arc::new(AtomicU64::new(0));
+        let identifies = Arc::new(AtomicU64::new(0));
+        let (o, i) = (op4s.clone(), identifies.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (o, i, ep) = (o.clone(), i.clone(), voice_endpoint.clone());
+                std::thread::spawn(move || serve_main(stream, addr, &ep, &o, &i));
+            }
+        });
+        MainServer {
+            addr,
+            op4s,
+            identifies,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/?v=10&encoding=json", self.addr)
+    }
+}
+
+fn serve_main(
+    stream: TcpStream,
+    addr: SocketAddr,
+    voice_ep: &str,
+    op4s: &AtomicU64,
+    identifies: &AtomicU64,
+) {
+    let Ok(mut ws) = tungstenite::accept(stream) else {
+        return;
+    };
+    let mut seq = 0u64;
+    let mut dispatch =
+        |ws: &mut tungstenite::WebSocket<TcpStream>, t: &str, d: serde_json::Value| {
+            seq += 1;
+            ws.send(Message::text(
+                serde_json::json!({"op": 0, "t": t, "s": seq, "d": d}).to_string(),
+            ))
+        };
+    if ws
+        .send(Message::text(r#"{"op":10,"d":{"heartbeat_interval":500}}"#))
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let Ok(Message::Text(t)) = ws.read() else {
+            return;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(t.as_str()) else {
+            continue;
+        };
+        let r = match v["op"].as_u64() {
+            Some(1) => ws.send(Message::text(r#"{"op":11}"#)),
+            Some(2) => {
+                assert_eq!(v["d"]["token"], "bot-token");
+                assert_eq!(v["d"]["intents"].as_u64().unwrap_or(0) & (1 << 7), 1 << 7);
+                identifies.fetch_add(1, Ordering::Relaxed);
+                dispatch(
+                    &mut ws,
+                    "READY",
+                    serde_json::json!({
+                        "session_id": "main-session",
+                        "resume_gateway_url": format!("ws://{addr}"),
+                        "user": {"id": "99", "username": "quaver"}
+                    }),
+                )
+            }
+            Some(4) => {
+                let n = op4s.fetch_add(1, Ordering::Relaxed) + 1;
+                let guild = v["d"]["guild_id"].clone();
+                let channel = v["d"]["channel_id"].clone();
+                let state = serde_json::json!({
+                    "guild_id": guild, "channel_id": channel, "user_id": "99",
+                    "session_id": "voice-session", "deaf": false, "mute": false,
+                    "self_deaf": true, "self_mute": false, "suppress": false
+                });
+                if channel.is_null() {
+                    dispatch(&mut ws, "VOICE_STATE_UPDATE", state)
+                } else {
+                    dispatch(
+                        &mut ws,
+                        "VOICE_SERVER_UPDATE",
+                        serde_json::json!({"token": format!("vt{n}"), "guild_id": guild, "endpoint": voice_ep}),
+                    )
+                    .and_then(|_| dispatch(&mut ws, "VOICE_STATE_UPDATE", state))
+                }
+            }
+            Some(6) => dispatch(&mut ws, "RESUMED", serde_json::Value::Null),
+            _ => Ok(()),
+        };
+        if r.is_err() {
+            return;
+        }
+    }
+}
