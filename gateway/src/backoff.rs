@@ -8,6 +8,17 @@ pub trait JitterSource: Send {
     fn next_fraction(&mut self) -> f64;
 }
 
+/// The next fraction from `j`, forced into `[0, 1]` so a misbehaving source (NaN, negative)
+/// cannot make duration arithmetic panic.
+pub fn unit_fraction(j: &mut dyn JitterSource) -> f64 {
+    let f = j.next_fraction();
+    if f.is_finite() {
+        f.clamp(0.0, 1.0)
+    } else {
+        0.5
+    }
+}
+
 /// Always the same fraction; for tests.
 #[derive(Clone, Copy, Debug)]
 pub struct FixedJitter(pub f64);
@@ -103,7 +114,7 @@ impl Backoff {
         let ceiling = self.config.base.saturating_mul(factor).min(self.config.max);
         self.attempt += 1;
         let half = ceiling / 2;
-        Some(half + half.mul_f64(self.jitter.next_fraction()))
+        Some(half + half.mul_f64(unit_fraction(self.jitter.as_mut())))
     }
 
     /// Retries used since the last reset.

@@ -101,6 +101,8 @@ pub struct ControlStats {
     pub open_sockets: usize,
     /// CPU time the control thread has used (user + system).
     pub cpu_time: Duration,
+    /// The system (kernel) part of `cpu_time`; on loopback it includes the receiver's TCP work.
+    pub cpu_system: Duration,
     /// Websocket frames received.
     pub frames_in: u64,
     /// Websocket frames sent.
@@ -510,6 +512,33 @@ struct Conn {
     generation: u64,
     /// The deadline currently in the timer heap for this connection.
     scheduled: Option<Instant>,
+    /// Whether the socket is registered for WRITABLE too.
+    write_interest: bool,
+}
+
+/// Flush a socket's queued frames, keeping WRITABLE interest only while data is pending, so idle
+/// sockets don't wake the loop each time an ACK frees send-buffer space.
+fn flush_open(poll: &Poll, id: u64, conn: &mut Conn) -> Result<(), String> {
+    let Some(Socket::Open(ws)) = conn.socket.as_mut() else {
+        return Ok(());
+    };
+    let pending = match ws.flush() {
+        Ok(()) => false,
+        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => true,
+        Err(e) => return Err(e.to_string()),
+    };
+    if pending != conn.write_interest {
+        let interest = if pending {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        poll.registry()
+            .reregister(ws.get_mut().tcp(), Token(id as usize), interest)
+            .map_err(|e| e.to_string())?;
+        conn.write_interest = pending;
+    }
+    Ok(())
 }
 
 struct EventLoop {
@@ -635,6 +664,7 @@ impl EventLoop {
     }
 
     fn stats(&self) -> ControlStats {
+        let cpu = thread_cpu_time();
         ControlStats {
             connections: self.conns.len(),
             open_sockets: self
@@ -642,7 +672,8 @@ impl EventLoop {
                 .values()
                 .filter(|c| matches!(c.socket, Some(Socket::Open(_))))
                 .count(),
-            cpu_time: thread_cpu_time(),
+            cpu_time: cpu.0 + cpu.1,
+            cpu_system: cpu.1,
             frames_in: self.frames_in,
             frames_out: self.frames_out,
         }
@@ -656,6 +687,7 @@ impl EventLoop {
                 socket: None,
                 generation: 0,
                 scheduled: None,
+                write_interest: false,
             },
         );
         self.drive(id);
@@ -745,15 +777,8 @@ impl EventLoop {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        if let Some(Socket::Open(ws)) = conn.socket.as_mut() {
-            match ws.flush() {
-                Ok(()) => {}
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    let e = e.to_string();
-                    return self.fail_socket(id, e, None);
-                }
-            }
+        if let Err(e) = flush_open(&self.poll, id, conn) {
+            return self.fail_socket(id, e, None);
         }
         if conn.machine.is_ended() {
             if let Some(s) = conn.socket.take() {
@@ -796,6 +821,7 @@ impl EventLoop {
                     return self.fail_socket(id, e.to_string(), None);
                 }
                 conn.socket = Some(Socket::Connecting(target, stream));
+                conn.write_interest = true;
             }
             Err(e) => self.fail_socket(id, e.to_string(), None),
         }
@@ -916,13 +942,10 @@ impl EventLoop {
                 Ok(_) => {} // ping/pong/raw frames: tungstenite answers pings itself
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Flush anything queued (pongs, close replies).
-                    match ws.flush() {
-                        Ok(()) => return,
-                        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                            return;
-                        }
-                        Err(e) => return self.fail_socket(id, e.to_string(), close_code),
-                    }
+                    return match flush_open(&self.poll, id, conn) {
+                        Ok(()) => {}
+                        Err(e) => self.fail_socket(id, e, close_code),
+                    };
                 }
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                     return self.fail_socket(id, String::new(), close_code);
@@ -1008,19 +1031,19 @@ fn close_socket(poll: &Poll, socket: Socket, code: u16) {
     }
 }
 
-/// CPU time (user + system) of the calling thread.
-fn thread_cpu_time() -> Duration {
+/// CPU time (user, system) of the calling thread.
+fn thread_cpu_time() -> (Duration, Duration) {
     // SAFETY: getrusage only writes into the zeroed struct we own.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer to a rusage; RUSAGE_THREAD is supported on Linux.
     let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
     if rc != 0 {
-        return Duration::ZERO;
+        return (Duration::ZERO, Duration::ZERO);
     }
     let tv = |t: libc::timeval| {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
     };
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    (tv(usage.ru_utime), tv(usage.ru_stime))
 }
 
 #[cfg(test)]

@@ -331,7 +331,8 @@ impl MainGateway {
                     .and_then(serde_json::Value::as_f64)
                     .unwrap_or(41_250.0);
                 let interval = Heartbeater::interval_from_ms(ms);
-                let first = now + interval.mul_f64(self.jitter.next_fraction());
+                let first =
+                    now + interval.mul_f64(crate::backoff::unit_fraction(self.jitter.as_mut()));
                 self.heartbeat = Some(Heartbeater::starting_at(interval, 2, first));
                 if self.state == State::ExpectHello {
                     self.identify_or_resume();
