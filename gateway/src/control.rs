@@ -80,6 +80,8 @@ pub struct ControlConfig {
     pub max_write_buffer: usize,
     /// Thread name.
     pub thread_name: String,
+    /// Certificates to trust besides the webpki roots (a local server's self-signed one).
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl Default for ControlConfig {
@@ -88,6 +90,7 @@ impl Default for ControlConfig {
             max_message_size: crate::protocol::DEFAULT_MAX_FRAME_LEN,
             max_write_buffer: 4 << 20,
             thread_name: "quaver-control".into(),
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -974,7 +977,7 @@ impl EventLoop {
     fn tls_stream(&mut self, host: &str, stream: TcpStream) -> Result<Stream, (Error, TcpStream)> {
         let config = match &self.tls {
             Some(c) => c.clone(),
-            None => match tls_config() {
+            None => match tls_config(&self.config.extra_roots) {
                 Ok(c) => {
                     self.tls = Some(c.clone());
                     c
@@ -995,10 +998,15 @@ impl EventLoop {
 
 /// rustls with exactly one provider (`ring`), chosen explicitly so no process-wide default is
 /// needed, and the webpki roots.
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, Error> {
-    let roots = rustls::RootCertStore {
+fn tls_config(
+    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    for cert in extra_roots {
+        roots.add(cert.clone())?;
+    }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -1067,6 +1075,6 @@ mod tests {
 
     #[test]
     fn tls_config_builds_with_ring() {
-        tls_config().unwrap();
+        tls_config(&[]).unwrap();
     }
 }

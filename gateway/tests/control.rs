@@ -192,3 +192,70 @@ fn thousand_connections_with_heartbeats() {
         cpu.as_secs_f64() * 1e6 / beats.max(1) as f64,
     );
 }
+
+#[test]
+fn tls_handshake_reaches_established_and_resumes() {
+    let (server, cert) = ScriptedServer::start_tls(ServerOptions {
+        heartbeat_interval_ms: 50.0,
+        drop_first_after_speaking: true,
+    });
+    let ctl = ControlThread::spawn(ControlConfig {
+        extra_roots: vec![cert],
+        ..ControlConfig::default()
+    })
+    .unwrap();
+    let endpoint = format!("wss://{}", server.addr);
+    let call = ctl
+        .connect(request(endpoint, 1), VoiceConfig::default())
+        .unwrap();
+    let mut seen = Vec::new();
+    let ok = pump(&ctl, Duration::from_secs(20), |c, e| {
+        assert_eq!(c, call);
+        seen.push(format!("{e:?}"));
+        matches!(e, VoiceEvent::ClientsConnected(u) if u == &[42])
+    });
+    assert!(ok, "events: {seen:#?}");
+    assert!(seen.iter().any(|s| s.starts_with("SessionReady")));
+    assert!(seen.iter().any(|s| s.starts_with("Resumed")));
+    // Heartbeats flow over TLS.
+    let before = server.stats.heartbeats.load(Ordering::Relaxed);
+    let t = Instant::now();
+    while server.stats.heartbeats.load(Ordering::Relaxed) < before + 3
+        && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.stats.heartbeats.load(Ordering::Relaxed) >= before + 3);
+}
+
+#[test]
+fn untrusted_certificate_is_refused() {
+    let (server, _cert) = ScriptedServer::start_tls(ServerOptions {
+        heartbeat_interval_ms: 1000.0,
+        drop_first_after_speaking: false,
+    });
+    let ctl = ControlThread::spawn(ControlConfig::default()).unwrap();
+    let endpoint = format!("wss://{}", server.addr);
+    ctl.connect(request(endpoint, 1), VoiceConfig::default())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .expect("no TLS error reported");
+        match ctl
+            .events()
+            .recv_timeout(left)
+            .expect("no TLS error reported")
+        {
+            ControlEvent::SocketError { error, .. } => {
+                assert!(error.to_lowercase().contains("certificate"), "{error}");
+                break;
+            }
+            ControlEvent::Voice { event, .. } => {
+                assert!(!matches!(event, VoiceEvent::SessionReady(_)));
+            }
+            _ => {}
+        }
+    }
+}

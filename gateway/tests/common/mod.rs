@@ -38,6 +38,49 @@ pub struct ScriptedServer {
 }
 
 impl ScriptedServer {
+    /// The same server behind TLS (rustls, ring) with a fresh self-signed certificate for
+    /// 127.0.0.1; returns the certificate for the client to trust.
+    pub fn start_tls(options: ServerOptions) -> (Self, rustls::pki_types::CertificateDer<'static>) {
+        let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
+            .expect("self-signed certificate");
+        let cert = key.cert.der().clone();
+        let private = rustls::pki_types::PrivateKeyDer::Pkcs8(
+            rustls::pki_types::PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()),
+        );
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], private)
+            .expect("valid certificate and key"),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().expect("bound socket has an address");
+        let stats = Arc::new(ServerStats::default());
+        let dropped = Arc::new(AtomicBool::new(false));
+        let s = stats.clone();
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().enumerate() {
+                let Ok(stream) = stream else { continue };
+                let (s, o, d, c) = (s.clone(), options.clone(), dropped.clone(), config.clone());
+                std::thread::spawn(move || {
+                    let Ok(conn) = rustls::ServerConnection::new(c) else {
+                        return;
+                    };
+                    let tls = rustls::StreamOwned::new(conn, stream);
+                    let Ok(ws) = tungstenite::accept(tls) else {
+                        return;
+                    };
+                    serve(ws, n as u32 + 1, &s, &o, &d)
+                });
+            }
+        });
+        (ScriptedServer { addr, stats }, cert)
+    }
+
     pub fn start(options: ServerOptions) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let addr = listener.local_addr().expect("bound socket has an address");
@@ -52,7 +95,13 @@ impl ScriptedServer {
                     let (s, o, d) = (s.clone(), options.clone(), dropped.clone());
                     let _ = std::thread::Builder::new()
                         .stack_size(256 * 1024)
-                        .spawn(move || serve(stream, n as u32 + 1, &s, &o, &d));
+                        .spawn(move || {
+                            let _ = stream.set_nodelay(true);
+                            let Ok(ws) = tungstenite::accept(stream) else {
+                                return;
+                            };
+                            serve(ws, n as u32 + 1, &s, &o, &d)
+                        });
                 }
             })
             .expect("spawn accept thread");
@@ -64,20 +113,16 @@ impl ScriptedServer {
     }
 }
 
-fn serve(
-    stream: TcpStream,
+fn serve<S: std::io::Read + std::io::Write>(
+    mut ws: tungstenite::WebSocket<S>,
     ssrc: u32,
     stats: &ServerStats,
     o: &ServerOptions,
     dropped: &AtomicBool,
 ) {
-    let _ = stream.set_nodelay(true);
-    let Ok(mut ws) = tungstenite::accept(stream) else {
-        return;
-    };
     stats.connections.fetch_add(1, Ordering::Relaxed);
     let mut seq = 0i64;
-    let mut send = |ws: &mut tungstenite::WebSocket<TcpStream>, p: VoicePayload, numbered: bool| {
+    let mut send = |ws: &mut tungstenite::WebSocket<S>, p: VoicePayload, numbered: bool| {
         let s = if numbered {
             seq += 1;
             Some(seq)
