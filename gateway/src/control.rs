@@ -517,6 +517,9 @@ struct Conn {
     scheduled: Option<Instant>,
     /// Whether the socket is registered for WRITABLE too.
     write_interest: bool,
+    /// The code of a close frame received on the current socket: the TCP connection usually
+    /// ends on a later readiness event, and the machine needs the code then.
+    close_code: Option<u16>,
 }
 
 /// Flush a socket's queued frames, keeping WRITABLE interest only while data is pending, so idle
@@ -691,6 +694,7 @@ impl EventLoop {
                 generation: 0,
                 scheduled: None,
                 write_interest: false,
+                close_code: None,
             },
         );
         self.drive(id);
@@ -754,6 +758,7 @@ impl EventLoop {
                         close_socket(&self.poll, s, 1000);
                     }
                     conn.generation += 1;
+                    conn.close_code = None;
                     let generation = conn.generation;
                     match parse_url(&url) {
                         Ok(target) => match target.host.parse::<IpAddr>() {
@@ -920,7 +925,6 @@ impl EventLoop {
     }
 
     fn read_open(&mut self, id: u64, now: Instant) {
-        let mut close_code = None;
         loop {
             let Some(conn) = self.conns.get_mut(&id) else {
                 return;
@@ -940,20 +944,27 @@ impl EventLoop {
                     self.drive(id);
                 }
                 Ok(Message::Close(frame)) => {
-                    close_code = frame.map(|f| u16::from(f.code));
+                    conn.close_code = frame.map(|f| u16::from(f.code));
                 }
                 Ok(_) => {} // ping/pong/raw frames: tungstenite answers pings itself
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Flush anything queued (pongs, close replies).
                     return match flush_open(&self.poll, id, conn) {
                         Ok(()) => {}
-                        Err(e) => self.fail_socket(id, e, close_code),
+                        Err(e) => {
+                            let code = conn.close_code;
+                            self.fail_socket(id, e, code)
+                        }
                     };
                 }
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                    return self.fail_socket(id, String::new(), close_code);
+                    let code = conn.close_code;
+                    return self.fail_socket(id, String::new(), code);
                 }
-                Err(e) => return self.fail_socket(id, e.to_string(), close_code),
+                Err(e) => {
+                    let code = conn.close_code;
+                    return self.fail_socket(id, e.to_string(), code);
+                }
             }
         }
     }

@@ -51,6 +51,7 @@ fn handshake_reaches_established_then_resumes_after_a_drop() {
     let server = ScriptedServer::start(ServerOptions {
         heartbeat_interval_ms: 50.0,
         drop_first_after_speaking: true,
+        ..Default::default()
     });
     let ctl = ControlThread::spawn(ControlConfig::default()).unwrap();
     let call = ctl
@@ -113,6 +114,7 @@ fn dead_endpoint_does_not_stall_others() {
     let server = ScriptedServer::start(ServerOptions {
         heartbeat_interval_ms: 1000.0,
         drop_first_after_speaking: false,
+        ..Default::default()
     });
     let ctl = ControlThread::spawn(ControlConfig::default()).unwrap();
     let stuck = ctl
@@ -146,6 +148,7 @@ fn thousand_connections_with_heartbeats() {
     let server = ScriptedServer::start(ServerOptions {
         heartbeat_interval_ms: 250.0,
         drop_first_after_speaking: false,
+        ..Default::default()
     });
     let ctl = ControlThread::spawn(ControlConfig::default()).unwrap();
     let cpu0 = ctl.stats().unwrap().cpu_time;
@@ -198,6 +201,7 @@ fn tls_handshake_reaches_established_and_resumes() {
     let (server, cert) = ScriptedServer::start_tls(ServerOptions {
         heartbeat_interval_ms: 50.0,
         drop_first_after_speaking: true,
+        ..Default::default()
     });
     let ctl = ControlThread::spawn(ControlConfig {
         extra_roots: vec![cert],
@@ -233,6 +237,7 @@ fn untrusted_certificate_is_refused() {
     let (server, _cert) = ScriptedServer::start_tls(ServerOptions {
         heartbeat_interval_ms: 1000.0,
         drop_first_after_speaking: false,
+        ..Default::default()
     });
     let ctl = ControlThread::spawn(ControlConfig::default()).unwrap();
     let endpoint = format!("wss://{}", server.addr);
@@ -258,4 +263,79 @@ fn untrusted_certificate_is_refused() {
             _ => {}
         }
     }
+}
+
+/// Run one call against a server with `options` until `done`; returns the events seen.
+fn run_call(
+    options: ServerOptions,
+    mut done: impl FnMut(&VoiceEvent) -> bool,
+) -> (ScriptedServer, Vec<VoiceEvent>) {
+    let server = ScriptedServer::start(options);
+    let ctl = ControlThread::spawn(ControlConfig::default()).unwrap();
+    ctl.connect(request(server.endpoint(), 1), VoiceConfig::default())
+        .unwrap();
+    let mut seen = Vec::new();
+    let ok = pump(&ctl, Duration::from_secs(20), |_, e| {
+        seen.push(e.clone());
+        done(e)
+    });
+    assert!(ok, "events: {seen:#?}");
+    (server, seen)
+}
+
+#[test]
+fn server_close_codes_reach_the_state_machine() {
+    use quaver_gateway::voice::EndReason;
+    for (code, want) in [
+        (4014, EndReason::AwaitServerUpdate { code: 4014 }),
+        (4006, EndReason::NeedsNewVoiceState { code: 4006 }),
+        (4021, EndReason::GaveUp { code: Some(4021) }),
+    ] {
+        let (_, seen) = run_call(
+            ServerOptions {
+                heartbeat_interval_ms: 1000.0,
+                close_first_after_speaking: Some(code),
+                ..Default::default()
+            },
+            |e| matches!(e, VoiceEvent::Ended(_)),
+        );
+        assert_eq!(
+            seen.last(),
+            Some(&VoiceEvent::Ended(want)),
+            "{code}: {seen:#?}"
+        );
+    }
+    // 4015 (voice server crashed) resumes.
+    let (server, seen) = run_call(
+        ServerOptions {
+            heartbeat_interval_ms: 1000.0,
+            close_first_after_speaking: Some(4015),
+            ..Default::default()
+        },
+        |e| matches!(e, VoiceEvent::Resumed),
+    );
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, VoiceEvent::Resuming { .. }))
+    );
+    assert_eq!(server.stats.resumes.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn missed_heartbeat_acks_resume() {
+    let (server, seen) = run_call(
+        ServerOptions {
+            heartbeat_interval_ms: 30.0,
+            ignore_first_heartbeats: true,
+            ..Default::default()
+        },
+        |e| matches!(e, VoiceEvent::Resumed),
+    );
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, VoiceEvent::Resuming { .. })),
+        "{seen:#?}"
+    );
+    assert_eq!(server.stats.identifies.load(Ordering::Relaxed), 1);
+    assert_eq!(server.stats.resumes.load(Ordering::Relaxed), 1);
 }

@@ -21,6 +21,7 @@ fn voice_server() -> ScriptedServer {
     ScriptedServer::start(ServerOptions {
         heartbeat_interval_ms: 1000.0,
         drop_first_after_speaking: false,
+        ..Default::default()
     })
 }
 

@@ -25,11 +25,15 @@ pub struct ServerStats {
     pub speaking: AtomicU64,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ServerOptions {
     pub heartbeat_interval_ms: f64,
     /// Drop the TCP connection (no close frame) of the first session once it sent Speaking.
     pub drop_first_after_speaking: bool,
+    /// Close the first session with this code once it sent Speaking.
+    pub close_first_after_speaking: Option<u16>,
+    /// Never acknowledge heartbeats on the first connection.
+    pub ignore_first_heartbeats: bool,
 }
 
 pub struct ScriptedServer {
@@ -177,8 +181,20 @@ fn serve<S: std::io::Read + std::io::Write>(
                 if o.drop_first_after_speaking && !dropped.swap(true, Ordering::SeqCst) {
                     return; // drop the TCP connection without a close frame
                 }
+                if let Some(code) = o.close_first_after_speaking
+                    && !dropped.swap(true, Ordering::SeqCst)
+                {
+                    let _ = ws.close(Some(tungstenite::protocol::CloseFrame {
+                        code: code.into(),
+                        reason: "scripted".into(),
+                    }));
+                    // Finish the close handshake: read until the client's reply.
+                    while ws.read().is_ok() {}
+                    return;
+                }
                 Ok(())
             }
+            VoicePayload::Heartbeat(_) if o.ignore_first_heartbeats && ssrc == 1 => Ok(()),
             VoicePayload::Heartbeat(h) => {
                 stats.heartbeats.fetch_add(1, Ordering::Relaxed);
                 send(
