@@ -28,6 +28,7 @@ use tungstenite::{Message, WebSocket};
 
 use crate::Error;
 use crate::backoff::SplitMixJitter;
+use crate::dave::DaveExtension;
 use crate::main_gateway::{MainGateway, MainGatewayConfig, MainGatewayEvent};
 use crate::protocol::SpeakingFlags;
 use crate::voice::{
@@ -117,6 +118,7 @@ enum Command {
         id: u64,
         request: Box<VoiceConnectRequest>,
         config: Box<VoiceConfig>,
+        dave: Option<Box<dyn DaveExtension>>,
     },
     ConnectBot {
         id: u64,
@@ -206,11 +208,32 @@ impl ControlThread {
         request: VoiceConnectRequest,
         config: VoiceConfig,
     ) -> Result<CallId, Error> {
+        self.connect_inner(request, config, None)
+    }
+
+    /// Start a voice connection whose DAVE traffic goes to `dave` (which lives on the control
+    /// thread from then on). Set `config.max_dave_protocol_version` to what it supports.
+    pub fn connect_with_dave(
+        &self,
+        request: VoiceConnectRequest,
+        config: VoiceConfig,
+        dave: Box<dyn DaveExtension>,
+    ) -> Result<CallId, Error> {
+        self.connect_inner(request, config, Some(dave))
+    }
+
+    fn connect_inner(
+        &self,
+        request: VoiceConnectRequest,
+        config: VoiceConfig,
+        dave: Option<Box<dyn DaveExtension>>,
+    ) -> Result<CallId, Error> {
         let id = self.fresh_id();
         self.send(Command::Connect {
             id,
             request: Box::new(request),
             config: Box::new(config),
+            dave,
         })?;
         Ok(CallId(id))
     }
@@ -597,9 +620,13 @@ impl EventLoop {
                     id,
                     request,
                     config,
+                    dave,
                 } => {
-                    let jitter = SplitMixJitter::from_entropy();
-                    let mut m = VoiceGateway::new(*request, *config, Box::new(jitter));
+                    let jitter = Box::new(SplitMixJitter::from_entropy());
+                    let mut m = match dave {
+                        Some(d) => VoiceGateway::with_dave(*request, *config, jitter, d),
+                        None => VoiceGateway::new(*request, *config, jitter),
+                    };
                     m.start(now);
                     self.add(id, Machine::Voice(Box::new(m)));
                 }

@@ -670,6 +670,43 @@ fn check_len(bytes: &[u8], max: usize) -> Result<(), ProtocolError> {
     }
 }
 
+/// Voice gateway close codes (PROTOCOL.md "Close codes"), for servers that send them and
+/// clients that log them. [`close_policy`] says what a client does about each.
+pub mod close_code {
+    /// Unknown opcode.
+    pub const UNKNOWN_OPCODE: u16 = 4001;
+    /// Failed to decode payload.
+    pub const DECODE_FAILURE: u16 = 4002;
+    /// Not authenticated (a payload before Identify).
+    pub const NOT_AUTHENTICATED: u16 = 4003;
+    /// Authentication failed (bad token).
+    pub const AUTHENTICATION_FAILED: u16 = 4004;
+    /// Already authenticated.
+    pub const ALREADY_AUTHENTICATED: u16 = 4005;
+    /// Session no longer valid.
+    pub const SESSION_INVALID: u16 = 4006;
+    /// Session timeout.
+    pub const SESSION_TIMEOUT: u16 = 4009;
+    /// Server not found.
+    pub const SERVER_NOT_FOUND: u16 = 4011;
+    /// Unknown protocol.
+    pub const UNKNOWN_PROTOCOL: u16 = 4012;
+    /// Disconnected (kicked, channel deleted, main gateway session dropped).
+    pub const DISCONNECTED: u16 = 4014;
+    /// Voice server crashed.
+    pub const VOICE_SERVER_CRASHED: u16 = 4015;
+    /// Unknown encryption mode.
+    pub const UNKNOWN_ENCRYPTION_MODE: u16 = 4016;
+    /// E2EE/DAVE protocol required.
+    pub const DAVE_REQUIRED: u16 = 4017;
+    /// Bad request.
+    pub const BAD_REQUEST: u16 = 4020;
+    /// Rate limited.
+    pub const RATE_LIMITED: u16 = 4021;
+    /// Call terminated (channel deleted, voice server changed).
+    pub const CALL_TERMINATED: u16 = 4022;
+}
+
 /// What to do after the voice websocket closes (PROTOCOL.md "Close codes").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -339,3 +339,67 @@ fn missed_heartbeat_acks_resume() {
     assert_eq!(server.stats.identifies.load(Ordering::Relaxed), 1);
     assert_eq!(server.stats.resumes.load(Ordering::Relaxed), 1);
 }
+
+/// Records what the control thread routes to it and answers op 25 with a key package (op 26).
+struct ProbeDave(crossbeam_channel::Sender<String>);
+
+impl quaver_gateway::dave::DaveExtension for ProbeDave {
+    fn on_session_description(
+        &mut self,
+        ctx: quaver_gateway::dave::DaveContext,
+        version: u16,
+        _out: &mut quaver_gateway::dave::DaveOutbox,
+    ) {
+        let _ = self
+            .0
+            .send(format!("session v{version} channel {}", ctx.channel_id));
+    }
+    fn on_binary(&mut self, op: u8, payload: &[u8], out: &mut quaver_gateway::dave::DaveOutbox) {
+        let _ = self.0.send(format!("binary {op} {payload:02x?}"));
+        out.send_binary(
+            quaver_gateway::protocol::op::DAVE_MLS_KEY_PACKAGE,
+            &[1, 2, 3],
+        );
+    }
+}
+
+#[test]
+fn dave_traffic_is_routed_through_the_driver() {
+    let server = ScriptedServer::start(ServerOptions {
+        heartbeat_interval_ms: 1000.0,
+        dave_probe: true,
+        ..Default::default()
+    });
+    let ctl = ControlThread::spawn(ControlConfig::default()).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let config = VoiceConfig {
+        max_dave_protocol_version: 1,
+        ..VoiceConfig::default()
+    };
+    ctl.connect_with_dave(
+        request(server.endpoint(), 1),
+        config,
+        Box::new(ProbeDave(tx)),
+    )
+    .unwrap();
+    assert!(pump(
+        &ctl,
+        Duration::from_secs(20),
+        |_, e| matches!(e, VoiceEvent::SessionReady(s) if s.dave_protocol_version == 1)
+    ));
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "session v1 channel 2"
+    );
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "binary 25 [aa, bb]"
+    );
+    let t = Instant::now();
+    while server.stats.client_binary_ops.lock().unwrap().is_empty()
+        && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(*server.stats.client_binary_ops.lock().unwrap(), vec![26]);
+}

@@ -23,6 +23,8 @@ pub struct ServerStats {
     pub resumes: AtomicU64,
     pub heartbeats: AtomicU64,
     pub speaking: AtomicU64,
+    /// Client binary frames received, as `op` values.
+    pub client_binary_ops: std::sync::Mutex<Vec<u8>>,
 }
 
 #[derive(Clone, Default)]
@@ -34,6 +36,8 @@ pub struct ServerOptions {
     pub close_first_after_speaking: Option<u16>,
     /// Never acknowledge heartbeats on the first connection.
     pub ignore_first_heartbeats: bool,
+    /// Negotiate DAVE v1 and send a binary op 25 (external sender) after Session Description.
+    pub dave_probe: bool,
 }
 
 pub struct ScriptedServer {
@@ -125,11 +129,11 @@ fn serve<S: std::io::Read + std::io::Write>(
     dropped: &AtomicBool,
 ) {
     stats.connections.fetch_add(1, Ordering::Relaxed);
-    let mut seq = 0i64;
-    let mut send = |ws: &mut tungstenite::WebSocket<S>, p: VoicePayload, numbered: bool| {
+    let seq = std::cell::Cell::new(0i64);
+    let send = |ws: &mut tungstenite::WebSocket<S>, p: VoicePayload, numbered: bool| {
         let s = if numbered {
-            seq += 1;
-            Some(seq)
+            seq.set(seq.get() + 1);
+            Some(seq.get())
         } else {
             None
         };
@@ -144,6 +148,11 @@ fn serve<S: std::io::Read + std::io::Write>(
             Ok(m) => m,
             Err(_) => return,
         };
+        if let Message::Binary(b) = &msg
+            && let Ok(f) = quaver_gateway::protocol::BinaryFrame::parse_client(b, 1 << 20)
+        {
+            stats.client_binary_ops.lock().unwrap().push(f.op);
+        }
         let Message::Text(t) = msg else { continue };
         let Ok(frame) = VoicePayload::decode(t.as_str(), 1 << 20) else {
             continue;
@@ -172,10 +181,22 @@ fn serve<S: std::io::Read + std::io::Write>(
                 VoicePayload::SessionDescription(SessionDescription {
                     mode: sp.data.mode,
                     secret_key: SecretKey::new([1; 32]),
-                    dave_protocol_version: 0,
+                    dave_protocol_version: u16::from(o.dave_probe),
                 }),
                 true,
-            ),
+            )
+            .and_then(|_| {
+                if !o.dave_probe {
+                    return Ok(());
+                }
+                seq.set(seq.get() + 1);
+                let frame = quaver_gateway::protocol::BinaryFrame {
+                    seq: Some(seq.get() as u16),
+                    op: quaver_gateway::protocol::op::DAVE_MLS_EXTERNAL_SENDER,
+                    payload: &[0xAA, 0xBB],
+                };
+                ws.send(Message::binary(frame.encode()))
+            }),
             VoicePayload::Speaking(_) => {
                 stats.speaking.fetch_add(1, Ordering::Relaxed);
                 if o.drop_first_after_speaking && !dropped.swap(true, Ordering::SeqCst) {
