@@ -143,6 +143,8 @@
 //! assert!(matches!(gw.poll_output(), Some(Output::Send(_)))); // Identify
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod backoff;
 pub mod control;
 pub mod dave;

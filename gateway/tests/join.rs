@@ -177,3 +177,44 @@ fn host_library_path_follows_endpoint_changes() {
     });
     assert_eq!(voice.stats.identifies.load(Ordering::Relaxed), 2);
 }
+
+#[test]
+fn built_in_main_gateway_resumes_after_a_drop_and_still_joins() {
+    let voice = voice_server();
+    let main = MainServer::start_with(voice.endpoint(), true);
+    let control = Arc::new(ControlThread::spawn(ControlConfig::default()).unwrap());
+    let mut cfg = MainGatewayConfig::new(Token::new("bot-token"));
+    cfg.url = main.url();
+    let bot = control.connect_bot(cfg).unwrap();
+    let mut user_id = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .expect("no RESUMED");
+        match control.events().recv_timeout(left).expect("no RESUMED") {
+            ControlEvent::MainGateway {
+                event: MainGatewayEvent::Ready { user_id: u },
+                ..
+            } => user_id = Some(u),
+            ControlEvent::MainGateway {
+                event: MainGatewayEvent::Resumed,
+                ..
+            } => break,
+            _ => {}
+        }
+    }
+    assert_eq!(main.identifies.load(Ordering::Relaxed), 1);
+    assert_eq!(main.resumes.load(Ordering::Relaxed), 1);
+    let sender = BotVoiceStateSender::new(control.clone(), bot);
+    let mut mgr = VoiceManager::new(
+        control.clone(),
+        sender,
+        user_id.unwrap(),
+        VoiceConfig::default(),
+    );
+    mgr.join(1, 5).unwrap();
+    pump(&control, &mut mgr, |e| {
+        matches!(e.event, VoiceEvent::SessionReady(_))
+    });
+}

@@ -253,26 +253,37 @@ pub struct MainServer {
     pub addr: SocketAddr,
     pub op4s: Arc<AtomicU64>,
     pub identifies: Arc<AtomicU64>,
+    pub resumes: Arc<AtomicU64>,
 }
 
 impl MainServer {
     pub fn start(voice_endpoint: String) -> Self {
+        Self::start_with(voice_endpoint, false)
+    }
+
+    /// With `drop_first_after_ready`, the first connection is dropped right after READY.
+    pub fn start_with(voice_endpoint: String, drop_first_after_ready: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let addr = listener.local_addr().expect("bound socket has an address");
         let op4s = Arc::new(AtomicU64::new(0));
         let identifies = Arc::new(AtomicU64::new(0));
-        let (o, i) = (op4s.clone(), identifies.clone());
+        let resumes = Arc::new(AtomicU64::new(0));
+        let (o, i, r) = (op4s.clone(), identifies.clone(), resumes.clone());
         std::thread::spawn(move || {
-            for stream in listener.incoming() {
+            for (n, stream) in listener.incoming().enumerate() {
                 let Ok(stream) = stream else { continue };
-                let (o, i, ep) = (o.clone(), i.clone(), voice_endpoint.clone());
-                std::thread::spawn(move || serve_main(stream, addr, &ep, &o, &i));
+                let (o, i, r, ep) = (o.clone(), i.clone(), r.clone(), voice_endpoint.clone());
+                let drop_after_ready = drop_first_after_ready && n == 0;
+                std::thread::spawn(move || {
+                    serve_main(stream, addr, &ep, &o, &i, &r, drop_after_ready)
+                });
             }
         });
         MainServer {
             addr,
             op4s,
             identifies,
+            resumes,
         }
     }
 
@@ -287,6 +298,8 @@ fn serve_main(
     voice_ep: &str,
     op4s: &AtomicU64,
     identifies: &AtomicU64,
+    resumes: &AtomicU64,
+    drop_after_ready: bool,
 ) {
     let Ok(mut ws) = tungstenite::accept(stream) else {
         return;
@@ -318,7 +331,7 @@ fn serve_main(
                 assert_eq!(v["d"]["token"], "bot-token");
                 assert_eq!(v["d"]["intents"].as_u64().unwrap_or(0) & (1 << 7), 1 << 7);
                 identifies.fetch_add(1, Ordering::Relaxed);
-                dispatch(
+                let r = dispatch(
                     &mut ws,
                     "READY",
                     serde_json::json!({
@@ -326,7 +339,11 @@ fn serve_main(
                         "resume_gateway_url": format!("ws://{addr}"),
                         "user": {"id": "99", "username": "quaver"}
                     }),
-                )
+                );
+                if drop_after_ready {
+                    return; // drop the TCP connection: the client must resume
+                }
+                r
             }
             Some(4) => {
                 let n = op4s.fetch_add(1, Ordering::Relaxed) + 1;
@@ -348,7 +365,12 @@ fn serve_main(
                     .and_then(|_| dispatch(&mut ws, "VOICE_STATE_UPDATE", state))
                 }
             }
-            Some(6) => dispatch(&mut ws, "RESUMED", serde_json::Value::Null),
+            Some(6) => {
+                assert_eq!(v["d"]["session_id"], "main-session");
+                assert_eq!(v["d"]["seq"], 1);
+                resumes.fetch_add(1, Ordering::Relaxed);
+                dispatch(&mut ws, "RESUMED", serde_json::Value::Null)
+            }
             _ => Ok(()),
         };
         if r.is_err() {
