@@ -143,7 +143,7 @@ enum Command {
     Resolved {
         id: u64,
         generation: u64,
-        result: io::Result<SocketAddr>,
+        result: io::Result<Vec<SocketAddr>>,
     },
     Stats(Sender<ControlStats>),
     Shutdown,
@@ -319,11 +319,19 @@ impl Resolver {
             .name("quaver-resolver".into())
             .spawn(move || {
                 for (id, generation, host, port) in rx {
-                    let result = (host.as_str(), port).to_socket_addrs().and_then(|mut it| {
-                        it.next().ok_or_else(|| {
-                            io::Error::new(io::ErrorKind::NotFound, "host has no addresses")
-                        })
-                    });
+                    let result = (host.as_str(), port)
+                        .to_socket_addrs()
+                        .map(|it| it.collect::<Vec<_>>())
+                        .and_then(|addrs| {
+                            if addrs.is_empty() {
+                                Err(io::Error::new(
+                                    io::ErrorKind::NotFound,
+                                    "host has no addresses",
+                                ))
+                            } else {
+                                Ok(addrs)
+                            }
+                        });
                     if results
                         .send(Command::Resolved {
                             id,
@@ -434,8 +442,8 @@ type Handshake = MidHandshake<ClientHandshake<Stream>>;
 enum Socket {
     /// Waiting for the resolver.
     Resolving(Target),
-    /// TCP connect in flight.
-    Connecting(Target, TcpStream),
+    /// TCP connect in flight; the other resolved addresses to try if it fails.
+    Connecting(Target, TcpStream, Vec<SocketAddr>),
     /// TLS + websocket upgrade in flight.
     Handshaking(Box<Handshake>),
     /// Up.
@@ -792,7 +800,7 @@ impl EventLoop {
                             Ok(ip) => {
                                 let addr = SocketAddr::new(ip, target.port);
                                 conn.socket = Some(Socket::Resolving(target));
-                                self.on_resolved(id, generation, Ok(addr));
+                                self.on_resolved(id, generation, Ok(vec![addr]));
                             }
                             Err(_) => {
                                 self.resolver.resolve(
@@ -831,7 +839,7 @@ impl EventLoop {
         }
     }
 
-    fn on_resolved(&mut self, id: u64, generation: u64, result: io::Result<SocketAddr>) {
+    fn on_resolved(&mut self, id: u64, generation: u64, result: io::Result<Vec<SocketAddr>>) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -841,25 +849,42 @@ impl EventLoop {
         let Some(Socket::Resolving(target)) = conn.socket.take() else {
             return;
         };
-        let addr = match result {
-            Ok(a) => a,
-            Err(e) => return self.fail_socket(id, format!("resolving {}: {e}", target.host), None),
-        };
-        match TcpStream::connect(addr) {
-            Ok(mut stream) => {
-                let token = Token(id as usize);
-                if let Err(e) = self.poll.registry().register(
-                    &mut stream,
-                    token,
-                    Interest::READABLE | Interest::WRITABLE,
-                ) {
-                    return self.fail_socket(id, e.to_string(), None);
-                }
-                conn.socket = Some(Socket::Connecting(target, stream));
-                conn.write_interest = true;
-            }
-            Err(e) => self.fail_socket(id, e.to_string(), None),
+        match result {
+            Ok(addrs) => self.connect_next(id, target, addrs),
+            Err(e) => self.fail_socket(id, format!("resolving {}: {e}", target.host), None),
         }
+    }
+
+    /// Start a TCP connect to the first of `addrs` that accepts one; the rest are kept for
+    /// when it fails.
+    fn connect_next(&mut self, id: u64, target: Target, mut addrs: Vec<SocketAddr>) {
+        let mut last_error = String::from("no address to connect to");
+        while !addrs.is_empty() {
+            let addr = addrs.remove(0);
+            let mut stream = match TcpStream::connect(addr) {
+                Ok(s) => s,
+                Err(e) => {
+                    last_error = format!("connect {addr}: {e}");
+                    continue;
+                }
+            };
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(&mut stream, Token(id as usize), interest)
+            {
+                last_error = e.to_string();
+                continue;
+            }
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return deregister(&self.poll, stream);
+            };
+            conn.socket = Some(Socket::Connecting(target, stream, addrs));
+            conn.write_interest = true;
+            return;
+        }
+        self.fail_socket(id, last_error, None)
     }
 
     fn on_socket_ready(&mut self, id: u64) {
@@ -870,21 +895,24 @@ impl EventLoop {
         match conn.socket.take() {
             None => {}
             Some(s @ Socket::Resolving(_)) => conn.socket = Some(s),
-            Some(Socket::Connecting(target, stream)) => {
-                if let Ok(Some(e)) | Err(e) = stream.take_error() {
+            Some(Socket::Connecting(target, stream, rest)) => {
+                let failed = match stream.take_error() {
+                    Ok(Some(e)) | Err(e) => Some(e),
+                    Ok(None) => match stream.peer_addr() {
+                        Ok(_) => None,
+                        Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                            conn.socket = Some(Socket::Connecting(target, stream, rest));
+                            return;
+                        }
+                        Err(e) => Some(e),
+                    },
+                };
+                if let Some(e) = failed {
                     deregister(&self.poll, stream);
-                    return self.fail_socket(id, format!("connect: {e}"), None);
-                }
-                match stream.peer_addr() {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                        conn.socket = Some(Socket::Connecting(target, stream));
-                        return;
-                    }
-                    Err(e) => {
-                        deregister(&self.poll, stream);
+                    if rest.is_empty() {
                         return self.fail_socket(id, format!("connect: {e}"), None);
                     }
+                    return self.connect_next(id, target, rest);
                 }
                 let _ = stream.set_nodelay(true);
                 let stream = if target.tls {
@@ -1062,7 +1090,7 @@ fn deregister(poll: &Poll, mut stream: TcpStream) {
 fn close_socket(poll: &Poll, socket: Socket, code: u16) {
     match socket {
         Socket::Resolving(_) => {}
-        Socket::Connecting(_, s) => deregister(poll, s),
+        Socket::Connecting(_, s, _) => deregister(poll, s),
         Socket::Handshaking(mid) => {
             drop(mid);
         }

@@ -403,3 +403,20 @@ fn dave_traffic_is_routed_through_the_driver() {
     }
     assert_eq!(*server.stats.client_binary_ops.lock().unwrap(), vec![26]);
 }
+
+#[test]
+fn host_names_are_resolved_off_the_control_thread() {
+    let server = ScriptedServer::start(ServerOptions {
+        heartbeat_interval_ms: 1000.0,
+        ..Default::default()
+    });
+    let ctl = ControlThread::spawn(ControlConfig::default()).unwrap();
+    // `localhost` may resolve to ::1 first; the driver falls through to 127.0.0.1.
+    let endpoint = format!("ws://localhost:{}", server.addr.port());
+    ctl.connect(request(endpoint, 1), VoiceConfig::default())
+        .unwrap();
+    assert!(pump(&ctl, Duration::from_secs(20), |_, e| matches!(
+        e,
+        VoiceEvent::SessionReady(_)
+    )));
+}
