@@ -594,6 +594,10 @@ impl VoiceGateway {
     }
 
     fn handle_payload(&mut self, payload: VoicePayload, now: Instant) -> Result<(), crate::Error> {
+        // Nothing follows `Ended`, even if a driver keeps feeding a socket it should have closed.
+        if matches!(self.state, State::Ended | State::Idle) {
+            return Ok(());
+        }
         match payload {
             VoicePayload::Hello(hello) => {
                 let iv = Heartbeater::interval_from_ms(hello.heartbeat_interval);

@@ -682,5 +682,9 @@ fn disconnect_closes_and_ends() {
     ));
     assert_eq!(h.gw.poll_timeout(), None);
     h.gw.handle_socket_closed(None, h.now);
-    assert!(h.drain().is_empty());
+    h.server(VoicePayload::ClientsConnect(ClientsConnect {
+        user_ids: vec![Snowflake(1)],
+    }))
+    .unwrap();
+    assert!(h.drain().is_empty(), "nothing follows Ended");
 }
