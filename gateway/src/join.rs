@@ -1,0 +1,582 @@
+//! The main-gateway join flow (PROTOCOL.md §1), sans-IO.
+//!
+//! Joining a voice channel is a conversation on the *main* gateway: send op 4 Update Voice
+//! State, then wait for both VOICE_STATE_UPDATE (our `session_id`, `channel_id`) and
+//! VOICE_SERVER_UPDATE (`token`, `endpoint`), in either order. [`JoinFlow`] tracks that for one
+//! guild and tells its owner when to open, replace or close the voice connection. It is used by
+//! both join paths: a host's own main-gateway library ([`VoiceStateSender`]) or the built-in
+//! client ([`crate::main_gateway`]).
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{Snowflake, Token};
+use crate::voice::{EndReason, VoiceConnectRequest};
+
+/// Errors from the join flow.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// Not joined to that guild.
+    #[error("not joined to guild {0}")]
+    NotJoined(u64),
+    /// A dispatch payload could not be decoded.
+    #[error("malformed {what} dispatch: {reason}")]
+    Malformed {
+        /// Which dispatch.
+        what: &'static str,
+        /// What serde said.
+        reason: String,
+    },
+}
+
+/// The `d` of a VOICE_STATE_UPDATE dispatch (the fields the join flow needs; others ignored).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VoiceStateUpdate {
+    /// Guild, absent for DM calls.
+    #[serde(default)]
+    pub guild_id: Option<Snowflake>,
+    /// The channel the user is now in; `None` means they left.
+    #[serde(default)]
+    pub channel_id: Option<Snowflake>,
+    /// Whose voice state this is.
+    pub user_id: Snowflake,
+    /// Voice session ID for the voice gateway's Identify.
+    pub session_id: String,
+}
+
+impl VoiceStateUpdate {
+    /// Decode from a dispatch's `d` JSON (what a host library hands over as raw JSON).
+    pub fn from_json(d: &str) -> Result<Self, JoinError> {
+        serde_json::from_str(d).map_err(|e| JoinError::Malformed {
+            what: "VOICE_STATE_UPDATE",
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// The `d` of a VOICE_SERVER_UPDATE dispatch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VoiceServerUpdate {
+    /// Voice token (redacted in `Debug`).
+    pub token: Token,
+    /// Guild.
+    pub guild_id: Snowflake,
+    /// `host:port` of the voice server; `None` when the allocated server went away.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+impl VoiceServerUpdate {
+    /// Decode from a dispatch's `d` JSON.
+    pub fn from_json(d: &str) -> Result<Self, JoinError> {
+        serde_json::from_str(d).map_err(|e| JoinError::Malformed {
+            what: "VOICE_SERVER_UPDATE",
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Main-gateway op 4 Update Voice State.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateVoiceState {
+    /// Guild.
+    pub guild_id: Snowflake,
+    /// Channel to join, `None` to leave.
+    pub channel_id: Option<Snowflake>,
+    /// Muted.
+    pub self_mute: bool,
+    /// Deafened.
+    pub self_deaf: bool,
+}
+
+impl UpdateVoiceState {
+    /// The full main-gateway frame `{"op":4,"d":{…}}`.
+    pub fn to_gateway_json(&self) -> String {
+        serde_json::json!({ "op": 4, "d": self }).to_string()
+    }
+}
+
+/// What the owner of a [`JoinFlow`] must do.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum JoinAction {
+    /// Send op 4 on the main gateway.
+    SendVoiceStateUpdate(UpdateVoiceState),
+    /// Open a fresh voice connection with this request (closing any current one first).
+    Connect(VoiceConnectRequest),
+    /// Close the current voice connection, if any.
+    Disconnect,
+    /// We are no longer in a voice channel in this guild.
+    Left,
+}
+
+/// States, named after what they wait for.
+#[derive(Clone, Debug, PartialEq)]
+enum JoinState {
+    /// Not joined.
+    Idle,
+    /// Op 4 sent (or a voice session lost); waiting for the two dispatches.
+    ExpectVoiceUpdates,
+    /// A voice connection is running with `token` at `endpoint`.
+    Connected,
+    /// The voice server went away (null endpoint, 4011/4014/4022): wait for a new server update.
+    ExpectServerUpdate,
+}
+
+/// The join flow for one guild.
+#[derive(Debug)]
+pub struct JoinFlow {
+    guild_id: u64,
+    user_id: u64,
+    state: JoinState,
+    requested: Option<UpdateVoiceState>,
+    session_id: Option<String>,
+    channel_id: Option<u64>,
+    server: Option<(Token, String)>,
+    out: VecDeque<JoinAction>,
+    voice_state_retries: u32,
+    /// After our op 4, wait for *both* dispatches before connecting, whatever their order: a
+    /// move's new token must not be used with the old channel or vice versa.
+    awaiting_state: bool,
+    awaiting_server: bool,
+    /// A server update arrived since the last connect: its token has not been used yet.
+    fresh_token: bool,
+}
+
+impl JoinFlow {
+    /// A flow for `guild_id`, as bot user `user_id`.
+    pub fn new(guild_id: u64, user_id: u64) -> Self {
+        JoinFlow {
+            guild_id,
+            user_id,
+            state: JoinState::Idle,
+            requested: None,
+            session_id: None,
+            channel_id: None,
+            server: None,
+            out: VecDeque::new(),
+            voice_state_retries: 0,
+            awaiting_state: false,
+            awaiting_server: false,
+            fresh_token: false,
+        }
+    }
+
+    /// The guild.
+    pub fn guild_id(&self) -> u64 {
+        self.guild_id
+    }
+
+    /// The channel we are in (as last reported by VOICE_STATE_UPDATE).
+    pub fn channel_id(&self) -> Option<u64> {
+        self.channel_id
+    }
+
+    /// Whether a voice connection should currently be running.
+    pub fn is_connected(&self) -> bool {
+        self.state == JoinState::Connected
+    }
+
+    /// Join (or move to) `channel_id`.
+    pub fn join(&mut self, channel_id: u64, self_mute: bool, self_deaf: bool) {
+        let update = UpdateVoiceState {
+            guild_id: Snowflake(self.guild_id),
+            channel_id: Some(Snowflake(channel_id)),
+            self_mute,
+            self_deaf,
+        };
+        self.requested = Some(update);
+        self.voice_state_retries = 0;
+        if self.state != JoinState::Connected {
+            self.state = JoinState::ExpectVoiceUpdates;
+        }
+        // A move keeps the current connection until both new dispatches arrived.
+        self.request_voice_state(update);
+    }
+
+    fn request_voice_state(&mut self, update: UpdateVoiceState) {
+        self.awaiting_state = true;
+        self.awaiting_server = true;
+        self.out.push_back(JoinAction::SendVoiceStateUpdate(update));
+    }
+
+    /// Leave the channel.
+    pub fn leave(&mut self) {
+        let update = UpdateVoiceState {
+            guild_id: Snowflake(self.guild_id),
+            channel_id: None,
+            self_mute: false,
+            self_deaf: false,
+        };
+        self.out.push_back(JoinAction::SendVoiceStateUpdate(update));
+        self.reset_to_idle();
+    }
+
+    /// Feed a VOICE_STATE_UPDATE. Other users' and other guilds' updates are ignored.
+    pub fn handle_voice_state_update(&mut self, u: &VoiceStateUpdate) {
+        if u.user_id.0 != self.user_id || u.guild_id.is_some_and(|g| g.0 != self.guild_id) {
+            return;
+        }
+        if self.state == JoinState::Idle {
+            return;
+        }
+        let Some(channel) = u.channel_id else {
+            // Kicked, or our leave took effect.
+            self.reset_to_idle();
+            return;
+        };
+        let moved = self.channel_id.is_some_and(|c| c != channel.0);
+        self.channel_id = Some(channel.0);
+        self.session_id = Some(u.session_id.clone());
+        self.awaiting_state = false;
+        if moved && self.state == JoinState::Connected && !self.fresh_token {
+            // Moved by someone else: the token changes with a move, so wait for the new server
+            // update (the old connection keeps running until then).
+            self.awaiting_server = true;
+        }
+        self.try_connect();
+    }
+
+    /// Feed a VOICE_SERVER_UPDATE for this guild.
+    pub fn handle_voice_server_update(&mut self, u: &VoiceServerUpdate) {
+        if u.guild_id.0 != self.guild_id || self.state == JoinState::Idle {
+            return;
+        }
+        match &u.endpoint {
+            None => {
+                // The voice server went away: close and wait for a better update.
+                if self.state == JoinState::Connected {
+                    self.out.push_back(JoinAction::Disconnect);
+                }
+                self.server = None;
+                self.fresh_token = false;
+                self.state = JoinState::ExpectServerUpdate;
+            }
+            Some(endpoint) => {
+                // Never reuse a token: every server update means a fresh voice session.
+                self.server = Some((u.token.clone(), endpoint.clone()));
+                self.awaiting_server = false;
+                self.fresh_token = true;
+                self.try_connect();
+            }
+        }
+    }
+
+    /// The voice connection ended; follow its reason.
+    pub fn handle_voice_ended(&mut self, reason: &EndReason) {
+        if self.state != JoinState::Connected {
+            return;
+        }
+        match reason {
+            EndReason::NeedsNewVoiceState { .. } => {
+                self.server = None;
+                self.state = JoinState::ExpectVoiceUpdates;
+                match self.requested {
+                    Some(update) if self.voice_state_retries < 1 => {
+                        self.voice_state_retries += 1;
+                        self.request_voice_state(update);
+                    }
+                    _ => self.reset_to_idle(),
+                }
+            }
+            EndReason::AwaitServerUpdate { .. } => {
+                self.server = None;
+                self.state = JoinState::ExpectServerUpdate;
+            }
+            _ => self.reset_to_idle(),
+        }
+    }
+
+    /// Next action for the owner.
+    pub fn poll_action(&mut self) -> Option<JoinAction> {
+        self.out.pop_front()
+    }
+
+    fn try_connect(&mut self) {
+        if self.awaiting_state || self.awaiting_server {
+            return;
+        }
+        if self.state == JoinState::Connected && !self.fresh_token {
+            return;
+        }
+        let (Some(session_id), Some(channel_id), Some((token, endpoint))) =
+            (&self.session_id, self.channel_id, &self.server)
+        else {
+            return;
+        };
+        let request = VoiceConnectRequest {
+            guild_id: self.guild_id,
+            channel_id,
+            user_id: self.user_id,
+            session_id: session_id.clone(),
+            token: token.clone(),
+            endpoint: endpoint.clone(),
+        };
+        self.out.push_back(JoinAction::Connect(request));
+        self.state = JoinState::Connected;
+        self.fresh_token = false;
+    }
+
+    fn reset_to_idle(&mut self) {
+        if self.state == JoinState::Idle {
+            return;
+        }
+        if self.state == JoinState::Connected {
+            self.out.push_back(JoinAction::Disconnect);
+        }
+        self.state = JoinState::Idle;
+        self.session_id = None;
+        self.channel_id = None;
+        self.server = None;
+        self.requested = None;
+        self.awaiting_state = false;
+        self.awaiting_server = false;
+        self.fresh_token = false;
+        self.out.push_back(JoinAction::Left);
+    }
+}
+
+/// For bots that already run a main-gateway library (twilight, serenity, …): the host sends op 4
+/// for us. Implement it by forwarding to your shard, e.g. twilight's
+/// `shard.command(&UpdateVoiceState::new(guild, channel, mute, deaf))`, or by writing
+/// [`UpdateVoiceState::to_gateway_json`] to the socket.
+pub trait VoiceStateSender: Send {
+    /// Send main-gateway op 4 for `update.guild_id`.
+    fn send_voice_state_update(&self, update: &UpdateVoiceState);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::voice::VoiceConnectRequest;
+
+    const G: u64 = 1;
+    const ME: u64 = 99;
+
+    fn vsu(channel: Option<u64>, session: &str) -> VoiceStateUpdate {
+        VoiceStateUpdate {
+            guild_id: Some(Snowflake(G)),
+            channel_id: channel.map(Snowflake),
+            user_id: Snowflake(ME),
+            session_id: session.into(),
+        }
+    }
+
+    fn vserver(token: &str, endpoint: Option<&str>) -> VoiceServerUpdate {
+        VoiceServerUpdate {
+            token: Token::new(token),
+            guild_id: Snowflake(G),
+            endpoint: endpoint.map(str::to_string),
+        }
+    }
+
+    fn actions(f: &mut JoinFlow) -> Vec<JoinAction> {
+        std::iter::from_fn(|| f.poll_action()).collect()
+    }
+
+    fn connect_to(f: &mut JoinFlow) -> VoiceConnectRequest {
+        let a = actions(f);
+        let Some(JoinAction::Connect(r)) = a.last() else {
+            panic!("expected a connect, got {a:?}");
+        };
+        r.clone()
+    }
+
+    #[test]
+    fn both_orders() {
+        for server_first in [false, true] {
+            let mut f = JoinFlow::new(G, ME);
+            f.join(5, false, true);
+            let a = actions(&mut f);
+            assert!(matches!(&a[..], [JoinAction::SendVoiceStateUpdate(u)]
+                if u.channel_id == Some(Snowflake(5)) && u.self_deaf));
+            if server_first {
+                f.handle_voice_server_update(&vserver("t1", Some("ep:443")));
+                assert!(actions(&mut f).is_empty());
+                f.handle_voice_state_update(&vsu(Some(5), "s1"));
+            } else {
+                f.handle_voice_state_update(&vsu(Some(5), "s1"));
+                assert!(actions(&mut f).is_empty());
+                f.handle_voice_server_update(&vserver("t1", Some("ep:443")));
+            }
+            let r = connect_to(&mut f);
+            assert_eq!(
+                (
+                    r.guild_id,
+                    r.channel_id,
+                    r.user_id,
+                    r.session_id.as_str(),
+                    r.token.expose(),
+                    r.endpoint.as_str()
+                ),
+                (G, 5, ME, "s1", "t1", "ep:443")
+            );
+        }
+    }
+
+    #[test]
+    fn other_users_and_guilds_are_ignored() {
+        let mut f = JoinFlow::new(G, ME);
+        f.join(5, false, false);
+        actions(&mut f);
+        let mut other = vsu(Some(5), "x");
+        other.user_id = Snowflake(7);
+        f.handle_voice_state_update(&other);
+        let mut other_guild = vserver("t", Some("e"));
+        other_guild.guild_id = Snowflake(2);
+        f.handle_voice_server_update(&other_guild);
+        f.handle_voice_server_update(&vserver("t", Some("e")));
+        assert!(actions(&mut f).is_empty());
+    }
+
+    #[test]
+    fn channel_move_gets_a_fresh_session() {
+        let mut f = JoinFlow::new(G, ME);
+        f.join(5, false, false);
+        f.handle_voice_state_update(&vsu(Some(5), "s1"));
+        f.handle_voice_server_update(&vserver("t1", Some("ep:443")));
+        connect_to(&mut f);
+        f.join(6, false, false);
+        assert!(matches!(
+            &actions(&mut f)[..],
+            [JoinAction::SendVoiceStateUpdate(_)]
+        ));
+        f.handle_voice_state_update(&vsu(Some(6), "s1"));
+        assert!(actions(&mut f).is_empty(), "waits for the new token");
+        // Same endpoint, new token: a new voice session in the new channel.
+        f.handle_voice_server_update(&vserver("t2", Some("ep:443")));
+        let r = connect_to(&mut f);
+        assert_eq!((r.channel_id, r.token.expose()), (6, "t2"));
+        // The other order: server update first must not connect to the old channel.
+        f.join(7, false, false);
+        actions(&mut f);
+        f.handle_voice_server_update(&vserver("t3", Some("ep:443")));
+        assert!(actions(&mut f).is_empty(), "waits for the new channel");
+        f.handle_voice_state_update(&vsu(Some(7), "s1"));
+        let r = connect_to(&mut f);
+        assert_eq!((r.channel_id, r.token.expose()), (7, "t3"));
+    }
+
+    #[test]
+    fn moved_by_someone_else() {
+        let mut f = JoinFlow::new(G, ME);
+        f.join(5, false, false);
+        f.handle_voice_state_update(&vsu(Some(5), "s1"));
+        f.handle_voice_server_update(&vserver("t1", Some("ep:443")));
+        connect_to(&mut f);
+        f.handle_voice_state_update(&vsu(Some(8), "s1"));
+        assert!(actions(&mut f).is_empty());
+        f.handle_voice_server_update(&vserver("t2", Some("ep:443")));
+        let r = connect_to(&mut f);
+        assert_eq!((r.channel_id, r.token.expose()), (8, "t2"));
+        // An unrelated state change (mute) in the same channel changes nothing.
+        f.handle_voice_state_update(&vsu(Some(8), "s1"));
+        assert!(actions(&mut f).is_empty());
+    }
+
+    #[test]
+    fn endpoint_change_reidentifies() {
+        let mut f = JoinFlow::new(G, ME);
+        f.join(5, false, false);
+        f.handle_voice_state_update(&vsu(Some(5), "s1"));
+        f.handle_voice_server_update(&vserver("t1", Some("old:443")));
+        connect_to(&mut f);
+        f.handle_voice_server_update(&vserver("t2", Some("new:443")));
+        let a = actions(&mut f);
+        let [JoinAction::Connect(r)] = &a[..] else {
+            panic!("expected a replacing connect, got {a:?}");
+        };
+        assert_eq!(
+            (r.endpoint.as_str(), r.token.expose(), r.session_id.as_str()),
+            ("new:443", "t2", "s1")
+        );
+    }
+
+    #[test]
+    fn null_endpoint_closes_and_waits() {
+        let mut f = JoinFlow::new(G, ME);
+        f.join(5, false, false);
+        f.handle_voice_state_update(&vsu(Some(5), "s1"));
+        f.handle_voice_server_update(&vserver("t1", Some("a:443")));
+        connect_to(&mut f);
+        f.handle_voice_server_update(&vserver("t1", None));
+        assert_eq!(actions(&mut f), vec![JoinAction::Disconnect]);
+        assert!(!f.is_connected());
+        f.handle_voice_server_update(&vserver("t3", Some("b:443")));
+        let r = connect_to(&mut f);
+        assert_eq!(r.endpoint, "b:443");
+    }
+
+    #[test]
+    fn voice_close_codes_drive_the_flow() {
+        let mut f = JoinFlow::new(G, ME);
+        f.join(5, false, false);
+        f.handle_voice_state_update(&vsu(Some(5), "s1"));
+        f.handle_voice_server_update(&vserver("t1", Some("a:443")));
+        connect_to(&mut f);
+        // 4014 → wait for a server update.
+        f.handle_voice_ended(&EndReason::AwaitServerUpdate { code: 4014 });
+        assert!(actions(&mut f).is_empty());
+        f.handle_voice_server_update(&vserver("t2", Some("a:443")));
+        connect_to(&mut f);
+        // 4006 → ask the main gateway again (once).
+        f.handle_voice_ended(&EndReason::NeedsNewVoiceState { code: 4006 });
+        assert!(
+            matches!(&actions(&mut f)[..], [JoinAction::SendVoiceStateUpdate(u)] if u.channel_id == Some(Snowflake(5)))
+        );
+        f.handle_voice_state_update(&vsu(Some(5), "s2"));
+        f.handle_voice_server_update(&vserver("t3", Some("a:443")));
+        assert_eq!(connect_to(&mut f).session_id, "s2");
+        f.handle_voice_ended(&EndReason::NeedsNewVoiceState { code: 4006 });
+        assert_eq!(actions(&mut f), vec![JoinAction::Left]);
+    }
+
+    #[test]
+    fn leave_and_kick() {
+        let mut f = JoinFlow::new(G, ME);
+        f.join(5, false, false);
+        f.handle_voice_state_update(&vsu(Some(5), "s1"));
+        f.handle_voice_server_update(&vserver("t1", Some("a:443")));
+        connect_to(&mut f);
+        f.leave();
+        let a = actions(&mut f);
+        assert!(
+            matches!(&a[..], [JoinAction::SendVoiceStateUpdate(u), JoinAction::Disconnect, JoinAction::Left] if u.channel_id.is_none())
+        );
+        // Kicked: a state update with no channel.
+        f.join(5, false, false);
+        f.handle_voice_state_update(&vsu(Some(5), "s1"));
+        f.handle_voice_server_update(&vserver("t1", Some("a:443")));
+        connect_to(&mut f);
+        f.handle_voice_state_update(&vsu(None, "s1"));
+        assert_eq!(
+            actions(&mut f),
+            vec![JoinAction::Disconnect, JoinAction::Left]
+        );
+    }
+
+    #[test]
+    fn dispatch_json() {
+        let s = VoiceStateUpdate::from_json(
+            r#"{"guild_id":"1","channel_id":"5","user_id":"99","session_id":"abc","deaf":false,"mute":false,"self_deaf":false,"self_mute":false,"suppress":false,"request_to_speak_timestamp":null}"#,
+        )
+        .unwrap();
+        assert_eq!(s, vsu(Some(5), "abc"));
+        let v = VoiceServerUpdate::from_json(r#"{"token":"t","guild_id":"1","endpoint":null}"#)
+            .unwrap();
+        assert_eq!(v.endpoint, None);
+        assert!(VoiceServerUpdate::from_json("{}").is_err());
+        assert_eq!(
+            UpdateVoiceState {
+                guild_id: Snowflake(1),
+                channel_id: None,
+                self_mute: false,
+                self_deaf: true
+            }
+            .to_gateway_json(),
+            r#"{"d":{"channel_id":null,"guild_id":"1","self_deaf":true,"self_mute":false},"op":4}"#
+        );
+    }
+}

@@ -1,0 +1,852 @@
+//! The sans-IO voice gateway v8 state machine.
+//!
+//! [`VoiceGateway`] owns no socket and reads no clock. Its driver tells it when a websocket
+//! opened or closed, hands it every received frame with `now`, calls
+//! [`VoiceGateway::handle_timeout`] at [`VoiceGateway::poll_timeout`], and drains
+//! [`VoiceGateway::poll_output`]: socket actions (connect, send, close) and [`VoiceEvent`]s for the
+//! call's owner, in the order they must happen.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::backoff::{Backoff, BackoffConfig, JitterSource};
+use crate::dave::{DaveContext, DaveExtension, DaveOutbox, NoDave};
+use crate::heartbeat::{Beat, Heartbeater};
+use crate::protocol::{
+    BinaryFrame, ClosePolicy, DEFAULT_MAX_FRAME_LEN, EncryptionMode, Heartbeat, Identify, Ready,
+    Resume, SecretKey, SelectProtocol, SelectProtocolData, SessionDescription, Snowflake, Speaking,
+    SpeakingFlags, Token, VoicePayload, close_policy,
+};
+
+/// Close code we use when we abandon a socket ourselves (missed ACKs, handshake timeout): in the
+/// 4000 range so the server does not read it as a clean session end.
+pub const CLIENT_ABANDON_CLOSE_CODE: u16 = 4000;
+
+/// Errors from the voice state machine.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum VoiceError {
+    /// Ready offered no transport mode Quaver supports.
+    #[error("the voice server offers no supported encryption mode (offered: {offered:?})")]
+    NoSupportedMode {
+        /// What the server offered.
+        offered: Vec<String>,
+    },
+    /// A message arrived in a state where it makes no sense; it was ignored.
+    #[error("unexpected op {op} while {state}")]
+    Unexpected {
+        /// Opcode.
+        op: u64,
+        /// The state's name.
+        state: &'static str,
+    },
+    /// `set_discovered_address` was called when no discovery was pending.
+    #[error("no IP discovery is pending")]
+    NoDiscoveryPending,
+}
+
+/// Who to connect as and where: everything the join flow learned from the main gateway.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VoiceConnectRequest {
+    /// Guild ID (`server_id`).
+    pub guild_id: u64,
+    /// Voice channel ID (DAVE's group ID).
+    pub channel_id: u64,
+    /// Our user ID.
+    pub user_id: u64,
+    /// From VOICE_STATE_UPDATE.
+    pub session_id: String,
+    /// From VOICE_SERVER_UPDATE.
+    pub token: Token,
+    /// From VOICE_SERVER_UPDATE: `host:port`, or a full `ws://`/`wss://` URL (local servers).
+    pub endpoint: String,
+}
+
+impl VoiceConnectRequest {
+    /// The websocket URL: `wss://{endpoint}/?v=8`, keeping an explicit `ws://` scheme.
+    pub fn url(&self) -> String {
+        let ep = self.endpoint.trim_end_matches('/');
+        if ep.starts_with("ws://") || ep.starts_with("wss://") {
+            format!("{ep}/?v=8")
+        } else {
+            format!("wss://{ep}/?v=8")
+        }
+    }
+}
+
+/// Tuning for one voice connection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VoiceConfig {
+    /// Advertised in Identify. 0 until DAVE lands.
+    pub max_dave_protocol_version: u16,
+    /// Speaking flags sent right after Session Description and after each resume (before any
+    /// audio may flow). `NONE` leaves it to [`VoiceGateway::set_speaking`].
+    pub initial_speaking: SpeakingFlags,
+    /// Unanswered heartbeats in a row that make the socket dead (then resume).
+    pub missed_ack_limit: u32,
+    /// How long a (re)connect may take to reach Established/Resumed before it counts as failed.
+    pub handshake_timeout: Duration,
+    /// Largest frame accepted.
+    pub max_frame_len: usize,
+    /// Reconnect backoff.
+    pub backoff: BackoffConfig,
+}
+
+impl Default for VoiceConfig {
+    fn default() -> Self {
+        VoiceConfig {
+            max_dave_protocol_version: 0,
+            initial_speaking: SpeakingFlags::MICROPHONE,
+            missed_ack_limit: 3,
+            handshake_timeout: Duration::from_secs(15),
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            backoff: BackoffConfig::default(),
+        }
+    }
+}
+
+/// A frame for the websocket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutgoingFrame {
+    /// JSON text.
+    Text(String),
+    /// Binary (`[op][payload]`).
+    Binary(Vec<u8>),
+}
+
+/// What the driver must do, or tell the owner, in this order.
+#[derive(Debug)]
+pub enum Output {
+    /// Open a new websocket to `url` (closing any previous one without reporting it), then call
+    /// [`VoiceGateway::handle_socket_open`] or [`VoiceGateway::handle_socket_closed`].
+    Connect {
+        /// Where.
+        url: String,
+    },
+    /// Send a frame on the current socket.
+    Send(OutgoingFrame),
+    /// Close the current socket with `code`. The machine already treats it as gone: don't report
+    /// its closure back.
+    Close {
+        /// Close code.
+        code: u16,
+    },
+    /// Tell the call's owner.
+    Event(VoiceEvent),
+}
+
+/// Negotiated session parameters for the UDP sender.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VoiceSession {
+    /// Our SSRC.
+    pub ssrc: u32,
+    /// Voice server UDP address (from Ready).
+    pub server_ip: String,
+    /// Voice server UDP port (from Ready).
+    pub server_port: u16,
+    /// Transport encryption mode.
+    pub mode: EncryptionMode,
+    /// Transport key (redacted in `Debug`).
+    pub secret_key: SecretKey,
+    /// Negotiated DAVE version (0 = none).
+    pub dave_protocol_version: u16,
+}
+
+/// Why a voice connection ended for good.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum EndReason {
+    /// [`VoiceGateway::disconnect`] was called.
+    Left,
+    /// 4004/4006: the join flow must send a new op 4 and start over.
+    NeedsNewVoiceState {
+        /// The close code.
+        code: u16,
+    },
+    /// 4011/4014/4022: wait for a new VOICE_SERVER_UPDATE.
+    AwaitServerUpdate {
+        /// The close code.
+        code: u16,
+    },
+    /// A close code that says stop (4017, 4021, or a repeated client bug).
+    GaveUp {
+        /// The close code, if any.
+        code: Option<u16>,
+    },
+    /// The retry limit was used up.
+    RetriesExhausted,
+    /// A protocol-level failure (e.g. no supported mode).
+    Failed(VoiceError),
+}
+
+/// Events for the call's owner.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum VoiceEvent {
+    /// Ready arrived: do IP discovery from the voice UDP socket to `ip:port` using `ssrc`, then
+    /// call [`VoiceGateway::set_discovered_address`].
+    DiscoveryRequested {
+        /// Our SSRC.
+        ssrc: u32,
+        /// Voice server UDP IP.
+        ip: String,
+        /// Voice server UDP port.
+        port: u16,
+    },
+    /// Session Description arrived and Speaking was sent: audio may flow with these parameters.
+    SessionReady(VoiceSession),
+    /// A Speaking op was sent with these flags (after this, audio may flow).
+    SpeakingSent(SpeakingFlags),
+    /// The socket dropped; a resume is scheduled. UDP audio may keep flowing.
+    Resuming {
+        /// Retry number (1-based).
+        attempt: u32,
+        /// Delay before the new socket.
+        delay: Duration,
+    },
+    /// The resume succeeded (Speaking was re-sent if set).
+    Resumed,
+    /// The session is lost; a fresh Identify is scheduled. Stop audio: a new SSRC and key follow.
+    Reconnecting {
+        /// Retry number (1-based).
+        attempt: u32,
+        /// Delay before the new socket.
+        delay: Duration,
+    },
+    /// Users present in the call (op 11).
+    ClientsConnected(Vec<u64>),
+    /// A user left (op 13); their SSRC mapping is gone.
+    ClientDisconnected(u64),
+    /// A user's SSRC and speaking state (op 5 from the server).
+    UserSpeaking {
+        /// User ID.
+        user_id: u64,
+        /// Their SSRC.
+        ssrc: u32,
+        /// Flags.
+        flags: SpeakingFlags,
+    },
+    /// The connection ended; no further output follows.
+    Ended(EndReason),
+}
+
+/// States, named after what they wait for.
+#[derive(Debug)]
+enum State {
+    /// `start` not called yet.
+    Idle,
+    /// A socket is being opened (for Identify, or Resume when `resume`).
+    ExpectSocket { resume: bool },
+    /// Identify sent; Hello and Ready may come in either order.
+    ExpectHelloReady { hello: bool, ready: Option<Ready> },
+    /// Ready handled; the owner is doing IP discovery.
+    ExpectDiscovery { ready: Ready, mode: EncryptionMode },
+    /// Select Protocol sent.
+    ExpectSessionDescription { ready: Ready, mode: EncryptionMode },
+    /// Up and running.
+    Established,
+    /// Resume sent; waiting for op 9.
+    ExpectResumed,
+    /// Waiting out a backoff delay before reconnecting.
+    ExpectRetryTimer { at: Instant, resume: bool },
+    /// Finished; only `Ended` was emitted.
+    Ended,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::Idle => "idle",
+            State::ExpectSocket { .. } => "expecting the socket",
+            State::ExpectHelloReady { .. } => "expecting hello/ready",
+            State::ExpectDiscovery { .. } => "expecting ip discovery",
+            State::ExpectSessionDescription { .. } => "expecting session description",
+            State::Established => "established",
+            State::ExpectResumed => "expecting resumed",
+            State::ExpectRetryTimer { .. } => "expecting the retry timer",
+            State::Ended => "ended",
+        }
+    }
+}
+
+/// The voice gateway v8 client for one call.
+pub struct VoiceGateway {
+    request: VoiceConnectRequest,
+    config: VoiceConfig,
+    state: State,
+    out: VecDeque<Output>,
+    backoff: Backoff,
+    dave: Box<dyn DaveExtension>,
+    heartbeat: Option<Heartbeater>,
+    /// Kept across resumes so heartbeats continue even if a server skips Hello on resume.
+    heartbeat_interval: Option<Duration>,
+    next_nonce: u64,
+    seq_ack: i64,
+    handshake_deadline: Option<Instant>,
+    /// Negotiated UDP parameters; `Some` once Established at least once in this session.
+    session: Option<(u32, EncryptionMode)>,
+    speaking: SpeakingFlags,
+    resumed_after_4009: bool,
+    client_bug_retry_used: bool,
+    users: BTreeSet<u64>,
+    ssrcs: HashMap<u32, u64>,
+}
+
+impl std::fmt::Debug for VoiceGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VoiceGateway")
+            .field("guild_id", &self.request.guild_id)
+            .field("state", &self.state.name())
+            .field("seq_ack", &self.seq_ack)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VoiceGateway {
+    /// A new machine without DAVE.
+    pub fn new(
+        request: VoiceConnectRequest,
+        config: VoiceConfig,
+        jitter: Box<dyn JitterSource>,
+    ) -> Self {
+        Self::with_dave(request, config, jitter, Box::new(NoDave))
+    }
+
+    /// A new machine routing DAVE traffic to `dave`.
+    pub fn with_dave(
+        request: VoiceConnectRequest,
+        config: VoiceConfig,
+        jitter: Box<dyn JitterSource>,
+        dave: Box<dyn DaveExtension>,
+    ) -> Self {
+        let backoff = Backoff::new(config.backoff, jitter);
+        VoiceGateway {
+            request,
+            speaking: config.initial_speaking,
+            config,
+            state: State::Idle,
+            out: VecDeque::new(),
+            backoff,
+            dave,
+            heartbeat: None,
+            heartbeat_interval: None,
+            next_nonce: 1,
+            seq_ack: -1,
+            handshake_deadline: None,
+            session: None,
+            resumed_after_4009: false,
+            client_bug_retry_used: false,
+            users: BTreeSet::new(),
+            ssrcs: HashMap::new(),
+        }
+    }
+
+    /// The request this machine connects with.
+    pub fn request(&self) -> &VoiceConnectRequest {
+        &self.request
+    }
+
+    /// Name of the current state (for logs and tests).
+    pub fn state_name(&self) -> &'static str {
+        self.state.name()
+    }
+
+    /// Whether the session is up (Established, including after a resume).
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, State::Established)
+    }
+
+    /// Whether the machine has ended.
+    pub fn is_ended(&self) -> bool {
+        matches!(self.state, State::Ended)
+    }
+
+    /// Last seq seen (−1 if none).
+    pub fn seq_ack(&self) -> i64 {
+        self.seq_ack
+    }
+
+    /// Round-trip time of the last acknowledged heartbeat.
+    pub fn latency(&self) -> Option<Duration> {
+        self.heartbeat.as_ref().and_then(Heartbeater::last_rtt)
+    }
+
+    /// The user speaking on `ssrc`, from server op 5.
+    pub fn user_for_ssrc(&self, ssrc: u32) -> Option<u64> {
+        self.ssrcs.get(&ssrc).copied()
+    }
+
+    /// Users present (ops 11/13), as DAVE will need them.
+    pub fn users(&self) -> impl Iterator<Item = u64> + '_ {
+        self.users.iter().copied()
+    }
+
+    /// Begin: asks the driver to open the first socket.
+    pub fn start(&mut self, now: Instant) {
+        if matches!(self.state, State::Idle) {
+            self.begin_connect(false, now);
+        }
+    }
+
+    /// Next output for the driver, in order.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`VoiceGateway::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let retry = match self.state {
+            State::ExpectRetryTimer { at, .. } => Some(at),
+            _ => None,
+        };
+        [
+            retry,
+            self.handshake_deadline,
+            self.heartbeat.as_ref().map(Heartbeater::next_due),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The socket asked for by the last `Connect` is open.
+    pub fn handle_socket_open(&mut self, now: Instant) {
+        let State::ExpectSocket { resume } = self.state else {
+            return;
+        };
+        let payload = if resume {
+            self.state = State::ExpectResumed;
+            VoicePayload::Resume(Resume {
+                server_id: Snowflake(self.request.guild_id),
+                session_id: self.request.session_id.clone(),
+                token: self.request.token.clone(),
+                seq_ack: self.seq_ack,
+            })
+        } else {
+            self.state = State::ExpectHelloReady {
+                hello: false,
+                ready: None,
+            };
+            VoicePayload::Identify(Identify {
+                server_id: Snowflake(self.request.guild_id),
+                user_id: Snowflake(self.request.user_id),
+                session_id: self.request.session_id.clone(),
+                token: self.request.token.clone(),
+                max_dave_protocol_version: self.config.max_dave_protocol_version,
+            })
+        };
+        self.send(&payload);
+        if resume && let Some(iv) = self.heartbeat_interval {
+            self.heartbeat = Some(self.new_heartbeater(iv, now));
+        }
+    }
+
+    /// The current socket closed (`code` from its close frame; `None` if it just dropped).
+    pub fn handle_socket_closed(&mut self, code: Option<u16>, now: Instant) {
+        match self.state {
+            State::Idle | State::Ended | State::ExpectRetryTimer { .. } => return,
+            _ => {}
+        }
+        tracing::debug!(
+            guild = self.request.guild_id,
+            ?code,
+            state = self.state.name(),
+            "voice socket closed"
+        );
+        // Only a server that saw our Resume and closed rejects it; a failed TCP connect doesn't.
+        let failed_resume = matches!(self.state, State::ExpectResumed);
+        self.heartbeat = None;
+        self.handshake_deadline = None;
+        let resumable = self.session.is_some() && !failed_resume;
+        match close_policy(code) {
+            ClosePolicy::Resume => self.schedule_retry(resumable, now),
+            ClosePolicy::ResumeOnceThenReconnect => {
+                let resume = resumable && !self.resumed_after_4009;
+                self.resumed_after_4009 |= resume;
+                self.schedule_retry(resume, now)
+            }
+            ClosePolicy::ReconnectOnce => {
+                if self.client_bug_retry_used {
+                    self.end(EndReason::GaveUp { code });
+                } else {
+                    self.client_bug_retry_used = true;
+                    self.schedule_retry(false, now);
+                }
+            }
+            ClosePolicy::NewVoiceState => self.end(EndReason::NeedsNewVoiceState {
+                code: code.unwrap_or_default(),
+            }),
+            ClosePolicy::AwaitServerUpdate => self.end(EndReason::AwaitServerUpdate {
+                code: code.unwrap_or_default(),
+            }),
+            _ => self.end(EndReason::GaveUp { code }),
+        }
+    }
+
+    /// Drive timers: heartbeats, handshake timeout, backoff.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let State::ExpectRetryTimer { at, resume } = self.state {
+            if now >= at {
+                self.begin_connect(resume, now);
+            }
+            return;
+        }
+        if self.handshake_deadline.is_some_and(|d| now >= d) {
+            tracing::debug!(
+                guild = self.request.guild_id,
+                state = self.state.name(),
+                "voice handshake timed out"
+            );
+            self.abandon_socket(now);
+            return;
+        }
+        let Some(beat) = self.heartbeat.as_mut().and_then(|h| h.poll(now)) else {
+            return;
+        };
+        match beat {
+            Beat::Send { nonce } => {
+                self.next_nonce = nonce + 1;
+                let hb = VoicePayload::Heartbeat(Heartbeat {
+                    t: nonce,
+                    seq_ack: self.seq_ack,
+                });
+                self.send(&hb);
+            }
+            Beat::Dead { missed } => {
+                tracing::debug!(
+                    guild = self.request.guild_id,
+                    missed,
+                    "voice heartbeats unanswered"
+                );
+                self.abandon_socket(now);
+            }
+        }
+    }
+
+    /// A text frame arrived. Errors mean the frame was ignored; the connection carries on.
+    pub fn handle_text(&mut self, text: &str, now: Instant) -> Result<(), crate::Error> {
+        let frame = VoicePayload::decode(text, self.config.max_frame_len)?;
+        if let Some(seq) = frame.seq {
+            self.seq_ack = seq;
+        }
+        self.handle_payload(frame.payload, now)
+    }
+
+    /// A binary frame arrived (`[seq u16][op][payload]`).
+    pub fn handle_binary(&mut self, bytes: &[u8], _now: Instant) -> Result<(), crate::Error> {
+        let frame = BinaryFrame::parse_server(bytes, self.config.max_frame_len)?;
+        if let Some(seq) = frame.seq {
+            self.seq_ack = i64::from(seq);
+        }
+        if matches!(self.state, State::Ended | State::Idle) {
+            return Ok(());
+        }
+        let mut outbox = DaveOutbox::default();
+        self.dave.on_binary(frame.op, frame.payload, &mut outbox);
+        self.flush_dave(outbox);
+        Ok(())
+    }
+
+    /// IP discovery finished: our external address as the voice server sees it.
+    pub fn set_discovered_address(
+        &mut self,
+        ip: String,
+        port: u16,
+        _now: Instant,
+    ) -> Result<(), VoiceError> {
+        let (ready, mode) = match std::mem::replace(&mut self.state, State::Ended) {
+            State::ExpectDiscovery { ready, mode } => (ready, mode),
+            other => {
+                self.state = other;
+                return Err(VoiceError::NoDiscoveryPending);
+            }
+        };
+        self.send(&VoicePayload::SelectProtocol(SelectProtocol {
+            protocol: "udp".into(),
+            data: SelectProtocolData {
+                address: ip,
+                port,
+                mode: mode.as_str().into(),
+            },
+        }));
+        self.state = State::ExpectSessionDescription { ready, mode };
+        Ok(())
+    }
+
+    /// Ask for Speaking on/off. Sent now if established, and re-sent after every resume.
+    pub fn set_speaking(&mut self, flags: SpeakingFlags) {
+        let changed = self.speaking != flags;
+        self.speaking = flags;
+        if changed && matches!(self.state, State::Established) {
+            self.send_speaking();
+        }
+    }
+
+    /// Leave: close the socket and end.
+    pub fn disconnect(&mut self) {
+        if matches!(self.state, State::Ended) {
+            return;
+        }
+        if !matches!(self.state, State::Idle | State::ExpectRetryTimer { .. }) {
+            self.out.push_back(Output::Close { code: 1000 });
+        }
+        self.end(EndReason::Left);
+    }
+
+    fn handle_payload(&mut self, payload: VoicePayload, now: Instant) -> Result<(), crate::Error> {
+        // Nothing follows `Ended`, even if a driver keeps feeding a socket it should have closed.
+        if matches!(self.state, State::Ended | State::Idle) {
+            return Ok(());
+        }
+        match payload {
+            VoicePayload::Hello(hello) => {
+                let iv = Heartbeater::interval_from_ms(hello.heartbeat_interval);
+                self.heartbeat_interval = Some(iv);
+                if !matches!(
+                    self.state,
+                    State::Idle | State::Ended | State::ExpectRetryTimer { .. }
+                ) {
+                    self.heartbeat = Some(self.new_heartbeater(iv, now));
+                }
+                if let State::ExpectHelloReady { hello, .. } = &mut self.state {
+                    *hello = true;
+                    self.advance_handshake()?;
+                }
+            }
+            VoicePayload::Ready(ready) => match std::mem::replace(&mut self.state, State::Ended) {
+                State::ExpectHelloReady { hello, ready: None } => {
+                    self.state = State::ExpectHelloReady {
+                        hello,
+                        ready: Some(ready),
+                    };
+                    self.advance_handshake()?;
+                }
+                other => {
+                    self.state = other;
+                    return Err(self.unexpected(2));
+                }
+            },
+            VoicePayload::SessionDescription(desc) => self.on_session_description(desc)?,
+            VoicePayload::HeartbeatAck(ack) => {
+                if let Some(h) = self.heartbeat.as_mut() {
+                    h.on_ack(ack.t, now);
+                }
+            }
+            VoicePayload::Resumed => {
+                if !matches!(self.state, State::ExpectResumed) {
+                    return Err(self.unexpected(9));
+                }
+                self.state = State::Established;
+                self.handshake_deadline = None;
+                self.backoff.reset();
+                if self.speaking.is_speaking() {
+                    self.send_speaking();
+                }
+                self.event(VoiceEvent::Resumed);
+            }
+            VoicePayload::Speaking(s) => {
+                if let Some(user) = s.user_id {
+                    self.ssrcs.insert(s.ssrc, user.0);
+                    self.event(VoiceEvent::UserSpeaking {
+                        user_id: user.0,
+                        ssrc: s.ssrc,
+                        flags: s.speaking,
+                    });
+                }
+            }
+            VoicePayload::ClientsConnect(c) => {
+                let ids: Vec<u64> = c.user_ids.iter().map(|u| u.0).collect();
+                self.users.extend(ids.iter().copied());
+                self.dave.on_clients_connect(&ids);
+                self.event(VoiceEvent::ClientsConnected(ids));
+            }
+            VoicePayload::ClientDisconnect(c) => {
+                self.users.remove(&c.user_id.0);
+                self.ssrcs.retain(|_, u| *u != c.user_id.0);
+                self.dave.on_client_disconnect(c.user_id.0);
+                self.event(VoiceEvent::ClientDisconnected(c.user_id.0));
+            }
+            p @ (VoicePayload::DavePrepareTransition(_)
+            | VoicePayload::DaveExecuteTransition(_)
+            | VoicePayload::DavePrepareEpoch(_)
+            | VoicePayload::DaveTransitionReady(_)
+            | VoicePayload::DaveMlsInvalidCommitWelcome(_)) => {
+                let mut outbox = DaveOutbox::default();
+                self.dave.on_json(&p, &mut outbox);
+                self.flush_dave(outbox);
+            }
+            VoicePayload::Unknown { op } => {
+                tracing::trace!(op, "ignoring unknown voice opcode");
+            }
+            other => return Err(self.unexpected(other.op())),
+        }
+        Ok(())
+    }
+
+    fn advance_handshake(&mut self) -> Result<(), crate::Error> {
+        let ready = match std::mem::replace(&mut self.state, State::Ended) {
+            State::ExpectHelloReady {
+                hello: true,
+                ready: Some(ready),
+            } => ready,
+            other => {
+                self.state = other;
+                return Ok(());
+            }
+        };
+        let Some(mode) = EncryptionMode::best_of(&ready.modes) else {
+            let err = VoiceError::NoSupportedMode {
+                offered: ready.modes.clone(),
+            };
+            self.out.push_back(Output::Close { code: 1000 });
+            self.end(EndReason::Failed(err.clone()));
+            return Err(err.into());
+        };
+        self.event(VoiceEvent::DiscoveryRequested {
+            ssrc: ready.ssrc,
+            ip: ready.ip.clone(),
+            port: ready.port,
+        });
+        self.state = State::ExpectDiscovery { ready, mode };
+        Ok(())
+    }
+
+    fn on_session_description(&mut self, desc: SessionDescription) -> Result<(), crate::Error> {
+        let (ready, mode) = match std::mem::replace(&mut self.state, State::Ended) {
+            State::ExpectSessionDescription { ready, mode } => (ready, mode),
+            other => {
+                self.state = other;
+                return Err(self.unexpected(4));
+            }
+        };
+        // Trust the server's choice if it is one we can do; otherwise keep ours.
+        let mode = EncryptionMode::from_wire(&desc.mode).unwrap_or(mode);
+        self.state = State::Established;
+        self.handshake_deadline = None;
+        self.backoff.reset();
+        self.client_bug_retry_used = false;
+        self.resumed_after_4009 = false;
+        self.session = Some((ready.ssrc, mode));
+        let mut outbox = DaveOutbox::default();
+        self.dave.on_session_description(
+            DaveContext {
+                user_id: self.request.user_id,
+                channel_id: self.request.channel_id,
+            },
+            desc.dave_protocol_version,
+            &mut outbox,
+        );
+        if self.speaking.is_speaking() {
+            self.send_speaking();
+        }
+        self.event(VoiceEvent::SessionReady(VoiceSession {
+            ssrc: ready.ssrc,
+            server_ip: ready.ip,
+            server_port: ready.port,
+            mode,
+            secret_key: desc.secret_key,
+            dave_protocol_version: desc.dave_protocol_version,
+        }));
+        self.flush_dave(outbox);
+        Ok(())
+    }
+
+    fn begin_connect(&mut self, resume: bool, now: Instant) {
+        self.state = State::ExpectSocket { resume };
+        self.handshake_deadline = Some(now + self.config.handshake_timeout);
+        self.heartbeat = None;
+        self.out.push_back(Output::Connect {
+            url: self.request.url(),
+        });
+    }
+
+    /// We gave up on the current socket (timeouts): close it and recover as for a dropped one.
+    fn abandon_socket(&mut self, now: Instant) {
+        self.out.push_back(Output::Close {
+            code: CLIENT_ABANDON_CLOSE_CODE,
+        });
+        // Our own 4000 must not be read as the server's client-bug close: treat it as a drop.
+        self.handle_socket_closed(None, now);
+    }
+
+    fn schedule_retry(&mut self, resume: bool, now: Instant) {
+        let Some(delay) = self.backoff.next_delay() else {
+            self.end(EndReason::RetriesExhausted);
+            return;
+        };
+        let attempt = self.backoff.attempts();
+        if resume {
+            self.event(VoiceEvent::Resuming { attempt, delay });
+        } else {
+            self.forget_session();
+            self.event(VoiceEvent::Reconnecting { attempt, delay });
+        }
+        self.state = State::ExpectRetryTimer {
+            at: now + delay,
+            resume,
+        };
+    }
+
+    fn forget_session(&mut self) {
+        self.session = None;
+        self.seq_ack = -1;
+        self.users.clear();
+        self.ssrcs.clear();
+        self.resumed_after_4009 = false;
+        self.dave.on_reset();
+    }
+
+    fn end(&mut self, reason: EndReason) {
+        self.state = State::Ended;
+        self.heartbeat = None;
+        self.handshake_deadline = None;
+        self.dave.on_reset();
+        self.event(VoiceEvent::Ended(reason));
+    }
+
+    fn new_heartbeater(&self, interval: Duration, now: Instant) -> Heartbeater {
+        Heartbeater::new(interval, self.config.missed_ack_limit, self.next_nonce, now)
+    }
+
+    fn send_speaking(&mut self) {
+        let Some((ssrc, _)) = self.session else {
+            return;
+        };
+        let flags = self.speaking;
+        self.send(&VoicePayload::Speaking(Speaking {
+            speaking: flags,
+            ssrc,
+            delay: Some(0),
+            user_id: None,
+        }));
+        self.event(VoiceEvent::SpeakingSent(flags));
+    }
+
+    fn send(&mut self, payload: &VoicePayload) {
+        match payload.encode(None) {
+            Ok(text) => self.out.push_back(Output::Send(OutgoingFrame::Text(text))),
+            // Our own payloads hold no floats, so this cannot happen; log rather than panic.
+            Err(e) => tracing::error!(error = %e, "could not encode a voice payload"),
+        }
+    }
+
+    fn flush_dave(&mut self, outbox: DaveOutbox) {
+        self.out.extend(outbox.frames.into_iter().map(Output::Send));
+    }
+
+    fn event(&mut self, e: VoiceEvent) {
+        self.out.push_back(Output::Event(e));
+    }
+
+    fn unexpected(&self, op: u64) -> crate::Error {
+        VoiceError::Unexpected {
+            op,
+            state: self.state.name(),
+        }
+        .into()
+    }
+}
+
+#[cfg(test)]
+#[path = "voice_tests.rs"]
+mod tests;
