@@ -18,6 +18,7 @@
 //! or call needs is built by the calling thread and handed over through lock-free queues, and
 //! what the mixer is done with is handed back to be dropped elsewhere.
 
+pub mod analysis;
 mod codec;
 mod engine;
 mod error;

@@ -101,7 +101,7 @@ impl CallSlot {
         })
     }
 
-    fn tick(&mut self, tick: u64, out: &mut Outboxes<'_>) {
+    fn tick(&mut self, tick: u64, encode: bool, out: &mut Outboxes<'_>) {
         if self.sources.is_empty() && !self.producing {
             return;
         }
@@ -148,7 +148,13 @@ impl CallSlot {
             apply_ramp(&mut self.mix, self.master_gain, master_target);
             self.master_gain = master_target;
             self.limiter.process(&mut self.mix);
-            self.encode_and_send(tick, out);
+            if encode {
+                self.encode_and_send(tick, out);
+            } else {
+                self.frame.set_len(0);
+                self.frame.tick = tick;
+                out.send_frame(&mut self.frames, &self.frame);
+            }
             self.producing = true;
         } else if self.producing {
             self.producing = false;
@@ -270,6 +276,7 @@ pub struct Mixer {
     stats: StatsPublisher,
     counters: Arc<MixerCounters>,
     next_tick: u64,
+    encode: bool,
 }
 
 impl std::fmt::Debug for Mixer {
@@ -298,7 +305,15 @@ impl Mixer {
             stats,
             counters,
             next_tick: 0,
+            encode: true,
         }
+    }
+
+    /// For benchmarks: with `false`, frames are mixed and limited but not Opus-encoded (they
+    /// come out empty), so the cost of everything but libopus can be measured on its own.
+    #[doc(hidden)]
+    pub fn set_encoding(&mut self, encode: bool) {
+        self.encode = encode;
     }
 
     /// Runs the next tick: applies pending commands, then builds one frame for every call that
@@ -336,7 +351,7 @@ impl Mixer {
             apply_command(&mut self.calls, command, tick, &mut out);
         }
         for call in self.calls.iter_mut() {
-            call.tick(tick, &mut out);
+            call.tick(tick, self.encode, &mut out);
         }
         out.histograms
             .tick_us

@@ -1,0 +1,535 @@
+//! The engine end to end in manual mode: real sources, real resampling, real libopus; frames are
+//! decoded back with libopus and measured.
+
+use std::io::Write;
+use std::time::Duration;
+
+use quaver_engine::{
+    EndReason, Engine, EngineConfig, Error, Event, FileOptions, FrameKind, FrameReceiver, Mixer,
+    PcmFormat, SourceOptions,
+};
+
+fn manual(max_sources: usize) -> (Engine, Mixer) {
+    let config = EngineConfig {
+        max_calls: 4,
+        max_sources_per_call: max_sources,
+        ..EngineConfig::default()
+    };
+    Engine::manual(config).unwrap()
+}
+
+fn sine(rate: u32, channels: usize, freq: f64, amplitude: f32, seconds: f64) -> Vec<f32> {
+    let frames = (f64::from(rate) * seconds) as usize;
+    (0..frames)
+        .flat_map(|i| {
+            let v = (2.0 * std::f64::consts::PI * freq * i as f64 / f64::from(rate)).sin() as f32
+                * amplitude;
+            std::iter::repeat_n(v, channels)
+        })
+        .collect()
+}
+
+/// Decodes the call's audio frames (48 kHz, left channel); also returns the frame kinds seen.
+struct Decoded {
+    left: Vec<f32>,
+    kinds: Vec<FrameKind>,
+    packets: Vec<Vec<u8>>,
+}
+
+fn decode_all(
+    frames: &mut FrameReceiver,
+    decoder: &mut audiopus::coder::Decoder,
+    out: &mut Decoded,
+) {
+    while let Ok(frame) = frames.pop() {
+        out.kinds.push(frame.kind);
+        if frame.kind != FrameKind::Audio {
+            continue;
+        }
+        out.packets.push(frame.opus().to_vec());
+        let mut pcm = vec![0.0_f32; 1920];
+        let packet = audiopus::packet::Packet::try_from(frame.opus()).unwrap();
+        let signals = audiopus::MutSignals::try_from(&mut pcm[..]).unwrap();
+        let n = decoder.decode_float(Some(packet), signals, false).unwrap();
+        out.left.extend(pcm[..n * 2].chunks_exact(2).map(|p| p[0]));
+    }
+}
+
+fn new_decoder() -> audiopus::coder::Decoder {
+    audiopus::coder::Decoder::new(audiopus::SampleRate::Hz48000, audiopus::Channels::Stereo)
+        .unwrap()
+}
+
+fn tone_power(signal: &[f32], freq: f64) -> f64 {
+    quaver_engine::analysis::tone_power(signal, freq, 48_000)
+}
+
+fn run(
+    engine: &Engine,
+    mixer: &mut Mixer,
+    ticks: usize,
+    frames: &mut FrameReceiver,
+    out: &mut Decoded,
+) -> Vec<Event> {
+    let mut decoder = new_decoder();
+    let mut events = Vec::new();
+    for _ in 0..ticks {
+        engine.housekeep();
+        mixer.tick();
+        decode_all(frames, &mut decoder, out);
+    }
+    engine.housekeep();
+    events.extend(engine.events().try_iter());
+    events
+}
+
+fn empty() -> Decoded {
+    Decoded {
+        left: Vec::new(),
+        kinds: Vec::new(),
+        packets: Vec::new(),
+    }
+}
+
+#[test]
+fn two_tones_at_different_rates_mix_at_the_right_frequencies() {
+    let (engine, mut mixer) = manual(8);
+    let (call, mut frames) = engine.create_call().unwrap();
+    let (_a, mut low) = engine
+        .push_source(call, PcmFormat::new(44_100, 2).unwrap())
+        .unwrap();
+    let (_b, mut high) = engine
+        .push_source_with(
+            call,
+            PcmFormat::new(22_050, 1).unwrap(),
+            SourceOptions {
+                buffer: Duration::from_secs(2),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let (_c, mut i16_source) = engine.push_source(call, PcmFormat::STEREO_48K).unwrap();
+    let mut out = empty();
+    let low_tone = sine(44_100, 2, 440.0, 0.3, 1.0);
+    let high_tone = sine(22_050, 1, 1_500.0, 0.3, 1.0);
+    let i16_tone: Vec<i16> = sine(48_000, 2, 3_000.0, 0.3, 1.0)
+        .iter()
+        .map(|s| (s * 32_767.0) as i16)
+        .collect();
+    // Write in 20 ms pieces, as a live producer would.
+    let (mut lp, mut hp, mut ip) = (0, 0, 0);
+    let mut decoder = new_decoder();
+    for _ in 0..50 {
+        lp += low
+            .write_f32(&low_tone[lp..(lp + 1_764).min(low_tone.len())])
+            .unwrap();
+        hp += high
+            .write_f32(&high_tone[hp..(hp + 441).min(high_tone.len())])
+            .unwrap();
+        ip += i16_source
+            .write_i16(&i16_tone[ip..(ip + 1_920).min(i16_tone.len())])
+            .unwrap();
+        engine.housekeep();
+        mixer.tick();
+        decode_all(&mut frames, &mut decoder, &mut out);
+    }
+    let steady = &out.left[9_600..];
+    let p440 = tone_power(steady, 440.0);
+    let p1500 = tone_power(steady, 1_500.0);
+    let p3000 = tone_power(steady, 3_000.0);
+    let p_off = tone_power(steady, 900.0);
+    assert!(p440 > 100.0 * p_off, "440 Hz missing: {p440} vs {p_off}");
+    assert!(p1500 > 100.0 * p_off, "1500 Hz missing: {p1500} vs {p_off}");
+    assert!(
+        p3000 > 100.0 * p_off,
+        "3000 Hz (i16 input) missing: {p3000} vs {p_off}"
+    );
+}
+
+#[test]
+fn a_finished_source_drains_then_ends_with_an_event_and_an_end_of_stream_marker() {
+    let (engine, mut mixer) = manual(4);
+    let (call, mut frames) = engine.create_call().unwrap();
+    let (handle, mut writer) = engine
+        .push_source(call, PcmFormat::new(44_100, 2).unwrap())
+        .unwrap();
+    let tone = sine(44_100, 2, 440.0, 0.5, 0.1); // 100 ms: five frames and a bit
+    assert_eq!(writer.write_f32(&tone).unwrap(), tone.len());
+    writer.finish();
+    let mut out = empty();
+    let events = run(&engine, &mut mixer, 12, &mut frames, &mut out);
+    let audio = out.kinds.iter().filter(|k| **k == FrameKind::Audio).count();
+    // 100 ms of input plus the resampler's flushed tail.
+    assert!((5..=7).contains(&audio), "{audio} audio frames");
+    assert_eq!(out.kinds.last(), Some(&FrameKind::EndOfStream));
+    assert_eq!(
+        out.kinds
+            .iter()
+            .filter(|k| **k == FrameKind::EndOfStream)
+            .count(),
+        1
+    );
+    assert!(events.contains(&Event::SourceEnded {
+        call,
+        source: handle.id(),
+        reason: EndReason::Finished
+    }));
+    assert!(handle.is_ended());
+    assert_eq!(handle.stats().underruns, 0);
+}
+
+#[test]
+fn underruns_are_counted_and_filled_with_silence_without_stopping_the_call() {
+    let (engine, mut mixer) = manual(4);
+    let (call, mut frames) = engine.create_call().unwrap();
+    let (handle, mut writer) = engine.push_source(call, PcmFormat::STEREO_48K).unwrap();
+    let (steady, mut steady_writer) = engine.push_source(call, PcmFormat::STEREO_48K).unwrap();
+    writer
+        .write_f32(&sine(48_000, 2, 440.0, 0.3, 0.04))
+        .unwrap(); // two frames, then nothing
+    steady_writer
+        .write_f32(&sine(48_000, 2, 660.0, 0.3, 0.1))
+        .unwrap();
+    let mut out = empty();
+    run(&engine, &mut mixer, 5, &mut frames, &mut out);
+    assert_eq!(
+        out.kinds.iter().filter(|k| **k == FrameKind::Audio).count(),
+        5
+    );
+    assert_eq!(handle.stats().underruns, 3);
+    assert_eq!(handle.stats().frames_mixed, 5);
+    assert_eq!(steady.stats().underruns, 0);
+    assert!(
+        !handle.is_ended(),
+        "an underrun must not end a source whose producer is still there"
+    );
+}
+
+#[test]
+fn pause_stops_consuming_and_stop_ends_the_source() {
+    let (engine, mut mixer) = manual(4);
+    let (call, mut frames) = engine.create_call().unwrap();
+    let (handle, mut writer) = engine.push_source(call, PcmFormat::STEREO_48K).unwrap();
+    writer.write_f32(&sine(48_000, 2, 440.0, 0.3, 0.1)).unwrap();
+    let mut out = empty();
+    run(&engine, &mut mixer, 2, &mut frames, &mut out);
+    handle.pause();
+    run(&engine, &mut mixer, 5, &mut frames, &mut out);
+    // One fade-out frame after pausing, then nothing consumed and the call goes quiet.
+    assert_eq!(handle.stats().frames_mixed, 3);
+    assert_eq!(out.kinds.last(), Some(&FrameKind::EndOfStream));
+    handle.resume();
+    run(&engine, &mut mixer, 1, &mut frames, &mut out);
+    assert_eq!(handle.stats().frames_mixed, 4);
+    handle.stop();
+    let events = run(&engine, &mut mixer, 3, &mut frames, &mut out);
+    assert!(events.contains(&Event::SourceEnded {
+        call,
+        source: handle.id(),
+        reason: EndReason::Stopped
+    }));
+    assert!(matches!(
+        writer.write_f32(&[0.0, 0.0]),
+        Err(Error::SourceEnded)
+    ));
+}
+
+#[test]
+fn volume_changes_take_effect_within_a_frame() {
+    let (engine, mut mixer) = manual(4);
+    let (call, mut frames) = engine.create_call().unwrap();
+    let (handle, mut writer) = engine
+        .push_source_with(
+            call,
+            PcmFormat::STEREO_48K,
+            SourceOptions {
+                buffer: Duration::from_secs(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    writer
+        .write_f32(&sine(48_000, 2, 1_000.0, 0.5, 0.8))
+        .unwrap();
+    let mut out = empty();
+    run(&engine, &mut mixer, 15, &mut frames, &mut out);
+    handle.set_volume(0.1);
+    run(&engine, &mut mixer, 15, &mut frames, &mut out);
+    let rms = quaver_engine::analysis::rms;
+    let loud = rms(&out.left[4_800..14_400]);
+    let quiet = rms(&out.left[19_200..28_800]);
+    let ratio = quiet / loud;
+    assert!(
+        (0.08..0.12).contains(&ratio),
+        "volume 0.1 gave ratio {ratio}"
+    );
+}
+
+#[test]
+fn sixty_four_loud_sources_neither_wrap_nor_square_off() {
+    let (engine, mut mixer) = manual(64);
+    let (call, mut frames) = engine.create_call().unwrap();
+    let tone = sine(48_000, 2, 500.0, 1.0, 0.5);
+    let mut writers = Vec::new();
+    for _ in 0..64 {
+        let (_, mut writer) = engine
+            .push_source_with(
+                call,
+                PcmFormat::STEREO_48K,
+                SourceOptions {
+                    buffer: Duration::from_secs(1),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        writer.write_f32(&tone).unwrap();
+        writers.push(writer);
+    }
+    let mut out = empty();
+    run(&engine, &mut mixer, 20, &mut frames, &mut out);
+    let steady = &out.left[4_800..];
+    let peak = steady.iter().fold(0.0_f32, |p, s| p.max(s.abs()));
+    assert!(peak <= 1.0, "peak {peak}");
+    assert!(
+        peak > 0.5,
+        "the limiter should not crush the level: peak {peak}"
+    );
+    // A hard-clipped sine is nearly square: a fundamental of 8/π² ≈ 81 % of the energy. A clean
+    // limited sine keeps almost all of it there.
+    let total: f64 =
+        steady.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / steady.len() as f64;
+    let fundamental = 2.0 * tone_power(steady, 500.0);
+    assert!(
+        fundamental / total > 0.95,
+        "fundamental holds {:.3} of the energy",
+        fundamental / total
+    );
+}
+
+fn opus_packets(count: usize) -> Vec<Vec<u8>> {
+    let encoder = audiopus::coder::Encoder::new(
+        audiopus::SampleRate::Hz48000,
+        audiopus::Channels::Stereo,
+        audiopus::Application::Audio,
+    )
+    .unwrap();
+    let tone = sine(48_000, 2, 700.0, 0.4, count as f64 * 0.02);
+    tone.chunks_exact(1_920)
+        .map(|frame| {
+            let mut packet = vec![0; 1275];
+            let len = encoder.encode_float(frame, &mut packet).unwrap();
+            packet.truncate(len);
+            packet
+        })
+        .collect()
+}
+
+#[test]
+fn a_lone_opus_source_at_unity_passes_through_and_is_mixed_otherwise() {
+    let (engine, mut mixer) = manual(4);
+    let (call, mut frames) = engine.create_call().unwrap();
+    let packets = opus_packets(20);
+    let (opus, mut writer) = engine.push_opus(call, SourceOptions::default()).unwrap();
+    for packet in &packets[..5] {
+        assert!(writer.write_packet(packet).unwrap());
+    }
+    let mut out = empty();
+    run(&engine, &mut mixer, 5, &mut frames, &mut out);
+    assert_eq!(
+        out.packets,
+        packets[..5].to_vec(),
+        "passthrough must not touch the packets"
+    );
+    assert_eq!(engine.stats().frames_passed_through, 5);
+
+    // A second source: now the Opus source is decoded and mixed, and the frames re-encoded.
+    let (_pcm, mut pcm_writer) = engine.push_source(call, PcmFormat::STEREO_48K).unwrap();
+    pcm_writer
+        .write_f32(&sine(48_000, 2, 300.0, 0.2, 0.2))
+        .unwrap();
+    for packet in &packets[5..10] {
+        writer.write_packet(packet).unwrap();
+    }
+    let mut mixed = empty();
+    run(&engine, &mut mixer, 5, &mut frames, &mut mixed);
+    assert_eq!(mixed.packets.len(), 5);
+    assert!(
+        mixed
+            .packets
+            .iter()
+            .zip(&packets[5..10])
+            .all(|(a, b)| a != b)
+    );
+    assert!(tone_power(&mixed.left, 700.0) > 10.0 * tone_power(&mixed.left, 1_100.0));
+    assert!(engine.stats().frames_encoded >= 5);
+
+    // Below unity volume a lone Opus source is re-encoded too.
+    drop(pcm_writer);
+    opus.set_volume(0.5);
+    assert!(matches!(
+        writer.write_packet(&[0xFF; 4]),
+        Err(Error::InvalidOpusPacket(_))
+    ));
+    assert!(matches!(
+        writer.write_packet(&[]),
+        Err(Error::InvalidOpusPacket(_))
+    ));
+}
+
+#[test]
+fn limits_and_bad_input_are_clear_errors() {
+    let (engine, mut mixer) = manual(2);
+    assert!(matches!(
+        PcmFormat::new(4_000, 2),
+        Err(Error::UnsupportedFormat(_))
+    ));
+    let (call, _frames) = engine.create_call().unwrap();
+    let _one = engine.push_source(call, PcmFormat::STEREO_48K).unwrap();
+    let _two = engine.push_source(call, PcmFormat::STEREO_48K).unwrap();
+    assert!(matches!(
+        engine.push_source(call, PcmFormat::STEREO_48K),
+        Err(Error::LimitReached { max: 2, .. })
+    ));
+    let mut calls = vec![call];
+    for _ in 0..3 {
+        calls.push(engine.create_call().unwrap().0);
+    }
+    assert!(matches!(
+        engine.create_call(),
+        Err(Error::LimitReached { max: 4, .. })
+    ));
+    engine.remove_call(call).unwrap();
+    assert!(matches!(
+        engine.push_source(call, PcmFormat::STEREO_48K),
+        Err(Error::NoSuchCall(_))
+    ));
+    assert!(matches!(
+        engine.remove_call(call),
+        Err(Error::NoSuchCall(_))
+    ));
+    // The removed call's slot is free once the mixer has handed it back.
+    mixer.tick();
+    engine.housekeep();
+    assert!(engine.create_call().is_ok());
+    let events: Vec<Event> = engine.events().try_iter().collect();
+    assert!(events.contains(&Event::CallRemoved { call }));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(
+                e,
+                Event::SourceEnded {
+                    reason: EndReason::CallRemoved,
+                    ..
+                }
+            ))
+            .count(),
+        2
+    );
+}
+
+/// A 16-bit PCM WAV file, written by hand so the test depends on no encoder.
+fn write_wav(path: &std::path::Path, rate: u32, channels: u16, samples: &[i16]) {
+    let data_len = (samples.len() * 2) as u32;
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(b"RIFF");
+    bytes.extend_from_slice(&(36 + data_len).to_le_bytes());
+    bytes.extend_from_slice(b"WAVEfmt ");
+    bytes.extend_from_slice(&16_u32.to_le_bytes());
+    bytes.extend_from_slice(&1_u16.to_le_bytes());
+    bytes.extend_from_slice(&channels.to_le_bytes());
+    bytes.extend_from_slice(&rate.to_le_bytes());
+    bytes.extend_from_slice(&(rate * u32::from(channels) * 2).to_le_bytes());
+    bytes.extend_from_slice(&(channels * 2).to_le_bytes());
+    bytes.extend_from_slice(&16_u16.to_le_bytes());
+    bytes.extend_from_slice(b"data");
+    bytes.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        bytes.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::File::create(path)
+        .unwrap()
+        .write_all(&bytes)
+        .unwrap();
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("quaver-engine-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn files_play_and_bad_files_are_errors_not_panics() {
+    let dir = temp_dir("files");
+    let wav = dir.join("tone.wav");
+    let tone: Vec<i16> = sine(32_000, 1, 1_000.0, 0.5, 0.5)
+        .iter()
+        .map(|s| (s * 32_767.0) as i16)
+        .collect();
+    write_wav(&wav, 32_000, 1, &tone);
+    let (engine, mut mixer) = manual(4);
+    let (call, mut frames) = engine.create_call().unwrap();
+    let handle = engine
+        .play_file(call, &wav, FileOptions::default())
+        .unwrap();
+    let mut out = empty();
+    let events = run(&engine, &mut mixer, 40, &mut frames, &mut out);
+    let audio = out.kinds.iter().filter(|k| **k == FrameKind::Audio).count();
+    assert!((25..=27).contains(&audio), "0.5 s file gave {audio} frames");
+    assert!(
+        tone_power(&out.left[2_000..20_000], 1_000.0)
+            > 100.0 * tone_power(&out.left[2_000..20_000], 1_700.0)
+    );
+    assert!(events.contains(&Event::SourceEnded {
+        call,
+        source: handle.id(),
+        reason: EndReason::Finished
+    }));
+
+    // Looping keeps going past the file's end until stopped.
+    let looping = engine
+        .play_file(
+            call,
+            &wav,
+            FileOptions {
+                looping: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    run(&engine, &mut mixer, 60, &mut frames, &mut out);
+    assert!(!looping.is_ended());
+    assert!(looping.stats().frames_mixed >= 59);
+    looping.stop();
+    run(&engine, &mut mixer, 3, &mut frames, &mut out);
+    assert!(looping.is_ended());
+
+    let missing = engine.play_file(call, dir.join("missing.flac"), FileOptions::default());
+    assert!(matches!(missing, Err(Error::Io { .. })), "{missing:?}");
+    let garbage = dir.join("garbage.mp3");
+    let mut seed = 12345_u32;
+    let noise: Vec<u8> = (0..50_000)
+        .map(|_| {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (seed >> 16) as u8
+        })
+        .collect();
+    std::fs::write(&garbage, &noise).unwrap();
+    let result = engine.play_file(call, &garbage, FileOptions::default());
+    assert!(
+        matches!(result, Err(Error::UnsupportedMedia { .. })),
+        "{result:?}"
+    );
+    // A WAV cut off mid-stream plays what is there.
+    let bytes = std::fs::read(&wav).unwrap();
+    let truncated = dir.join("truncated.wav");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2 + 1]).unwrap();
+    let cut = engine
+        .play_file(call, &truncated, FileOptions::default())
+        .unwrap();
+    run(&engine, &mut mixer, 30, &mut frames, &mut out);
+    assert!(cut.is_ended());
+    assert!(cut.stats().frames_mixed >= 10);
+    std::fs::remove_dir_all(&dir).ok();
+}
