@@ -1,4 +1,12 @@
-//! Quaver's packet half of a voice connection (work in progress): RTP headers, transport
-//! encryption (`aead_aes256_gcm_rtpsize`, `aead_xchacha20_poly1305_rtpsize`), IP discovery and
-//! keepalives, receive-side parsing, and the sender thread that drains every call's frame queue
+//! Quaver's packet half of a voice connection: RTP headers ([`rtp`]), transport encryption
+//! ([`crypto`]: `aead_aes256_gcm_rtpsize`, `aead_xchacha20_poly1305_rtpsize`), IP discovery
+//! ([`discovery`]) and keepalives ([`keepalive`]), receive-side parsing ([`receive`]), and the
+//! sender thread ([`sender`]) that drains every call's frame queue
 //! ([`quaver_engine::FrameReceiver`]) and sends sealed packets on the absolute 20 ms grid.
+#![warn(missing_docs)]
+
+pub mod crypto;
+pub mod error;
+pub mod rtp;
+
+pub use error::{Error, Result};
