@@ -3,6 +3,8 @@
 use thiserror::Error;
 
 use crate::crypto::CryptoError;
+use crate::discovery::DiscoveryError;
+use crate::receive::ReceiveError;
 
 use crate::rtp::RtpError;
 
@@ -16,6 +18,12 @@ pub enum Error {
     /// Transport encryption or decryption failed.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// IP discovery failed.
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    /// A received packet was rejected.
+    #[error(transparent)]
+    Receive(#[from] ReceiveError),
     /// An operating-system call failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

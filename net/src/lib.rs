@@ -6,7 +6,10 @@
 #![warn(missing_docs)]
 
 pub mod crypto;
+pub mod discovery;
 pub mod error;
+pub mod keepalive;
+pub mod receive;
 pub mod rtp;
 
 pub use error::{Error, Result};
