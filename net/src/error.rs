@@ -7,6 +7,7 @@ use crate::discovery::DiscoveryError;
 use crate::receive::ReceiveError;
 
 use crate::rtp::RtpError;
+use crate::sender::SenderError;
 
 /// Everything that can go wrong in `quaver-net`.
 #[derive(Debug, Error)]
@@ -24,6 +25,9 @@ pub enum Error {
     /// A received packet was rejected.
     #[error(transparent)]
     Receive(#[from] ReceiveError),
+    /// The sender refused a request.
+    #[error(transparent)]
+    Sender(#[from] SenderError),
     /// An operating-system call failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

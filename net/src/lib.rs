@@ -9,7 +9,15 @@ pub mod crypto;
 pub mod discovery;
 pub mod error;
 pub mod keepalive;
+pub mod pacer;
 pub mod receive;
 pub mod rtp;
+pub mod sender;
+pub mod stats;
+pub mod transmit;
 
 pub use error::{Error, Result};
+pub use pacer::PacingMode;
+pub use sender::{CallConfig, CallId, Sender, SenderConfig, SenderCore, SenderEvent};
+pub use stats::SenderStats;
+pub use transmit::{BackendChoice, BackendKind};
