@@ -143,6 +143,8 @@ pub struct SenderConfig {
     /// Called on the sender thread once start-up is done, right before the first tick (for
     /// instrumentation such as the allocation test, or CPU pinning).
     pub on_thread_start: Option<fn()>,
+    /// Called on the sender thread when the tick loop has ended, before tear-down.
+    pub on_thread_exit: Option<fn()>,
 }
 
 impl SenderConfig {
@@ -157,6 +159,7 @@ impl SenderConfig {
             command_capacity: 256,
             event_capacity: 4096,
             on_thread_start: None,
+            on_thread_exit: None,
         }
     }
 }
@@ -643,6 +646,9 @@ impl Sender {
                     hook();
                 }
                 worker.run();
+                if let Some(hook) = config.on_thread_exit {
+                    hook();
+                }
             })
             .map_err(SenderError::Backend)?;
         let (events, backend, pacing) = ready_rx.recv().map_err(|_| SenderError::Stopped)??;
