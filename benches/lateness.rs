@@ -6,7 +6,8 @@
 //!
 //! Configurations: io_uring and portable, each with real-time priority (if the process may) and
 //! without (custom slice). A feeder thread plays the mixer, keeping every call's queue a few
-//! frames ahead. Run with `cargo bench --bench lateness`; `QUAVER_LATENESS_SECS` sets the length.
+//! frames ahead. The receiving thread runs at real-time priority when allowed; its own wake-up
+//! latency is part of the receiver-side numbers. Run with `cargo bench --bench lateness`; `QUAVER_LATENESS_SECS` sets the length.
 
 use std::collections::HashMap;
 use std::net::UdpSocket;
@@ -36,8 +37,12 @@ fn run(backend: BackendChoice, realtime: bool, secs: u64) {
     let label = format!("{:?} / {:?}", sender.backend(), sender.pacing());
 
     let receiver = UdpSocket::bind("127.0.0.1:0").expect("loopback bind");
+    // A whole tick of 100 packets arrives as one burst: make room so none is dropped.
+    socket2::SockRef::from(&receiver)
+        .set_recv_buffer_size(8 << 20)
+        .expect("SO_RCVBUF");
     receiver
-        .set_read_timeout(Some(Duration::from_millis(200)))
+        .set_read_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
     let start = grid.tick_at_or_after(Instant::now()) + 10;
     let mut producers = Vec::new();
@@ -120,6 +125,10 @@ fn run(backend: BackendChoice, realtime: bool, secs: u64) {
 }
 
 fn main() {
+    // The measuring receiver gets the same scheduling as the sender (FIFO when allowed) so that
+    // its own wake-up latency distorts the receiver-side numbers as little as possible.
+    let receiver_mode = quaver::net::pacer::configure_current_thread(SchedulingRequest::default());
+    println!("receiver thread: {receiver_mode:?}");
     // `cargo bench` passes `--bench`; a filter argument is not supported here.
     let secs = std::env::var("QUAVER_LATENESS_SECS")
         .ok()
