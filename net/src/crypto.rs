@@ -67,13 +67,36 @@ pub enum EncryptionMode {
     Aes256GcmRtpSize,
     /// `aead_xchacha20_poly1305_rtpsize` (every server must offer it).
     XChaCha20Poly1305RtpSize,
+    /// Legacy `xsalsa20_poly1305_lite_rtpsize`: secretbox (tag before ciphertext), 4-byte counter
+    /// suffix, rtpsize cleartext header. Rejected by Discord since 2024-11-18.
+    #[cfg(feature = "legacy-xsalsa")]
+    XSalsa20Poly1305LiteRtpSize,
+    /// Legacy `xsalsa20_poly1305_lite`: like the rtpsize variant, but only the fixed 12-byte header
+    /// stays in the clear.
+    #[cfg(feature = "legacy-xsalsa")]
+    XSalsa20Poly1305Lite,
+    /// Legacy `xsalsa20_poly1305`: the nonce is the 12-byte RTP header padded with zeros; nothing
+    /// is appended.
+    #[cfg(feature = "legacy-xsalsa")]
+    XSalsa20Poly1305,
 }
 
 impl EncryptionMode {
     /// Modes this crate implements, best first.
+    #[cfg(not(feature = "legacy-xsalsa"))]
     pub const PREFERENCE: [EncryptionMode; 2] = [
         EncryptionMode::Aes256GcmRtpSize,
         EncryptionMode::XChaCha20Poly1305RtpSize,
+    ];
+
+    /// Modes this crate implements, best first (legacy modes last).
+    #[cfg(feature = "legacy-xsalsa")]
+    pub const PREFERENCE: [EncryptionMode; 5] = [
+        EncryptionMode::Aes256GcmRtpSize,
+        EncryptionMode::XChaCha20Poly1305RtpSize,
+        EncryptionMode::XSalsa20Poly1305LiteRtpSize,
+        EncryptionMode::XSalsa20Poly1305Lite,
+        EncryptionMode::XSalsa20Poly1305,
     ];
 
     /// Discord's name of the mode.
@@ -81,6 +104,24 @@ impl EncryptionMode {
         match self {
             EncryptionMode::Aes256GcmRtpSize => "aead_aes256_gcm_rtpsize",
             EncryptionMode::XChaCha20Poly1305RtpSize => "aead_xchacha20_poly1305_rtpsize",
+            #[cfg(feature = "legacy-xsalsa")]
+            EncryptionMode::XSalsa20Poly1305LiteRtpSize => "xsalsa20_poly1305_lite_rtpsize",
+            #[cfg(feature = "legacy-xsalsa")]
+            EncryptionMode::XSalsa20Poly1305Lite => "xsalsa20_poly1305_lite",
+            #[cfg(feature = "legacy-xsalsa")]
+            EncryptionMode::XSalsa20Poly1305 => "xsalsa20_poly1305",
+        }
+    }
+
+    /// Whether the cleartext header follows the "rtpsize" rule (CSRCs and extension preamble in
+    /// the clear). When false only the fixed 12-byte header is.
+    pub const fn is_rtpsize(self) -> bool {
+        match self {
+            EncryptionMode::Aes256GcmRtpSize | EncryptionMode::XChaCha20Poly1305RtpSize => true,
+            #[cfg(feature = "legacy-xsalsa")]
+            EncryptionMode::XSalsa20Poly1305LiteRtpSize => true,
+            #[cfg(feature = "legacy-xsalsa")]
+            EncryptionMode::XSalsa20Poly1305Lite | EncryptionMode::XSalsa20Poly1305 => false,
         }
     }
 
@@ -144,6 +185,8 @@ enum Aead {
     // schedule on drop.
     Aes(Box<Aes256Gcm>),
     XChaCha(Box<XChaCha20Poly1305>),
+    #[cfg(feature = "legacy-xsalsa")]
+    XSalsa(Box<crypto_secretbox::XSalsa20Poly1305>),
 }
 
 /// A keyed cipher for one mode: seals and opens packets with explicit nonces.
@@ -173,6 +216,12 @@ impl TransportCipher {
             EncryptionMode::XChaCha20Poly1305RtpSize => {
                 Aead::XChaCha(Box::new(XChaCha20Poly1305::new(key.expose().into())))
             }
+            #[cfg(feature = "legacy-xsalsa")]
+            EncryptionMode::XSalsa20Poly1305LiteRtpSize
+            | EncryptionMode::XSalsa20Poly1305Lite
+            | EncryptionMode::XSalsa20Poly1305 => Aead::XSalsa(Box::new(
+                <crypto_secretbox::XSalsa20Poly1305 as KeyInit>::new(key.expose().into()),
+            )),
         };
         Self { mode, aead }
     }
@@ -184,20 +233,28 @@ impl TransportCipher {
 
     fn encrypt(
         &self,
-        nonce: [u8; 4],
+        nonce: &[u8],
         aad: &[u8],
         data: &mut [u8],
     ) -> Result<[u8; TAG_LEN], CryptoError> {
         let tag = match &self.aead {
             Aead::Aes(c) => {
                 let mut n = [0u8; 12];
-                n[..4].copy_from_slice(&nonce);
+                n[..nonce.len()].copy_from_slice(nonce);
                 c.encrypt_in_place_detached(&n.into(), aad, data)
             }
             Aead::XChaCha(c) => {
                 let mut n = [0u8; 24];
-                n[..4].copy_from_slice(&nonce);
+                n[..nonce.len()].copy_from_slice(nonce);
                 c.encrypt_in_place_detached(&n.into(), aad, data)
+            }
+            #[cfg(feature = "legacy-xsalsa")]
+            Aead::XSalsa(c) => {
+                // secretbox authenticates no associated data.
+                let _ = aad;
+                let mut n = [0u8; 24];
+                n[..nonce.len()].copy_from_slice(nonce);
+                c.encrypt_in_place_detached(&n.into(), b"", data)
             }
         }
         // Only fails for plaintexts beyond the AEAD's limits (GiB), far above any datagram.
@@ -210,7 +267,7 @@ impl TransportCipher {
 
     fn decrypt(
         &self,
-        nonce: [u8; 4],
+        nonce: &[u8],
         aad: &[u8],
         data: &mut [u8],
         tag: &[u8; TAG_LEN],
@@ -218,16 +275,45 @@ impl TransportCipher {
         match &self.aead {
             Aead::Aes(c) => {
                 let mut n = [0u8; 12];
-                n[..4].copy_from_slice(&nonce);
+                n[..nonce.len()].copy_from_slice(nonce);
                 c.decrypt_in_place_detached(&n.into(), aad, data, tag.into())
             }
             Aead::XChaCha(c) => {
                 let mut n = [0u8; 24];
-                n[..4].copy_from_slice(&nonce);
+                n[..nonce.len()].copy_from_slice(nonce);
                 c.decrypt_in_place_detached(&n.into(), aad, data, tag.into())
+            }
+            #[cfg(feature = "legacy-xsalsa")]
+            Aead::XSalsa(c) => {
+                let _ = aad;
+                let mut n = [0u8; 24];
+                n[..nonce.len()].copy_from_slice(nonce);
+                c.decrypt_in_place_detached(&n.into(), b"", data, tag.into())
             }
         }
         .map_err(|_| CryptoError::Authentication)
+    }
+
+    /// Bytes after the cleartext header that are not plaintext: tag and nonce suffix.
+    fn overhead(&self) -> usize {
+        match self.layout() {
+            Layout::CiphertextTagNonce | Layout::TagCiphertextNonce => SEAL_OVERHEAD,
+            Layout::TagCiphertext => TAG_LEN,
+        }
+    }
+
+    fn layout(&self) -> Layout {
+        match self.mode {
+            EncryptionMode::Aes256GcmRtpSize | EncryptionMode::XChaCha20Poly1305RtpSize => {
+                Layout::CiphertextTagNonce
+            }
+            #[cfg(feature = "legacy-xsalsa")]
+            EncryptionMode::XSalsa20Poly1305LiteRtpSize | EncryptionMode::XSalsa20Poly1305Lite => {
+                Layout::TagCiphertextNonce
+            }
+            #[cfg(feature = "legacy-xsalsa")]
+            EncryptionMode::XSalsa20Poly1305 => Layout::TagCiphertext,
+        }
     }
 
     /// Seals in place with an explicit nonce counter value. `buf[..aad_len]` is the cleartext
@@ -240,8 +326,7 @@ impl TransportCipher {
         plaintext_len: usize,
         nonce: u32,
     ) -> Result<usize, CryptoError> {
-        let body_end = aad_len + plaintext_len;
-        let total = body_end + SEAL_OVERHEAD;
+        let total = aad_len + plaintext_len + self.overhead();
         if buf.len() < total {
             return Err(CryptoError::BufferTooSmall {
                 needed: total,
@@ -249,12 +334,70 @@ impl TransportCipher {
             });
         }
         let nonce_bytes = nonce.to_be_bytes();
-        let (aad, rest) = buf.split_at_mut(aad_len);
-        let (body, trailer) = rest.split_at_mut(plaintext_len);
-        let tag = self.encrypt(nonce_bytes, aad, body)?;
-        trailer[..TAG_LEN].copy_from_slice(&tag);
-        trailer[TAG_LEN..SEAL_OVERHEAD].copy_from_slice(&nonce_bytes);
+        match self.layout() {
+            Layout::CiphertextTagNonce => {
+                let (aad, rest) = buf.split_at_mut(aad_len);
+                let (body, trailer) = rest.split_at_mut(plaintext_len);
+                let tag = self.encrypt(&nonce_bytes, aad, body)?;
+                trailer[..TAG_LEN].copy_from_slice(&tag);
+                trailer[TAG_LEN..SEAL_OVERHEAD].copy_from_slice(&nonce_bytes);
+            }
+            Layout::TagCiphertextNonce | Layout::TagCiphertext => {
+                // secretbox puts the tag first: shift the plaintext to make room.
+                buf.copy_within(aad_len..aad_len + plaintext_len, aad_len + TAG_LEN);
+                let mut header_nonce = [0u8; HEADER_NONCE_LEN];
+                let nonce: &[u8] = if self.layout() == Layout::TagCiphertext {
+                    let k = HEADER_NONCE_LEN.min(aad_len);
+                    header_nonce[..k].copy_from_slice(&buf[..k]);
+                    &header_nonce
+                } else {
+                    &nonce_bytes
+                };
+                let (aad, rest) = buf.split_at_mut(aad_len);
+                let (tag_slot, rest) = rest.split_at_mut(TAG_LEN);
+                let (body, trailer) = rest.split_at_mut(plaintext_len);
+                let tag = self.encrypt(nonce, aad, body)?;
+                tag_slot.copy_from_slice(&tag);
+                if self.layout() == Layout::TagCiphertextNonce {
+                    trailer[..NONCE_SUFFIX_LEN].copy_from_slice(&nonce_bytes);
+                }
+            }
+        }
         Ok(total)
+    }
+
+    /// Where tag, ciphertext and nonce sit in a sealed packet of `len` bytes.
+    fn split(&self, len: usize, aad_len: usize) -> Result<Parts, CryptoError> {
+        let needed = aad_len + self.overhead();
+        if len < needed {
+            return Err(CryptoError::BufferTooSmall { needed, have: len });
+        }
+        let body_len = len - needed;
+        Ok(match self.layout() {
+            Layout::CiphertextTagNonce => Parts {
+                body: aad_len..aad_len + body_len,
+                tag: aad_len + body_len,
+                nonce: Some(len - NONCE_SUFFIX_LEN),
+            },
+            Layout::TagCiphertextNonce => Parts {
+                body: aad_len + TAG_LEN..aad_len + TAG_LEN + body_len,
+                tag: aad_len,
+                nonce: Some(len - NONCE_SUFFIX_LEN),
+            },
+            Layout::TagCiphertext => Parts {
+                body: aad_len + TAG_LEN..len,
+                tag: aad_len,
+                nonce: None,
+            },
+        })
+    }
+
+    fn nonce_of<'p>(&self, packet: &'p [u8], parts: &Parts) -> &'p [u8] {
+        match parts.nonce {
+            Some(at) => &packet[at..at + NONCE_SUFFIX_LEN],
+            // Legacy `xsalsa20_poly1305`: the fixed header is the nonce.
+            None => &packet[..HEADER_NONCE_LEN.min(packet.len())],
+        }
     }
 
     /// Opens a sealed packet in place: authenticates `packet[..aad_len]` and decrypts the
@@ -264,21 +407,16 @@ impl TransportCipher {
         packet: &'a mut [u8],
         aad_len: usize,
     ) -> Result<&'a mut [u8], CryptoError> {
-        let needed = aad_len + SEAL_OVERHEAD;
-        if packet.len() < needed {
-            return Err(CryptoError::BufferTooSmall {
-                needed,
-                have: packet.len(),
-            });
-        }
-        let (aad, rest) = packet.split_at_mut(aad_len);
-        let body_len = rest.len() - SEAL_OVERHEAD;
-        let (body, trailer) = rest.split_at_mut(body_len);
+        let parts = self.split(packet.len(), aad_len)?;
         let mut tag = [0u8; TAG_LEN];
-        tag.copy_from_slice(&trailer[..TAG_LEN]);
-        let mut nonce = [0u8; NONCE_SUFFIX_LEN];
-        nonce.copy_from_slice(&trailer[TAG_LEN..]);
-        self.decrypt(nonce, aad, body, &tag)?;
+        tag.copy_from_slice(&packet[parts.tag..parts.tag + TAG_LEN]);
+        let mut nonce = [0u8; HEADER_NONCE_LEN];
+        let n = self.nonce_of(packet, &parts);
+        let nonce_len = n.len();
+        nonce[..nonce_len].copy_from_slice(n);
+        let (aad, rest) = packet.split_at_mut(aad_len);
+        let body = &mut rest[parts.body.start - aad_len..parts.body.end - aad_len];
+        self.decrypt(&nonce[..nonce_len], aad, body, &tag)?;
         Ok(body)
     }
 
@@ -289,29 +427,44 @@ impl TransportCipher {
         aad_len: usize,
         out: &mut [u8],
     ) -> Result<usize, CryptoError> {
-        let needed = aad_len + SEAL_OVERHEAD;
-        if packet.len() < needed {
-            return Err(CryptoError::BufferTooSmall {
-                needed,
-                have: packet.len(),
-            });
-        }
-        let body_len = packet.len() - needed;
+        let parts = self.split(packet.len(), aad_len)?;
+        let body_len = parts.body.len();
         let out_len = out.len();
         let body_out = out.get_mut(..body_len).ok_or(CryptoError::BufferTooSmall {
             needed: body_len,
             have: out_len,
         })?;
-        let body_end = aad_len + body_len;
-        body_out.copy_from_slice(&packet[aad_len..body_end]);
+        body_out.copy_from_slice(&packet[parts.body.clone()]);
         let mut tag = [0u8; TAG_LEN];
-        tag.copy_from_slice(&packet[body_end..body_end + TAG_LEN]);
-        let mut nonce = [0u8; NONCE_SUFFIX_LEN];
-        nonce.copy_from_slice(&packet[body_end + TAG_LEN..]);
+        tag.copy_from_slice(&packet[parts.tag..parts.tag + TAG_LEN]);
+        let nonce = self.nonce_of(packet, &parts);
         self.decrypt(nonce, &packet[..aad_len], body_out, &tag)?;
         Ok(body_len)
     }
 }
+
+/// Byte order of a sealed packet after the cleartext header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// The AEAD "rtpsize" modes: ciphertext, tag, 4-byte nonce.
+    CiphertextTagNonce,
+    /// secretbox "lite" modes: tag, ciphertext, 4-byte nonce.
+    #[cfg_attr(not(feature = "legacy-xsalsa"), allow(dead_code))]
+    TagCiphertextNonce,
+    /// Plain secretbox with the header as nonce: tag, ciphertext.
+    #[cfg_attr(not(feature = "legacy-xsalsa"), allow(dead_code))]
+    TagCiphertext,
+}
+
+/// Offsets of the sealed parts within a packet.
+struct Parts {
+    body: std::ops::Range<usize>,
+    tag: usize,
+    nonce: Option<usize>,
+}
+
+/// The legacy `xsalsa20_poly1305` nonce is the fixed 12-byte RTP header.
+const HEADER_NONCE_LEN: usize = 12;
 
 /// The per-packet nonce counter of one key: counts up (wrapping at 2^32) from its start value and
 /// refuses once every value has been handed out.

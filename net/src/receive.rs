@@ -6,7 +6,7 @@
 use thiserror::Error;
 
 use crate::crypto::{CryptoError, TransportCipher};
-use crate::rtp::{PAYLOAD_TYPE_OPUS, RtpError, RtpHeader};
+use crate::rtp::{HEADER_LEN, PAYLOAD_TYPE_OPUS, RtpError, RtpHeader};
 
 /// Fixed RTCP header length, the AAD of transport-encrypted RTCP.
 pub const RTCP_HEADER_LEN: usize = 8;
@@ -69,8 +69,8 @@ pub struct ReceivedRtp<'a> {
     pub payload: &'a [u8],
 }
 
-/// Opens an Opus RTP packet: checks the header, decrypts into `out`, skips the extension body and
-/// strips padding.
+/// Opens an Opus RTP packet: checks the header, decrypts into `out` (which receives the cleartext
+/// header too), skips the extension body and strips padding.
 pub fn open_rtp<'o>(
     cipher: &TransportCipher,
     packet: &[u8],
@@ -79,12 +79,33 @@ pub fn open_rtp<'o>(
     if classify(packet) != PacketKind::Rtp {
         return Err(ReceiveError::NotRtp);
     }
-    let header = RtpHeader::parse(packet)?;
-    if header.payload_type != PAYLOAD_TYPE_OPUS {
-        return Err(ReceiveError::PayloadType(header.payload_type));
+    let outer = RtpHeader::parse(packet)?;
+    if outer.payload_type != PAYLOAD_TYPE_OPUS {
+        return Err(ReceiveError::PayloadType(outer.payload_type));
     }
-    let n = cipher.open_into(packet, header.cleartext_len, out)?;
-    let payload = header.split_extension(&out[..n])?;
+    // The rtpsize modes leave CSRCs and the extension preamble in the clear; the legacy ones
+    // encrypt everything after the fixed header, so the header is parsed again after decryption.
+    let clear = if cipher.mode().is_rtpsize() {
+        outer.cleartext_len
+    } else {
+        HEADER_LEN
+    };
+    let have = out.len();
+    let head = out.get_mut(..clear).ok_or(RtpError::BufferTooSmall {
+        needed: clear,
+        have,
+    })?;
+    head.copy_from_slice(&packet[..clear]);
+    let n = cipher.open_into(packet, clear, &mut out[clear..])?;
+    let plain = &out[..clear + n];
+    let header = RtpHeader::parse(plain)?;
+    let body = plain
+        .get(header.cleartext_len..)
+        .ok_or(RtpError::Truncated {
+            needed: header.cleartext_len,
+            have: plain.len(),
+        })?;
+    let payload = header.split_extension(body)?;
     Ok(ReceivedRtp {
         sequence: header.sequence,
         timestamp: header.timestamp,
