@@ -294,8 +294,9 @@ impl TransportCipher {
         .map_err(|_| CryptoError::Authentication)
     }
 
-    /// Bytes after the cleartext header that are not plaintext: tag and nonce suffix.
-    fn overhead(&self) -> usize {
+    /// Bytes a sealed packet adds to header + plaintext: tag and nonce suffix
+    /// ([`SEAL_OVERHEAD`] for every mode except legacy `xsalsa20_poly1305`, which adds 16).
+    pub fn overhead(&self) -> usize {
         match self.layout() {
             Layout::CiphertextTagNonce | Layout::TagCiphertextNonce => SEAL_OVERHEAD,
             Layout::TagCiphertext => TAG_LEN,
@@ -563,10 +564,15 @@ mod tests {
             assert_eq!(mode.as_str().parse::<EncryptionMode>(), Ok(mode));
             assert_eq!(mode.to_string(), mode.as_str());
         }
-        assert!("xsalsa20_poly1305".parse::<EncryptionMode>().is_err());
+        assert!(
+            "xsalsa20_poly1305_suffix"
+                .parse::<EncryptionMode>()
+                .is_err()
+        );
+        assert!("aead_aes256_gcm".parse::<EncryptionMode>().is_err());
         let offered = [
             "aead_xchacha20_poly1305_rtpsize",
-            "xsalsa20_poly1305_lite",
+            "xsalsa20_poly1305_lite_rtpsize",
             "aead_aes256_gcm_rtpsize",
         ];
         assert_eq!(

@@ -137,7 +137,7 @@ fn round_trips_and_modes_do_not_cross() {
             let n = sealer
                 .seal(&mut buf, 12, len)
                 .expect("buffer is large enough");
-            assert_eq!(n, 12 + len + SEAL_OVERHEAD);
+            assert_eq!(n, 12 + len + cipher.overhead());
             let mut out = [0u8; 1460];
             let m = cipher
                 .open_into(&buf[..n], 12, &mut out)

@@ -8,12 +8,19 @@ AAD = header (incl. the 4-byte extension preamble when X=1); nonce = N0..N3 foll
 Output: one vector per line, space-separated:
     mode key_hex nonce header_hex plaintext_hex packet_hex
 Run:  python3 make_vectors.py > transport.txt
+      python3 make_vectors.py legacy > legacy.txt
+
+The legacy secretbox modes (PyNaCl crypto_secretbox: tag first, then ciphertext) go to legacy.txt:
+  xsalsa20_poly1305_lite_rtpsize  header(rtpsize) | tag | ct | nonce(4)   nonce = N0..N3 + 20 zeros
+  xsalsa20_poly1305_lite          header(12)      | tag | ct | nonce(4)   (CSRCs/extension encrypted)
+  xsalsa20_poly1305               header(12)      | tag | ct             nonce = header(12) + 12 zeros
 """
+import sys
 import hashlib
 import struct
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_encrypt
+from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_encrypt, crypto_secretbox
 
 
 def det(label, n):
@@ -61,7 +68,32 @@ CASES = [
 MODES = ["aead_aes256_gcm_rtpsize", "aead_xchacha20_poly1305_rtpsize"]
 
 
+def seal_legacy(mode, key, nonce, header, plaintext):
+    suffix = struct.pack(">I", nonce)
+    if mode in ("xsalsa20_poly1305_lite_rtpsize", "xsalsa20_poly1305_lite"):
+        return header + crypto_secretbox(plaintext, suffix + bytes(20), key) + suffix
+    if mode == "xsalsa20_poly1305":
+        return header + crypto_secretbox(plaintext, header[:12] + bytes(12), key)
+    raise ValueError(mode)
+
+
+def legacy():
+    for mode in ["xsalsa20_poly1305_lite_rtpsize", "xsalsa20_poly1305_lite", "xsalsa20_poly1305"]:
+        for name, header, plaintext, nonce in CASES:
+            if mode != "xsalsa20_poly1305_lite_rtpsize" and len(header) > 12:
+                # Non-rtpsize modes keep only the fixed header in the clear.
+                header, plaintext = header[:12], header[12:] + plaintext
+            if mode == "xsalsa20_poly1305":
+                nonce = 0
+            key = det(f"key/{mode}/{name}", 32)
+            packet = seal_legacy(mode, key, nonce, header, plaintext)
+            print(mode, key.hex(), nonce, header.hex(), plaintext.hex() or "-", packet.hex())
+
+
 def main():
+    if sys.argv[1:] == ["legacy"]:
+        legacy()
+        return
     for mode in MODES:
         for name, header, plaintext, nonce in CASES:
             key = det(f"key/{mode}/{name}", 32)
