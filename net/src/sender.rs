@@ -206,10 +206,8 @@ impl Call {
             .socket
             .peer_addr()
             .map_err(SenderError::NotConnected)?;
-        config
-            .socket
-            .set_nonblocking(true)
-            .map_err(SenderError::NotConnected)?;
+        // The blocking mode is left alone (the control side may read with timeouts): every send
+        // passes MSG_DONTWAIT instead.
         Ok(Box::new(Self {
             id,
             #[cfg(target_os = "linux")]
