@@ -827,3 +827,104 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quaver_engine::EncodedFrame;
+
+    fn core_with_call() -> (
+        SenderCore,
+        rtrb::Consumer<SenderEvent>,
+        rtrb::Producer<EncodedFrame>,
+        UdpSocket,
+        CallId,
+    ) {
+        let grid = Grid::new(Instant::now());
+        let (mut core, events) = SenderCore::new(grid, BackendChoice::Portable, 4, 64).unwrap(); // invariant: the portable backend always builds
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
+        socket.connect(receiver.local_addr().unwrap()).unwrap(); // invariant: bound, loopback
+        let (tx, rx) = rtrb::RingBuffer::new(16);
+        let id = core
+            .add_call(CallConfig {
+                ssrc: 1,
+                socket: Arc::new(socket),
+                mode: EncryptionMode::Aes256GcmRtpSize,
+                key: SecretKey::new([0; 32]),
+                frames: rx,
+            })
+            .unwrap(); // invariant: below max_calls, socket connected
+        (core, events, tx, receiver, id)
+    }
+
+    fn drain(events: &mut rtrb::Consumer<SenderEvent>) -> Vec<SenderEvent> {
+        std::iter::from_fn(|| events.pop().ok()).collect()
+    }
+
+    #[test]
+    fn ticks_frames_silence_and_speaking_events() {
+        let (mut core, mut events, mut tx, _rx, id) = core_with_call();
+        for t in [5, 6] {
+            tx.push(EncodedFrame::from_packet(t, b"abc").unwrap())
+                .unwrap(); // invariant: small, room
+        }
+        tx.push(EncodedFrame::new(7, FrameKind::EndOfStream))
+            .unwrap(); // invariant: room
+        assert_eq!(core.run_tick(4), 0, "nothing due before tick 5");
+        assert_eq!(core.run_tick(5), 1);
+        assert_eq!(
+            drain(&mut events),
+            [SenderEvent::SpeakingStarted { call: id }]
+        );
+        assert_eq!(core.run_tick(6), 1);
+        for t in 7..12 {
+            assert_eq!(core.run_tick(t), 1, "silence frame at tick {t}");
+            let stopped = drain(&mut events).contains(&SenderEvent::SpeakingStopped { call: id });
+            assert_eq!(
+                stopped,
+                t == 11,
+                "speaking stops after the fifth silence frame"
+            );
+        }
+        assert_eq!(core.run_tick(12), 0, "idle after the silence");
+        assert_eq!(core.stats().packets_sent, 7);
+        assert_eq!(core.stats().late_frames, 0);
+    }
+
+    #[test]
+    fn late_frames_go_out_at_once_and_audio_cancels_silence() {
+        let (mut core, mut events, mut tx, _rx, id) = core_with_call();
+        for t in 1..=3 {
+            tx.push(EncodedFrame::from_packet(t, b"x").unwrap())
+                .unwrap(); // invariant: room
+        }
+        assert_eq!(core.run_tick(3), 3, "two late frames plus the on-time one");
+        assert_eq!(core.stats().late_frames, 2);
+        tx.push(EncodedFrame::new(4, FrameKind::EndOfStream))
+            .unwrap(); // invariant: room
+        tx.push(EncodedFrame::from_packet(6, b"y").unwrap())
+            .unwrap(); // invariant: room
+        assert_eq!(core.run_tick(4), 1); // silence 1
+        assert_eq!(core.run_tick(5), 1); // silence 2
+        assert_eq!(core.run_tick(6), 1); // audio again: silence cancelled
+        assert_eq!(core.run_tick(7), 0);
+        let ev = drain(&mut events);
+        assert_eq!(
+            ev,
+            [SenderEvent::SpeakingStarted { call: id }],
+            "no stop, no second start"
+        );
+    }
+
+    #[test]
+    fn end_of_stream_while_idle_sends_nothing() {
+        let (mut core, mut events, mut tx, _rx, _id) = core_with_call();
+        tx.push(EncodedFrame::new(1, FrameKind::EndOfStream))
+            .unwrap(); // invariant: room
+        for t in 1..8 {
+            assert_eq!(core.run_tick(t), 0);
+        }
+        assert!(drain(&mut events).is_empty());
+    }
+}
