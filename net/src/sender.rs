@@ -15,6 +15,46 @@
 //!
 //! After start-up the thread does not allocate, lock or make syscalls other than the sends and the
 //! pacing sleep (`tests/sender_no_alloc.rs` proves the allocation part).
+//!
+//! ```no_run
+//! use std::{net::UdpSocket, sync::Arc, time::Instant};
+//! use quaver_engine::{EncodedFrame, Grid};
+//! use quaver_net::crypto::{EncryptionMode, SecretKey};
+//! use quaver_net::{CallConfig, Sender, SenderConfig, SenderEvent};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let grid = Grid::new(Instant::now()); // shared with the mixer
+//! let mut sender = Sender::spawn(SenderConfig::new(grid))?;
+//! println!("backend {:?}, pacing {:?}", sender.backend(), sender.pacing());
+//!
+//! // Per call, after Ready (ssrc, ip:port), IP discovery and the Session Description:
+//! let socket = UdpSocket::bind("0.0.0.0:0")?;
+//! socket.connect("127.0.0.1:50000")?;
+//! let (mut frames_tx, frames_rx) = rtrb::RingBuffer::<EncodedFrame>::new(16); // mixer side keeps frames_tx
+//! let call = sender.add_call(CallConfig {
+//!     ssrc: 1234,
+//!     socket: Arc::new(socket),
+//!     mode: EncryptionMode::Aes256GcmRtpSize,
+//!     key: SecretKey::from_slice(&[0u8; 32])?,
+//!     frames: frames_rx,
+//! })?;
+//! # let _ = &mut frames_tx;
+//!
+//! // Control loop: forward events to the gateway (Speaking 1 / 0), watch errors.
+//! while let Some(event) = sender.poll_event() {
+//!     match event {
+//!         SenderEvent::SpeakingStarted { call } => { /* gateway: op 5 speaking 1 */ }
+//!         SenderEvent::SpeakingStopped { call } => { /* gateway: op 5 speaking 0 */ }
+//!         other => eprintln!("{other:?}"),
+//!     }
+//! }
+//! // New Session Description: switch at the next frame boundary.
+//! sender.rekey(call, EncryptionMode::XChaCha20Poly1305RtpSize, &SecretKey::new([1; 32]))?;
+//! let p99 = sender.stats().lateness_ns.value_at_quantile(0.99);
+//! # let _ = p99;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::net::UdpSocket;
 #[cfg(target_os = "linux")]
