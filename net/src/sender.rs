@@ -89,6 +89,9 @@ pub enum SenderError {
     /// The sender thread has stopped.
     #[error("sender thread has stopped")]
     Stopped,
+    /// No call with this id was added (or it was removed already).
+    #[error("unknown call {0:?}")]
+    UnknownCall(CallId),
     /// The requested backend is not available.
     #[error("transmit backend unavailable: {0}")]
     Backend(std::io::Error),
@@ -617,7 +620,7 @@ pub struct Sender {
     backend: BackendKind,
     pacing: PacingMode,
     next_id: u64,
-    calls: usize,
+    live: std::collections::HashSet<CallId>,
     max_calls: usize,
 }
 
@@ -626,7 +629,7 @@ impl std::fmt::Debug for Sender {
         f.debug_struct("Sender")
             .field("backend", &self.backend)
             .field("pacing", &self.pacing)
-            .field("calls", &self.calls)
+            .field("calls", &self.live.len())
             .finish()
     }
 }
@@ -702,7 +705,7 @@ impl Sender {
             backend,
             pacing,
             next_id: 0,
-            calls: 0,
+            live: std::collections::HashSet::new(),
             max_calls: config.max_calls,
         })
     }
@@ -733,34 +736,46 @@ impl Sender {
 
     /// Adds a call; its frames are sent from the next tick on. The socket must be connected.
     pub fn add_call(&mut self, config: CallConfig) -> Result<CallId, SenderError> {
-        if self.calls >= self.max_calls {
+        if self.live.len() >= self.max_calls {
             return Err(SenderError::TooManyCalls(self.max_calls));
         }
         let id = CallId(self.next_id);
         let call = Call::build(config, id)?;
         self.command(Command::Add(call))?;
         self.next_id += 1;
-        self.calls += 1;
+        self.live.insert(id);
         Ok(id)
     }
 
-    /// Removes a call (after the tick in progress). Unknown ids are ignored by the thread.
+    /// Removes a call (after the tick in progress); [`SenderEvent::CallRemoved`] confirms it.
     pub fn remove_call(&mut self, call: CallId) -> Result<(), SenderError> {
+        if !self.live.contains(&call) {
+            return Err(SenderError::UnknownCall(call));
+        }
         self.command(Command::Remove(call))?;
-        self.calls = self.calls.saturating_sub(1);
+        self.live.remove(&call);
         Ok(())
     }
 
     /// Switches a call to a new mode and key (a new Session Description) at the next frame
-    /// boundary. The nonce counter starts afresh under the new key.
+    /// boundary; [`SenderEvent::Rekeyed`] confirms it. The nonce counter starts afresh under the
+    /// new key.
     pub fn rekey(
         &mut self,
         call: CallId,
         mode: EncryptionMode,
         key: &SecretKey,
     ) -> Result<(), SenderError> {
+        if !self.live.contains(&call) {
+            return Err(SenderError::UnknownCall(call));
+        }
         let sealer = Box::new(Sealer::new(mode, key));
         self.command(Command::Rekey(call, sealer))
+    }
+
+    /// Calls currently added.
+    pub fn call_count(&self) -> usize {
+        self.live.len()
     }
 
     /// The next event, if any.

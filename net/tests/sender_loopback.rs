@@ -135,6 +135,8 @@ fn run_call(backend: BackendChoice) -> BackendKind {
         "no packets after the 5 silence frames"
     );
     sender.remove_call(call).expect("queue has room");
+    assert!(sender.remove_call(call).is_err(), "a call is removed once");
+    assert_eq!(sender.call_count(), 0);
     wait_for_event(
         &mut sender,
         |e| matches!(e, SenderEvent::CallRemoved { packets, .. } if *packets == FRAMES + 5),
