@@ -12,8 +12,9 @@ const MAX_NS: u64 = 10_000_000_000;
 /// Sender statistics for some span of ticks.
 #[derive(Debug, Clone)]
 pub struct SenderStats {
-    /// Per packet: time handed to the kernel minus its deadline, in nanoseconds (0 if on time
-    /// or early).
+    /// Per packet: when its send had returned (the kernel has taken the datagram; for io_uring
+    /// when the enter call that ran the whole batch returned) minus its deadline, in
+    /// nanoseconds (0 if early).
     pub lateness_ns: Histogram<u64>,
     /// Per tick with packets: time spent building, sealing and sending, in nanoseconds (wall
     /// time on the sender thread, pacing excluded — a CPU-time clock would cost a syscall).
