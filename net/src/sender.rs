@@ -847,6 +847,9 @@ impl Worker {
                 self.pacer.wait_until(deadline);
                 // Booked time is build + send, without the wait in between.
                 let send_start = Instant::now();
+                self.core.stats.wake_ns.saturating_record(
+                    send_start.saturating_duration_since(deadline).as_nanos() as u64,
+                );
                 self.core.flush(
                     send_start
                         .checked_sub(work_before_wait)
