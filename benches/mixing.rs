@@ -36,7 +36,7 @@ fn fixture(calls: usize, sources_per_call: usize, rate: u32, encode: bool) -> Fi
             let frames = rate as usize / 50 + 2;
             let freq = 200.0 + 37.0 * n as f32;
             let chunk = (0..frames * 2)
-                .map(|i| ((i / 2) as f32 * freq / rate as f32 * 6.283).sin() * 0.3)
+                .map(|i| ((i / 2) as f32 * freq / rate as f32 * std::f32::consts::TAU).sin() * 0.3)
                 .collect();
             writers.push((writer, chunk));
         }

@@ -285,6 +285,20 @@ impl Engine {
         Ok(())
     }
 
+    /// Gives the call a fresh frame queue and returns its consumer; the old queue is detached
+    /// at the next tick. Used when a call's frames move to a new sender session (a new SSRC
+    /// and key after a voice reconnect).
+    pub fn replace_frame_queue(&self, call: CallId) -> Result<FrameReceiver> {
+        let table = lock(&self.inner.table);
+        if !table.calls.contains_key(&call) {
+            return Err(Error::NoSuchCall(call));
+        }
+        let (frames_tx, frames_rx) = rtrb::RingBuffer::new(self.inner.config.frame_queue.max(2));
+        self.inner
+            .send(Command::ReplaceFrames(call, Box::new(frames_tx)))?;
+        Ok(frames_rx)
+    }
+
     /// Sets a call's master gain (ramped over one frame, like source volumes).
     pub fn set_call_volume(&self, call: CallId, volume: f32) -> Result<()> {
         let table = lock(&self.inner.table);
@@ -452,6 +466,7 @@ impl Inner {
             for garbage in &freed {
                 match garbage {
                     Garbage::Call(_) => table.slots_in_use = table.slots_in_use.saturating_sub(1),
+                    Garbage::Frames(_) => {}
                     Garbage::Source { call, .. } => {
                         if let Some(entry) = table.calls.get_mut(call) {
                             entry.sources_in_use = entry.sources_in_use.saturating_sub(1);

@@ -22,6 +22,8 @@ pub(crate) enum Command {
     AddCall(Box<CallSlot>),
     RemoveCall(CallId),
     AddSource(CallId, Box<SourceSlot>),
+    /// Points the call at a new frame queue (its consumer moved to a new sender session).
+    ReplaceFrames(CallId, Box<rtrb::Producer<EncodedFrame>>),
 }
 
 /// Slots the mixer no longer needs, sent back to be dropped off the real-time thread.
@@ -32,6 +34,7 @@ pub(crate) enum Command {
 pub(crate) enum Garbage {
     Call(Box<CallSlot>),
     Source { call: CallId, slot: Box<SourceSlot> },
+    Frames(Box<rtrb::Producer<EncodedFrame>>),
 }
 
 /// Call settings the control side may change while the call plays.
@@ -66,6 +69,9 @@ impl CallShared {
 pub(crate) struct CallSlot {
     pub(crate) id: CallId,
     shared: Arc<CallShared>,
+    // Boxed on purpose: slots arrive boxed from the control side and leave boxed as garbage;
+    // unboxing them here would free the box on the real-time thread.
+    #[allow(clippy::vec_box)]
     sources: Vec<Box<SourceSlot>>,
     encoder: Encoder,
     frames: rtrb::Producer<EncodedFrame>,
@@ -269,6 +275,8 @@ impl Outboxes<'_> {
 /// Obtain one from [`crate::Engine::manual`] to drive it yourself (offline rendering, tests), or
 /// let [`crate::Engine::new`] run it on its real-time mixer thread.
 pub struct Mixer {
+    // Boxed for the same reason as `CallSlot::sources`.
+    #[allow(clippy::vec_box)]
     calls: Vec<Box<CallSlot>>,
     commands: rtrb::Consumer<Command>,
     events: rtrb::Producer<Event>,
@@ -362,6 +370,7 @@ impl Mixer {
     }
 }
 
+#[allow(clippy::vec_box)] // see `Mixer::calls`
 fn apply_command(
     calls: &mut Vec<Box<CallSlot>>,
     command: Command,
@@ -398,6 +407,14 @@ fn apply_command(
             }
             out.discard(Garbage::Call(call));
             out.event(Event::CallRemoved { call: id });
+        }
+        Command::ReplaceFrames(id, mut frames) => {
+            if let Some(call) = calls.iter_mut().find(|call| call.id == id) {
+                std::mem::swap(&mut *frames, &mut call.frames);
+                // A new queue starts a new stretch: the next audio frame starts speaking again.
+                call.producing = false;
+            }
+            out.discard(Garbage::Frames(frames));
         }
         Command::AddSource(id, source) => match calls.iter_mut().find(|call| call.id == id) {
             Some(call) if call.sources.len() < call.sources.capacity() => call.sources.push(source),

@@ -158,7 +158,8 @@ mod tests {
         let mut resampler = SourceResampler::new(format).unwrap();
         let input = sine(rate, usize::from(channels), freq, rate as usize * seconds);
         let (mut producer, mut consumer) = rtrb::RingBuffer::new(input.len());
-        producer.push_partial_slice(&input);
+        let (written, _) = producer.push_partial_slice(&input);
+        assert_eq!(written.len(), input.len());
         let mut output = Vec::new();
         let mut frame = [0.0; MIX_FRAME_LEN];
         for _ in 0..(50 * seconds) {
@@ -201,7 +202,8 @@ mod tests {
         let format = PcmFormat::new(48_000, 2).unwrap();
         let mut resampler = SourceResampler::new(format).unwrap();
         let (mut producer, mut consumer) = rtrb::RingBuffer::new(4_000);
-        producer.push_partial_slice(&[0.25; 200]);
+        let (written, _) = producer.push_partial_slice(&[0.25; 200]);
+        assert_eq!(written.len(), 200);
         let mut frame = [1.0; MIX_FRAME_LEN];
         resampler.render(&mut consumer, &mut frame);
         assert!(frame[..200].iter().all(|&s| s == 0.25));
