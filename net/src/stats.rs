@@ -1,0 +1,83 @@
+//! Sender statistics in HDR histograms.
+//!
+//! The sender thread records into a preallocated [`SenderStats`] and, about once a second, swaps
+//! it for an empty one through a pair of rtrb rings; the control side merges what it receives.
+//! Recording never allocates (values beyond the range saturate), and the thread never locks.
+
+use hdrhistogram::Histogram;
+
+/// Highest value the histograms track exactly, in nanoseconds (10 s).
+const MAX_NS: u64 = 10_000_000_000;
+
+/// Sender statistics for some span of ticks.
+#[derive(Debug, Clone)]
+pub struct SenderStats {
+    /// Per packet: time handed to the kernel minus its deadline, in nanoseconds (0 if on time
+    /// or early).
+    pub lateness_ns: Histogram<u64>,
+    /// Per tick with packets: time spent building, sealing and sending, in nanoseconds (wall
+    /// time on the sender thread, pacing excluded — a CPU-time clock would cost a syscall).
+    pub tick_work_ns: Histogram<u64>,
+    /// Per tick with packets: datagrams in the on-time batch.
+    pub batch_size: Histogram<u64>,
+    /// Packets handed to the kernel successfully.
+    pub packets_sent: u64,
+    /// Packets whose frame arrived after its tick had passed (sent at once, counted here).
+    pub late_frames: u64,
+    /// Failed sends, all calls together.
+    pub send_errors: u64,
+    /// Ticks run.
+    pub ticks: u64,
+    /// Events lost because the event queue was full.
+    pub events_dropped: u64,
+}
+
+impl SenderStats {
+    /// Empty statistics with preallocated histograms.
+    pub fn new() -> Self {
+        // Bounds are constants within hdrhistogram's limits, so creation cannot fail.
+        let h = || Histogram::new_with_bounds(1, MAX_NS, 3).expect("constant bounds are valid");
+        Self {
+            lateness_ns: h(),
+            tick_work_ns: h(),
+            batch_size: Histogram::new_with_bounds(1, 1 << 20, 3)
+                .expect("constant bounds are valid"),
+            packets_sent: 0,
+            late_frames: 0,
+            send_errors: 0,
+            ticks: 0,
+            events_dropped: 0,
+        }
+    }
+
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &SenderStats) {
+        // Same bounds on both sides, so adding cannot fail for range reasons.
+        let _ = self.lateness_ns.add(&other.lateness_ns);
+        let _ = self.tick_work_ns.add(&other.tick_work_ns);
+        let _ = self.batch_size.add(&other.batch_size);
+        self.packets_sent += other.packets_sent;
+        self.late_frames += other.late_frames;
+        self.send_errors += other.send_errors;
+        self.ticks += other.ticks;
+        self.events_dropped += other.events_dropped;
+    }
+
+    /// Clears everything, keeping the allocations.
+    pub fn reset(&mut self) {
+        self.lateness_ns.reset();
+        self.tick_work_ns.reset();
+        self.batch_size.reset();
+        self.packets_sent = 0;
+        self.late_frames = 0;
+        self.send_errors = 0;
+        self.ticks = 0;
+        self.events_dropped = 0;
+    }
+}
+
+impl Default for SenderStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,177 @@
+//! Proves the sender thread does not allocate or free after start-up: a counting global allocator
+//! counts heap operations made on the sender thread between its start and exit hooks, while the
+//! thread runs ~100 ticks with many calls, calls added and removed, a re-key, end-of-stream
+//! silence and failing sends.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use quaver_engine::{EncodedFrame, FrameKind, Grid};
+use quaver_net::crypto::{EncryptionMode, SecretKey};
+use quaver_net::pacer::SchedulingRequest;
+use quaver_net::{BackendChoice, CallConfig, Sender, SenderConfig, SenderEvent};
+
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+static FREES: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    // const-initialised and without Drop: reading it never allocates.
+    static WATCHED: Cell<bool> = const { Cell::new(false) };
+}
+
+fn watched() -> bool {
+    WATCHED.try_with(Cell::get).unwrap_or(false)
+}
+
+// SAFETY: forwards every request to the system allocator unchanged; only counts on the side.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if watched() {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if watched() {
+            FREES.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if watched() {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn start_watching() {
+    WATCHED.with(|w| w.set(true));
+}
+
+fn stop_watching() {
+    WATCHED.with(|w| w.set(false));
+}
+
+fn call(
+    sender: &mut Sender,
+    receiver: &UdpSocket,
+    start: u64,
+    frames: u64,
+    end_of_stream: bool,
+) -> (quaver_net::CallId, rtrb::Producer<EncodedFrame>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("loopback bind");
+    socket
+        .connect(receiver.local_addr().expect("bound"))
+        .expect("connect");
+    let (mut tx, rx) = rtrb::RingBuffer::new(256);
+    for i in 0..frames {
+        tx.push(EncodedFrame::from_packet(start + i, &[7; 120]).expect("small"))
+            .expect("room");
+    }
+    if end_of_stream {
+        tx.push(EncodedFrame::new(start + frames, FrameKind::EndOfStream))
+            .expect("room");
+    }
+    let id = sender
+        .add_call(CallConfig {
+            ssrc: rand_ssrc(),
+            socket: Arc::new(socket),
+            mode: EncryptionMode::Aes256GcmRtpSize,
+            key: SecretKey::new([3; 32]),
+            frames: rx,
+        })
+        .expect("added");
+    (id, tx)
+}
+
+fn rand_ssrc() -> u32 {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed) as u32
+}
+
+#[test]
+fn sender_thread_never_allocates_after_start_up() {
+    for backend in [BackendChoice::Auto, BackendChoice::Portable] {
+        ALLOCS.store(0, Ordering::Relaxed);
+        FREES.store(0, Ordering::Relaxed);
+        let grid = Grid::new(Instant::now());
+        let mut config = SenderConfig::new(grid);
+        config.backend = backend;
+        config.scheduling = SchedulingRequest {
+            fifo_priority: None,
+            ..SchedulingRequest::default()
+        };
+        config.max_calls = 64;
+        // Small event queue so that overflow (dropped events) is exercised too.
+        config.event_capacity = 16;
+        config.on_thread_start = Some(start_watching);
+        config.on_thread_exit = Some(stop_watching);
+        let mut sender = Sender::spawn(config).expect("sender starts");
+        let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let start = grid.tick_at_or_after(Instant::now()) + 2;
+        let mut producers = Vec::new();
+        let mut ids = Vec::new();
+        for k in 0..20u64 {
+            // Some calls end early (silence + speaking stopped), some run long.
+            let (id, tx) = call(&mut sender, &receiver, start, 20 + 4 * k, k % 3 == 0);
+            ids.push(id);
+            producers.push(tx);
+        }
+        // A call whose sends fail.
+        let dead = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let (bad, bad_tx) = call(&mut sender, &dead, start, 60, false);
+        drop(dead);
+        producers.push(bad_tx);
+
+        // Mid-run: late frames, new calls, removals and a re-key, all while ticking.
+        std::thread::sleep(Duration::from_millis(400));
+        let now_tick = grid.tick_at_or_after(Instant::now());
+        for _ in 0..5 {
+            let (id, tx) = call(&mut sender, &receiver, now_tick.saturating_sub(3), 30, true);
+            ids.push(id);
+            producers.push(tx);
+        }
+        for id in ids.drain(..5) {
+            sender.remove_call(id).expect("queue has room");
+        }
+        sender
+            .rekey(
+                ids[0],
+                EncryptionMode::XChaCha20Poly1305RtpSize,
+                &SecretKey::new([4; 32]),
+            )
+            .expect("queue has room");
+        std::thread::sleep(Duration::from_millis(1200));
+        let mut saw_error = false;
+        while let Some(e) = sender.poll_event() {
+            saw_error |= matches!(e, SenderEvent::SendFailed { call, .. } if call == bad);
+        }
+        let stats = sender.shutdown();
+        let allocs = ALLOCS.load(Ordering::Relaxed);
+        let frees = FREES.load(Ordering::Relaxed);
+        eprintln!(
+            "{backend:?}: {} packets, {} errors, {} late frames, {} ticks; {allocs} allocations, {frees} frees on the sender thread",
+            stats.packets_sent, stats.send_errors, stats.late_frames, stats.ticks
+        );
+        assert!(stats.packets_sent > 500, "the run did real work");
+        assert!(
+            stats.send_errors > 0 || saw_error,
+            "failing sends were exercised"
+        );
+        assert_eq!(allocs, 0, "sender thread allocated after start-up");
+        assert_eq!(frees, 0, "sender thread freed memory after start-up");
+    }
+}
