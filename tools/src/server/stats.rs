@@ -280,7 +280,7 @@ mod tests {
         let mut m = StreamMeter::new();
         for i in 0..100u32 {
             let seq = 65_500u16.wrapping_add(i as u16);
-            let ts = u32::MAX - 2000 + i * 960;
+            let ts = (u32::MAX - 2000).wrapping_add(i * 960);
             let a = m.on_packet(seq, ts, 100, 1_000 * MS + i64::from(i) * 20 * MS);
             assert_eq!(a, Arrival::InOrder { gap: 0 });
         }
@@ -294,7 +294,7 @@ mod tests {
     #[test]
     fn loss_reorder_duplicate_and_lateness() {
         let mut m = StreamMeter::new();
-        let mut send = |m: &mut StreamMeter, i: u16, late_ms: i64| {
+        let send = |m: &mut StreamMeter, i: u16, late_ms: i64| {
             m.on_packet(
                 i,
                 u32::from(i) * 960,
