@@ -62,6 +62,9 @@ fn wait_for(
             .checked_duration_since(Instant::now())
             .expect("timed out waiting for a voice event");
         let ev = control.events().recv_timeout(left).expect("voice event");
+        if std::env::var_os("SERVER_TEST_DEBUG").is_some() {
+            eprintln!("event: {ev:?}");
+        }
         let ControlEvent::Voice { call: c, event } = ev else {
             continue;
         };
@@ -89,6 +92,8 @@ struct DirectClient {
     call: CallId,
     udp: UdpSocket,
     session: VoiceSession,
+    /// Events that arrived before SessionReady (ops 11/5 may precede Session Description).
+    early: Vec<VoiceEvent>,
 }
 
 /// Connects straight to the voice gateway with credentials from the server (no main gateway).
@@ -104,7 +109,9 @@ fn direct_client(
     let call = control
         .connect(request, VoiceConfig::default())
         .expect("connect");
+    let mut early = Vec::new();
     let session = session_of(wait_for(&control, call, &udp, |e| {
+        early.push(e.clone());
         matches!(e, VoiceEvent::SessionReady(_))
     }));
     DirectClient {
@@ -112,6 +119,7 @@ fn direct_client(
         call,
         udp,
         session,
+        early,
     }
 }
 
@@ -439,7 +447,7 @@ fn garbage_from_clients_is_counted_and_a_good_client_keeps_streaming() {
         (0, 0, 0)
     );
     let c = stats.counters;
-    assert!(c.bad_json >= 2, "{c:?}");
+    assert!(c.bad_json >= 1 && c.oversized_frames >= 1, "{c:?}");
     assert!(c.unknown_opcodes >= 1, "{c:?}");
     assert!(c.unknown_ssrc >= 1, "{c:?}");
     assert!(c.binary_frames >= 1, "{c:?}");
@@ -459,18 +467,20 @@ fn forwarding_reseals_for_each_receiver_and_relays_speaking() {
     let a = direct_client(&server, 5, 50, ControlConfig::default());
     let b = direct_client(&server, 5, 51, ControlConfig::default());
     assert_ne!(a.session.secret_key.expose(), b.session.secret_key.expose());
-    // B learns A's SSRC from the relayed Speaking (A sent Speaking before B joined).
-    let ev = wait_for(&b.control, b.call, &b.udp, |e| {
-        matches!(e, VoiceEvent::UserSpeaking { .. })
-    });
-    assert_eq!(
-        ev,
-        VoiceEvent::UserSpeaking {
-            user_id: 50,
-            ssrc: a.session.ssrc,
-            flags: SpeakingFlags::MICROPHONE
-        }
-    );
+    // B learns A's SSRC from the relayed Speaking (A sent Speaking before B joined), possibly
+    // before its own Session Description.
+    let speaking = VoiceEvent::UserSpeaking {
+        user_id: 50,
+        ssrc: a.session.ssrc,
+        flags: SpeakingFlags::MICROPHONE,
+    };
+    if !b.early.contains(&speaking) {
+        let ev = wait_for(&b.control, b.call, &b.udp, |e| {
+            matches!(e, VoiceEvent::UserSpeaking { .. })
+        });
+        assert_eq!(ev, speaking);
+    }
+    assert!(b.early.contains(&VoiceEvent::ClientsConnected(vec![50])));
     // And A hears that B connected.
     wait_for(
         &a.control,
@@ -569,7 +579,7 @@ fn close_codes_produce_the_documented_client_behaviour() {
         VoiceEvent::Ended(EndReason::NeedsNewVoiceState { code: 4006 })
     );
 
-    // 4001 (a client bug): one fresh Identify, closed again, then the client gives up.
+    // 4001 (a client bug): the client reconnects with a fresh Identify (new SSRC) once.
     let server = Server::start(ServerConfig {
         faults: Faults {
             close_code: Some(4001),
@@ -582,14 +592,12 @@ fn close_codes_produce_the_documented_client_behaviour() {
     wait_for(&c.control, c.call, &c.udp, |e| {
         matches!(e, VoiceEvent::Reconnecting { .. })
     });
-    let ev = wait_for(&c.control, c.call, &c.udp, |e| {
-        matches!(e, VoiceEvent::Ended(_))
-    });
-    assert_eq!(
-        ev,
-        VoiceEvent::Ended(EndReason::GaveUp { code: Some(4001) })
-    );
-    assert_eq!(server.stats().counters.identifies, 2);
+    let again = session_of(wait_for(&c.control, c.call, &c.udp, |e| {
+        matches!(e, VoiceEvent::SessionReady(_))
+    }));
+    assert_ne!(again.ssrc, c.session.ssrc);
+    let counters = server.stats().counters;
+    assert_eq!((counters.identifies, counters.resumes), (2, 0));
 }
 
 #[test]

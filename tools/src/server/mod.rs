@@ -80,8 +80,8 @@ pub struct Faults {
     /// Drop every voice websocket once (TCP shutdown, no close frame) this long after its
     /// session was established, so clients resume.
     pub drop_ws_after: Option<Duration>,
-    /// Close every voice session once with this code right after the handshake (Session
-    /// Description sent).
+    /// Close the voice session of every (guild, user) once with this code right after the
+    /// handshake (Session Description sent); later sessions of the same user are left alone.
     pub close_code: Option<u16>,
     /// Percentage (0–100) of forwarded packets dropped. Applies to forwarding only: the
     /// server's own receive statistics always count what the sender actually sent.
@@ -319,7 +319,6 @@ pub(crate) struct Session {
     pub speaking: u32,
     pub established_at: Option<Instant>,
     pub dropped_once: bool,
-    pub closed_once: bool,
     /// A forwarded packet held back by reorder injection.
     pub held: Option<Vec<u8>>,
 }
@@ -368,6 +367,8 @@ pub(crate) struct Registry {
     pub counters: Counters,
     /// Receive statistics per SSRC (kept after sessions end, until their call is reported).
     pub streams: HashMap<u32, StreamRecord>,
+    /// (guild, user) pairs already closed by the `close_code` fault.
+    pub close_faulted: std::collections::HashSet<(u64, u64)>,
 }
 
 pub(crate) struct StreamRecord {
@@ -600,6 +601,7 @@ impl Server {
                 next_user: config.first_user_id,
                 counters: Counters::default(),
                 streams: HashMap::new(),
+                close_faulted: Default::default(),
             }),
             config,
             stop: AtomicBool::new(false),

@@ -167,20 +167,25 @@ fn inject_faults(ws: &mut Ws, c: &mut Conn<'_>) {
     let mut close = None;
     {
         let mut reg = c.shared.lock();
-        let Some(s) = reg.sessions.get_mut(&id) else {
+        let Some(s) = reg.sessions.get(&id) else {
             return;
         };
         let Some(at) = s.established_at else { return };
+        let who = (s.guild_id, s.user_id);
+        // Once per user rather than per session: a client that reconnects after the close
+        // gets a working session, instead of a close after every handshake.
         if let Some(code) = faults.close_code
-            && !s.closed_once
+            && !reg.close_faulted.contains(&who)
         {
-            s.closed_once = true;
+            reg.close_faulted.insert(who);
             close = Some(code);
         } else if let Some(after) = faults.drop_ws_after
             && !s.dropped_once
             && at.elapsed() >= after
         {
-            s.dropped_once = true;
+            if let Some(s) = reg.sessions.get_mut(&id) {
+                s.dropped_once = true;
+            }
             reg.counters.injected_drops += 1;
             drop(reg);
             tracing::info!(
@@ -218,7 +223,23 @@ fn detach(c: &mut Conn<'_>) {
     }
 }
 
+/// Opcodes only a server sends: a client sending one is a client bug (4001), whatever its `d`.
+fn server_only(op: u64) -> bool {
+    matches!(
+        op,
+        2 | 4 | 6 | 8 | 9 | 11 | 13 | 21 | 22 | 24 | 25 | 27 | 29 | 30
+    )
+}
+
 fn on_text(ws: &mut Ws, c: &mut Conn<'_>, text: &str) {
+    let op = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v.get("op").and_then(serde_json::Value::as_u64));
+    if op.is_some_and(server_only) {
+        tracing::debug!(?op, "server-only opcode from a client");
+        c.shared.lock().counters.unknown_opcodes += 1;
+        return start_close(ws, c, close_code::UNKNOWN_OPCODE);
+    }
     let frame = match VoicePayload::decode(text, c.shared.config.max_message_size) {
         Ok(f) => f,
         Err(e) => {
@@ -316,7 +337,6 @@ fn identify(ws: &mut Ws, c: &mut Conn<'_>, id: Identify) {
         speaking: 0,
         established_at: None,
         dropped_once: false,
-        closed_once: false,
         held: None,
     };
     session.push(
