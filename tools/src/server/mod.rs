@@ -204,7 +204,8 @@ pub struct Counters {
     pub injected_udp_duplicates: u64,
     /// See `injected_udp_loss`.
     pub injected_udp_reorders: u64,
-    /// Whether kernel receive timestamps (SO_TIMESTAMPNS) were in use for the last packet.
+    /// RTP packets whose arrival time is a kernel receive timestamp (SO_TIMESTAMPNS); the rest
+    /// fell back to reading CLOCK_REALTIME on receipt.
     pub kernel_timestamps: u64,
 }
 
@@ -872,5 +873,49 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, which: Gateway) {
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot spawn a connection thread");
         }
+    }
+}
+
+impl std::fmt::Display for CallStats {
+    /// A short human report: one line for the call, one per stream.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "call in guild {}{}: {} stream(s)",
+            self.guild_id,
+            if self.ended { " ended" } else { "" },
+            self.streams.len()
+        )?;
+        for s in &self.streams {
+            writeln!(
+                f,
+                "  ssrc {} (user {}): {} packets, {} lost, {} reordered, {} duplicates, \
+                 {} timestamp-step errors, {} decode errors, {:.2} s decoded",
+                s.ssrc,
+                s.user_id,
+                s.packets,
+                s.lost,
+                s.reordered,
+                s.duplicates,
+                s.timestamp_step_errors,
+                s.decode_errors,
+                s.decoded_samples as f64 / 48_000.0
+            )?;
+            writeln!(
+                f,
+                "    lateness µs p50 {} p99 {} p99.9 {} max {}; jitter µs p50 {} p99 {} max {}",
+                s.lateness_us.p50,
+                s.lateness_us.p99,
+                s.lateness_us.p999,
+                s.lateness_us.max,
+                s.jitter_us.p50,
+                s.jitter_us.p99,
+                s.jitter_us.max
+            )?;
+            if let Some(p) = &s.recording {
+                writeln!(f, "    recording: {}", p.display())?;
+            }
+        }
+        Ok(())
     }
 }
