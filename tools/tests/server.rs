@@ -616,3 +616,50 @@ fn tls_clients_connect_with_the_generated_certificate() {
     let c = direct_client(&server, 9, 90, config);
     assert_eq!(server.ssrc_of(9, 90), Some(c.session.ssrc));
 }
+
+#[test]
+fn forwarding_faults_and_garbage_towards_a_client() {
+    let server = Server::start(ServerConfig {
+        faults: Faults {
+            udp_duplicate_pct: 100.0,
+            ..Faults::default()
+        },
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
+    let a = direct_client(&server, 8, 80, ControlConfig::default());
+    let b = direct_client(&server, 8, 81, ControlConfig::default());
+    // Garbage towards B first: its control thread and socket must shrug it off.
+    assert!(server.send_garbage_json(8, 81));
+    assert!(server.send_garbage_datagrams(8, 81, 10) >= 10);
+    let mut rtp = RtpStream::new(a.session.ssrc);
+    let mut sealer = Sealer::new(
+        net_mode(&a.session),
+        &SecretKey::new(*a.session.secret_key.expose()),
+    );
+    send_tone(&a.udp, &a.session, 1000.0, 10, 0, &mut rtp, &mut sealer);
+    let cipher = TransportCipher::new(
+        net_mode(&b.session),
+        &SecretKey::new(*b.session.secret_key.expose()),
+    );
+    let (mut buf, mut out) = ([0u8; 2048], [0u8; 2048]);
+    let mut opened = 0;
+    while opened < 20 {
+        let (n, _) = b.udp.recv_from(&mut buf).expect("forwarded packet");
+        if receive::open_rtp(&cipher, &buf[..n], &mut out).is_ok() {
+            opened += 1;
+        }
+    }
+    let c = server.stats().counters;
+    assert_eq!((c.forwarded, c.injected_udp_duplicates), (20, 10));
+    // The server's own receive statistics are not affected by forwarding faults.
+    let s = server.stream_stats(a.session.ssrc).expect("stream");
+    assert_eq!((s.packets, s.duplicates, s.lost), (10, 0, 0));
+    // B's websocket survived the garbage.
+    b.control
+        .set_speaking(b.call, SpeakingFlags::NONE)
+        .expect("alive");
+    wait_for(&b.control, b.call, &b.udp, |e| {
+        matches!(e, VoiceEvent::SpeakingSent(_))
+    });
+}
