@@ -606,7 +606,9 @@ mod tests {
         let mut seen = Vec::new();
         for _ in 0..4 {
             let len = sealer.seal(&mut buf, 12, 3).unwrap(); // invariant: buffer sized for it
-            seen.push(u32::from_be_bytes(buf[len - 4..len].try_into().unwrap())); // 4 bytes
+            seen.push(u32::from_be_bytes(
+                buf[len - 4..len].try_into().expect("a 4-byte slice"),
+            ));
         }
         assert_eq!(seen, [u32::MAX - 1, u32::MAX, 0, 1]);
         // Pretend all but two nonces of the key are used: the counter must stop, not wrap into

@@ -20,15 +20,21 @@
 //!   wheel and the pacing here needs none of its runtime. [`BackendChoice::Auto`] falls back to
 //!   non-blocking sockets (`send`, `sendmmsg` for runs on one socket) when the ring cannot be
 //!   created or lacks `IORING_OP_SEND` (ENOSYS, EPERM under seccomp, old kernels). Measured here
-//!   (`benches/sender.rs`, loopback, 240-byte frames, AES-GCM, a loaded 2-core VM): the per-tick
-//!   cost is about 2–3 µs per packet for 100–1,000 calls on either backend — the UDP stack
-//!   dominates, so batching buys little; at 10,000 calls cache misses raise it to ~4.5 µs.
+//!   (`benches/sender.rs`, loopback to sinks that are never read, 240-byte frames, AES-GCM, a
+//!   2-core VM shared with other builds, load 2–4): build + seal + send costs 2.2–2.9 µs per
+//!   packet for 100–1,000 calls on either backend and 3.5–3.7 µs at 10,000 calls (cache misses).
+//!   The UDP stack dominates, so the single submission buys little (the two backends are within
+//!   noise of each other). Registered files (fixed fds) are not used yet; `fget` was ~3.5 % of
+//!   the profile.
 //! * **Pacing.** `clock_nanosleep(ABS)` with 1 ns timer slack to deadline − 200 µs, then a spin;
-//!   `SCHED_FIFO` when permitted, else the EEVDF custom slice, else plain. Receiver-side lateness
-//!   on these VMs: sleep+spin 12/160 µs (p50/p99), at FIFO 13/65 µs idle; tokio timers ~1.5 ms.
-//!   The mode in effect is reported by [`Sender::pacing`].
-//! * **Crypto.** AES-256-GCM seals a 240-byte packet in ~0.3–0.5 µs, XChaCha20-Poly1305 in
-//!   ~2–3.6 µs (`benches/crypto.rs`), hence the preference order.
+//!   `SCHED_FIFO` when permitted, else the EEVDF custom slice, else plain. The pacer returns
+//!   0.4–0.6 µs after the deadline at p50 (p99 ≈ 1 µs at FIFO on a quiet moment,
+//!   `SenderStats::wake_ns`); what follows is the send cost of the batch. On loopback a send
+//!   that wakes a blocked local receiver costs ~50 µs here (cross-vCPU wake-up), so receiver-side
+//!   numbers in `benches/lateness.rs` overstate what a remote server sees. The mode in effect is
+//!   reported by [`Sender::pacing`].
+//! * **Crypto.** AES-256-GCM seals a 240-byte packet in ~0.34 µs, XChaCha20-Poly1305 in ~3.4 µs
+//!   (`benches/crypto.rs`), hence the preference order.
 #![warn(missing_docs)]
 
 pub mod crypto;

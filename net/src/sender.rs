@@ -847,6 +847,9 @@ impl Worker {
                 self.pacer.wait_until(deadline);
                 // Booked time is build + send, without the wait in between.
                 let send_start = Instant::now();
+                self.core.stats.wake_ns.saturating_record(
+                    send_start.saturating_duration_since(deadline).as_nanos() as u64,
+                );
                 self.core.flush(
                     send_start
                         .checked_sub(work_before_wait)
@@ -921,7 +924,7 @@ mod tests {
     fn ticks_frames_silence_and_speaking_events() {
         let (mut core, mut events, mut tx, _rx, id) = core_with_call();
         for t in [5, 6] {
-            tx.push(EncodedFrame::from_packet(t, b"abc").unwrap())
+            tx.push(EncodedFrame::from_packet(t, b"abc").expect("small packet"))
                 .unwrap(); // invariant: small, room
         }
         tx.push(EncodedFrame::new(7, FrameKind::EndOfStream))
@@ -951,14 +954,14 @@ mod tests {
     fn late_frames_go_out_at_once_and_audio_cancels_silence() {
         let (mut core, mut events, mut tx, _rx, id) = core_with_call();
         for t in 1..=3 {
-            tx.push(EncodedFrame::from_packet(t, b"x").unwrap())
+            tx.push(EncodedFrame::from_packet(t, b"x").expect("small packet"))
                 .unwrap(); // invariant: room
         }
         assert_eq!(core.run_tick(3), 3, "two late frames plus the on-time one");
         assert_eq!(core.stats().late_frames, 2);
         tx.push(EncodedFrame::new(4, FrameKind::EndOfStream))
             .unwrap(); // invariant: room
-        tx.push(EncodedFrame::from_packet(6, b"y").unwrap())
+        tx.push(EncodedFrame::from_packet(6, b"y").expect("small packet"))
             .unwrap(); // invariant: room
         assert_eq!(core.run_tick(4), 1); // silence 1
         assert_eq!(core.run_tick(5), 1); // silence 2

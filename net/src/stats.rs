@@ -12,9 +12,13 @@ const MAX_NS: u64 = 10_000_000_000;
 /// Sender statistics for some span of ticks.
 #[derive(Debug, Clone)]
 pub struct SenderStats {
-    /// Per packet: time handed to the kernel minus its deadline, in nanoseconds (0 if on time
-    /// or early).
+    /// Per packet: when its send had returned (the kernel has taken the datagram; for io_uring
+    /// when the enter call that ran the whole batch returned) minus its deadline, in
+    /// nanoseconds (0 if early).
     pub lateness_ns: Histogram<u64>,
+    /// Per tick with packets: when the pacer returned minus the tick's deadline, in nanoseconds —
+    /// the pacing precision, before any send cost.
+    pub wake_ns: Histogram<u64>,
     /// Per tick with packets: time spent building, sealing and sending, in nanoseconds (wall
     /// time on the sender thread, pacing excluded — a CPU-time clock would cost a syscall).
     pub tick_work_ns: Histogram<u64>,
@@ -39,6 +43,7 @@ impl SenderStats {
         let h = || Histogram::new_with_bounds(1, MAX_NS, 3).expect("constant bounds are valid");
         Self {
             lateness_ns: h(),
+            wake_ns: h(),
             tick_work_ns: h(),
             batch_size: Histogram::new_with_bounds(1, 1 << 20, 3)
                 .expect("constant bounds are valid"),
@@ -54,6 +59,7 @@ impl SenderStats {
     pub fn merge(&mut self, other: &SenderStats) {
         // Same bounds on both sides, so adding cannot fail for range reasons.
         let _ = self.lateness_ns.add(&other.lateness_ns);
+        let _ = self.wake_ns.add(&other.wake_ns);
         let _ = self.tick_work_ns.add(&other.tick_work_ns);
         let _ = self.batch_size.add(&other.batch_size);
         self.packets_sent += other.packets_sent;
@@ -66,6 +72,7 @@ impl SenderStats {
     /// Clears everything, keeping the allocations.
     pub fn reset(&mut self) {
         self.lateness_ns.reset();
+        self.wake_ns.reset();
         self.tick_work_ns.reset();
         self.batch_size.reset();
         self.packets_sent = 0;

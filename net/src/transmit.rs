@@ -76,7 +76,7 @@ impl Transmitter {
     }
 
     /// Sends `batch`; `results[i]` becomes the bytes sent or `-errno`, `sent_at[i]` the instant
-    /// the datagram was handed to the kernel. Both slices are at least `batch.len()` long.
+    /// the send of that datagram had returned (for io_uring: the enter call that ran it). Both slices are at least `batch.len()` long.
     pub fn send(&mut self, batch: &[Datagram], results: &mut [i32], sent_at: &mut [Instant]) {
         match self {
             #[cfg(target_os = "linux")]
@@ -138,7 +138,6 @@ impl UringTx {
                     let _ = unsafe { sq.push(&entry) };
                 }
             }
-            sent_at[slots.clone()].fill(Instant::now());
             let mut reaped = 0;
             loop {
                 let failure = match self.ring.submit_and_wait(chunk.len() - reaped) {
@@ -153,6 +152,8 @@ impl UringTx {
                     reaped += 1;
                 }
                 if reaped >= chunk.len() {
+                    // The sends ran inside the enter call; they are all done by now.
+                    sent_at[slots.clone()].fill(Instant::now());
                     break;
                 }
                 if let Some(errno) = failure {
@@ -165,6 +166,7 @@ impl UringTx {
                         }
                     }
                     self.broken = true;
+                    sent_at[slots].fill(Instant::now());
                     return;
                 }
             }
@@ -220,7 +222,6 @@ impl PortableTx {
                 .map_or(batch.len(), |p| start + p);
             let mut i = start;
             while i < end {
-                sent_at[i] = Instant::now();
                 if end - i == 1 {
                     // SAFETY: `ptr`/`len` describe a live buffer (see `Datagram`); MSG_DONTWAIT
                     // keeps the call non-blocking.
@@ -233,6 +234,7 @@ impl PortableTx {
                         )
                     };
                     results[i] = if rc < 0 { -errno() } else { rc as i32 };
+                    sent_at[i] = Instant::now();
                     i += 1;
                     continue;
                 }
@@ -261,13 +263,15 @@ impl PortableTx {
                         libc::MSG_DONTWAIT,
                     )
                 };
+                let done = Instant::now();
                 if rc <= 0 {
                     results[i] = -errno();
+                    sent_at[i] = done;
                     i += 1;
                 } else {
                     for k in 0..rc as usize {
                         results[i + k] = self.msgs[k].msg_len as i32;
-                        sent_at[i + k] = sent_at[i];
+                        sent_at[i + k] = done;
                     }
                     i += rc as usize;
                 }
