@@ -128,6 +128,10 @@ pub struct ServerConfig {
     pub replay_buffer: usize,
     /// Largest websocket message accepted; larger ones close with 4002 and are counted.
     pub max_message_size: usize,
+    /// How often an idle websocket thread checks for messages queued by other threads
+    /// (relayed Speaking, Clients Connect, faults). Raise it for thousands of calls: every
+    /// connection wakes this often.
+    pub ws_poll_interval: Duration,
     /// Injected faults.
     pub faults: Faults,
     /// First bot user ID handed out by the main gateway (each Identify gets the next one).
@@ -153,6 +157,7 @@ impl Default for ServerConfig {
             resume_window: Duration::from_secs(10),
             replay_buffer: 512,
             max_message_size: 64 * 1024,
+            ws_poll_interval: Duration::from_millis(25),
             faults: Faults::default(),
             first_user_id: 100_000_000_000_000_001,
         }
@@ -291,8 +296,8 @@ pub enum ServerEvent {
     CallEnded(CallStats),
 }
 
-/// Something the voice websocket thread of a session is asked to do.
-#[derive(Debug)]
+/// Something the voice websocket thread of a session is asked to do. No `Debug`: a queued
+/// Session Description carries the key.
 pub(crate) enum Outgoing {
     Text(String),
     Close(u16),

@@ -13,8 +13,6 @@ use super::{ServerError, Shared};
 
 /// How long a client may take for the TCP/TLS/websocket handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Read timeout once the websocket is up: how often a connection thread looks at its queue.
-pub(crate) const POLL: Duration = Duration::from_millis(25);
 
 /// A server-side connection, plain or TLS.
 pub(crate) enum Conn {
@@ -84,7 +82,8 @@ pub(crate) fn accept(stream: TcpStream, shared: &Shared) -> Result<Ws, String> {
         .max_message_size(Some(shared.config.max_message_size))
         .max_frame_size(Some(shared.config.max_message_size));
     let ws = tungstenite::accept_with_config(conn, Some(config)).map_err(|e| e.to_string())?;
-    ws.get_ref().set_read_timeout(POLL);
+    ws.get_ref()
+        .set_read_timeout(shared.config.ws_poll_interval.max(Duration::from_millis(1)));
     Ok(ws)
 }
 

@@ -271,6 +271,8 @@ impl Udp<'_> {
         let (guild, user, ssrc) = (session.guild_id, session.user_id, session.ssrc);
         let (seq, ts, marker) = (opened.sequence, opened.timestamp, opened.marker);
         let payload_len = opened.payload.len();
+        // `payload` is a sub-slice of `self.open` (open_rtp decrypts into it), so this offset
+        // cannot underflow; it lets the borrow of `self.open` end here.
         let payload_at = opened.payload.as_ptr() as usize - self.open.as_ptr() as usize;
         let record = reg.streams.entry(ssrc).or_insert_with(|| StreamRecord {
             guild_id: guild,
