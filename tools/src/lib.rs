@@ -1,6 +1,7 @@
 //! Library side of the `quaver` command, so tests and benches can reuse its pieces.
 
 pub mod render;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 

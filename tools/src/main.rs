@@ -31,6 +31,170 @@ enum Command {
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
     },
+    /// Run a local Discord-compatible voice server (main gateway subset, voice gateway v8, UDP)
+    /// until Ctrl-C, printing per-call receive statistics when each call ends.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Main-gateway address (point a bot's gateway URL at ws://HOST:PORT).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: std::net::SocketAddr,
+    /// Voice-gateway address (default: the listen host, an ephemeral port).
+    #[arg(long)]
+    voice_listen: Option<std::net::SocketAddr>,
+    /// UDP voice-server address (default: the listen host, an ephemeral port).
+    #[arg(long)]
+    udp_listen: Option<std::net::SocketAddr>,
+    /// Write one WAV (48 kHz stereo 16-bit) per SSRC into DIR.
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
+    /// Append `SSRC <ssrc> MODE <mode> KEY <hex>` per voice session to FILE (decrypts captures).
+    #[arg(long, value_name = "FILE")]
+    keylog: Option<PathBuf>,
+    /// Serve wss:// with a self-signed certificate generated at start.
+    #[arg(long)]
+    tls: bool,
+    /// With --tls: write the certificate (DER) to FILE so clients can trust it.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    cert_out: Option<PathBuf>,
+    /// Heartbeat interval announced in Hello, in ms.
+    #[arg(long, default_value_t = 13_750.0)]
+    heartbeat_interval: f64,
+    /// Encryption modes offered in Ready (comma-separated wire names).
+    #[arg(long, value_delimiter = ',')]
+    modes: Vec<String>,
+    /// Do not forward packets to the other participants of a call.
+    #[arg(long)]
+    no_forward: bool,
+    /// Do not Opus-decode received packets (for many-call benchmarks).
+    #[arg(long)]
+    no_decode: bool,
+    /// Reject voice tokens the main gateway did not issue (4004).
+    #[arg(long)]
+    require_tokens: bool,
+    /// Drop every voice websocket once, SECONDS after its session started (clients resume).
+    #[arg(long, value_name = "SECONDS")]
+    drop_ws_after: Option<f64>,
+    /// Close each user's voice session once with CODE right after the handshake.
+    #[arg(long, value_name = "CODE")]
+    close_code: Option<u16>,
+    /// Drop PCT % of forwarded packets.
+    #[arg(long, value_name = "PCT", default_value_t = 0.0)]
+    udp_loss: f64,
+    /// Reorder PCT % of forwarded packets (each held back behind the next one).
+    #[arg(long, value_name = "PCT", default_value_t = 0.0)]
+    udp_reorder: f64,
+    /// Duplicate PCT % of forwarded packets.
+    #[arg(long, value_name = "PCT", default_value_t = 0.0)]
+    udp_duplicate: f64,
+}
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: `on_signal` only stores to an atomic, which is async-signal-safe; the
+        // sigaction struct is fully initialised before use.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), quaver_tools::Error> {
+    use quaver_tools::server::{Faults, Server, ServerConfig, ServerEvent};
+    let host = args.listen.ip();
+    let mut modes = Vec::new();
+    for m in &args.modes {
+        modes.push(
+            m.parse().map_err(|_| {
+                quaver_tools::Error::Usage(format!("unknown encryption mode {m:?}"))
+            })?,
+        );
+    }
+    let defaults = ServerConfig::default();
+    let config = ServerConfig {
+        main_listen: args.listen,
+        voice_listen: args
+            .voice_listen
+            .unwrap_or(std::net::SocketAddr::new(host, 0)),
+        udp_listen: args
+            .udp_listen
+            .unwrap_or(std::net::SocketAddr::new(host, 0)),
+        heartbeat_interval_ms: args.heartbeat_interval,
+        modes: if modes.is_empty() {
+            defaults.modes.clone()
+        } else {
+            modes
+        },
+        tls: args.tls,
+        record_dir: args.record,
+        decode_audio: !args.no_decode,
+        keylog: args.keylog.clone(),
+        forward: !args.no_forward,
+        require_issued_tokens: args.require_tokens,
+        faults: Faults {
+            drop_ws_after: args
+                .drop_ws_after
+                .map(|s| std::time::Duration::from_secs_f64(s.max(0.0))),
+            close_code: args.close_code,
+            udp_loss_pct: args.udp_loss,
+            udp_reorder_pct: args.udp_reorder,
+            udp_duplicate_pct: args.udp_duplicate,
+        },
+        ..defaults
+    };
+    let server = Server::start(config).map_err(|e| quaver_tools::Error::Usage(e.to_string()))?;
+    install_signal_handlers();
+    println!("quaver serve: main gateway {}", server.main_gateway_url());
+    println!("  voice gateway {}", server.voice_gateway_url());
+    println!("  udp {}", server.udp_addr());
+    if let Some(cert) = server.certificate_der() {
+        match &args.cert_out {
+            Some(path) => {
+                std::fs::write(path, cert.as_ref())
+                    .map_err(|e| quaver_tools::Error::Usage(format!("{}: {e}", path.display())))?;
+                println!(
+                    "  tls: self-signed certificate written to {}",
+                    path.display()
+                );
+            }
+            None => println!("  tls: self-signed certificate (use --cert-out FILE to save it)"),
+        }
+    }
+    println!("Ctrl-C to stop.");
+    while !STOP.load(std::sync::atomic::Ordering::Relaxed) {
+        match server
+            .events()
+            .recv_timeout(std::time::Duration::from_millis(100))
+        {
+            Ok(ServerEvent::CallEnded(call)) => print!("{call}"),
+            Ok(ServerEvent::SessionEstablished {
+                guild_id,
+                user_id,
+                ssrc,
+            }) => println!("session: guild {guild_id} user {user_id} ssrc {ssrc}"),
+            Ok(_) | Err(_) => {}
+        }
+    }
+    println!("stopping");
+    for call in server.stats().calls.iter().filter(|c| !c.ended) {
+        print!("{call}");
+    }
+    let counters = server.stats().counters;
+    server.stop();
+    println!("{counters:?}");
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -61,6 +225,7 @@ fn main() -> ExitCode {
                 );
             })
         }
+        Command::Serve(args) => serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,230 @@
+//! The main-gateway subset: enough for a bot to learn its user ID and join voice.
+
+use serde_json::{Value, json};
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use super::Shared;
+use super::tls::Ws;
+
+/// Main-gateway close codes used here.
+const DECODE_ERROR: u16 = 4002;
+const NOT_AUTHENTICATED: u16 = 4003;
+const AUTHENTICATION_FAILED: u16 = 4004;
+const UNKNOWN_OPCODE: u16 = 4001;
+
+struct Conn {
+    seq: u64,
+    user_id: Option<u64>,
+    session_id: String,
+}
+
+/// Serves one main-gateway websocket until it closes.
+pub(crate) fn serve(mut ws: Ws, shared: &Shared) {
+    let mut c = Conn {
+        seq: 0,
+        user_id: None,
+        session_id: String::new(),
+    };
+    let hello = json!({"op": 10, "d": {"heartbeat_interval": shared.config.heartbeat_interval_ms}, "s": null, "t": null});
+    if ws.send(Message::text(hello.to_string())).is_err() {
+        return;
+    }
+    loop {
+        if shared.stopped() {
+            let _ = close(&mut ws, 1001);
+            return;
+        }
+        match ws.read() {
+            Ok(Message::Text(text)) => {
+                if let Err(code) = on_text(&mut ws, &mut c, shared, text.as_str()) {
+                    shared.lock().counters.closes_sent += 1;
+                    let _ = close(&mut ws, code);
+                    // Let the close handshake finish (or time out) before dropping the socket.
+                    for _ in 0..40 {
+                        if ws.read().is_err() && !ws.can_read() {
+                            break;
+                        }
+                    }
+                    return;
+                }
+            }
+            Ok(Message::Close(_)) => {
+                let _ = ws.flush();
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(tungstenite::Error::Capacity(_)) => {
+                shared.lock().counters.oversized_frames += 1;
+                let _ = close(&mut ws, DECODE_ERROR);
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+fn close(ws: &mut Ws, code: u16) -> tungstenite::Result<()> {
+    ws.close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: "".into(),
+    }))?;
+    ws.flush()
+}
+
+fn dispatch(ws: &mut Ws, c: &mut Conn, t: &str, d: Value) {
+    c.seq += 1;
+    let msg = json!({"op": 0, "t": t, "s": c.seq, "d": d});
+    let _ = ws.send(Message::text(msg.to_string()));
+}
+
+/// A snowflake sent as a string (Discord) or a number (lenient).
+fn snowflake(v: &Value) -> Option<u64> {
+    match v {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    }
+}
+
+fn on_text(ws: &mut Ws, c: &mut Conn, shared: &Shared, text: &str) -> Result<(), u16> {
+    let Ok(msg) = serde_json::from_str::<Value>(text) else {
+        shared.lock().counters.bad_json += 1;
+        return Err(DECODE_ERROR);
+    };
+    let op = msg.get("op").and_then(Value::as_u64);
+    let d = msg.get("d").cloned().unwrap_or(Value::Null);
+    match op {
+        // Heartbeat.
+        Some(1) => {
+            let ack = json!({"op": 11, "d": null, "s": null, "t": null});
+            let _ = ws.send(Message::text(ack.to_string()));
+        }
+        // Identify.
+        Some(2) => {
+            let token = d.get("token").and_then(Value::as_str).unwrap_or("");
+            if token.is_empty() {
+                return Err(AUTHENTICATION_FAILED);
+            }
+            let user_id = {
+                let mut reg = shared.lock();
+                let id = reg.next_user;
+                reg.next_user += 1;
+                c.session_id = super::random_hex(16);
+                reg.main_sessions.insert(c.session_id.clone(), id);
+                id
+            };
+            c.user_id = Some(user_id);
+            let scheme = if shared.tls.is_some() { "wss" } else { "ws" };
+            let ready = json!({
+                "v": 10,
+                "user": {"id": user_id.to_string(), "username": "quaver-bot", "discriminator": "0", "bot": true},
+                "session_id": c.session_id,
+                "resume_gateway_url": format!("{scheme}://{}", shared.main_addr),
+                "guilds": [],
+                "application": {"id": user_id.to_string(), "flags": 0}
+            });
+            dispatch(ws, c, "READY", ready);
+        }
+        // Resume: any session this server handed out resumes (no replay; nothing was missed
+        // that matters to a voice bot).
+        Some(6) => {
+            let sid = d.get("session_id").and_then(Value::as_str).unwrap_or("");
+            let user = shared.lock().main_sessions.get(sid).copied();
+            match user {
+                Some(u) => {
+                    c.user_id = Some(u);
+                    c.session_id = sid.to_string();
+                    c.seq = d.get("seq").and_then(Value::as_u64).unwrap_or(0);
+                    dispatch(ws, c, "RESUMED", json!({}));
+                }
+                None => {
+                    let invalid = json!({"op": 9, "d": false, "s": null, "t": null});
+                    let _ = ws.send(Message::text(invalid.to_string()));
+                }
+            }
+        }
+        // Update Voice State.
+        Some(4) => {
+            let Some(user_id) = c.user_id else {
+                return Err(NOT_AUTHENTICATED);
+            };
+            let Some(guild_id) = d.get("guild_id").and_then(snowflake) else {
+                shared.lock().counters.bad_json += 1;
+                return Err(DECODE_ERROR);
+            };
+            let channel_id = d.get("channel_id").and_then(snowflake);
+            let self_mute = d.get("self_mute").and_then(Value::as_bool).unwrap_or(false);
+            let self_deaf = d.get("self_deaf").and_then(Value::as_bool).unwrap_or(false);
+            voice_state(
+                ws, c, shared, user_id, guild_id, channel_id, self_mute, self_deaf,
+            );
+        }
+        _ => {
+            shared.lock().counters.unknown_opcodes += 1;
+            return Err(UNKNOWN_OPCODE);
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn voice_state(
+    ws: &mut Ws,
+    c: &mut Conn,
+    shared: &Shared,
+    user_id: u64,
+    guild_id: u64,
+    channel_id: Option<u64>,
+    self_mute: bool,
+    self_deaf: bool,
+) {
+    let mut state = json!({
+        "guild_id": guild_id.to_string(),
+        "channel_id": channel_id.map(|c| c.to_string()),
+        "user_id": user_id.to_string(),
+        "deaf": false, "mute": false,
+        "self_deaf": self_deaf, "self_mute": self_mute,
+        "self_video": false, "suppress": false,
+        "request_to_speak_timestamp": null,
+    });
+    match channel_id {
+        Some(channel) => {
+            let (session_id, token) = {
+                let mut reg = shared.lock();
+                shared.issue(&mut reg, guild_id, channel, user_id)
+            };
+            state["session_id"] = json!(session_id);
+            dispatch(ws, c, "VOICE_STATE_UPDATE", state);
+            let server = json!({
+                "token": token.expose(),
+                "guild_id": guild_id.to_string(),
+                "endpoint": shared.voice_endpoint(),
+            });
+            dispatch(ws, c, "VOICE_SERVER_UPDATE", server);
+        }
+        None => {
+            let session_id = {
+                let mut reg = shared.lock();
+                let issued = reg.issued.remove(&(guild_id, user_id));
+                let ids: Vec<u64> = reg
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.guild_id == guild_id && s.user_id == user_id)
+                    .map(|(k, _)| *k)
+                    .collect();
+                for id in ids {
+                    reg.end_session(id, shared);
+                }
+                issued.map(|i| i.session_id).unwrap_or_default()
+            };
+            state["session_id"] = json!(session_id);
+            dispatch(ws, c, "VOICE_STATE_UPDATE", state);
+        }
+    }
+}

@@ -1,0 +1,926 @@
+//! `quaver serve`: a local Discord-compatible voice server (PROTOCOL.md, server side), usable as
+//! a library so tests, `quaver demo` and `quaver jitter` can start it in-process.
+//!
+//! * A main-gateway subset ([`Server::main_gateway_url`]): Hello, Identify → READY, heartbeats,
+//!   Resume, op 4 Update Voice State → VOICE_STATE_UPDATE + VOICE_SERVER_UPDATE.
+//! * A voice gateway v8 ([`Server::voice_endpoint`]): Hello, Ready, Select Protocol → Session
+//!   Description with a fresh key, heartbeat ACKs, numbered messages with a replay buffer for
+//!   Resume, Speaking relays, Clients Connect / Client Disconnect, close codes.
+//! * A UDP voice server ([`Server::udp_addr`]): IP discovery, transport decryption, RTP checks,
+//!   Opus decode, optional WAV recording per SSRC, forwarding to the other participants of the
+//!   channel (re-sealed with each receiver's key), and receive measurements with kernel
+//!   timestamps ([`Server::stats`]).
+//!
+//! Everything binds 127.0.0.1 by default. One thread per websocket, one UDP thread: this is a
+//! test instrument, not a production SFU.
+//!
+//! ```no_run
+//! use quaver_tools::server::{Server, ServerConfig};
+//! let server = Server::start(ServerConfig::default())?;
+//! // Either point a main-gateway client at `server.main_gateway_url()`, or skip the main
+//! // gateway and get voice credentials directly:
+//! let request = server.voice_connect_request(1 /* guild */, 2 /* channel */, 3 /* user */);
+//! // ... connect with quaver_gateway::control::ControlThread, send audio ...
+//! for call in server.stats().calls {
+//!     for s in call.streams {
+//!         println!("ssrc {}: {} packets, {} lost, lateness p99 {} µs", s.ssrc, s.packets, s.lost, s.lateness_us.p99);
+//!     }
+//! }
+//! # Ok::<(), quaver_tools::server::ServerError>(())
+//! ```
+
+mod main_ws;
+pub mod stats;
+mod tls;
+mod udp;
+mod voice_ws;
+pub mod wav;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use quaver_gateway::protocol::{Token, VoicePayload};
+use quaver_gateway::voice::VoiceConnectRequest;
+use quaver_net::crypto::{EncryptionMode, Sealer, TransportCipher};
+
+pub use stats::Percentiles;
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A socket could not be bound or configured.
+    #[error("{what}: {source}")]
+    Io {
+        /// Which socket.
+        what: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// TLS set-up failed.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// A configuration value is out of range.
+    #[error("config: {0}")]
+    Config(String),
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> ServerError {
+    move |source| ServerError::Io { what, source }
+}
+
+/// Faults the server injects on purpose, for testing clients.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Faults {
+    /// Drop every voice websocket once (TCP shutdown, no close frame) this long after its
+    /// session was established, so clients resume.
+    pub drop_ws_after: Option<Duration>,
+    /// Close the voice session of every (guild, user) once with this code right after the
+    /// handshake (Session Description sent); later sessions of the same user are left alone.
+    pub close_code: Option<u16>,
+    /// Percentage (0–100) of forwarded packets dropped. Applies to forwarding only: the
+    /// server's own receive statistics always count what the sender actually sent.
+    pub udp_loss_pct: f64,
+    /// Percentage of forwarded packets held back and sent after the next one.
+    pub udp_reorder_pct: f64,
+    /// Percentage of forwarded packets sent twice.
+    pub udp_duplicate_pct: f64,
+}
+
+/// Server configuration. `Default` is loopback on ephemeral ports, no TLS, no recording.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Main-gateway listen address.
+    pub main_listen: SocketAddr,
+    /// Voice-gateway listen address (port 0: ephemeral).
+    pub voice_listen: SocketAddr,
+    /// UDP voice-server address.
+    pub udp_listen: SocketAddr,
+    /// Heartbeat interval announced in both Hellos, in ms.
+    pub heartbeat_interval_ms: f64,
+    /// Encryption modes offered in Ready, in this order.
+    pub modes: Vec<EncryptionMode>,
+    /// Serve `wss://` with a self-signed certificate generated at start.
+    pub tls: bool,
+    /// Write one WAV per SSRC into this directory.
+    pub record_dir: Option<PathBuf>,
+    /// Opus-decode every packet (counting decode errors). Turn off for many-call benchmarks:
+    /// decoding costs tens of µs per packet. Recording or keeping audio decodes regardless.
+    pub decode_audio: bool,
+    /// Keep decoded audio in memory per SSRC (read with [`Server::decoded_audio`]).
+    pub keep_decoded_audio: bool,
+    /// Append `SSRC <ssrc> MODE <mode> KEY <hex>` per voice session (SSLKEYLOGFILE-style).
+    pub keylog: Option<PathBuf>,
+    /// Forward each sender's packets to the other participants of its channel.
+    pub forward: bool,
+    /// Reject voice Identify/Resume whose token was not issued by the main gateway (or by
+    /// [`Server::voice_connect_request`]) with 4004. Off by default so tests may connect with any
+    /// token.
+    pub require_issued_tokens: bool,
+    /// A dropped voice session stays resumable this long.
+    pub resume_window: Duration,
+    /// Server messages kept per session for Resume.
+    pub replay_buffer: usize,
+    /// Largest websocket message accepted; larger ones close with 4002 and are counted.
+    pub max_message_size: usize,
+    /// How often an idle websocket thread checks for messages queued by other threads
+    /// (relayed Speaking, Clients Connect, faults). Raise it for thousands of calls: every
+    /// connection wakes this often.
+    pub ws_poll_interval: Duration,
+    /// Injected faults.
+    pub faults: Faults,
+    /// First bot user ID handed out by the main gateway (each Identify gets the next one).
+    pub first_user_id: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let lo = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        ServerConfig {
+            main_listen: lo(0),
+            voice_listen: lo(0),
+            udp_listen: lo(0),
+            heartbeat_interval_ms: 13_750.0,
+            modes: EncryptionMode::PREFERENCE.to_vec(),
+            tls: false,
+            record_dir: None,
+            decode_audio: true,
+            keep_decoded_audio: false,
+            keylog: None,
+            forward: true,
+            require_issued_tokens: false,
+            resume_window: Duration::from_secs(10),
+            replay_buffer: 512,
+            max_message_size: 64 * 1024,
+            ws_poll_interval: Duration::from_millis(25),
+            faults: Faults::default(),
+            first_user_id: 100_000_000_000_000_001,
+        }
+    }
+}
+
+/// Server-wide counters of bad input and notable events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Websocket connections accepted (both gateways).
+    pub ws_connections: u64,
+    /// Voice Identify handled.
+    pub identifies: u64,
+    /// Voice Resume handled successfully.
+    pub resumes: u64,
+    /// Voice Resume rejected (4006).
+    pub failed_resumes: u64,
+    /// Text frames that were not valid JSON payloads (closed with 4002).
+    pub bad_json: u64,
+    /// Unknown or misdirected opcodes (closed with 4001).
+    pub unknown_opcodes: u64,
+    /// Frames over the size limit.
+    pub oversized_frames: u64,
+    /// Binary frames from clients (DAVE is not served; they are parsed and ignored).
+    pub binary_frames: u64,
+    /// Closes sent by the server, any code.
+    pub closes_sent: u64,
+    /// Websockets dropped on purpose (fault injection).
+    pub injected_drops: u64,
+    /// IP discovery requests answered.
+    pub discovery_requests: u64,
+    /// Datagrams that were neither discovery, RTP, RTCP nor keepalive.
+    pub garbage_datagrams: u64,
+    /// RTP for an SSRC no session owns (or whose session has no key yet).
+    pub unknown_ssrc: u64,
+    /// RTP that failed authentication or decryption.
+    pub auth_failures: u64,
+    /// RTP with a broken header or non-Opus payload type.
+    pub malformed_rtp: u64,
+    /// RTCP packets (ignored).
+    pub rtcp: u64,
+    /// Keepalive datagrams.
+    pub keepalives: u64,
+    /// Packets forwarded to receivers (after fault injection).
+    pub forwarded: u64,
+    /// Forwarded packets dropped / duplicated / reordered by fault injection.
+    pub injected_udp_loss: u64,
+    /// See `injected_udp_loss`.
+    pub injected_udp_duplicates: u64,
+    /// See `injected_udp_loss`.
+    pub injected_udp_reorders: u64,
+    /// RTP packets whose arrival time is a kernel receive timestamp (SO_TIMESTAMPNS); the rest
+    /// fell back to reading CLOCK_REALTIME on receipt.
+    pub kernel_timestamps: u64,
+}
+
+/// Receive statistics of one SSRC.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamStats {
+    /// The sender's SSRC.
+    pub ssrc: u32,
+    /// Its user ID.
+    pub user_id: u64,
+    /// Its guild.
+    pub guild_id: u64,
+    /// Packets accepted (decrypted), duplicates included.
+    pub packets: u64,
+    /// Distinct packets.
+    pub unique_packets: u64,
+    /// Payload bytes (after decryption).
+    pub bytes: u64,
+    /// Sequence numbers never seen within the range received.
+    pub lost: u64,
+    /// Packets that arrived after a later one.
+    pub reordered: u64,
+    /// Packets seen twice.
+    pub duplicates: u64,
+    /// Consecutive packets whose timestamps did not differ by 960.
+    pub timestamp_step_errors: u64,
+    /// Opus packets that failed to decode.
+    pub decode_errors: u64,
+    /// Samples per channel decoded (48 kHz).
+    pub decoded_samples: u64,
+    /// Arrival minus ideal arrival on the sender's 20 ms grid, anchored at its best packet (µs).
+    pub lateness_us: Percentiles,
+    /// RFC 3550 inter-arrival jitter after each packet (µs).
+    pub jitter_us: Percentiles,
+    /// The WAV recording, when recording.
+    pub recording: Option<PathBuf>,
+}
+
+/// The streams of one call (all sessions of one guild, as a channel).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallStats {
+    /// Guild ID.
+    pub guild_id: u64,
+    /// Whether every session of the call has ended.
+    pub ended: bool,
+    /// One entry per SSRC that sent audio.
+    pub streams: Vec<StreamStats>,
+}
+
+/// A snapshot of everything the server measured.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ServerStats {
+    /// Per call, ordered by guild ID.
+    pub calls: Vec<CallStats>,
+    /// Counters.
+    pub counters: Counters,
+}
+
+impl ServerStats {
+    /// The stream of `ssrc`, if it sent anything.
+    pub fn stream(&self, ssrc: u32) -> Option<&StreamStats> {
+        self.calls
+            .iter()
+            .flat_map(|c| c.streams.iter())
+            .find(|s| s.ssrc == ssrc)
+    }
+}
+
+/// Events for the server's owner.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// A voice session was established (Session Description sent).
+    SessionEstablished {
+        /// Guild.
+        guild_id: u64,
+        /// User.
+        user_id: u64,
+        /// Its SSRC.
+        ssrc: u32,
+    },
+    /// Every session of a call ended; its final statistics.
+    CallEnded(CallStats),
+}
+
+/// Something the voice websocket thread of a session is asked to do. No `Debug`: a queued
+/// Session Description carries the key.
+pub(crate) enum Outgoing {
+    Text(String),
+    Close(u16),
+    /// Shut the TCP connection down without a close frame.
+    Drop,
+}
+
+/// One voice session (one user in one guild), living across resumes.
+pub(crate) struct Session {
+    pub guild_id: u64,
+    pub user_id: u64,
+    pub session_id: String,
+    pub token: Token,
+    pub ssrc: u32,
+    pub mode: Option<EncryptionMode>,
+    pub cipher: Option<TransportCipher>,
+    /// Seals packets forwarded *to* this session.
+    pub sealer: Option<Sealer>,
+    pub udp_peer: Option<SocketAddr>,
+    pub seq: i64,
+    pub replay: VecDeque<(i64, String)>,
+    /// The attached websocket thread, if any: its generation and queue.
+    pub outbox: Option<(u64, crossbeam_channel::Sender<Outgoing>)>,
+    pub detached_at: Option<Instant>,
+    pub speaking: u32,
+    pub established_at: Option<Instant>,
+    pub dropped_once: bool,
+    /// A forwarded packet held back by reorder injection.
+    pub held: Option<Vec<u8>>,
+}
+
+impl Session {
+    /// Numbers `payload`, keeps it for replay and queues it to the attached websocket.
+    pub fn push(&mut self, payload: &VoicePayload, replay_cap: usize) {
+        self.seq += 1;
+        // Invariant: server payloads are plain structs that always serialise.
+        let text = payload
+            .encode(Some(self.seq))
+            .expect("server payloads encode");
+        self.replay.push_back((self.seq, text.clone()));
+        while self.replay.len() > replay_cap {
+            self.replay.pop_front();
+        }
+        if let Some((_, tx)) = &self.outbox {
+            let _ = tx.send(Outgoing::Text(text));
+        }
+    }
+
+    fn send(&self, out: Outgoing) -> bool {
+        match &self.outbox {
+            Some((_, tx)) => tx.send(out).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// Credentials handed out by op 4 (or [`Server::voice_connect_request`]).
+pub(crate) struct Issued {
+    pub session_id: String,
+    pub token: Token,
+}
+
+/// Everything shared between the server's threads.
+pub(crate) struct Registry {
+    pub sessions: HashMap<u64, Session>,
+    pub by_ssrc: HashMap<u32, u64>,
+    pub issued: HashMap<(u64, u64), Issued>,
+    /// Main-gateway sessions, for Resume: session ID → user ID.
+    pub main_sessions: HashMap<String, u64>,
+    pub next_session: u64,
+    pub next_ssrc: u32,
+    pub next_user: u64,
+    pub counters: Counters,
+    /// Receive statistics per SSRC (kept after sessions end, until their call is reported).
+    pub streams: HashMap<u32, StreamRecord>,
+    /// (guild, user) pairs already closed by the `close_code` fault.
+    pub close_faulted: std::collections::HashSet<(u64, u64)>,
+}
+
+pub(crate) struct StreamRecord {
+    pub guild_id: u64,
+    pub user_id: u64,
+    pub meter: stats::StreamMeter,
+    pub decode_errors: u64,
+    pub decoded_samples: u64,
+    pub recording: Option<PathBuf>,
+    pub decoded: Vec<i16>,
+}
+
+impl StreamRecord {
+    fn snapshot(&self, ssrc: u32) -> StreamStats {
+        StreamStats {
+            ssrc,
+            user_id: self.user_id,
+            guild_id: self.guild_id,
+            packets: self.meter.packets,
+            unique_packets: self.meter.unique(),
+            bytes: self.meter.bytes,
+            lost: self.meter.lost(),
+            reordered: self.meter.reordered,
+            duplicates: self.meter.duplicates,
+            timestamp_step_errors: self.meter.timestamp_step_errors,
+            decode_errors: self.decode_errors,
+            decoded_samples: self.decoded_samples,
+            lateness_us: Percentiles::of(&self.meter.lateness()),
+            jitter_us: Percentiles::of(&self.meter.jitter_us),
+            recording: self.recording.clone(),
+        }
+    }
+}
+
+impl Registry {
+    pub fn session_by_ssrc(&mut self, ssrc: u32) -> Option<&mut Session> {
+        let id = *self.by_ssrc.get(&ssrc)?;
+        self.sessions.get_mut(&id)
+    }
+
+    pub fn call_stats(&self, guild_id: u64) -> CallStats {
+        let mut streams: Vec<StreamStats> = self
+            .streams
+            .iter()
+            .filter(|(_, r)| r.guild_id == guild_id)
+            .map(|(ssrc, r)| r.snapshot(*ssrc))
+            .collect();
+        streams.sort_by_key(|s| (s.user_id, s.ssrc));
+        CallStats {
+            guild_id,
+            ended: !self.sessions.values().any(|s| s.guild_id == guild_id),
+            streams,
+        }
+    }
+
+    /// Removes a session; tells the rest of its call and reports the call when it was the last.
+    pub fn end_session(&mut self, id: u64, shared: &Shared) {
+        let Some(s) = self.sessions.remove(&id) else {
+            return;
+        };
+        self.by_ssrc.remove(&s.ssrc);
+        if let Some((_, tx)) = &s.outbox {
+            let _ = tx.send(Outgoing::Close(
+                quaver_gateway::protocol::close_code::DISCONNECTED,
+            ));
+        }
+        let gone = VoicePayload::ClientDisconnect(quaver_gateway::protocol::ClientDisconnect {
+            user_id: s.user_id.into(),
+        });
+        let cap = shared.config.replay_buffer;
+        for other in self.sessions.values_mut() {
+            if other.guild_id == s.guild_id {
+                other.push(&gone, cap);
+            }
+        }
+        tracing::info!(
+            guild = s.guild_id,
+            user = s.user_id,
+            ssrc = s.ssrc,
+            "voice session ended"
+        );
+        if !self.sessions.values().any(|o| o.guild_id == s.guild_id) {
+            let call = self.call_stats(s.guild_id);
+            let _ = shared.events_tx.send(ServerEvent::CallEnded(call));
+        }
+    }
+
+    fn fresh_ssrc(&mut self) -> u32 {
+        loop {
+            self.next_ssrc = self.next_ssrc.wrapping_add(1);
+            if self.next_ssrc != 0 && !self.by_ssrc.contains_key(&self.next_ssrc) {
+                return self.next_ssrc;
+            }
+        }
+    }
+}
+
+/// Immutable configuration plus the shared state, one per server.
+pub(crate) struct Shared {
+    pub config: ServerConfig,
+    pub stop: AtomicBool,
+    pub registry: Mutex<Registry>,
+    pub events_tx: crossbeam_channel::Sender<ServerEvent>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub voice_addr: SocketAddr,
+    pub main_addr: SocketAddr,
+    pub udp_addr: SocketAddr,
+    pub udp: UdpSocket,
+    pub ws_generation: AtomicU64,
+}
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, Registry> {
+        // A panicking server thread must not take the whole server down with a poisoned lock;
+        // the registry holds plain data that stays consistent between statements.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// The `endpoint` of VOICE_SERVER_UPDATE: a bare `host:port` under TLS (clients add
+    /// `wss://`), an explicit `ws://host:port` otherwise, since a bare endpoint means TLS.
+    pub fn voice_endpoint(&self) -> String {
+        if self.tls.is_some() {
+            self.voice_addr.to_string()
+        } else {
+            format!("ws://{}", self.voice_addr)
+        }
+    }
+
+    /// Issues voice credentials for a user; the channel is implied by the guild (one call per
+    /// guild).
+    pub fn issue(
+        &self,
+        reg: &mut Registry,
+        guild_id: u64,
+        _channel_id: u64,
+        user_id: u64,
+    ) -> (String, Token) {
+        let session_id = random_hex(16);
+        let token = Token::new(random_hex(16));
+        reg.issued.insert(
+            (guild_id, user_id),
+            Issued {
+                session_id: session_id.clone(),
+                token: token.clone(),
+            },
+        );
+        (session_id, token)
+    }
+}
+
+pub(crate) fn random_hex(bytes: usize) -> String {
+    let mut out = String::with_capacity(bytes * 2);
+    for _ in 0..bytes {
+        out.push_str(&format!("{:02x}", rand::random::<u8>()));
+    }
+    out
+}
+
+/// A running server. Dropping it stops it.
+pub struct Server {
+    shared: Arc<Shared>,
+    events: crossbeam_channel::Receiver<ServerEvent>,
+    threads: Vec<JoinHandle<()>>,
+    certificate: Option<rustls::pki_types::CertificateDer<'static>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("main", &self.shared.main_addr)
+            .field("voice", &self.shared.voice_addr)
+            .field("udp", &self.shared.udp_addr)
+            .field("tls", &self.certificate.is_some())
+            .finish()
+    }
+}
+
+impl Server {
+    /// Binds every socket and starts the server's threads.
+    pub fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        for (name, pct) in [
+            ("udp loss", config.faults.udp_loss_pct),
+            ("udp reorder", config.faults.udp_reorder_pct),
+            ("udp duplicate", config.faults.udp_duplicate_pct),
+        ] {
+            if !(0.0..=100.0).contains(&pct) {
+                return Err(ServerError::Config(format!(
+                    "{name} must be 0–100, got {pct}"
+                )));
+            }
+        }
+        if config.modes.is_empty() {
+            return Err(ServerError::Config("no encryption modes offered".into()));
+        }
+        if let Some(dir) = &config.record_dir {
+            std::fs::create_dir_all(dir).map_err(io_err("record directory"))?;
+        }
+        if let Some(path) = &config.keylog {
+            tracing::warn!(
+                path = %path.display(),
+                "keylog is on: voice transport keys are written to this file"
+            );
+        }
+        let (tls, certificate) = if config.tls {
+            let (c, cert) = tls::self_signed(config.voice_listen.ip(), config.main_listen.ip())?;
+            (Some(c), Some(cert))
+        } else {
+            (None, None)
+        };
+        let main = TcpListener::bind(config.main_listen).map_err(io_err("main gateway"))?;
+        let voice = TcpListener::bind(config.voice_listen).map_err(io_err("voice gateway"))?;
+        let udp = UdpSocket::bind(config.udp_listen).map_err(io_err("udp"))?;
+        let main_addr = main.local_addr().map_err(io_err("main gateway"))?;
+        let voice_addr = voice.local_addr().map_err(io_err("voice gateway"))?;
+        let udp_addr = udp.local_addr().map_err(io_err("udp"))?;
+        udp::configure(&udp).map_err(io_err("udp options"))?;
+        let (events_tx, events) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            registry: Mutex::new(Registry {
+                sessions: HashMap::new(),
+                by_ssrc: HashMap::new(),
+                issued: HashMap::new(),
+                main_sessions: HashMap::new(),
+                next_session: 0,
+                next_ssrc: rand::random::<u32>() >> 1,
+                next_user: config.first_user_id,
+                counters: Counters::default(),
+                streams: HashMap::new(),
+                close_faulted: Default::default(),
+            }),
+            config,
+            stop: AtomicBool::new(false),
+            events_tx,
+            tls,
+            voice_addr,
+            main_addr,
+            udp_addr,
+            udp,
+            ws_generation: AtomicU64::new(0),
+        });
+        let mut threads = Vec::new();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(io_err("spawn"))
+        };
+        let s = shared.clone();
+        threads.push(spawn(
+            "quaver-serve-main",
+            Box::new(move || accept_loop(main, s, Gateway::Main)),
+        )?);
+        let s = shared.clone();
+        threads.push(spawn(
+            "quaver-serve-voice",
+            Box::new(move || accept_loop(voice, s, Gateway::Voice)),
+        )?);
+        let s = shared.clone();
+        threads.push(spawn("quaver-serve-udp", Box::new(move || udp::run(s)))?);
+        tracing::info!(%main_addr, %voice_addr, %udp_addr, tls = certificate.is_some(), "server listening");
+        Ok(Server {
+            shared,
+            events,
+            threads,
+            certificate,
+        })
+    }
+
+    /// The main gateway's socket address.
+    pub fn main_gateway_addr(&self) -> SocketAddr {
+        self.shared.main_addr
+    }
+
+    /// The URL for a main-gateway client (`ws://` or `wss://`, with `?v=10&encoding=json`).
+    pub fn main_gateway_url(&self) -> String {
+        let scheme = if self.shared.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
+        format!("{scheme}://{}/?v=10&encoding=json", self.shared.main_addr)
+    }
+
+    /// The voice gateway's socket address.
+    pub fn voice_gateway_addr(&self) -> SocketAddr {
+        self.shared.voice_addr
+    }
+
+    /// The endpoint sent in VOICE_SERVER_UPDATE (bare `host:port` under TLS, `ws://host:port`
+    /// without), ready for [`VoiceConnectRequest::endpoint`].
+    pub fn voice_endpoint(&self) -> String {
+        self.shared.voice_endpoint()
+    }
+
+    /// The full voice gateway URL, `ws(s)://host:port/?v=8`.
+    pub fn voice_gateway_url(&self) -> String {
+        let scheme = if self.shared.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
+        format!("{scheme}://{}/?v=8", self.shared.voice_addr)
+    }
+
+    /// The UDP voice server's address (what Ready announces).
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.shared.udp_addr
+    }
+
+    /// The self-signed certificate (DER) when TLS is on; trust it through
+    /// `ControlConfig::extra_roots`.
+    pub fn certificate_der(&self) -> Option<rustls::pki_types::CertificateDer<'static>> {
+        self.certificate.clone()
+    }
+
+    /// Issues voice credentials as op 4 would (no main gateway needed) and returns the request
+    /// a voice client connects with.
+    pub fn voice_connect_request(
+        &self,
+        guild_id: u64,
+        channel_id: u64,
+        user_id: u64,
+    ) -> VoiceConnectRequest {
+        let mut reg = self.shared.lock();
+        let (session_id, token) = self.shared.issue(&mut reg, guild_id, channel_id, user_id);
+        VoiceConnectRequest {
+            guild_id,
+            channel_id,
+            user_id,
+            session_id,
+            token,
+            endpoint: self.shared.voice_endpoint(),
+        }
+    }
+
+    /// A snapshot of every call's statistics and the counters.
+    pub fn stats(&self) -> ServerStats {
+        let reg = self.shared.lock();
+        let mut guilds: Vec<u64> = reg.streams.values().map(|r| r.guild_id).collect();
+        guilds.extend(reg.sessions.values().map(|s| s.guild_id));
+        guilds.sort_unstable();
+        guilds.dedup();
+        ServerStats {
+            calls: guilds.into_iter().map(|g| reg.call_stats(g)).collect(),
+            counters: reg.counters,
+        }
+    }
+
+    /// Statistics of one SSRC.
+    pub fn stream_stats(&self, ssrc: u32) -> Option<StreamStats> {
+        let reg = self.shared.lock();
+        reg.streams.get(&ssrc).map(|r| r.snapshot(ssrc))
+    }
+
+    /// Decoded audio of one SSRC so far (interleaved stereo i16 at 48 kHz), when
+    /// [`ServerConfig::keep_decoded_audio`] is on.
+    pub fn decoded_audio(&self, ssrc: u32) -> Vec<i16> {
+        let reg = self.shared.lock();
+        reg.streams
+            .get(&ssrc)
+            .map(|r| r.decoded.clone())
+            .unwrap_or_default()
+    }
+
+    /// The SSRC the server assigned to `user_id` in `guild_id`, while the session lives.
+    pub fn ssrc_of(&self, guild_id: u64, user_id: u64) -> Option<u32> {
+        let reg = self.shared.lock();
+        reg.sessions
+            .values()
+            .find(|s| s.guild_id == guild_id && s.user_id == user_id)
+            .map(|s| s.ssrc)
+    }
+
+    /// Server events (session established, call ended with its statistics).
+    pub fn events(&self) -> &crossbeam_channel::Receiver<ServerEvent> {
+        &self.events
+    }
+
+    /// Sends malformed JSON on the voice websocket of `user_id` in `guild_id` (to test the
+    /// client). Returns whether a websocket was attached.
+    pub fn send_garbage_json(&self, guild_id: u64, user_id: u64) -> bool {
+        let reg = self.shared.lock();
+        reg.sessions
+            .values()
+            .filter(|s| s.guild_id == guild_id && s.user_id == user_id)
+            .any(|s| {
+                s.send(Outgoing::Text(
+                    "{\"op\": 2, \"d\": {\"ssrc\": \"not a number\"".into(),
+                )) && s.send(Outgoing::Text("\u{0}garbage".into()))
+            })
+    }
+
+    /// Sends `count` random datagrams (plus a truncated RTP header and a fake discovery
+    /// response) to the UDP address of `user_id` in `guild_id`. Returns how many were sent.
+    pub fn send_garbage_datagrams(&self, guild_id: u64, user_id: u64, count: usize) -> usize {
+        let peer = {
+            let reg = self.shared.lock();
+            reg.sessions
+                .values()
+                .find(|s| s.guild_id == guild_id && s.user_id == user_id)
+                .and_then(|s| s.udp_peer)
+        };
+        let Some(peer) = peer else { return 0 };
+        let mut sent = 0;
+        let mut send = |b: &[u8]| {
+            if self.shared.udp.send_to(b, peer).is_ok() {
+                sent += 1;
+            }
+        };
+        for _ in 0..count {
+            let len = rand::random_range(0..200usize);
+            let bytes: Vec<u8> = (0..len).map(|_| rand::random()).collect();
+            send(&bytes);
+        }
+        send(&[0x80, 0x78, 0, 1]);
+        let mut fake = [0u8; 74];
+        fake[1] = 2;
+        fake[3] = 70;
+        send(&fake);
+        sent
+    }
+
+    /// Stops every thread and ends every session (recordings are finalised).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if self.shared.stop.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        {
+            let mut reg = self.shared.lock();
+            let ids: Vec<u64> = reg.sessions.keys().copied().collect();
+            for id in ids {
+                reg.end_session(id, &self.shared);
+            }
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gateway {
+    Main,
+    Voice,
+}
+
+/// Accepts connections until stopped; one thread per connection.
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>, which: Gateway) {
+    if let Err(e) = listener.set_nonblocking(true) {
+        tracing::error!(error = %e, "cannot poll the listener; accepting nothing");
+        return;
+    }
+    while !shared.stopped() {
+        let (stream, peer) = match listener.accept() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        shared.lock().counters.ws_connections += 1;
+        let s = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name(match which {
+                Gateway::Main => "quaver-serve-main-conn".into(),
+                Gateway::Voice => "quaver-serve-voice-conn".into(),
+            })
+            .stack_size(512 * 1024)
+            .spawn(move || {
+                let ws = match tls::accept(stream, &s) {
+                    Ok(ws) => ws,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "websocket handshake failed");
+                        return;
+                    }
+                };
+                match which {
+                    Gateway::Main => main_ws::serve(ws, &s),
+                    Gateway::Voice => voice_ws::serve(ws, &s),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot spawn a connection thread");
+        }
+    }
+}
+
+impl std::fmt::Display for CallStats {
+    /// A short human report: one line for the call, one per stream.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "call in guild {}{}: {} stream(s)",
+            self.guild_id,
+            if self.ended { " ended" } else { "" },
+            self.streams.len()
+        )?;
+        for s in &self.streams {
+            writeln!(
+                f,
+                "  ssrc {} (user {}): {} packets, {} lost, {} reordered, {} duplicates, \
+                 {} timestamp-step errors, {} decode errors, {:.2} s decoded",
+                s.ssrc,
+                s.user_id,
+                s.packets,
+                s.lost,
+                s.reordered,
+                s.duplicates,
+                s.timestamp_step_errors,
+                s.decode_errors,
+                s.decoded_samples as f64 / 48_000.0
+            )?;
+            writeln!(
+                f,
+                "    lateness µs p50 {} p99 {} p99.9 {} max {}; jitter µs p50 {} p99 {} max {}",
+                s.lateness_us.p50,
+                s.lateness_us.p99,
+                s.lateness_us.p999,
+                s.lateness_us.max,
+                s.jitter_us.p50,
+                s.jitter_us.p99,
+                s.jitter_us.max
+            )?;
+            if let Some(p) = &s.recording {
+                writeln!(f, "    recording: {}", p.display())?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,331 @@
+//! Per-SSRC receive measurements: sequence accounting (loss, reordering, duplicates), timestamp
+//! step checks, lateness against the sender's ideal 20 ms grid and RFC 3550 inter-arrival
+//! jitter, both in hdrhistogram.
+
+use hdrhistogram::Histogram;
+
+/// RTP clock rate of Opus.
+const CLOCK_HZ: i64 = 48_000;
+/// Expected timestamp step per packet (20 ms at 48 kHz).
+pub(crate) const TS_STEP: u32 = 960;
+/// Sequence numbers remembered for duplicate detection.
+const WINDOW: u64 = 1024;
+/// A silence longer than this between two packets starts a new stretch of the lateness grid:
+/// the sender stopped and restarted, so its grid has no reason to line up with the old one.
+const STRETCH_GAP_NS: i64 = 500_000_000;
+/// A stretch is closed after this many packets so its buffer stays bounded (about 10 minutes).
+const STRETCH_MAX: usize = 30_000;
+/// Histogram ceiling in µs (60 s); larger values are clamped.
+const HIST_MAX_US: u64 = 60_000_000;
+
+/// p50/p99/p99.9/max (and min, mean) of one metric, in µs.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Percentiles {
+    /// Samples recorded.
+    pub count: u64,
+    /// Smallest value.
+    pub min: u64,
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest value.
+    pub max: u64,
+    /// Mean.
+    pub mean: f64,
+}
+
+impl Percentiles {
+    /// Summary of a histogram (all zero when empty).
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Percentiles {
+            count: h.len(),
+            min: h.min(),
+            p50: h.value_at_quantile(0.5),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            mean: h.mean(),
+        }
+    }
+}
+
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    // Invariant: 1..=60e6 with 3 significant digits is a valid hdrhistogram configuration.
+    Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid histogram bounds")
+}
+
+fn record(h: &mut Histogram<u64>, value_us: u64) {
+    h.saturating_record(value_us.min(HIST_MAX_US));
+}
+
+/// How a packet arrived relative to the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Arrival {
+    /// Newer than every packet so far; `gap` sequence numbers were skipped before it.
+    InOrder { gap: u16 },
+    /// Older than the newest packet (reordered), first time seen.
+    Late,
+    /// Seen before.
+    Duplicate,
+}
+
+/// Receive-side accounting for one SSRC. Times are kernel receive timestamps in ns.
+#[derive(Debug)]
+pub(crate) struct StreamMeter {
+    /// Packets accepted (after decryption), duplicates included.
+    pub packets: u64,
+    pub bytes: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    pub timestamp_step_errors: u64,
+    /// Highest extended sequence number and the first one.
+    max_ext_seq: Option<u64>,
+    base_ext_seq: u64,
+    /// Unique packets received.
+    unique: u64,
+    seen: [u64; (WINDOW / 64) as usize],
+    last_ts: u32,
+    /// RFC 3550 §6.4.1 state, in timestamp units (scaled by 16 as in the RFC's sample code).
+    jitter_q4: i64,
+    last_transit: Option<i64>,
+    pub jitter_us: Histogram<u64>,
+    /// Lateness of closed stretches.
+    lateness_closed: Histogram<u64>,
+    /// Current stretch: anchor timestamp (extended) and each packet's offset from its ideal
+    /// arrival relative to the stretch's first packet, in ns.
+    stretch_ext_ts0: i64,
+    stretch_offsets: Vec<i64>,
+    last_arrival_ns: Option<i64>,
+    ext_ts: i64,
+}
+
+impl StreamMeter {
+    pub fn new() -> Self {
+        StreamMeter {
+            packets: 0,
+            bytes: 0,
+            duplicates: 0,
+            reordered: 0,
+            timestamp_step_errors: 0,
+            max_ext_seq: None,
+            base_ext_seq: 0,
+            unique: 0,
+            seen: [0; (WINDOW / 64) as usize],
+            last_ts: 0,
+            jitter_q4: 0,
+            last_transit: None,
+            jitter_us: new_histogram(),
+            lateness_closed: new_histogram(),
+            stretch_ext_ts0: 0,
+            stretch_offsets: Vec::new(),
+            last_arrival_ns: None,
+            ext_ts: 0,
+        }
+    }
+
+    fn bit(&mut self, ext: u64) -> (&mut u64, u64) {
+        let i = (ext % WINDOW) as usize;
+        (&mut self.seen[i / 64], 1u64 << (i % 64))
+    }
+
+    /// Accounts one packet and says how it arrived.
+    pub fn on_packet(&mut self, seq: u16, ts: u32, len: usize, arrival_ns: i64) -> Arrival {
+        self.packets += 1;
+        self.bytes += len as u64;
+        let Some(max) = self.max_ext_seq else {
+            self.max_ext_seq = Some(u64::from(seq) + (1 << 16) * 4);
+            self.base_ext_seq = u64::from(seq) + (1 << 16) * 4;
+            let (w, b) = self.bit(u64::from(seq) + (1 << 16) * 4);
+            *w |= b;
+            self.unique = 1;
+            self.last_ts = ts;
+            self.ext_ts = 0;
+            self.start_stretch(arrival_ns);
+            self.last_transit = Some(self.transit(arrival_ns));
+            return Arrival::InOrder { gap: 0 };
+        };
+        // Extend the 16-bit sequence number to the value nearest the current maximum.
+        let delta = i64::from(seq.wrapping_sub(max as u16) as i16);
+        let ext = (max as i64 + delta).max(0) as u64;
+        if ext + WINDOW <= max {
+            // Too old to tell apart from a duplicate; count it as reordered.
+            self.reordered += 1;
+            return Arrival::Late;
+        }
+        if ext > max {
+            for e in max + 1..=ext.min(max + WINDOW) {
+                let (w, b) = self.bit(e);
+                *w &= !b;
+            }
+            if ext == max + 1 && ts.wrapping_sub(self.last_ts) != TS_STEP {
+                self.timestamp_step_errors += 1;
+            }
+            self.ext_ts += i64::from(ts.wrapping_sub(self.last_ts) as i32);
+            self.last_ts = ts;
+            self.max_ext_seq = Some(ext);
+        }
+        let (w, b) = self.bit(ext);
+        if *w & b != 0 {
+            self.duplicates += 1;
+            return Arrival::Duplicate;
+        }
+        *w |= b;
+        self.unique += 1;
+        if ext < max {
+            self.reordered += 1;
+        }
+        if ext < self.base_ext_seq {
+            self.base_ext_seq = ext;
+        }
+        // Only in-order packets feed the grid and the jitter: a reordered one has an older
+        // timestamp and would otherwise need the extended-timestamp bookkeeping twice.
+        if ext > max {
+            self.on_timing(arrival_ns);
+            Arrival::InOrder {
+                gap: (ext - max - 1).min(u64::from(u16::MAX)) as u16,
+            }
+        } else {
+            Arrival::Late
+        }
+    }
+
+    /// Transit time in timestamp units (arrival in 48 kHz units minus the RTP timestamp).
+    fn transit(&self, arrival_ns: i64) -> i64 {
+        (arrival_ns as i128 * CLOCK_HZ as i128 / 1_000_000_000) as i64 - self.ext_ts
+    }
+
+    fn on_timing(&mut self, arrival_ns: i64) {
+        let transit = self.transit(arrival_ns);
+        if let Some(prev) = self.last_transit {
+            let d = (transit - prev).abs();
+            // J += (|D| - J) / 16, kept scaled by 16 (RFC 3550 A.8).
+            self.jitter_q4 += d - ((self.jitter_q4 + 8) >> 4);
+            let jitter_us = (self.jitter_q4 >> 4).max(0) as u64 * 1_000_000 / CLOCK_HZ as u64;
+            record(&mut self.jitter_us, jitter_us);
+        }
+        self.last_transit = Some(transit);
+        let gap = self.last_arrival_ns.map_or(0, |l| arrival_ns - l);
+        if gap > STRETCH_GAP_NS || self.stretch_offsets.len() >= STRETCH_MAX {
+            self.close_stretch();
+            self.start_stretch(arrival_ns);
+            return;
+        }
+        self.push_offset(arrival_ns);
+    }
+
+    fn start_stretch(&mut self, arrival_ns: i64) {
+        self.stretch_ext_ts0 = self.ext_ts;
+        self.stretch_offsets.clear();
+        self.push_offset(arrival_ns);
+    }
+
+    /// Offset of this packet from the stretch's grid, up to the (unknown yet) best-case anchor.
+    fn push_offset(&mut self, arrival_ns: i64) {
+        let ideal_ns = (self.ext_ts - self.stretch_ext_ts0) * 1_000_000_000 / CLOCK_HZ;
+        self.stretch_offsets.push(arrival_ns - ideal_ns);
+        self.last_arrival_ns = Some(arrival_ns);
+    }
+
+    fn close_stretch(&mut self) {
+        let offsets = std::mem::take(&mut self.stretch_offsets);
+        fill_lateness(&mut self.lateness_closed, &offsets);
+        self.stretch_offsets = offsets;
+    }
+
+    /// Lateness of every in-order packet so far: `arrival − ideal`, where the grid of each
+    /// stretch is anchored at its earliest packet (so the best packet has lateness 0).
+    pub fn lateness(&self) -> Histogram<u64> {
+        let mut h = self.lateness_closed.clone();
+        fill_lateness(&mut h, &self.stretch_offsets);
+        h
+    }
+
+    /// Packets expected from the sequence range seen minus unique packets received.
+    pub fn lost(&self) -> u64 {
+        match self.max_ext_seq {
+            Some(max) => (max - self.base_ext_seq + 1).saturating_sub(self.unique),
+            None => 0,
+        }
+    }
+
+    /// Unique packets received.
+    pub fn unique(&self) -> u64 {
+        self.unique
+    }
+}
+
+fn fill_lateness(h: &mut Histogram<u64>, offsets: &[i64]) {
+    let Some(min) = offsets.iter().copied().min() else {
+        return;
+    };
+    for o in offsets {
+        record(h, ((o - min) / 1000) as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: i64 = 1_000_000;
+
+    #[test]
+    fn clean_stream_has_no_loss_and_zero_lateness() {
+        let mut m = StreamMeter::new();
+        for i in 0..100u32 {
+            let seq = 65_500u16.wrapping_add(i as u16);
+            let ts = (u32::MAX - 2000).wrapping_add(i * 960);
+            let a = m.on_packet(seq, ts, 100, 1_000 * MS + i64::from(i) * 20 * MS);
+            assert_eq!(a, Arrival::InOrder { gap: 0 });
+        }
+        assert_eq!((m.lost(), m.reordered, m.duplicates), (0, 0, 0));
+        assert_eq!(m.timestamp_step_errors, 0);
+        let l = m.lateness();
+        assert_eq!((l.len(), l.max()), (100, 0));
+        assert_eq!(m.jitter_us.max(), 0);
+    }
+
+    #[test]
+    fn loss_reorder_duplicate_and_lateness() {
+        let mut m = StreamMeter::new();
+        let send = |m: &mut StreamMeter, i: u16, late_ms: i64| {
+            m.on_packet(
+                i,
+                u32::from(i) * 960,
+                10,
+                i64::from(i) * 20 * MS + late_ms * MS,
+            )
+        };
+        send(&mut m, 0, 0);
+        send(&mut m, 1, 0);
+        send(&mut m, 3, 0); // 2 missing for now
+        send(&mut m, 2, 5); // reordered
+        assert_eq!(send(&mut m, 2, 6), Arrival::Duplicate);
+        assert_eq!(send(&mut m, 5, 3), Arrival::InOrder { gap: 1 }); // 4 lost, 3 ms late
+        // A packet earlier than the first one re-anchors the grid.
+        send(&mut m, 6, -2);
+        assert_eq!(m.lost(), 1);
+        assert_eq!(m.reordered, 1);
+        assert_eq!(m.duplicates, 1);
+        assert_eq!(m.timestamp_step_errors, 0);
+        let l = m.lateness();
+        assert_eq!(l.min(), 0);
+        // 5 ms relative to the best case (−2 ms).
+        assert!((4_990..=5_010).contains(&l.max()), "{}", l.max());
+        assert!(m.jitter_us.max() > 0);
+    }
+
+    #[test]
+    fn timestamp_step_is_checked() {
+        let mut m = StreamMeter::new();
+        m.on_packet(10, 0, 10, 0);
+        m.on_packet(11, 480, 10, 20 * MS);
+        assert_eq!(m.timestamp_step_errors, 1);
+    }
+}

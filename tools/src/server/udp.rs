@@ -1,0 +1,466 @@
+//! The UDP voice server: IP discovery, decryption, RTP checks and measurements, Opus decode,
+//! recording, and forwarding to the other participants of a call. One thread.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use audiopus::coder::Decoder;
+use audiopus::packet::Packet;
+use audiopus::{Channels, MutSignals, SampleRate};
+use quaver_net::discovery;
+use quaver_net::receive::{self, PacketKind, ReceiveError};
+use quaver_net::rtp::{self, RtpHeader};
+
+use super::stats::{Arrival, StreamMeter};
+use super::wav::WavWriter;
+use super::{Registry, Shared, StreamRecord};
+
+/// How often the thread wakes up without traffic (stop flag, session expiry).
+const POLL: Duration = Duration::from_millis(20);
+/// Housekeeping period: expire sessions, sync WAV headers, release decoders.
+const HOUSEKEEPING: Duration = Duration::from_millis(200);
+/// Lost packets concealed in a recording before a gap is just skipped.
+const MAX_CONCEALED: u16 = 5;
+/// 120 ms of stereo at 48 kHz: the largest Opus frame.
+const MAX_PCM: usize = 5760 * 2;
+
+/// Receive options: kernel timestamps, a big buffer, a short timeout.
+pub(crate) fn configure(sock: &UdpSocket) -> std::io::Result<()> {
+    let fd = sock.as_raw_fd();
+    let one: libc::c_int = 1;
+    // SAFETY: fd is a valid socket owned by `sock`; the option value is a c_int of the given size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        // Without kernel timestamps the thread falls back to reading the clock on receipt.
+        tracing::warn!(error = %std::io::Error::last_os_error(), "SO_TIMESTAMPNS unavailable");
+    }
+    let size: libc::c_int = 8 << 20;
+    // SAFETY: as above; failure only leaves the default buffer size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    sock.set_read_timeout(Some(POLL))
+}
+
+fn realtime_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+struct Datagram {
+    len: usize,
+    from: SocketAddr,
+    /// CLOCK_REALTIME ns (the clock SO_TIMESTAMPNS uses).
+    at_ns: i64,
+    kernel: bool,
+    truncated: bool,
+}
+
+/// `recvmsg` with the SO_TIMESTAMPNS control message.
+fn recv(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Datagram> {
+    // SAFETY: all-zero is a valid sockaddr_storage / msghdr.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 16];
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: msg points at live buffers of the stated sizes for the duration of the call.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut at = None;
+    // SAFETY: the kernel filled msg_control up to msg_controllen; the CMSG macros walk within it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                at = Some(ts.tv_sec * 1_000_000_000 + ts.tv_nsec);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    let from = sockaddr(&addr).ok_or_else(|| std::io::Error::other("unknown address family"))?;
+    Ok(Datagram {
+        len: n as usize,
+        from,
+        at_ns: at.unwrap_or_else(realtime_ns),
+        kernel: at.is_some(),
+        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+    })
+}
+
+fn sockaddr(a: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(a.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says this storage holds a sockaddr_in.
+            let v4: &libc::sockaddr_in = unsafe { &*(a as *const _ as *const libc::sockaddr_in) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                u32::from_be(v4.sin_addr.s_addr).into(),
+                u16::from_be(v4.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this storage holds a sockaddr_in6.
+            let v6: &libc::sockaddr_in6 = unsafe { &*(a as *const _ as *const libc::sockaddr_in6) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                v6.sin6_addr.s6_addr.into(),
+                u16::from_be(v6.sin6_port),
+                v6.sin6_flowinfo,
+                v6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Per-SSRC state that only this thread touches.
+struct Local {
+    decoder: Option<Decoder>,
+    wav: Option<WavWriter>,
+}
+
+struct Udp<'a> {
+    shared: &'a Shared,
+    locals: HashMap<u32, Local>,
+    pcm: Vec<i16>,
+    open: Vec<u8>,
+    fwd: Vec<u8>,
+}
+
+/// The thread body.
+pub(crate) fn run(shared: std::sync::Arc<Shared>) {
+    let mut u = Udp {
+        shared: &shared,
+        locals: HashMap::new(),
+        pcm: vec![0; MAX_PCM],
+        open: vec![0; 2048],
+        fwd: vec![0; 2048],
+    };
+    let mut buf = vec![0u8; 2048];
+    let mut last_housekeeping = Instant::now();
+    while !shared.stopped() {
+        match recv(&shared.udp, &mut buf) {
+            Ok(d) => u.on_datagram(&buf[..d.len], &d),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                // ICMP errors from earlier sends (a receiver went away) surface here; keep going.
+                tracing::debug!(error = %e, "udp receive error");
+            }
+        }
+        if last_housekeeping.elapsed() >= HOUSEKEEPING {
+            last_housekeeping = Instant::now();
+            u.housekeeping();
+        }
+    }
+    for (_, mut l) in u.locals.drain() {
+        if let Some(w) = l.wav.as_mut() {
+            let _ = w.finish();
+        }
+    }
+}
+
+impl Udp<'_> {
+    fn on_datagram(&mut self, pkt: &[u8], d: &Datagram) {
+        let shared = self.shared;
+        if d.truncated {
+            shared.lock().counters.garbage_datagrams += 1;
+            return;
+        }
+        if pkt.len() == discovery::PACKET_LEN && pkt[..4] == [0, 1, 0, 70] {
+            let ssrc = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
+            let mut reg = shared.lock();
+            match reg.session_by_ssrc(ssrc) {
+                Some(s) => {
+                    s.udp_peer = Some(d.from);
+                    reg.counters.discovery_requests += 1;
+                    drop(reg);
+                    let _ = shared
+                        .udp
+                        .send_to(&discovery::encode_response(ssrc, d.from), d.from);
+                }
+                None => reg.counters.unknown_ssrc += 1,
+            }
+            return;
+        }
+        match receive::classify(pkt) {
+            PacketKind::Rtp => self.on_rtp(pkt, d),
+            PacketKind::Rtcp => shared.lock().counters.rtcp += 1,
+            PacketKind::Unknown => {
+                let mut reg = shared.lock();
+                // discord.js sends 8 bytes (u32 LE counter + 4 zeros), songbird 4 (the SSRC).
+                if pkt.len() == 8 || pkt.len() == 4 {
+                    reg.counters.keepalives += 1;
+                } else {
+                    reg.counters.garbage_datagrams += 1;
+                }
+            }
+        }
+    }
+
+    fn on_rtp(&mut self, pkt: &[u8], d: &Datagram) {
+        let shared = self.shared;
+        let config = &shared.config;
+        let mut reg = shared.lock();
+        if d.kernel {
+            reg.counters.kernel_timestamps += 1;
+        }
+        let Ok(header) = RtpHeader::parse(pkt) else {
+            reg.counters.malformed_rtp += 1;
+            return;
+        };
+        let Some(session) = reg.session_by_ssrc(header.ssrc) else {
+            reg.counters.unknown_ssrc += 1;
+            return;
+        };
+        let Some(cipher) = session.cipher.as_ref() else {
+            reg.counters.unknown_ssrc += 1;
+            return;
+        };
+        let opened = match receive::open_rtp(cipher, pkt, &mut self.open) {
+            Ok(r) => r,
+            Err(ReceiveError::Crypto(_)) => {
+                reg.counters.auth_failures += 1;
+                return;
+            }
+            Err(_) => {
+                reg.counters.malformed_rtp += 1;
+                return;
+            }
+        };
+        // Like Discord, the address a valid packet comes from is where this user receives.
+        session.udp_peer = Some(d.from);
+        let (guild, user, ssrc) = (session.guild_id, session.user_id, session.ssrc);
+        let (seq, ts, marker) = (opened.sequence, opened.timestamp, opened.marker);
+        let payload_len = opened.payload.len();
+        // `payload` is a sub-slice of `self.open` (open_rtp decrypts into it), so this offset
+        // cannot underflow; it lets the borrow of `self.open` end here.
+        let payload_at = opened.payload.as_ptr() as usize - self.open.as_ptr() as usize;
+        let record = reg.streams.entry(ssrc).or_insert_with(|| StreamRecord {
+            guild_id: guild,
+            user_id: user,
+            meter: StreamMeter::new(),
+            decode_errors: 0,
+            decoded_samples: 0,
+            recording: config
+                .record_dir
+                .as_ref()
+                .map(|dir| dir.join(format!("guild{guild}-user{user}-ssrc{ssrc}.wav"))),
+            decoded: Vec::new(),
+        });
+        let arrival = record.meter.on_packet(seq, ts, payload_len, d.at_ns);
+        let recording = record.recording.clone();
+        if config.forward && arrival != Arrival::Duplicate {
+            let payload = &self.open[payload_at..payload_at + payload_len];
+            forward(
+                &mut reg,
+                shared,
+                &mut self.fwd,
+                guild,
+                ssrc,
+                seq,
+                ts,
+                marker,
+                payload,
+            );
+        }
+        drop(reg);
+        if let Arrival::InOrder { gap } = arrival
+            && (config.decode_audio || config.record_dir.is_some() || config.keep_decoded_audio)
+        {
+            let payload = self.open[payload_at..payload_at + payload_len].to_vec();
+            self.decode(ssrc, gap, &payload, recording);
+        }
+    }
+
+    /// Decodes one in-order packet (concealing a short gap first) into the stream's outputs.
+    fn decode(&mut self, ssrc: u32, gap: u16, payload: &[u8], recording: Option<PathBuf>) {
+        let shared = self.shared;
+        let local = self.locals.entry(ssrc).or_insert_with(|| Local {
+            decoder: Decoder::new(SampleRate::Hz48000, Channels::Stereo)
+                .map_err(|e| tracing::warn!(error = %e, "no opus decoder"))
+                .ok(),
+            wav: recording.and_then(|p| {
+                WavWriter::create(&p)
+                    .map_err(|e| tracing::warn!(path = %p.display(), error = %e, "cannot record"))
+                    .ok()
+            }),
+        });
+        let Some(decoder) = local.decoder.as_mut() else {
+            return;
+        };
+        let mut decoded = 0u64;
+        let mut errors = 0u64;
+        let mut out: Vec<i16> = Vec::new();
+        let keep = shared.config.keep_decoded_audio;
+        for _ in 0..gap.min(MAX_CONCEALED) {
+            // Concealment: 20 ms per lost packet, so the recording keeps its timeline.
+            let Ok(signals) = MutSignals::try_from(&mut self.pcm[..960 * 2]) else {
+                break;
+            };
+            if let Ok(n) = decoder.decode(None, signals, false) {
+                decoded += n as u64;
+                if let Some(w) = local.wav.as_mut() {
+                    let _ = w.write(&self.pcm[..n * 2]);
+                }
+                if keep {
+                    out.extend_from_slice(&self.pcm[..n * 2]);
+                }
+            }
+        }
+        let result = Packet::try_from(payload).map_err(|_| ()).and_then(|p| {
+            let signals = MutSignals::try_from(&mut self.pcm[..]).map_err(|_| ())?;
+            decoder.decode(Some(p), signals, false).map_err(|_| ())
+        });
+        match result {
+            Ok(n) => {
+                decoded += n as u64;
+                if let Some(w) = local.wav.as_mut() {
+                    let _ = w.write(&self.pcm[..n * 2]);
+                }
+                if keep {
+                    out.extend_from_slice(&self.pcm[..n * 2]);
+                }
+            }
+            Err(()) => errors += 1,
+        }
+        let mut reg = shared.lock();
+        if let Some(r) = reg.streams.get_mut(&ssrc) {
+            r.decoded_samples += decoded;
+            r.decode_errors += errors;
+            r.decoded.extend_from_slice(&out);
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let shared = self.shared;
+        let mut reg = shared.lock();
+        let window = shared.config.resume_window;
+        let expired: Vec<u64> = reg
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.detached_at.is_some_and(|t| t.elapsed() >= window))
+            .map(|(k, _)| *k)
+            .collect();
+        for id in expired {
+            tracing::info!(session = id, "voice session expired without a resume");
+            reg.end_session(id, shared);
+        }
+        let live: Vec<u32> = self
+            .locals
+            .keys()
+            .copied()
+            .filter(|ssrc| reg.by_ssrc.contains_key(ssrc))
+            .collect();
+        drop(reg);
+        self.locals.retain(|ssrc, l| {
+            let keep = live.contains(ssrc);
+            if let Some(w) = l.wav.as_mut() {
+                let _ = if keep { w.sync() } else { w.finish() };
+            }
+            keep
+        });
+    }
+}
+
+/// Re-seals a sender's packet for every other participant of its call and sends it, with the
+/// configured loss / reorder / duplication applied.
+#[allow(clippy::too_many_arguments)]
+fn forward(
+    reg: &mut Registry,
+    shared: &Shared,
+    buf: &mut [u8],
+    guild: u64,
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+    marker: bool,
+    payload: &[u8],
+) {
+    let faults = &shared.config.faults;
+    let chance = |pct: f64| pct > 0.0 && rand::random::<f64>() * 100.0 < pct;
+    let mut counters = reg.counters;
+    for s in reg.sessions.values_mut() {
+        if s.guild_id != guild || s.ssrc == ssrc {
+            continue;
+        }
+        let (Some(peer), Some(sealer)) = (s.udp_peer, s.sealer.as_mut()) else {
+            continue;
+        };
+        if rtp::write_header(buf, seq, ts, ssrc).is_err() {
+            continue;
+        }
+        if marker {
+            buf[1] |= 0x80;
+        }
+        let end = rtp::HEADER_LEN + payload.len();
+        let Some(body) = buf.get_mut(rtp::HEADER_LEN..end) else {
+            continue;
+        };
+        body.copy_from_slice(payload);
+        let Ok(n) = sealer.seal(buf, rtp::HEADER_LEN, payload.len()) else {
+            continue;
+        };
+        if chance(faults.udp_loss_pct) {
+            counters.injected_udp_loss += 1;
+            continue;
+        }
+        if s.held.is_none() && chance(faults.udp_reorder_pct) {
+            counters.injected_udp_reorders += 1;
+            s.held = Some(buf[..n].to_vec());
+            continue;
+        }
+        let mut send = |b: &[u8]| {
+            if shared.udp.send_to(b, peer).is_ok() {
+                counters.forwarded += 1;
+            }
+        };
+        send(&buf[..n]);
+        if chance(faults.udp_duplicate_pct) {
+            counters.injected_udp_duplicates += 1;
+            send(&buf[..n]);
+        }
+        if let Some(held) = s.held.take() {
+            send(&held);
+        }
+    }
+    reg.counters = counters;
+}

@@ -1,0 +1,522 @@
+//! The voice gateway v8, server side: one thread per websocket.
+
+use std::io::Write as _;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use quaver_gateway::protocol::{
+    self, ClientsConnect, HeartbeatAck, Hello, Identify, Ready, Resume, SelectProtocol,
+    SessionDescription, Speaking, SpeakingFlags, VoicePayload, close_code,
+};
+use quaver_net::crypto::{EncryptionMode, Sealer, SecretKey, TransportCipher};
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+use zeroize::Zeroize;
+
+use super::tls::Ws;
+use super::{Outgoing, ServerEvent, Session, Shared};
+
+/// How long to wait for the client's answer to a close frame before dropping the socket.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+struct Conn<'a> {
+    shared: &'a Shared,
+    generation: u64,
+    tx: crossbeam_channel::Sender<Outgoing>,
+    rx: crossbeam_channel::Receiver<Outgoing>,
+    /// The session this socket serves, once identified or resumed.
+    session: Option<u64>,
+    closing_since: Option<Instant>,
+    /// The client closed with 1000/1001: it is leaving, the session ends.
+    client_left: bool,
+}
+
+/// Serves one voice websocket until it closes.
+pub(crate) fn serve(mut ws: Ws, shared: &Shared) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut c = Conn {
+        shared,
+        generation: shared
+            .ws_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1,
+        tx,
+        rx,
+        session: None,
+        closing_since: None,
+        client_left: false,
+    };
+    // Hello goes out on connect, as Discord does; the client accepts Hello and Ready in either
+    // order, and a resuming client waits for Hello then Resumed.
+    let hello = VoicePayload::Hello(Hello {
+        heartbeat_interval: shared.config.heartbeat_interval_ms,
+        v: Some(8),
+    });
+    if send_payload(&mut ws, &hello).is_ok() {
+        run(&mut ws, &mut c);
+    }
+    detach(&mut c);
+}
+
+fn send_payload(ws: &mut Ws, p: &VoicePayload) -> tungstenite::Result<()> {
+    // Invariant: server payloads are plain structs that always serialise.
+    let text = p.encode(None).expect("server payloads encode");
+    ws.send(Message::text(text))
+}
+
+fn run(ws: &mut Ws, c: &mut Conn<'_>) {
+    loop {
+        if c.shared.stopped() && c.closing_since.is_none() {
+            start_close(ws, c, 1001);
+        }
+        if let Some(since) = c.closing_since
+            && since.elapsed() > CLOSE_GRACE
+        {
+            return;
+        }
+        match ws.read() {
+            Ok(Message::Text(text)) => {
+                if c.closing_since.is_none() {
+                    on_text(ws, c, text.as_str());
+                }
+            }
+            Ok(Message::Binary(bytes)) => {
+                // DAVE is a later issue: parse (so garbage is told apart) and ignore.
+                let ok = protocol::BinaryFrame::parse_client(&bytes, usize::MAX).is_ok();
+                c.shared.lock().counters.binary_frames += 1;
+                tracing::debug!(len = bytes.len(), ok, "binary frame from client ignored");
+            }
+            Ok(Message::Close(frame)) => {
+                let code = frame.map(|f| u16::from(f.code));
+                tracing::debug!(?code, "client closed the voice websocket");
+                c.client_left = matches!(code, Some(1000 | 1001));
+                let _ = ws.flush();
+                c.closing_since.get_or_insert_with(Instant::now);
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(tungstenite::Error::Capacity(e)) => {
+                tracing::debug!(error = %e, "oversized voice frame");
+                c.shared.lock().counters.oversized_frames += 1;
+                start_close(ws, c, close_code::DECODE_FAILURE);
+                return;
+            }
+            Err(tungstenite::Error::Utf8(_)) => {
+                c.shared.lock().counters.bad_json += 1;
+                start_close(ws, c, close_code::DECODE_FAILURE);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "voice websocket ended");
+                return;
+            }
+        }
+        if !drain(ws, c) {
+            return;
+        }
+        inject_faults(ws, c);
+    }
+}
+
+/// Sends what other threads queued for this socket. False when the socket must go.
+fn drain(ws: &mut Ws, c: &mut Conn<'_>) -> bool {
+    while let Ok(out) = c.rx.try_recv() {
+        if c.closing_since.is_some() {
+            continue;
+        }
+        match out {
+            Outgoing::Text(t) => {
+                if ws.send(Message::text(t)).is_err() {
+                    return false;
+                }
+            }
+            Outgoing::Close(code) => start_close(ws, c, code),
+            Outgoing::Drop => {
+                ws.get_ref().shutdown();
+                return false;
+            }
+        }
+    }
+    true
+}
+
+fn start_close(ws: &mut Ws, c: &mut Conn<'_>, code: u16) {
+    if c.closing_since.is_some() {
+        return;
+    }
+    c.shared.lock().counters.closes_sent += 1;
+    tracing::debug!(code, "closing voice websocket");
+    let _ = ws.close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: "".into(),
+    }));
+    let _ = ws.flush();
+    c.closing_since = Some(Instant::now());
+}
+
+fn inject_faults(ws: &mut Ws, c: &mut Conn<'_>) {
+    let faults = &c.shared.config.faults;
+    if faults.close_code.is_none() && faults.drop_ws_after.is_none() {
+        return;
+    }
+    let Some(id) = c.session else { return };
+    let mut close = None;
+    {
+        let mut reg = c.shared.lock();
+        let Some(s) = reg.sessions.get(&id) else {
+            return;
+        };
+        let Some(at) = s.established_at else { return };
+        let who = (s.guild_id, s.user_id);
+        // Once per user rather than per session: a client that reconnects after the close
+        // gets a working session, instead of a close after every handshake.
+        if let Some(code) = faults.close_code
+            && !reg.close_faulted.contains(&who)
+        {
+            reg.close_faulted.insert(who);
+            close = Some(code);
+        } else if let Some(after) = faults.drop_ws_after
+            && !s.dropped_once
+            && at.elapsed() >= after
+        {
+            if let Some(s) = reg.sessions.get_mut(&id) {
+                s.dropped_once = true;
+            }
+            reg.counters.injected_drops += 1;
+            drop(reg);
+            tracing::info!(
+                session = id,
+                "fault injection: dropping the voice websocket"
+            );
+            ws.get_ref().shutdown();
+            return;
+        }
+    }
+    if let Some(code) = close {
+        tracing::info!(
+            session = id,
+            code,
+            "fault injection: closing the voice session"
+        );
+        start_close(ws, c, code);
+    }
+}
+
+/// The socket is gone: the session stays resumable for the resume window, unless the client
+/// said it was leaving.
+fn detach(c: &mut Conn<'_>) {
+    let Some(id) = c.session else { return };
+    let mut reg = c.shared.lock();
+    if c.client_left {
+        reg.end_session(id, c.shared);
+        return;
+    }
+    if let Some(s) = reg.sessions.get_mut(&id)
+        && s.outbox.as_ref().is_some_and(|(g, _)| *g == c.generation)
+    {
+        s.outbox = None;
+        s.detached_at = Some(Instant::now());
+    }
+}
+
+/// Opcodes only a server sends: a client sending one is a client bug (4001), whatever its `d`.
+fn server_only(op: u64) -> bool {
+    matches!(
+        op,
+        2 | 4 | 6 | 8 | 9 | 11 | 13 | 21 | 22 | 24 | 25 | 27 | 29 | 30
+    )
+}
+
+fn on_text(ws: &mut Ws, c: &mut Conn<'_>, text: &str) {
+    let op = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v.get("op").and_then(serde_json::Value::as_u64));
+    if op.is_some_and(server_only) {
+        tracing::debug!(?op, "server-only opcode from a client");
+        c.shared.lock().counters.unknown_opcodes += 1;
+        return start_close(ws, c, close_code::UNKNOWN_OPCODE);
+    }
+    let frame = match VoicePayload::decode(text, c.shared.config.max_message_size) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!(error = %e, "undecodable voice payload");
+            c.shared.lock().counters.bad_json += 1;
+            return start_close(ws, c, close_code::DECODE_FAILURE);
+        }
+    };
+    match frame.payload {
+        VoicePayload::Heartbeat(h) => {
+            let _ = send_payload(ws, &VoicePayload::HeartbeatAck(HeartbeatAck { t: h.t }));
+        }
+        VoicePayload::Identify(id) if c.session.is_none() => identify(ws, c, id),
+        VoicePayload::Resume(r) if c.session.is_none() => resume(ws, c, r),
+        VoicePayload::Identify(_) | VoicePayload::Resume(_) => {
+            start_close(ws, c, close_code::ALREADY_AUTHENTICATED)
+        }
+        VoicePayload::SelectProtocol(_) | VoicePayload::Speaking(_) if c.session.is_none() => {
+            start_close(ws, c, close_code::NOT_AUTHENTICATED)
+        }
+        VoicePayload::SelectProtocol(sp) => select_protocol(ws, c, sp),
+        VoicePayload::Speaking(s) => speaking(c, s),
+        // DAVE JSON ops from a client: no DAVE here (dave_protocol_version 0), ignore.
+        VoicePayload::DaveTransitionReady(_) | VoicePayload::DaveMlsInvalidCommitWelcome(_) => {}
+        other => {
+            tracing::debug!(op = other.op(), "unexpected opcode from a client");
+            c.shared.lock().counters.unknown_opcodes += 1;
+            start_close(ws, c, close_code::UNKNOWN_OPCODE)
+        }
+    }
+}
+
+fn credentials_ok(
+    c: &Conn<'_>,
+    reg: &super::Registry,
+    guild: u64,
+    user: u64,
+    session_id: &str,
+    token: &str,
+) -> bool {
+    match reg.issued.get(&(guild, user)) {
+        Some(i) => i.session_id == session_id && i.token.expose() == token,
+        None => !c.shared.config.require_issued_tokens,
+    }
+}
+
+fn identify(ws: &mut Ws, c: &mut Conn<'_>, id: Identify) {
+    let shared = c.shared;
+    let cap = shared.config.replay_buffer;
+    let (guild, user) = (id.server_id.0, id.user_id.0);
+    let mut reg = shared.lock();
+    if !credentials_ok(c, &reg, guild, user, &id.session_id, id.token.expose()) {
+        drop(reg);
+        tracing::info!(
+            guild,
+            user,
+            "voice identify with a token the server did not issue"
+        );
+        return start_close(ws, c, close_code::AUTHENTICATION_FAILED);
+    }
+    reg.counters.identifies += 1;
+    // A user is in one call per guild: a fresh Identify replaces their previous session.
+    let old: Vec<u64> = reg
+        .sessions
+        .iter()
+        .filter(|(_, s)| s.guild_id == guild && s.user_id == user)
+        .map(|(k, _)| *k)
+        .collect();
+    for k in old {
+        reg.end_session(k, shared);
+    }
+    let ssrc = reg.fresh_ssrc();
+    reg.next_session += 1;
+    let key = reg.next_session;
+    let others: Vec<(u64, u32, u32)> = reg
+        .sessions
+        .values()
+        .filter(|s| s.guild_id == guild)
+        .map(|s| (s.user_id, s.ssrc, s.speaking))
+        .collect();
+    let mut session = Session {
+        guild_id: guild,
+        user_id: user,
+        session_id: id.session_id.clone(),
+        token: id.token.clone(),
+        ssrc,
+        mode: None,
+        cipher: None,
+        sealer: None,
+        udp_peer: None,
+        seq: 0,
+        replay: Default::default(),
+        outbox: Some((c.generation, c.tx.clone())),
+        detached_at: None,
+        speaking: 0,
+        established_at: None,
+        dropped_once: false,
+        held: None,
+    };
+    session.push(
+        &VoicePayload::Ready(Ready {
+            ssrc,
+            ip: shared.udp_addr.ip().to_string(),
+            port: shared.udp_addr.port(),
+            modes: shared
+                .config
+                .modes
+                .iter()
+                .map(|m| m.as_str().to_string())
+                .collect(),
+        }),
+        cap,
+    );
+    if !others.is_empty() {
+        session.push(
+            &VoicePayload::ClientsConnect(ClientsConnect {
+                user_ids: others.iter().map(|o| o.0.into()).collect(),
+            }),
+            cap,
+        );
+        for (other_user, other_ssrc, flags) in &others {
+            if *flags != 0 {
+                session.push(
+                    &VoicePayload::Speaking(Speaking {
+                        speaking: SpeakingFlags(*flags),
+                        ssrc: *other_ssrc,
+                        delay: None,
+                        user_id: Some((*other_user).into()),
+                    }),
+                    cap,
+                );
+            }
+        }
+    }
+    let joined = VoicePayload::ClientsConnect(ClientsConnect {
+        user_ids: vec![user.into()],
+    });
+    for s in reg.sessions.values_mut().filter(|s| s.guild_id == guild) {
+        s.push(&joined, cap);
+    }
+    reg.sessions.insert(key, session);
+    reg.by_ssrc.insert(ssrc, key);
+    c.session = Some(key);
+    tracing::info!(guild, user, ssrc, "voice session identified");
+}
+
+fn resume(ws: &mut Ws, c: &mut Conn<'_>, r: Resume) {
+    let shared = c.shared;
+    let mut reg = shared.lock();
+    let found = reg
+        .sessions
+        .iter()
+        .find(|(_, s)| s.guild_id == r.server_id.0 && s.session_id == r.session_id)
+        .map(|(k, _)| *k);
+    let Some(key) = found else {
+        reg.counters.failed_resumes += 1;
+        drop(reg);
+        return start_close(ws, c, close_code::SESSION_INVALID);
+    };
+    // Invariant: `key` was just found in the map under the same lock.
+    let s = reg.sessions.get_mut(&key).expect("session just found");
+    let token_ok = s.token.expose() == r.token.expose();
+    let oldest = s.replay.front().map_or(s.seq + 1, |(q, _)| *q);
+    // Everything after seq_ack must still be buffered, or the client would miss messages.
+    let covered = r.seq_ack >= oldest - 1 && r.seq_ack <= s.seq;
+    if !token_ok || !covered {
+        reg.counters.failed_resumes += 1;
+        drop(reg);
+        tracing::info!(token_ok, covered, "voice resume rejected");
+        return start_close(ws, c, close_code::SESSION_INVALID);
+    }
+    if let Some((_, old)) = s.outbox.take() {
+        let _ = old.send(Outgoing::Drop);
+    }
+    let _ = c.tx.send(Outgoing::Text(
+        // Invariant: a unit payload always serialises.
+        VoicePayload::Resumed
+            .encode(None)
+            .expect("server payloads encode"),
+    ));
+    for (q, text) in &s.replay {
+        if *q > r.seq_ack {
+            let _ = c.tx.send(Outgoing::Text(text.clone()));
+        }
+    }
+    s.outbox = Some((c.generation, c.tx.clone()));
+    s.detached_at = None;
+    reg.counters.resumes += 1;
+    c.session = Some(key);
+    tracing::info!(session = key, seq_ack = r.seq_ack, "voice session resumed");
+}
+
+fn select_protocol(ws: &mut Ws, c: &mut Conn<'_>, sp: SelectProtocol) {
+    let shared = c.shared;
+    if sp.protocol != "udp" {
+        return start_close(ws, c, close_code::UNKNOWN_PROTOCOL);
+    }
+    let mode = match EncryptionMode::from_str(&sp.data.mode) {
+        Ok(m) if shared.config.modes.contains(&m) => m,
+        _ => {
+            tracing::info!(mode = %sp.data.mode, "client selected a mode the server does not offer");
+            return start_close(ws, c, close_code::UNKNOWN_ENCRYPTION_MODE);
+        }
+    };
+    let Some(key_id) = c.session else { return };
+    let mut key: [u8; 32] = rand::random();
+    let mut reg = shared.lock();
+    let Some(s) = reg.sessions.get_mut(&key_id) else {
+        return;
+    };
+    s.mode = Some(mode);
+    s.cipher = Some(TransportCipher::new(mode, &SecretKey::new(key)));
+    s.sealer = Some(Sealer::new(mode, &SecretKey::new(key)));
+    if let Ok(ip) = sp.data.address.parse::<std::net::IpAddr>()
+        && s.udp_peer.is_none()
+    {
+        s.udp_peer = Some(std::net::SocketAddr::new(ip, sp.data.port));
+    }
+    if let Some(path) = &shared.config.keylog {
+        let line = format!(
+            "SSRC {} MODE {} KEY {}\n",
+            s.ssrc,
+            mode.as_str(),
+            key.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot append to the keylog");
+        }
+    }
+    s.push(
+        &VoicePayload::SessionDescription(SessionDescription {
+            mode: mode.as_str().to_string(),
+            secret_key: protocol::SecretKey::new(key),
+            dave_protocol_version: 0,
+        }),
+        shared.config.replay_buffer,
+    );
+    key.zeroize();
+    s.established_at = Some(Instant::now());
+    let event = ServerEvent::SessionEstablished {
+        guild_id: s.guild_id,
+        user_id: s.user_id,
+        ssrc: s.ssrc,
+    };
+    tracing::info!(
+        guild = s.guild_id,
+        user = s.user_id,
+        ssrc = s.ssrc,
+        mode = mode.as_str(),
+        "voice session established"
+    );
+    let _ = shared.events_tx.send(event);
+}
+
+fn speaking(c: &mut Conn<'_>, sp: Speaking) {
+    let shared = c.shared;
+    let Some(key) = c.session else { return };
+    let mut reg = shared.lock();
+    let Some(s) = reg.sessions.get_mut(&key) else {
+        return;
+    };
+    s.speaking = sp.speaking.0;
+    let (guild, user, ssrc) = (s.guild_id, s.user_id, s.ssrc);
+    let relay = VoicePayload::Speaking(Speaking {
+        speaking: sp.speaking,
+        ssrc,
+        delay: None,
+        user_id: Some(user.into()),
+    });
+    for (k, other) in reg.sessions.iter_mut() {
+        if *k != key && other.guild_id == guild {
+            other.push(&relay, shared.config.replay_buffer);
+        }
+    }
+}
