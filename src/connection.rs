@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quaver_engine::{CallId, FrameReceiver};
-use quaver_gateway::control::{CallId as GatewayCallId, ControlThread};
+use quaver_gateway::control::{BotId, CallId as GatewayCallId, ControlThread};
+use quaver_gateway::join::{JoinAction, JoinFlow};
+use quaver_gateway::main_gateway::MainGatewayEvent;
 use quaver_gateway::protocol::SpeakingFlags;
 use quaver_gateway::voice::{VoiceEvent, VoiceSession};
 use quaver_net::keepalive::Keepalive;
@@ -23,7 +25,10 @@ const DISCOVERY_ATTEMPTS: u32 = 5;
 /// One call's voice connection as the driver sees it.
 pub(crate) struct Connection {
     pub(crate) call: CallId,
-    pub(crate) gateway: GatewayCallId,
+    /// The current voice connection; a channel move or endpoint change replaces it.
+    pub(crate) gateway: Option<GatewayCallId>,
+    /// Set when the call was joined through a bot's main-gateway connection.
+    pub(crate) join: Option<(BotId, JoinFlow)>,
     pub(crate) status: CallStatus,
     /// The mixer's frames, waiting for the session (taken by the sender once it is ready).
     frames: Option<FrameReceiver>,
@@ -34,10 +39,16 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(call: CallId, gateway: GatewayCallId, frames: FrameReceiver) -> Self {
+    pub(crate) fn new(
+        call: CallId,
+        gateway: Option<GatewayCallId>,
+        join: Option<(BotId, JoinFlow)>,
+        frames: FrameReceiver,
+    ) -> Self {
         Self {
             call,
             gateway,
+            join,
             status: CallStatus::Connecting,
             frames: Some(frames),
             socket: None,
@@ -65,7 +76,9 @@ impl Connections {
     }
 
     pub(crate) fn insert(&mut self, connection: Connection) {
-        self.by_gateway.insert(connection.gateway, connection.call);
+        if let Some(gateway) = connection.gateway {
+            self.by_gateway.insert(gateway, connection.call);
+        }
         self.by_call.insert(connection.call, connection);
     }
 
@@ -73,12 +86,14 @@ impl Connections {
         self.by_gateway.get(&gateway).copied()
     }
 
-    /// Forgets a call, stopping its packets. Returns its gateway id.
-    pub(crate) fn remove(&mut self, call: CallId, sender: &mut Sender) -> Option<GatewayCallId> {
+    /// Forgets a call, stopping its packets. Returns what is left of it to close.
+    pub(crate) fn remove(&mut self, call: CallId, sender: &mut Sender) -> Option<Connection> {
         let mut connection = self.by_call.remove(&call)?;
-        self.by_gateway.remove(&connection.gateway);
+        if let Some(gateway) = connection.gateway {
+            self.by_gateway.remove(&gateway);
+        }
         self.stop_sending(&mut connection, sender);
-        Some(connection.gateway)
+        Some(connection)
     }
 
     fn stop_sending(&mut self, connection: &mut Connection, sender: &mut Sender) {
@@ -93,6 +108,7 @@ impl Connections {
 pub(crate) struct Driver<'a> {
     pub(crate) engine: &'a quaver_engine::Engine,
     pub(crate) control: &'a Arc<ControlThread>,
+    pub(crate) voice: &'a quaver_gateway::voice::VoiceConfig,
     pub(crate) sender: &'a mut Sender,
     pub(crate) connections: &'a mut Connections,
     pub(crate) emit: &'a dyn Fn(CallEvent),
@@ -114,9 +130,22 @@ impl Driver<'_> {
                 self.halt(call);
                 self.set_status(call, CallStatus::Connecting);
             }
-            VoiceEvent::Ended(_) => {
+            VoiceEvent::Ended(reason) => {
                 self.halt(call);
-                self.set_status(call, CallStatus::Ended);
+                self.connections.by_gateway.remove(&gateway);
+                let joined = self.connections.by_call.get_mut(&call).and_then(|c| {
+                    c.gateway = None;
+                    c.join.as_mut()
+                });
+                match joined {
+                    // The join flow decides: wait for a new server update, or re-join.
+                    Some((_, flow)) => {
+                        flow.handle_voice_ended(reason);
+                        self.set_status(call, CallStatus::Connecting);
+                        self.run_join_actions(call);
+                    }
+                    None => self.set_status(call, CallStatus::Ended),
+                }
             }
             _ => {}
         }
@@ -145,9 +174,97 @@ impl Driver<'_> {
             } else {
                 SpeakingFlags::NONE
             };
-            let _ = self.control.set_speaking(connection.gateway, flags);
+            if let Some(gateway) = connection.gateway {
+                let _ = self.control.set_speaking(gateway, flags);
+            }
         }
         (self.emit)(CallEvent::Sender { call, event });
+    }
+
+    /// Feeds a bot's voice dispatches to the join flows of its calls.
+    pub(crate) fn on_main_gateway_event(&mut self, bot: BotId, event: &MainGatewayEvent) {
+        let calls: Vec<CallId> = self
+            .connections
+            .by_call
+            .values_mut()
+            .filter_map(|connection| {
+                let (owner, flow) = connection.join.as_mut()?;
+                if *owner != bot {
+                    return None;
+                }
+                match event {
+                    MainGatewayEvent::VoiceStateUpdate(update) => {
+                        flow.handle_voice_state_update(update)
+                    }
+                    MainGatewayEvent::VoiceServerUpdate(update) => {
+                        flow.handle_voice_server_update(update)
+                    }
+                    _ => return None,
+                }
+                Some(connection.call)
+            })
+            .collect();
+        for call in calls {
+            self.run_join_actions(call);
+        }
+    }
+
+    /// Carries out what a call's join flow asks for: op 4 on the bot's socket, or a fresh
+    /// voice connection in place of the current one.
+    pub(crate) fn run_join_actions(&mut self, call: CallId) {
+        loop {
+            let Some(connection) = self.connections.by_call.get_mut(&call) else {
+                return;
+            };
+            let Some((bot, flow)) = connection.join.as_mut() else {
+                return;
+            };
+            let bot = *bot;
+            let Some(action) = flow.poll_action() else {
+                return;
+            };
+            match action {
+                JoinAction::SendVoiceStateUpdate(update) => {
+                    let _ = self.control.bot_send(bot, update.to_gateway_json());
+                }
+                JoinAction::Connect(request) => {
+                    self.close_voice(call);
+                    match self.control.connect(request, self.voice.clone()) {
+                        Ok(gateway) => {
+                            self.connections.by_gateway.insert(gateway, call);
+                            if let Some(connection) = self.connections.by_call.get_mut(&call) {
+                                connection.gateway = Some(gateway);
+                                connection.status = CallStatus::Connecting;
+                            }
+                        }
+                        Err(error) => (self.emit)(CallEvent::Failed {
+                            call,
+                            error: error.to_string(),
+                        }),
+                    }
+                }
+                JoinAction::Disconnect => self.close_voice(call),
+                JoinAction::Left => {
+                    self.close_voice(call);
+                    self.set_status(call, CallStatus::Ended);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Closes the call's current voice connection (if any) and stops its packets.
+    fn close_voice(&mut self, call: CallId) {
+        self.halt(call);
+        let gateway = self
+            .connections
+            .by_call
+            .get_mut(&call)
+            .and_then(|c| c.gateway.take());
+        if let Some(gateway) = gateway {
+            self.connections.by_gateway.remove(&gateway);
+            let _ = self.control.disconnect(gateway);
+        }
     }
 
     /// Keeps NAT mappings alive on calls that are connected but silent.
@@ -189,7 +306,9 @@ impl Driver<'_> {
         };
         connection.socket = Some(Arc::clone(&socket));
         let control = Arc::clone(self.control);
-        let gateway = connection.gateway;
+        let Some(gateway) = connection.gateway else {
+            return;
+        };
         let spawned = std::thread::Builder::new()
             .name("quaver-discovery".into())
             .spawn(move || {

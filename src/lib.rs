@@ -45,7 +45,9 @@ pub use quaver_net as net;
 pub use quaver_engine::{CallId, EngineConfig, PcmFormat, SourceHandle};
 
 use connection::{Connection, Connections, Driver};
-use quaver_gateway::control::{ControlConfig, ControlEvent, ControlThread};
+use quaver_gateway::control::{BotId, ControlConfig, ControlEvent, ControlThread};
+use quaver_gateway::join::{JoinAction, JoinFlow};
+use quaver_gateway::main_gateway::{MainGatewayConfig, MainGatewayEvent};
 use quaver_gateway::voice::{VoiceConfig, VoiceConnectRequest, VoiceEvent};
 use quaver_net::{BackendChoice, Sender, SenderConfig, SenderEvent, SenderStats};
 
@@ -119,6 +121,9 @@ pub enum CallEvent {
     Failed { call: CallId, error: String },
 }
 
+/// How long [`Engine::connect_bot`] waits for READY.
+const BOT_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often the driver thread looks at the sender's events and keepalives.
 const DRIVER_PERIOD: Duration = Duration::from_millis(5);
 
@@ -127,6 +132,8 @@ struct Shared {
     control: Arc<ControlThread>,
     sender: Mutex<Sender>,
     connections: Mutex<Connections>,
+    /// Bots connected with `connect_bot`, with their user ID once READY arrived.
+    bots: Mutex<std::collections::HashMap<BotId, u64>>,
     events_tx: crossbeam_channel::Sender<CallEvent>,
     voice: VoiceConfig,
 }
@@ -172,6 +179,7 @@ impl Engine {
             control,
             sender: Mutex::new(sender),
             connections: Mutex::new(Connections::new()),
+            bots: Mutex::new(std::collections::HashMap::new()),
             events_tx,
             voice: config.voice,
         });
@@ -211,20 +219,75 @@ impl Engine {
                 return Err(error.into());
             }
         };
-        connections.insert(Connection::new(call, gateway, frames));
+        connections.insert(Connection::new(call, Some(gateway), None, frames));
+        Ok(call)
+    }
+
+    /// Connects a bot to a main gateway with the built-in client (one shard, JSON; see
+    /// [`quaver_gateway::main_gateway`] for its limits) and waits for its READY. Calls are
+    /// then joined with [`Engine::join`].
+    pub fn connect_bot(&self, config: MainGatewayConfig) -> Result<BotId, Error> {
+        let bot = self.shared.control.connect_bot(config)?;
+        let give_up = Instant::now() + BOT_READY_TIMEOUT;
+        while Instant::now() < give_up {
+            if let Some(user_id) = lock(&self.shared.bots).get(&bot) {
+                tracing::info!(user_id, "bot ready");
+                return Ok(bot);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.shared.control.disconnect_bot(bot);
+        Err(Error::Session("the main gateway never sent READY"))
+    }
+
+    /// Joins a voice channel through a bot connected with [`Engine::connect_bot`]: sends op 4,
+    /// waits for the two dispatches, and connects. Channel moves, endpoint changes and null
+    /// endpoints are followed on their own; [`Engine::disconnect`] leaves.
+    pub fn join(&self, bot: BotId, guild_id: u64, channel_id: u64) -> Result<CallId, Error> {
+        let user_id = *lock(&self.shared.bots)
+            .get(&bot)
+            .ok_or(Error::Session("unknown or unready bot"))?;
+        let (call, frames) = self.shared.audio.create_call()?;
+        let mut flow = JoinFlow::new(guild_id, user_id);
+        flow.join(channel_id, false, false);
+        let mut connections = lock(&self.shared.connections);
+        connections.insert(Connection::new(call, None, Some((bot, flow)), frames));
+        let mut sender = lock(&self.shared.sender);
+        let emit = |event: CallEvent| {
+            let _ = self.shared.events_tx.try_send(event);
+        };
+        let mut driver = Driver {
+            engine: &self.shared.audio,
+            control: &self.shared.control,
+            voice: &self.shared.voice,
+            sender: &mut sender,
+            connections: &mut connections,
+            emit: &emit,
+        };
+        driver.run_join_actions(call);
         Ok(call)
     }
 
     /// Leaves: closes the voice connection, stops sending, and removes the call and its sources.
     pub fn disconnect(&self, call: CallId) -> Result<(), Error> {
-        let gateway = {
+        let connection = {
             let mut connections = lock(&self.shared.connections);
             let mut sender = lock(&self.shared.sender);
             connections
                 .remove(call, &mut sender)
                 .ok_or(Error::NoSuchCall(call))?
         };
-        let _ = self.shared.control.disconnect(gateway);
+        if let Some((bot, mut flow)) = connection.join {
+            flow.leave();
+            while let Some(action) = flow.poll_action() {
+                if let JoinAction::SendVoiceStateUpdate(update) = action {
+                    let _ = self.shared.control.bot_send(bot, update.to_gateway_json());
+                }
+            }
+        }
+        if let Some(gateway) = connection.gateway {
+            let _ = self.shared.control.disconnect(gateway);
+        }
         self.shared.audio.remove_call(call)?;
         Ok(())
     }
@@ -291,12 +354,19 @@ fn drive(shared: &Shared, shutdown: &AtomicBool) {
         let mut driver = Driver {
             engine: &shared.audio,
             control: &shared.control,
+            voice: &shared.voice,
             sender: &mut sender,
             connections: &mut connections,
             emit: &emit,
         };
         match control_event {
             Some(ControlEvent::Voice { call, event }) => driver.on_voice_event(call, event),
+            Some(ControlEvent::MainGateway { bot, event }) => {
+                if let MainGatewayEvent::Ready { user_id } = event {
+                    lock(&shared.bots).insert(bot, user_id);
+                }
+                driver.on_main_gateway_event(bot, &event);
+            }
             Some(ControlEvent::SocketError { id, error }) => {
                 tracing::debug!(id, "voice socket: {error}")
             }
