@@ -1,6 +1,12 @@
 //! Library side of the `quaver` command, so tests and benches can reuse its pieces.
 
+pub mod baseline;
+pub mod cpu;
+pub mod jitter;
+pub mod listener;
 pub mod render;
+pub mod report;
+pub mod session;
 pub mod server;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,256 @@
+//! The measurement report of `quaver jitter` and `quaver demo`: a human table, JSON, and an SVG
+//! picture of the histograms.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::server::StreamStats;
+
+/// A histogram for microsecond values up to a minute.
+pub fn new_histogram() -> Histogram<u64> {
+    // Invariant: constant, valid bounds.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// The percentiles a report shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Quantiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub count: u64,
+}
+
+impl Quantiles {
+    fn of_scaled(h: &Histogram<u64>, divisor: f64) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            p50: h.value_at_quantile(0.5) as f64 / divisor,
+            p99: h.value_at_quantile(0.99) as f64 / divisor,
+            p999: h.value_at_quantile(0.999) as f64 / divisor,
+            max: h.max() as f64 / divisor,
+            count: h.len(),
+        }
+    }
+
+    /// From a histogram in nanoseconds, in microseconds.
+    pub fn of_ns(h: &Histogram<u64>) -> Self {
+        Self::of_scaled(h, 1_000.0)
+    }
+
+    /// From a histogram in microseconds, in milliseconds.
+    pub fn of_us_as_ms(h: &Histogram<u64>) -> Self {
+        Self::of_scaled(h, 1_000.0)
+    }
+
+    /// Many streams' percentiles combined conservatively: the median of their medians, and the
+    /// worst stream's p99, p99.9 and maximum.
+    fn combine(parts: impl Iterator<Item = crate::server::stats::Percentiles>) -> Self {
+        let parts: Vec<_> = parts.filter(|p| p.count > 0).collect();
+        if parts.is_empty() {
+            return Self::default();
+        }
+        let mut medians: Vec<u64> = parts.iter().map(|p| p.p50).collect();
+        medians.sort_unstable();
+        Self {
+            p50: medians[medians.len() / 2] as f64,
+            p99: parts.iter().map(|p| p.p99).max().unwrap_or(0) as f64,
+            p999: parts.iter().map(|p| p.p999).max().unwrap_or(0) as f64,
+            max: parts.iter().map(|p| p.max).max().unwrap_or(0) as f64,
+            count: parts.iter().map(|p| p.count).sum(),
+        }
+    }
+}
+
+/// The baseline sender's numbers from the same run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BaselineReport {
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub lost: u64,
+    pub recv_lateness_us: Quantiles,
+    pub interarrival_jitter_us: Quantiles,
+}
+
+impl BaselineReport {
+    pub fn from_streams(sent: u64, streams: &[&StreamStats]) -> Self {
+        Self {
+            packets_sent: sent,
+            packets_received: streams.iter().map(|s| s.unique_packets).sum(),
+            lost: streams.iter().map(|s| s.lost).sum(),
+            recv_lateness_us: Quantiles::combine(streams.iter().map(|s| s.lateness_us)),
+            interarrival_jitter_us: Quantiles::combine(streams.iter().map(|s| s.jitter_us)),
+        }
+    }
+}
+
+/// Everything a run measured. Lateness and jitter in µs, latency in ms.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub calls: usize,
+    pub seconds: f64,
+    pub mode: String,
+    pub sender: String,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    pub decode_errors: u64,
+    /// When each packet's send returned, against its deadline, at the sender.
+    pub send_lateness_us: Quantiles,
+    /// Arrival (kernel timestamp) against the stream's ideal 20 ms grid, at the server.
+    pub recv_lateness_us: Quantiles,
+    /// RFC 3550 inter-arrival jitter, at the server.
+    pub interarrival_jitter_us: Quantiles,
+    /// From the push into the engine to the arrival at a listening client (first call).
+    pub latency_ms: Quantiles,
+    /// From the first push to the first packet at the listening client.
+    pub first_packet_ms: Option<f64>,
+    pub resumes: u64,
+    /// CPU of Quaver's threads, in percent of one core.
+    pub cpu_percent: f64,
+    pub cpu_percent_per_call: f64,
+    pub baseline: Option<BaselineReport>,
+    pub recordings: Vec<PathBuf>,
+    pub receiver_note: Option<String>,
+}
+
+impl Report {
+    pub fn fill_receiver(&mut self, streams: &[&StreamStats]) {
+        self.packets_received = streams.iter().map(|s| s.unique_packets).sum();
+        self.lost = streams.iter().map(|s| s.lost).sum();
+        self.duplicates = streams.iter().map(|s| s.duplicates).sum();
+        self.reordered = streams.iter().map(|s| s.reordered).sum();
+        self.decode_errors = streams.iter().map(|s| s.decode_errors).sum();
+        self.recv_lateness_us = Quantiles::combine(streams.iter().map(|s| s.lateness_us));
+        self.interarrival_jitter_us = Quantiles::combine(streams.iter().map(|s| s.jitter_us));
+    }
+
+    pub fn to_json(&self) -> String {
+        // Invariant: the report is plain data (numbers, strings, paths) and always serialises.
+        serde_json::to_string_pretty(self).expect("reports serialise")
+    }
+
+    /// A short table for people.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let row = |out: &mut String, name: &str, q: &Quantiles, unit: &str| {
+            let _ = writeln!(
+                out,
+                "  {name:<28} p50 {:>8.1}  p99 {:>8.1}  p99.9 {:>8.1}  max {:>8.1} {unit}",
+                q.p50, q.p99, q.p999, q.max
+            );
+        };
+        let _ = writeln!(out, "{} call(s), {:.1} s, {} — sender: {}", self.calls, self.seconds, self.mode, self.sender);
+        let _ = writeln!(
+            out,
+            "  packets sent {}, received {}, lost {}, duplicates {}, reordered {}, decode errors {}",
+            self.packets_sent, self.packets_received, self.lost, self.duplicates, self.reordered, self.decode_errors
+        );
+        row(&mut out, "send lateness (sender)", &self.send_lateness_us, "µs");
+        row(&mut out, "send lateness (receiver)", &self.recv_lateness_us, "µs");
+        row(&mut out, "inter-arrival jitter", &self.interarrival_jitter_us, "µs");
+        row(&mut out, "latency push → listener", &self.latency_ms, "ms");
+        if let Some(first) = self.first_packet_ms {
+            let _ = writeln!(out, "  first packet at the listener {first:.1} ms after the first push");
+        }
+        let _ = writeln!(
+            out,
+            "  CPU {:.2} % of one core ({:.3} % per call); resumes {}",
+            self.cpu_percent, self.cpu_percent_per_call, self.resumes
+        );
+        if let Some(baseline) = &self.baseline {
+            let _ = writeln!(
+                out,
+                "baseline sender (sleep to each deadline, one send after another), same run: sent {}, received {}, lost {}",
+                baseline.packets_sent, baseline.packets_received, baseline.lost
+            );
+            row(&mut out, "send lateness (receiver)", &baseline.recv_lateness_us, "µs");
+            row(&mut out, "inter-arrival jitter", &baseline.interarrival_jitter_us, "µs");
+            if self.recv_lateness_us.p99 > 0.0 {
+                let _ = writeln!(
+                    out,
+                    "  Quaver's receiver lateness: p50 {:.1}× and p99 {:.1}× lower than the baseline's",
+                    baseline.recv_lateness_us.p50 / self.recv_lateness_us.p50.max(1.0),
+                    baseline.recv_lateness_us.p99 / self.recv_lateness_us.p99.max(1.0)
+                );
+            }
+        }
+        if let Some(note) = &self.receiver_note {
+            let _ = writeln!(out, "  ({note})");
+        }
+        for path in &self.recordings {
+            let _ = writeln!(out, "  recording: {}", path.display());
+        }
+        out
+    }
+
+    /// Bars of p50 / p99 / p99.9 / max per metric, on a log scale, as SVG.
+    pub fn to_svg(&self) -> String {
+        let mut metrics: Vec<(&str, Quantiles, &str)> = vec![
+            ("send lateness, sender", self.send_lateness_us, "µs"),
+            ("send lateness, receiver", self.recv_lateness_us, "µs"),
+            ("inter-arrival jitter", self.interarrival_jitter_us, "µs"),
+            ("latency push → listener", scale(self.latency_ms, 1_000.0), "µs"),
+        ];
+        if let Some(baseline) = &self.baseline {
+            metrics.push(("baseline lateness, receiver", baseline.recv_lateness_us, "µs"));
+            metrics.push(("baseline jitter", baseline.interarrival_jitter_us, "µs"));
+        }
+        let (width, row_height, left) = (900.0, 90.0, 230.0);
+        let height = 60.0 + row_height * metrics.len() as f64;
+        let max_log = 7.0; // 10 s in µs
+        let x = |value: f64| left + (value.max(1.0).log10() / max_log) * (width - left - 40.0);
+        let mut svg = String::new();
+        let _ = writeln!(
+            svg,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let _ = writeln!(
+            svg,
+            r#"<text x="10" y="20" font-size="15">quaver jitter — {} call(s), {:.0} s, {}</text>"#,
+            self.calls,
+            self.seconds,
+            escape(&self.mode)
+        );
+        for decade in 0..=7 {
+            let gx = x(10_f64.powi(decade));
+            let label = ["1 µs", "10 µs", "100 µs", "1 ms", "10 ms", "100 ms", "1 s", "10 s"][decade as usize];
+            let _ = writeln!(svg, r##"<line x1="{gx:.1}" y1="35" x2="{gx:.1}" y2="{:.1}" stroke="#ddd"/>"##, height - 15.0);
+            let _ = writeln!(svg, r##"<text x="{gx:.1}" y="{:.1}" fill="#666" text-anchor="middle">{label}</text>"##, height - 3.0);
+        }
+        let colours = [("p50", "#4c78a8"), ("p99", "#f58518"), ("p99.9", "#e45756"), ("max", "#9d755d")];
+        for (row, (name, q, _)) in metrics.iter().enumerate() {
+            let top = 45.0 + row_height * row as f64;
+            let _ = writeln!(svg, r#"<text x="10" y="{:.1}">{}</text>"#, top + 40.0, escape(name));
+            for (i, (label, colour)) in colours.iter().enumerate() {
+                let value = [q.p50, q.p99, q.p999, q.max][i];
+                let y = top + 8.0 + 18.0 * i as f64;
+                let _ = writeln!(
+                    svg,
+                    r#"<rect x="{left}" y="{y:.1}" width="{:.1}" height="14" fill="{colour}"/>"#,
+                    (x(value) - left).max(0.0)
+                );
+                let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}">{label} {value:.0} µs</text>"#, x(value) + 4.0, y + 11.0);
+            }
+        }
+        svg.push_str("</svg>\n");
+        svg
+    }
+}
+
+fn scale(q: Quantiles, factor: f64) -> Quantiles {
+    Quantiles { p50: q.p50 * factor, p99: q.p99 * factor, p999: q.p999 * factor, max: q.max * factor, count: q.count }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
