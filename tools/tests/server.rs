@@ -663,3 +663,74 @@ fn forwarding_faults_and_garbage_towards_a_client() {
         matches!(e, VoiceEvent::SpeakingSent(_))
     });
 }
+
+/// Reads text frames until one with opcode `op`; returns it as JSON.
+fn read_op(
+    ws: &mut tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+    op: u64,
+) -> serde_json::Value {
+    loop {
+        match ws.read().expect("frame") {
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("server JSON");
+                if v["op"].as_u64() == Some(op) {
+                    return v;
+                }
+            }
+            _ => continue,
+        }
+    }
+}
+
+fn select_json() -> &'static str {
+    r#"{"op":1,"d":{"protocol":"udp","data":{"address":"127.0.0.1","port":9,"mode":"aead_aes256_gcm_rtpsize"}}}"#
+}
+
+fn resume_json(guild: u64, user: u64, seq_ack: i64) -> String {
+    format!(
+        r#"{{"op":7,"d":{{"server_id":"{guild}","session_id":"s{user}","token":"t","seq_ack":{seq_ack}}}}}"#
+    )
+}
+
+#[test]
+fn resume_replays_what_the_client_missed_or_closes_4006() {
+    let server = Server::start(ServerConfig::default()).expect("server starts");
+    let mut ws = raw_ws(&server);
+    ws.send(Message::text(identify_json(4, 40))).expect("send");
+    assert_eq!(read_op(&mut ws, 2)["seq"], 1);
+    ws.send(Message::text(select_json())).expect("send");
+    let desc = read_op(&mut ws, 4);
+    assert_eq!(desc["seq"], 2);
+    assert_eq!(desc["d"]["secret_key"].as_array().map(Vec::len), Some(32));
+    assert_eq!(desc["d"]["dave_protocol_version"], 0);
+    drop(ws); // no close frame: the session stays resumable
+    // Someone joins while user 40 is away: that op 11 gets seq 3.
+    let mut other = raw_ws(&server);
+    other
+        .send(Message::text(identify_json(4, 41)))
+        .expect("send");
+    read_op(&mut other, 2);
+    let mut ws = raw_ws(&server);
+    ws.send(Message::text(resume_json(4, 40, 2))).expect("send");
+    read_op(&mut ws, 9);
+    let replayed = read_op(&mut ws, 11);
+    assert_eq!(replayed["seq"], 3);
+    assert_eq!(replayed["d"]["user_ids"][0], "41");
+    assert_eq!(server.stats().counters.resumes, 1);
+
+    // A replay buffer that no longer covers seq_ack: 4006.
+    let server = Server::start(ServerConfig {
+        replay_buffer: 1,
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
+    let mut ws = raw_ws(&server);
+    ws.send(Message::text(identify_json(4, 40))).expect("send");
+    read_op(&mut ws, 2);
+    ws.send(Message::text(select_json())).expect("send");
+    read_op(&mut ws, 4);
+    drop(ws);
+    let mut ws = raw_ws(&server);
+    ws.send(Message::text(resume_json(4, 40, 0))).expect("send");
+    assert_eq!(close_code_of(&mut ws), Some(4006));
+}
