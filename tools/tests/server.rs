@@ -364,6 +364,12 @@ fn garbage_from_clients_is_counted_and_a_good_client_keeps_streaming() {
     );
 
     // Websocket garbage, each on its own connection.
+    // No gateway version: rejected at the HTTP upgrade.
+    let plain = format!("ws://{}/", server.voice_gateway_addr());
+    match tungstenite::connect(plain) {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 400),
+        other => panic!("expected HTTP 400, got {:?}", other.map(|_| ())),
+    }
     let mut ws = raw_ws(&server);
     ws.send(Message::text("{not json")).expect("send");
     assert_eq!(close_code_of(&mut ws), Some(4002));

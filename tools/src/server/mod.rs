@@ -863,7 +863,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, which: Gateway) {
             })
             .stack_size(512 * 1024)
             .spawn(move || {
-                let ws = match tls::accept(stream, &s) {
+                let ws = match tls::accept(stream, &s, which == Gateway::Voice) {
                     Ok(ws) => ws,
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "websocket handshake failed");
