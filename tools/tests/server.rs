@@ -285,6 +285,7 @@ fn built_in_main_gateway_joins_and_audio_decodes_into_a_recording() {
     assert_eq!(s.lateness_us.min, 0);
     assert_eq!(s.jitter_us.count, 49);
     assert_eq!(stats.counters.auth_failures, 0);
+    assert_eq!(stats.counters.kernel_timestamps, 50, "SO_TIMESTAMPNS on every packet");
 
     // Leaving over the main gateway ends the call and reports it.
     mgr.leave(42).expect("leave");

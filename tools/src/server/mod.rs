@@ -364,6 +364,8 @@ pub(crate) struct Issued {
 pub(crate) struct Registry {
     pub sessions: HashMap<u64, Session>,
     pub by_ssrc: HashMap<u32, u64>,
+    /// Session keys per guild, so forwarding a packet touches only its call.
+    pub by_guild: HashMap<u64, Vec<u64>>,
     pub issued: HashMap<(u64, u64), Issued>,
     /// Main-gateway sessions, for Resume: session ID → user ID.
     pub main_sessions: HashMap<String, u64>,
@@ -410,6 +412,13 @@ impl StreamRecord {
 }
 
 impl Registry {
+    /// Adds a session to the indexes.
+    pub fn insert_session(&mut self, key: u64, session: Session) {
+        self.by_ssrc.insert(session.ssrc, key);
+        self.by_guild.entry(session.guild_id).or_default().push(key);
+        self.sessions.insert(key, session);
+    }
+
     pub fn session_by_ssrc(&mut self, ssrc: u32) -> Option<&mut Session> {
         let id = *self.by_ssrc.get(&ssrc)?;
         self.sessions.get_mut(&id)
@@ -436,6 +445,12 @@ impl Registry {
             return;
         };
         self.by_ssrc.remove(&s.ssrc);
+        if let Some(members) = self.by_guild.get_mut(&s.guild_id) {
+            members.retain(|k| *k != id);
+            if members.is_empty() {
+                self.by_guild.remove(&s.guild_id);
+            }
+        }
         if let Some((_, tx)) = &s.outbox {
             let _ = tx.send(Outgoing::Close(
                 quaver_gateway::protocol::close_code::DISCONNECTED,
@@ -456,7 +471,7 @@ impl Registry {
             ssrc = s.ssrc,
             "voice session ended"
         );
-        if !self.sessions.values().any(|o| o.guild_id == s.guild_id) {
+        if !self.by_guild.contains_key(&s.guild_id) {
             let call = self.call_stats(s.guild_id);
             let _ = shared.events_tx.send(ServerEvent::CallEnded(call));
         }
@@ -600,6 +615,7 @@ impl Server {
             registry: Mutex::new(Registry {
                 sessions: HashMap::new(),
                 by_ssrc: HashMap::new(),
+                by_guild: HashMap::new(),
                 issued: HashMap::new(),
                 main_sessions: HashMap::new(),
                 next_session: 0,

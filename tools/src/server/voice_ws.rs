@@ -380,8 +380,7 @@ fn identify(ws: &mut Ws, c: &mut Conn<'_>, id: Identify) {
     for s in reg.sessions.values_mut().filter(|s| s.guild_id == guild) {
         s.push(&joined, cap);
     }
-    reg.sessions.insert(key, session);
-    reg.by_ssrc.insert(ssrc, key);
+    reg.insert_session(key, session);
     c.session = Some(key);
     tracing::info!(guild, user, ssrc, "voice session identified");
 }
