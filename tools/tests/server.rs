@@ -285,7 +285,10 @@ fn built_in_main_gateway_joins_and_audio_decodes_into_a_recording() {
     assert_eq!(s.lateness_us.min, 0);
     assert_eq!(s.jitter_us.count, 49);
     assert_eq!(stats.counters.auth_failures, 0);
-    assert_eq!(stats.counters.kernel_timestamps, 50, "SO_TIMESTAMPNS on every packet");
+    assert_eq!(
+        stats.counters.kernel_timestamps, 50,
+        "SO_TIMESTAMPNS on every packet"
+    );
 
     // Leaving over the main gateway ends the call and reports it.
     mgr.leave(42).expect("leave");
@@ -740,4 +743,20 @@ fn resume_replays_what_the_client_missed_or_closes_4006() {
     let mut ws = raw_ws(&server);
     ws.send(Message::text(resume_json(4, 40, 0))).expect("send");
     assert_eq!(close_code_of(&mut ws), Some(4006));
+}
+
+#[test]
+fn a_silent_client_is_closed_with_4009() {
+    let server = Server::start(ServerConfig {
+        heartbeat_interval_ms: 50.0,
+        heartbeat_timeout_intervals: Some(2.0),
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
+    let mut ws = raw_ws(&server);
+    let hello = read_op(&mut ws, 8);
+    assert_eq!(hello["d"]["heartbeat_interval"], 50.0);
+    ws.send(Message::text(identify_json(6, 60))).expect("send");
+    assert_eq!(close_code_of(&mut ws), Some(4009));
+    assert_eq!(server.stats().counters.heartbeat_timeouts, 1);
 }

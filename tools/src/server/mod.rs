@@ -103,6 +103,9 @@ pub struct ServerConfig {
     pub udp_listen: SocketAddr,
     /// Heartbeat interval announced in both Hellos, in ms.
     pub heartbeat_interval_ms: f64,
+    /// Close a voice websocket with 4009 (session timeout) when no heartbeat arrived for this
+    /// many heartbeat intervals (the session stays resumable). `None` never times out.
+    pub heartbeat_timeout_intervals: Option<f64>,
     /// Encryption modes offered in Ready, in this order.
     pub modes: Vec<EncryptionMode>,
     /// Serve `wss://` with a self-signed certificate generated at start.
@@ -146,6 +149,7 @@ impl Default for ServerConfig {
             voice_listen: lo(0),
             udp_listen: lo(0),
             heartbeat_interval_ms: 13_750.0,
+            heartbeat_timeout_intervals: Some(3.0),
             modes: EncryptionMode::PREFERENCE.to_vec(),
             tls: false,
             record_dir: None,
@@ -185,6 +189,8 @@ pub struct Counters {
     pub binary_frames: u64,
     /// Closes sent by the server, any code.
     pub closes_sent: u64,
+    /// Voice websockets closed with 4009 for missing heartbeats.
+    pub heartbeat_timeouts: u64,
     /// Websockets dropped on purpose (fault injection).
     pub injected_drops: u64,
     /// IP discovery requests answered.
