@@ -525,6 +525,46 @@ fn forwarding_reseals_for_each_receiver_and_relays_speaking() {
             .all(|(i, s)| *s == first.wrapping_add(i as u16))
     );
     assert_eq!(server.stats().counters.forwarded, 20);
+
+    // B leaves cleanly: A is told (op 13).
+    b.control.disconnect(b.call).expect("disconnect");
+    wait_for(&a.control, a.call, &a.udp, |e| {
+        matches!(e, VoiceEvent::ClientDisconnected(51))
+    });
+}
+
+#[test]
+fn forwarding_reorder_swaps_neighbours() {
+    let server = Server::start(ServerConfig {
+        faults: Faults {
+            udp_reorder_pct: 100.0,
+            ..Faults::default()
+        },
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
+    let a = direct_client(&server, 2, 20, ControlConfig::default());
+    let b = direct_client(&server, 2, 21, ControlConfig::default());
+    let mut rtp = RtpStream::new(a.session.ssrc);
+    let mut sealer = Sealer::new(
+        net_mode(&a.session),
+        &SecretKey::new(*a.session.secret_key.expose()),
+    );
+    send_tone(&a.udp, &a.session, 1000.0, 10, 0, &mut rtp, &mut sealer);
+    let cipher = TransportCipher::new(
+        net_mode(&b.session),
+        &SecretKey::new(*b.session.secret_key.expose()),
+    );
+    let (mut buf, mut out) = ([0u8; 2048], [0u8; 2048]);
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let (n, _) = b.udp.recv_from(&mut buf).expect("forwarded packet");
+        let r = receive::open_rtp(&cipher, &buf[..n], &mut out).expect("sealed for B");
+        got.push(r.sequence.wrapping_sub(rtp.sequence.wrapping_sub(10)));
+    }
+    // Every packet is held back behind the next one.
+    assert_eq!(got, vec![1, 0, 3, 2, 5, 4, 7, 6, 9, 8]);
+    assert_eq!(server.stats().counters.injected_udp_reorders, 5);
 }
 
 #[test]
