@@ -160,7 +160,7 @@ fn serve(args: ServeArgs) -> Result<(), quaver_tools::Error> {
         },
         ..defaults
     };
-    let server = Server::start(config).map_err(|e| quaver_tools::Error::Usage(e.to_string()))?;
+    let server = Server::start(config)?;
     install_signal_handlers();
     println!("quaver serve: main gateway {}", server.main_gateway_url());
     println!("  voice gateway {}", server.voice_gateway_url());
