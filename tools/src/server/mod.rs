@@ -14,6 +14,28 @@
 //! Everything binds 127.0.0.1 by default. One thread per websocket, one UDP thread: this is a
 //! test instrument, not a production SFU.
 //!
+//! # Details a client may notice
+//!
+//! * VOICE_SERVER_UPDATE's `endpoint` is a bare `host:port` under TLS (clients add `wss://`)
+//!   and `ws://host:port` without it, because a bare endpoint means TLS to every client.
+//! * Every server message except Hello, Heartbeat ACK and Resumed carries `seq` and is kept
+//!   for Resume ([`ServerConfig::replay_buffer`]); a `seq_ack` the buffer no longer covers, an
+//!   unknown session or a wrong token close with 4006.
+//! * A call is a guild: every session of one guild hears the others. A session ends when its
+//!   client closes with 1000/1001, leaves with op 4, Identifies again, or stays away longer than
+//!   [`ServerConfig::resume_window`]; the last one to end reports the call
+//!   ([`ServerEvent::CallEnded`]).
+//!
+//! # Measurements ([`StreamStats`])
+//!
+//! Arrival times are kernel receive timestamps (SO_TIMESTAMPNS). Lateness compares each
+//! in-order packet with its ideal arrival on the sender's 20 ms grid, `first_arrival +
+//! (ts − first_ts) / 48 kHz`, with the grid re-anchored at the stretch's earliest packet so the
+//! best packet has lateness 0 (a stretch ends after 500 ms without packets). Jitter is RFC 3550
+//! §6.4.1. Loss is sequence numbers never seen inside the received range; late and duplicate
+//! packets are counted apart. Fault injection ([`Faults`]) only touches forwarded packets, so
+//! these numbers always describe what the sender sent.
+//!
 //! ```no_run
 //! use quaver_tools::server::{Server, ServerConfig};
 //! let server = Server::start(ServerConfig::default())?;
