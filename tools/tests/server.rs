@@ -885,3 +885,18 @@ fn quaver_serve_command_reports_a_call_and_stops_on_sigint() {
     assert_eq!(wavs, 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn tokens_the_server_did_not_issue_close_4004_when_required() {
+    let server = Server::start(ServerConfig {
+        require_issued_tokens: true,
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
+    let mut ws = raw_ws(&server);
+    ws.send(Message::text(identify_json(3, 33))).expect("send");
+    assert_eq!(close_code_of(&mut ws), Some(4004));
+    // Issued credentials work, and the real client reaches SessionReady with them.
+    let c = direct_client(&server, 3, 33, ControlConfig::default());
+    assert_eq!(server.ssrc_of(3, 33), Some(c.session.ssrc));
+}
