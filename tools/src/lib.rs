@@ -1,4 +1,8 @@
 //! Library side of the `quaver` command, so tests and benches can reuse its pieces.
+//!
+//! * [`render`]: offline mixing into Ogg Opus.
+//! * [`server`]: the local Discord-compatible voice server behind `quaver serve`, embeddable
+//!   in tests ([`server::Server::start`]).
 
 pub mod baseline;
 pub mod cpu;
@@ -24,6 +28,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Usage(String),
+    /// The local server failed to start.
+    #[error("serve: {0}")]
+    Server(#[from] server::ServerError),
 }
 
 impl Error {

@@ -33,7 +33,7 @@ enum Command {
     },
     /// Run a local Discord-compatible voice server (main gateway subset, voice gateway v8, UDP)
     /// until Ctrl-C, printing per-call receive statistics when each call ends.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
 }
 
 #[derive(clap::Args)]
@@ -62,6 +62,10 @@ struct ServeArgs {
     /// Heartbeat interval announced in Hello, in ms.
     #[arg(long, default_value_t = 13_750.0)]
     heartbeat_interval: f64,
+    /// Close a voice websocket with 4009 after this many heartbeat intervals without a
+    /// heartbeat (0: never).
+    #[arg(long, value_name = "INTERVALS", default_value_t = 3.0)]
+    heartbeat_timeout: f64,
     /// Encryption modes offered in Ready (comma-separated wire names).
     #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
@@ -132,6 +136,8 @@ fn serve(args: ServeArgs) -> Result<(), quaver_tools::Error> {
             .udp_listen
             .unwrap_or(std::net::SocketAddr::new(host, 0)),
         heartbeat_interval_ms: args.heartbeat_interval,
+        heartbeat_timeout_intervals: (args.heartbeat_timeout > 0.0)
+            .then_some(args.heartbeat_timeout),
         modes: if modes.is_empty() {
             defaults.modes.clone()
         } else {
@@ -154,7 +160,7 @@ fn serve(args: ServeArgs) -> Result<(), quaver_tools::Error> {
         },
         ..defaults
     };
-    let server = Server::start(config).map_err(|e| quaver_tools::Error::Usage(e.to_string()))?;
+    let server = Server::start(config)?;
     install_signal_handlers();
     println!("quaver serve: main gateway {}", server.main_gateway_url());
     println!("  voice gateway {}", server.voice_gateway_url());
@@ -225,7 +231,7 @@ fn main() -> ExitCode {
                 );
             })
         }
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

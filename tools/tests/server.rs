@@ -285,6 +285,10 @@ fn built_in_main_gateway_joins_and_audio_decodes_into_a_recording() {
     assert_eq!(s.lateness_us.min, 0);
     assert_eq!(s.jitter_us.count, 49);
     assert_eq!(stats.counters.auth_failures, 0);
+    assert_eq!(
+        stats.counters.kernel_timestamps, 50,
+        "SO_TIMESTAMPNS on every packet"
+    );
 
     // Leaving over the main gateway ends the call and reports it.
     mgr.leave(42).expect("leave");
@@ -364,6 +368,12 @@ fn garbage_from_clients_is_counted_and_a_good_client_keeps_streaming() {
     );
 
     // Websocket garbage, each on its own connection.
+    // No gateway version: rejected at the HTTP upgrade.
+    let plain = format!("ws://{}/", server.voice_gateway_addr());
+    match tungstenite::connect(plain) {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 400),
+        other => panic!("expected HTTP 400, got {:?}", other.map(|_| ())),
+    }
     let mut ws = raw_ws(&server);
     ws.send(Message::text("{not json")).expect("send");
     assert_eq!(close_code_of(&mut ws), Some(4002));
@@ -515,6 +525,46 @@ fn forwarding_reseals_for_each_receiver_and_relays_speaking() {
             .all(|(i, s)| *s == first.wrapping_add(i as u16))
     );
     assert_eq!(server.stats().counters.forwarded, 20);
+
+    // B leaves cleanly: A is told (op 13).
+    b.control.disconnect(b.call).expect("disconnect");
+    wait_for(&a.control, a.call, &a.udp, |e| {
+        matches!(e, VoiceEvent::ClientDisconnected(51))
+    });
+}
+
+#[test]
+fn forwarding_reorder_swaps_neighbours() {
+    let server = Server::start(ServerConfig {
+        faults: Faults {
+            udp_reorder_pct: 100.0,
+            ..Faults::default()
+        },
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
+    let a = direct_client(&server, 2, 20, ControlConfig::default());
+    let b = direct_client(&server, 2, 21, ControlConfig::default());
+    let mut rtp = RtpStream::new(a.session.ssrc);
+    let mut sealer = Sealer::new(
+        net_mode(&a.session),
+        &SecretKey::new(*a.session.secret_key.expose()),
+    );
+    send_tone(&a.udp, &a.session, 1000.0, 10, 0, &mut rtp, &mut sealer);
+    let cipher = TransportCipher::new(
+        net_mode(&b.session),
+        &SecretKey::new(*b.session.secret_key.expose()),
+    );
+    let (mut buf, mut out) = ([0u8; 2048], [0u8; 2048]);
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let (n, _) = b.udp.recv_from(&mut buf).expect("forwarded packet");
+        let r = receive::open_rtp(&cipher, &buf[..n], &mut out).expect("sealed for B");
+        got.push(r.sequence.wrapping_sub(rtp.sequence.wrapping_sub(10)));
+    }
+    // Every packet is held back behind the next one.
+    assert_eq!(got, vec![1, 0, 3, 2, 5, 4, 7, 6, 9, 8]);
+    assert_eq!(server.stats().counters.injected_udp_reorders, 5);
 }
 
 #[test]
@@ -662,4 +712,191 @@ fn forwarding_faults_and_garbage_towards_a_client() {
     wait_for(&b.control, b.call, &b.udp, |e| {
         matches!(e, VoiceEvent::SpeakingSent(_))
     });
+}
+
+/// Reads text frames until one with opcode `op`; returns it as JSON.
+fn read_op(
+    ws: &mut tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+    op: u64,
+) -> serde_json::Value {
+    loop {
+        match ws.read().expect("frame") {
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("server JSON");
+                if v["op"].as_u64() == Some(op) {
+                    return v;
+                }
+            }
+            _ => continue,
+        }
+    }
+}
+
+fn select_json() -> &'static str {
+    r#"{"op":1,"d":{"protocol":"udp","data":{"address":"127.0.0.1","port":9,"mode":"aead_aes256_gcm_rtpsize"}}}"#
+}
+
+fn resume_json(guild: u64, user: u64, seq_ack: i64) -> String {
+    format!(
+        r#"{{"op":7,"d":{{"server_id":"{guild}","session_id":"s{user}","token":"t","seq_ack":{seq_ack}}}}}"#
+    )
+}
+
+#[test]
+fn resume_replays_what_the_client_missed_or_closes_4006() {
+    let server = Server::start(ServerConfig::default()).expect("server starts");
+    let mut ws = raw_ws(&server);
+    ws.send(Message::text(identify_json(4, 40))).expect("send");
+    assert_eq!(read_op(&mut ws, 2)["seq"], 1);
+    ws.send(Message::text(select_json())).expect("send");
+    let desc = read_op(&mut ws, 4);
+    assert_eq!(desc["seq"], 2);
+    assert_eq!(desc["d"]["secret_key"].as_array().map(Vec::len), Some(32));
+    assert_eq!(desc["d"]["dave_protocol_version"], 0);
+    drop(ws); // no close frame: the session stays resumable
+    // Someone joins while user 40 is away: that op 11 gets seq 3.
+    let mut other = raw_ws(&server);
+    other
+        .send(Message::text(identify_json(4, 41)))
+        .expect("send");
+    read_op(&mut other, 2);
+    let mut ws = raw_ws(&server);
+    ws.send(Message::text(resume_json(4, 40, 2))).expect("send");
+    read_op(&mut ws, 9);
+    let replayed = read_op(&mut ws, 11);
+    assert_eq!(replayed["seq"], 3);
+    assert_eq!(replayed["d"]["user_ids"][0], "41");
+    assert_eq!(server.stats().counters.resumes, 1);
+
+    // A replay buffer that no longer covers seq_ack: 4006.
+    let server = Server::start(ServerConfig {
+        replay_buffer: 1,
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
+    let mut ws = raw_ws(&server);
+    ws.send(Message::text(identify_json(4, 40))).expect("send");
+    read_op(&mut ws, 2);
+    ws.send(Message::text(select_json())).expect("send");
+    read_op(&mut ws, 4);
+    drop(ws);
+    let mut ws = raw_ws(&server);
+    ws.send(Message::text(resume_json(4, 40, 0))).expect("send");
+    assert_eq!(close_code_of(&mut ws), Some(4006));
+}
+
+#[test]
+fn a_silent_client_is_closed_with_4009() {
+    let server = Server::start(ServerConfig {
+        heartbeat_interval_ms: 50.0,
+        heartbeat_timeout_intervals: Some(2.0),
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
+    let mut ws = raw_ws(&server);
+    let hello = read_op(&mut ws, 8);
+    assert_eq!(hello["d"]["heartbeat_interval"], 50.0);
+    ws.send(Message::text(identify_json(6, 60))).expect("send");
+    assert_eq!(close_code_of(&mut ws), Some(4009));
+    assert_eq!(server.stats().counters.heartbeat_timeouts, 1);
+}
+
+#[test]
+fn quaver_serve_command_reports_a_call_and_stops_on_sigint() {
+    use std::io::BufRead;
+    let dir = temp_dir("cli");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_quaver"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--record"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn quaver serve");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, lines) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let next_line = || lines.recv_timeout(WAIT).expect("a line from quaver serve");
+    let first = next_line();
+    let url = first
+        .strip_prefix("quaver serve: main gateway ")
+        .expect("first line names the main gateway")
+        .to_string();
+
+    let control = Arc::new(ControlThread::spawn(ControlConfig::default()).expect("control"));
+    let mut cfg = MainGatewayConfig::new(Token::new("cli-bot"));
+    cfg.url = url;
+    let bot = control.connect_bot(cfg).expect("connect bot");
+    let user_id = loop {
+        if let ControlEvent::MainGateway {
+            event: MainGatewayEvent::Ready { user_id },
+            ..
+        } = control.events().recv_timeout(WAIT).expect("READY")
+        {
+            break user_id;
+        }
+    };
+    let sender = BotVoiceStateSender::new(control.clone(), bot);
+    let mut mgr = VoiceManager::new(control.clone(), sender, user_id, VoiceConfig::default());
+    mgr.join(1, 2).expect("join");
+    let udp = udp_socket();
+    let session = loop {
+        let ev = control.events().recv_timeout(WAIT).expect("event");
+        let Ok(Some(ce)) = mgr.handle_control_event(ev) else {
+            continue;
+        };
+        match ce.event {
+            VoiceEvent::DiscoveryRequested { ssrc, ip, port } => {
+                discover(&control, ce.call, &udp, ssrc, &ip, port)
+            }
+            VoiceEvent::SessionReady(s) => break s,
+            _ => {}
+        }
+    };
+    let mut rtp = RtpStream::new(session.ssrc);
+    let mut sealer = Sealer::new(
+        net_mode(&session),
+        &SecretKey::new(*session.secret_key.expose()),
+    );
+    send_tone(&udp, &session, 1000.0, 10, 0, &mut rtp, &mut sealer);
+    // The report is printed when the session ends; give the UDP thread a moment to account
+    // the last packets first. Only "0 lost" is asserted: a packet still queued at the end
+    // would be unaccounted, never lost.
+    std::thread::sleep(Duration::from_millis(200));
+    mgr.leave(1).expect("leave");
+    let report = loop {
+        let line = next_line();
+        if line.contains(&format!("ssrc {} (user {user_id})", session.ssrc)) {
+            break line;
+        }
+    };
+    assert!(report.contains(" packets, 0 lost,"), "{report}");
+    // SAFETY: kill(2) on the child this test spawned.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.wait().expect("quaver serve exits");
+    assert!(status.success(), "{status:?}");
+    let wavs = std::fs::read_dir(&dir).expect("record dir").count();
+    assert_eq!(wavs, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tokens_the_server_did_not_issue_close_4004_when_required() {
+    let server = Server::start(ServerConfig {
+        require_issued_tokens: true,
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
+    let mut ws = raw_ws(&server);
+    ws.send(Message::text(identify_json(3, 33))).expect("send");
+    assert_eq!(close_code_of(&mut ws), Some(4004));
+    // Issued credentials work, and the real client reaches SessionReady with them.
+    let c = direct_client(&server, 3, 33, ControlConfig::default());
+    assert_eq!(server.ssrc_of(3, 33), Some(c.session.ssrc));
 }

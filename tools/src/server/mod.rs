@@ -14,6 +14,28 @@
 //! Everything binds 127.0.0.1 by default. One thread per websocket, one UDP thread: this is a
 //! test instrument, not a production SFU.
 //!
+//! # Details a client may notice
+//!
+//! * VOICE_SERVER_UPDATE's `endpoint` is a bare `host:port` under TLS (clients add `wss://`)
+//!   and `ws://host:port` without it, because a bare endpoint means TLS to every client.
+//! * Every server message except Hello, Heartbeat ACK and Resumed carries `seq` and is kept
+//!   for Resume ([`ServerConfig::replay_buffer`]); a `seq_ack` the buffer no longer covers, an
+//!   unknown session or a wrong token close with 4006.
+//! * A call is a guild: every session of one guild hears the others. A session ends when its
+//!   client closes with 1000/1001, leaves with op 4, Identifies again, or stays away longer than
+//!   [`ServerConfig::resume_window`]; the last one to end reports the call
+//!   ([`ServerEvent::CallEnded`]).
+//!
+//! # Measurements ([`StreamStats`])
+//!
+//! Arrival times are kernel receive timestamps (SO_TIMESTAMPNS). Lateness compares each
+//! in-order packet with its ideal arrival on the sender's 20 ms grid, `first_arrival +
+//! (ts − first_ts) / 48 kHz`, with the grid re-anchored at the stretch's earliest packet so the
+//! best packet has lateness 0 (a stretch ends after 500 ms without packets). Jitter is RFC 3550
+//! §6.4.1. Loss is sequence numbers never seen inside the received range; late and duplicate
+//! packets are counted apart. Fault injection ([`Faults`]) only touches forwarded packets, so
+//! these numbers always describe what the sender sent.
+//!
 //! ```no_run
 //! use quaver_tools::server::{Server, ServerConfig};
 //! let server = Server::start(ServerConfig::default())?;
@@ -103,6 +125,9 @@ pub struct ServerConfig {
     pub udp_listen: SocketAddr,
     /// Heartbeat interval announced in both Hellos, in ms.
     pub heartbeat_interval_ms: f64,
+    /// Close a voice websocket with 4009 (session timeout) when no heartbeat arrived for this
+    /// many heartbeat intervals (the session stays resumable). `None` never times out.
+    pub heartbeat_timeout_intervals: Option<f64>,
     /// Encryption modes offered in Ready, in this order.
     pub modes: Vec<EncryptionMode>,
     /// Serve `wss://` with a self-signed certificate generated at start.
@@ -146,6 +171,7 @@ impl Default for ServerConfig {
             voice_listen: lo(0),
             udp_listen: lo(0),
             heartbeat_interval_ms: 13_750.0,
+            heartbeat_timeout_intervals: Some(3.0),
             modes: EncryptionMode::PREFERENCE.to_vec(),
             tls: false,
             record_dir: None,
@@ -185,6 +211,8 @@ pub struct Counters {
     pub binary_frames: u64,
     /// Closes sent by the server, any code.
     pub closes_sent: u64,
+    /// Voice websockets closed with 4009 for missing heartbeats.
+    pub heartbeat_timeouts: u64,
     /// Websockets dropped on purpose (fault injection).
     pub injected_drops: u64,
     /// IP discovery requests answered.
@@ -364,6 +392,8 @@ pub(crate) struct Issued {
 pub(crate) struct Registry {
     pub sessions: HashMap<u64, Session>,
     pub by_ssrc: HashMap<u32, u64>,
+    /// Session keys per guild, so forwarding a packet touches only its call.
+    pub by_guild: HashMap<u64, Vec<u64>>,
     pub issued: HashMap<(u64, u64), Issued>,
     /// Main-gateway sessions, for Resume: session ID → user ID.
     pub main_sessions: HashMap<String, u64>,
@@ -410,6 +440,13 @@ impl StreamRecord {
 }
 
 impl Registry {
+    /// Adds a session to the indexes.
+    pub fn insert_session(&mut self, key: u64, session: Session) {
+        self.by_ssrc.insert(session.ssrc, key);
+        self.by_guild.entry(session.guild_id).or_default().push(key);
+        self.sessions.insert(key, session);
+    }
+
     pub fn session_by_ssrc(&mut self, ssrc: u32) -> Option<&mut Session> {
         let id = *self.by_ssrc.get(&ssrc)?;
         self.sessions.get_mut(&id)
@@ -436,6 +473,12 @@ impl Registry {
             return;
         };
         self.by_ssrc.remove(&s.ssrc);
+        if let Some(members) = self.by_guild.get_mut(&s.guild_id) {
+            members.retain(|k| *k != id);
+            if members.is_empty() {
+                self.by_guild.remove(&s.guild_id);
+            }
+        }
         if let Some((_, tx)) = &s.outbox {
             let _ = tx.send(Outgoing::Close(
                 quaver_gateway::protocol::close_code::DISCONNECTED,
@@ -456,7 +499,7 @@ impl Registry {
             ssrc = s.ssrc,
             "voice session ended"
         );
-        if !self.sessions.values().any(|o| o.guild_id == s.guild_id) {
+        if !self.by_guild.contains_key(&s.guild_id) {
             let call = self.call_stats(s.guild_id);
             let _ = shared.events_tx.send(ServerEvent::CallEnded(call));
         }
@@ -600,6 +643,7 @@ impl Server {
             registry: Mutex::new(Registry {
                 sessions: HashMap::new(),
                 by_ssrc: HashMap::new(),
+                by_guild: HashMap::new(),
                 issued: HashMap::new(),
                 main_sessions: HashMap::new(),
                 next_session: 0,
@@ -863,7 +907,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, which: Gateway) {
             })
             .stack_size(512 * 1024)
             .spawn(move || {
-                let ws = match tls::accept(stream, &s) {
+                let ws = match tls::accept(stream, &s, which == Gateway::Voice) {
                     Ok(ws) => ws,
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "websocket handshake failed");

@@ -65,8 +65,23 @@ impl Write for Conn {
 
 pub(crate) type Ws = WebSocket<Conn>;
 
+/// The `v` query parameter of a request URI, if any.
+fn version_of(uri: &tungstenite::http::Uri) -> Option<u32> {
+    uri.query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("v="))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Gateway versions below 4, or none at all, are rejected (PROTOCOL.md §0); 4–8 are served
+/// with v8 semantics.
+fn version_ok(v: Option<u32>) -> bool {
+    v.is_some_and(|v| (4..=8).contains(&v))
+}
+
 /// TLS (if configured) and the websocket handshake, then the short polling read timeout.
-pub(crate) fn accept(stream: TcpStream, shared: &Shared) -> Result<Ws, String> {
+/// With `voice`, the request must carry a supported `?v=`; others get HTTP 400.
+pub(crate) fn accept(stream: TcpStream, shared: &Shared, voice: bool) -> Result<Ws, String> {
     let _ = stream.set_nodelay(true);
     stream
         .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
@@ -81,7 +96,22 @@ pub(crate) fn accept(stream: TcpStream, shared: &Shared) -> Result<Ws, String> {
     let config = WebSocketConfig::default()
         .max_message_size(Some(shared.config.max_message_size))
         .max_frame_size(Some(shared.config.max_message_size));
-    let ws = tungstenite::accept_with_config(conn, Some(config)).map_err(|e| e.to_string())?;
+    // tungstenite's handshake callback fixes this error type (an HTTP response).
+    #[allow(clippy::result_large_err)]
+    let check = |req: &tungstenite::handshake::server::Request,
+                 resp: tungstenite::handshake::server::Response| {
+        let v = version_of(req.uri());
+        if !voice || version_ok(v) {
+            return Ok(resp);
+        }
+        let mut reject = tungstenite::handshake::server::ErrorResponse::new(Some(format!(
+            "unsupported voice gateway version {v:?}; use ?v=8"
+        )));
+        *reject.status_mut() = tungstenite::http::StatusCode::BAD_REQUEST;
+        Err(reject)
+    };
+    let ws = tungstenite::accept_hdr_with_config(conn, check, Some(config))
+        .map_err(|e| e.to_string())?;
     ws.get_ref()
         .set_read_timeout(shared.config.ws_poll_interval.max(Duration::from_millis(1)));
     Ok(ws)
@@ -109,4 +139,20 @@ pub(crate) fn self_signed(
     .with_single_cert(vec![cert.clone()], private)
     .map_err(|e| ServerError::Tls(e.to_string()))?;
     Ok((Arc::new(config), cert))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        let uri = |s: &str| s.parse::<tungstenite::http::Uri>().expect("valid uri");
+        assert_eq!(version_of(&uri("/?v=8")), Some(8));
+        assert_eq!(version_of(&uri("/?encoding=json&v=4")), Some(4));
+        assert_eq!(version_of(&uri("/")), None);
+        assert_eq!(version_of(&uri("/?v=x")), None);
+        assert!(version_ok(Some(8)) && version_ok(Some(4)));
+        assert!(!version_ok(None) && !version_ok(Some(3)) && !version_ok(Some(9)));
+    }
 }

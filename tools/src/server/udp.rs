@@ -418,8 +418,17 @@ fn forward(
     let faults = &shared.config.faults;
     let chance = |pct: f64| pct > 0.0 && rand::random::<f64>() * 100.0 < pct;
     let mut counters = reg.counters;
-    for s in reg.sessions.values_mut() {
-        if s.guild_id != guild || s.ssrc == ssrc {
+    let Registry {
+        sessions, by_guild, ..
+    } = reg;
+    let Some(members) = by_guild.get(&guild) else {
+        return;
+    };
+    for key in members {
+        let Some(s) = sessions.get_mut(key) else {
+            continue;
+        };
+        if s.ssrc == ssrc {
             continue;
         }
         let (Some(peer), Some(sealer)) = (s.udp_peer, s.sealer.as_mut()) else {

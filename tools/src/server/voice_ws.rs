@@ -30,6 +30,7 @@ struct Conn<'a> {
     closing_since: Option<Instant>,
     /// The client closed with 1000/1001: it is leaving, the session ends.
     client_left: bool,
+    last_heartbeat: Instant,
 }
 
 /// Serves one voice websocket until it closes.
@@ -46,6 +47,7 @@ pub(crate) fn serve(mut ws: Ws, shared: &Shared) {
         session: None,
         closing_since: None,
         client_left: false,
+        last_heartbeat: Instant::now(),
     };
     // Hello goes out on connect, as Discord does; the client accepts Hello and Ready in either
     // order, and a resuming client waits for Hello then Resumed.
@@ -118,6 +120,7 @@ fn run(ws: &mut Ws, c: &mut Conn<'_>) {
         if !drain(ws, c) {
             return;
         }
+        check_heartbeat(ws, c);
         inject_faults(ws, c);
     }
 }
@@ -156,6 +159,19 @@ fn start_close(ws: &mut Ws, c: &mut Conn<'_>, code: u16) {
     }));
     let _ = ws.flush();
     c.closing_since = Some(Instant::now());
+}
+
+fn check_heartbeat(ws: &mut Ws, c: &mut Conn<'_>) {
+    let config = &c.shared.config;
+    let Some(n) = config.heartbeat_timeout_intervals else {
+        return;
+    };
+    let limit = Duration::from_secs_f64((config.heartbeat_interval_ms * n / 1000.0).max(0.001));
+    if c.closing_since.is_none() && c.last_heartbeat.elapsed() > limit {
+        tracing::info!(session = ?c.session, "no heartbeat in time; closing with 4009");
+        c.shared.lock().counters.heartbeat_timeouts += 1;
+        start_close(ws, c, close_code::SESSION_TIMEOUT);
+    }
 }
 
 fn inject_faults(ws: &mut Ws, c: &mut Conn<'_>) {
@@ -250,6 +266,7 @@ fn on_text(ws: &mut Ws, c: &mut Conn<'_>, text: &str) {
     };
     match frame.payload {
         VoicePayload::Heartbeat(h) => {
+            c.last_heartbeat = Instant::now();
             let _ = send_payload(ws, &VoicePayload::HeartbeatAck(HeartbeatAck { t: h.t }));
         }
         VoicePayload::Identify(id) if c.session.is_none() => identify(ws, c, id),
@@ -380,8 +397,7 @@ fn identify(ws: &mut Ws, c: &mut Conn<'_>, id: Identify) {
     for s in reg.sessions.values_mut().filter(|s| s.guild_id == guild) {
         s.push(&joined, cap);
     }
-    reg.sessions.insert(key, session);
-    reg.by_ssrc.insert(ssrc, key);
+    reg.insert_session(key, session);
     c.session = Some(key);
     tracing::info!(guild, user, ssrc, "voice session identified");
 }
