@@ -7,8 +7,9 @@ use quaver::engine::PcmFormat;
 use quaver::engine::analysis::tone_power;
 use quaver::gateway::main_gateway::MainGatewayConfig;
 use quaver::gateway::protocol::Token;
-use quaver::{CallStatus, Config, Engine};
-use quaver_tools::server::{Server, ServerConfig};
+use quaver::gateway::voice::VoiceEvent;
+use quaver::{CallEvent, CallStatus, Config, Engine};
+use quaver_tools::server::{Faults, Server, ServerConfig};
 
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let give_up = Instant::now() + timeout;
@@ -135,4 +136,136 @@ fn joining_through_the_main_gateway_reaches_the_voice_server() {
     );
     engine.disconnect(call).unwrap();
     assert!(stats.counters.identifies >= 1);
+}
+
+/// Streams `seconds` of a tone into `call` from a producer thread.
+fn stream_tone(engine: &Engine, call: quaver::CallId, seconds: f64) -> std::thread::JoinHandle<()> {
+    let (_source, mut writer) = engine.push_source(call, PcmFormat::STEREO_48K).unwrap();
+    let tone = sine(48_000, 2, 500.0, seconds);
+    std::thread::spawn(move || {
+        // 20 ms at a time, in real time, so the stream spans the fault.
+        for chunk in tone.chunks(1_920) {
+            writer.write_all_f32(chunk).unwrap();
+        }
+    })
+}
+
+fn voice_events(engine: &Engine) -> Vec<VoiceEvent> {
+    engine
+        .call_events()
+        .try_iter()
+        .filter_map(|event| match event {
+            CallEvent::Voice { event, .. } => Some(event),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_websocket_dropped_mid_stream_resumes_while_audio_keeps_flowing() {
+    let faults = Faults {
+        drop_ws_after: Some(Duration::from_millis(800)),
+        ..Faults::default()
+    };
+    let server = Server::start(ServerConfig {
+        faults,
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let engine = engine();
+    let call = engine
+        .connect(server.voice_connect_request(3, 33, 503))
+        .unwrap();
+    wait_for("the session", Duration::from_secs(10), || {
+        engine.call_status(call) == Some(CallStatus::Ready)
+    });
+    let ssrc = server.ssrc_of(3, 503).unwrap();
+    stream_tone(&engine, call, 2.5).join().unwrap();
+    wait_for("the stream to finish", Duration::from_secs(10), || {
+        server
+            .stream_stats(ssrc)
+            .is_some_and(|s| s.unique_packets >= 120)
+    });
+    let events = voice_events(&engine);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, VoiceEvent::Resuming { .. })),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| matches!(e, VoiceEvent::Resumed)),
+        "{events:?}"
+    );
+    assert!(server.stats().counters.resumes >= 1);
+    let stats = server.stream_stats(ssrc).unwrap();
+    assert_eq!(
+        stats.lost, 0,
+        "audio must keep flowing through the resume: {stats:?}"
+    );
+    assert_eq!(engine.call_status(call), Some(CallStatus::Ready));
+}
+
+#[test]
+fn close_codes_resume_or_end_the_call_as_the_protocol_says() {
+    // (code, whether the call must come back to Ready)
+    for (code, recovers) in [(4015, true), (4014, false), (4017, false), (4006, false)] {
+        let faults = Faults {
+            close_code: Some(code),
+            ..Faults::default()
+        };
+        let server = Server::start(ServerConfig {
+            faults,
+            ..ServerConfig::default()
+        })
+        .unwrap();
+        let engine = engine();
+        let call = engine
+            .connect(server.voice_connect_request(4, 44, 504))
+            .unwrap();
+        if recovers {
+            wait_for("the resume", Duration::from_secs(10), || {
+                server.stats().counters.resumes >= 1
+                    && engine.call_status(call) == Some(CallStatus::Ready)
+            });
+        } else {
+            wait_for(
+                &format!("the call to end after {code}"),
+                Duration::from_secs(10),
+                || engine.call_status(call) == Some(CallStatus::Ended),
+            );
+            let events = voice_events(&engine);
+            assert!(
+                events.iter().any(|e| matches!(e, VoiceEvent::Ended(_))),
+                "{code}: {events:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn garbage_from_the_server_does_not_crash_the_client() {
+    let server = server();
+    let engine = engine();
+    let call = engine
+        .connect(server.voice_connect_request(5, 55, 505))
+        .unwrap();
+    wait_for("the session", Duration::from_secs(10), || {
+        engine.call_status(call) == Some(CallStatus::Ready)
+    });
+    let ssrc = server.ssrc_of(5, 505).unwrap();
+    let producer = stream_tone(&engine, call, 1.5);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(server.send_garbage_datagrams(5, 505, 200) > 0);
+    server.send_garbage_json(5, 505);
+    producer.join().unwrap();
+    wait_for("the rest of the stream", Duration::from_secs(10), || {
+        server
+            .stream_stats(ssrc)
+            .is_some_and(|s| s.unique_packets >= 70)
+    });
+    // Malformed JSON is a protocol error the gateway recovers from; either way the engine is
+    // still here and the audio got through.
+    assert!(engine.call_status(call).is_some());
+    assert_eq!(server.stream_stats(ssrc).unwrap().lost, 0);
 }

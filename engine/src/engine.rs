@@ -34,7 +34,8 @@ pub struct EngineConfig {
     /// Events held for [`Engine::events`] before new ones are dropped (and counted).
     pub event_queue: usize,
     /// The shortest time before a frame's deadline at which the mixer builds it. The mixer
-    /// lengthens it by itself when ticks take longer.
+    /// lengthens it by itself when ticks take longer. It must exceed the time the sender
+    /// builds packets ahead of their deadline (0.6–5 ms, adaptive), or frames miss their tick.
     pub min_lead: Duration,
     /// Ask for SCHED_FIFO priority for the mixer thread (used when the process may).
     pub realtime_priority: bool,
@@ -51,7 +52,7 @@ impl Default for EngineConfig {
             opus: OpusConfig::default(),
             frame_queue: 8,
             event_queue: 4096,
-            min_lead: Duration::from_millis(4),
+            min_lead: Duration::from_millis(6),
             realtime_priority: true,
             on_mixer_thread_start: None,
         }

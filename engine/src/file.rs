@@ -139,6 +139,12 @@ impl FileDecoder {
         }
         let format = stream.format;
         let built = SourceSlot::new_pcm(source, format, &options.source_options())?;
+        if let Some(frames) = stream.frames {
+            let seconds = frames as f64 / f64::from(format.sample_rate());
+            built
+                .shared
+                .set_duration(Duration::from_secs_f64(seconds).saturating_sub(options.start_at));
+        }
         let decoder = FileDecoder {
             call,
             source,
@@ -260,6 +266,8 @@ struct DecodedStream {
     decoder: Box<dyn AudioDecoder>,
     track_id: u32,
     format: PcmFormat,
+    /// Length in frames, when the container says.
+    frames: Option<u64>,
     looping: bool,
     /// The decoder's output with all of the file's channels.
     scratch: Vec<f32>,
@@ -288,6 +296,7 @@ impl DecodedStream {
             .default_track(TrackType::Audio)
             .ok_or_else(|| unsupported(path, "no audio track".into()))?;
         let track_id = track.id;
+        let frames = track.num_frames;
         let params = track
             .codec_params
             .as_ref()
@@ -321,6 +330,7 @@ impl DecodedStream {
             decoder,
             track_id,
             format,
+            frames,
             looping: options.looping,
             scratch: Vec::new(),
             decoded_since_rewind: false,

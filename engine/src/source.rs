@@ -36,6 +36,8 @@ pub(crate) struct SourceShared {
     ended: AtomicBool,
     frames_mixed: AtomicU64,
     underruns: AtomicU64,
+    /// Length of the input in milliseconds when known (files), else `u64::MAX`.
+    duration_ms: AtomicU64,
 }
 
 impl SourceShared {
@@ -49,6 +51,7 @@ impl SourceShared {
             ended: AtomicBool::new(false),
             frames_mixed: AtomicU64::new(0),
             underruns: AtomicU64::new(0),
+            duration_ms: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -62,6 +65,11 @@ impl SourceShared {
 
     pub(crate) fn finish(&self) {
         self.finished.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn set_duration(&self, duration: Duration) {
+        self.duration_ms
+            .store(duration.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Marks the producer as failed; the source plays out what is buffered and ends as failed.
@@ -159,6 +167,19 @@ impl SourceHandle {
     /// Whether the source has ended (finished, stopped, failed, or its call was removed).
     pub fn is_ended(&self) -> bool {
         self.shared.is_ended()
+    }
+
+    /// How much of the source has been played (20 ms per mixed frame).
+    pub fn position(&self) -> Duration {
+        crate::frame::FRAME_DURATION * self.shared.frames_mixed.load(Ordering::Relaxed) as u32
+    }
+
+    /// The input's length, when known (files whose container states it).
+    pub fn duration(&self) -> Option<Duration> {
+        match self.shared.duration_ms.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
     }
 
     pub fn stats(&self) -> SourceStats {

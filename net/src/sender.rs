@@ -682,6 +682,8 @@ impl Sender {
                     stats_full: stats_full_tx,
                     stats_free: stats_free_rx,
                     stop: thread_stop,
+                    build_ahead: MIN_BUILD_AHEAD,
+                    recent_build: Duration::ZERO,
                 };
                 if let Some(hook) = config.on_thread_start {
                     hook();
@@ -824,7 +826,18 @@ struct Worker {
     stats_full: rtrb::Producer<Box<SenderStats>>,
     stats_free: rtrb::Consumer<Box<SenderStats>>,
     stop: Arc<AtomicBool>,
+    /// How long before a deadline the tick's packets are built. The mixer builds frame `n`
+    /// only shortly before `deadline(n)`, so building right after the previous send would find
+    /// it missing and send it a tick late.
+    build_ahead: Duration,
+    /// Recent worst build time (decaying), from which `build_ahead` follows.
+    recent_build: Duration,
 }
+
+/// Bounds of the build-ahead time; the mixer's lead (`EngineConfig::min_lead`, 6 ms by
+/// default) must stay above the upper bound's typical values.
+const MIN_BUILD_AHEAD: Duration = Duration::from_micros(600);
+const MAX_BUILD_AHEAD: Duration = Duration::from_millis(5);
 
 impl Worker {
     fn run(&mut self) {
@@ -841,9 +854,15 @@ impl Worker {
             }
             self.core.send_late(n);
             let deadline = grid.deadline(n);
+            self.pacer
+                .sleep_until(deadline.checked_sub(self.build_ahead).unwrap_or(deadline));
+            self.core.send_late(n);
             let started = Instant::now();
             if self.core.build(n, Pass::OnTime) > 0 {
                 let work_before_wait = started.elapsed();
+                self.recent_build = work_before_wait.max(self.recent_build.mul_f32(0.99));
+                self.build_ahead = (self.recent_build * 2 + Duration::from_micros(300))
+                    .clamp(MIN_BUILD_AHEAD, MAX_BUILD_AHEAD);
                 self.pacer.wait_until(deadline);
                 // Booked time is build + send, without the wait in between.
                 let send_start = Instant::now();

@@ -23,37 +23,44 @@ impl BaselineSender {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = Arc::clone(&stop);
-            std::thread::Builder::new().name("jitter-baseline".into()).spawn(move || {
-                let mut calls: Vec<(RawSession, RtpStream, Sealer)> = sessions
-                    .into_iter()
-                    .map(|s| {
-                        let rtp = RtpStream::new(s.ssrc);
-                        let sealer = Sealer::new(s.mode, &s.key);
-                        (s, rtp, sealer)
-                    })
-                    .collect();
-                let start = Instant::now();
-                let mut buffer = [0_u8; 1500];
-                let mut sent = 0_u64;
-                for tick in 0_u32.. {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let deadline = start + Duration::from_millis(20) * tick;
-                    std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-                    let payload = &packets[tick as usize % packets.len()];
-                    for (session, rtp, sealer) in calls.iter_mut() {
-                        let Ok(header) = rtp.write_next(&mut buffer) else { continue };
-                        buffer[header..header + payload.len()].copy_from_slice(payload);
-                        if let Ok(len) = sealer.seal(&mut buffer, header, payload.len()) {
-                            sent += u64::from(session.socket.send(&buffer[..len]).is_ok());
+            std::thread::Builder::new()
+                .name("jitter-baseline".into())
+                .spawn(move || {
+                    let mut calls: Vec<(RawSession, RtpStream, Sealer)> = sessions
+                        .into_iter()
+                        .map(|s| {
+                            let rtp = RtpStream::new(s.ssrc);
+                            let sealer = Sealer::new(s.mode, &s.key);
+                            (s, rtp, sealer)
+                        })
+                        .collect();
+                    let start = Instant::now();
+                    let mut buffer = [0_u8; 1500];
+                    let mut sent = 0_u64;
+                    for tick in 0_u32.. {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let deadline = start + Duration::from_millis(20) * tick;
+                        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                        let payload = &packets[tick as usize % packets.len()];
+                        for (session, rtp, sealer) in calls.iter_mut() {
+                            let Ok(header) = rtp.write_next(&mut buffer) else {
+                                continue;
+                            };
+                            buffer[header..header + payload.len()].copy_from_slice(payload);
+                            if let Ok(len) = sealer.seal(&mut buffer, header, payload.len()) {
+                                sent += u64::from(session.socket.send(&buffer[..len]).is_ok());
+                            }
                         }
                     }
-                }
-                sent
-            })?
+                    sent
+                })?
         };
-        Ok(Self { stop, thread: Some(thread) })
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Stops and returns the packets sent.

@@ -36,6 +36,8 @@ const BASELINE_GUILD_OFFSET: u64 = 1_000_000;
 const BOT_USER: u64 = 4_242;
 const LISTENER_USER: u64 = 4_343;
 const BASELINE_USER: u64 = 4_444;
+/// Wait after streaming before reading the statistics.
+const SETTLE: Duration = Duration::from_millis(1_200);
 /// How long all calls may take to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -83,11 +85,18 @@ enum Target {
 }
 
 impl Target {
-    fn connect(&self, engine: &Engine, bot: Option<quaver::gateway::control::BotId>, guild: u64) -> Result<CallId, Error> {
+    fn connect(
+        &self,
+        engine: &Engine,
+        bot: Option<quaver::gateway::control::BotId>,
+        guild: u64,
+    ) -> Result<CallId, Error> {
         match (self, bot) {
-            (Target::Embedded(server), _) => {
-                Ok(engine.connect(server.voice_connect_request(guild, channel_of(guild), BOT_USER))?)
-            }
+            (Target::Embedded(server), _) => Ok(engine.connect(server.voice_connect_request(
+                guild,
+                channel_of(guild),
+                BOT_USER,
+            ))?),
             (Target::Remote { .. }, Some(bot)) => Ok(engine.join(bot, guild, channel_of(guild))?),
             (Target::Remote { .. }, None) => Err(Error::Usage("no bot connection".into())),
         }
@@ -96,10 +105,12 @@ impl Target {
     /// A voice connect request for a participant other than the engine's bot.
     fn participant_request(&self, guild: u64, user: u64) -> Result<VoiceConnectRequest, Error> {
         match self {
-            Target::Embedded(server) => Ok(server.voice_connect_request(guild, channel_of(guild), user)),
-            Target::Remote { .. } => {
-                Err(Error::Usage("the listener and the baseline need the embedded server".into()))
+            Target::Embedded(server) => {
+                Ok(server.voice_connect_request(guild, channel_of(guild), user))
             }
+            Target::Remote { .. } => Err(Error::Usage(
+                "the listener and the baseline need the embedded server".into(),
+            )),
         }
     }
 }
@@ -110,12 +121,28 @@ fn channel_of(guild: u64) -> u64 {
 
 /// A producer feeding one call in real time.
 enum Feed {
-    Opus { writer: OpusWriter, packets: Arc<Vec<Vec<u8>>>, next: usize },
-    Pcm { writer: PcmWriter, chunk: Vec<f32> },
+    Opus {
+        writer: OpusWriter,
+        packets: Arc<Vec<Vec<u8>>>,
+        next: usize,
+    },
+    Pcm {
+        writer: PcmWriter,
+        chunk: Vec<f32>,
+    },
     /// The latency probe: unique packets whose push times are recorded.
-    Probe { writer: OpusWriter, packets: Vec<Vec<u8>>, next: usize, pushed: HashMap<Vec<u8>, Instant> },
+    Probe {
+        writer: OpusWriter,
+        packets: Vec<Vec<u8>>,
+        next: usize,
+        pushed: HashMap<Vec<u8>, Instant>,
+    },
     /// The latency probe in encode mode: silence with a click every 10 frames.
-    ClickProbe { writer: PcmWriter, frame: usize, clicks: Vec<Instant> },
+    ClickProbe {
+        writer: PcmWriter,
+        frame: usize,
+        clicks: Vec<Instant>,
+    },
 }
 
 /// Runs the measurement and returns the report.
@@ -133,7 +160,7 @@ pub fn run(options: &JitterOptions) -> Result<Report, Error> {
         })?),
     };
     let mut config = Config::default();
-    config.engine.max_calls = options.calls + 1;
+    config.engine.max_calls = options.calls + 2;
     config.engine.realtime_priority = options.realtime;
     config.backend = options.backend;
     let engine = Engine::new(config)?;
@@ -146,25 +173,48 @@ pub fn run(options: &JitterOptions) -> Result<Report, Error> {
         }
         Target::Embedded(_) => None,
     };
-    let calls: Vec<CallId> = (0..options.calls as u64)
+    // Files are music, not a measuring signal: an extra call carries the latency probe.
+    let extra_probe = !options.files.is_empty() && matches!(target, Target::Embedded(_));
+    let total_calls = options.calls + usize::from(extra_probe);
+    let calls: Vec<CallId> = (0..total_calls as u64)
         .map(|i| target.connect(&engine, bot, FIRST_GUILD + i))
         .collect::<Result<_, _>>()?;
     let give_up = Instant::now() + CONNECT_TIMEOUT;
-    while !calls.iter().all(|&call| engine.call_status(call) == Some(CallStatus::Ready)) {
+    while !calls
+        .iter()
+        .all(|&call| engine.call_status(call) == Some(CallStatus::Ready))
+    {
         if Instant::now() > give_up {
-            let ready = calls.iter().filter(|&&c| engine.call_status(c) == Some(CallStatus::Ready)).count();
-            return Err(Error::Usage(format!("only {ready} of {} calls connected", calls.len())));
+            let ready = calls
+                .iter()
+                .filter(|&&c| engine.call_status(c) == Some(CallStatus::Ready))
+                .count();
+            return Err(Error::Usage(format!(
+                "only {ready} of {} calls connected",
+                calls.len()
+            )));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
 
     // The listener (and the baseline) speak the gateway on a control thread of their own.
-    let side_control = ControlThread::spawn(ControlConfig { thread_name: "jitter-control".into(), ..ControlConfig::default() })
-        .map_err(quaver::Error::from)?;
+    let side_control = ControlThread::spawn(ControlConfig {
+        thread_name: "jitter-control".into(),
+        ..ControlConfig::default()
+    })
+    .map_err(quaver::Error::from)?;
     let listener = match target.participant_request(FIRST_GUILD, LISTENER_USER) {
         Ok(request) => {
-            let session = RawSession::open(&side_control, request, SpeakingFlags::NONE, Duration::from_secs(10))?;
-            Some((Listener::start(&session).map_err(|e| Error::Usage(format!("listener: {e}")))?, session))
+            let session = RawSession::open(
+                &side_control,
+                request,
+                SpeakingFlags::NONE,
+                Duration::from_secs(10),
+            )?;
+            Some((
+                Listener::start(&session).map_err(|e| Error::Usage(format!("listener: {e}")))?,
+                session,
+            ))
         }
         Err(_) => None,
     };
@@ -173,11 +223,20 @@ pub fn run(options: &JitterOptions) -> Result<Report, Error> {
     let baseline = if options.baseline {
         let sessions = (0..options.calls as u64)
             .map(|i| {
-                let request = target.participant_request(BASELINE_GUILD_OFFSET + i, BASELINE_USER)?;
-                RawSession::open(&side_control, request, SpeakingFlags::MICROPHONE, Duration::from_secs(10))
+                let request =
+                    target.participant_request(BASELINE_GUILD_OFFSET + i, BASELINE_USER)?;
+                RawSession::open(
+                    &side_control,
+                    request,
+                    SpeakingFlags::MICROPHONE,
+                    Duration::from_secs(10),
+                )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Some(BaselineSender::start(sessions, Arc::clone(&loop_packets)).map_err(|e| Error::Usage(e.to_string()))?)
+        Some(
+            BaselineSender::start(sessions, Arc::clone(&loop_packets))
+                .map_err(|e| Error::Usage(e.to_string()))?,
+        )
     } else {
         None
     };
@@ -185,35 +244,55 @@ pub fn run(options: &JitterOptions) -> Result<Report, Error> {
     let frames = (options.seconds * 50.0).ceil() as usize;
     let mut feeds = Vec::new();
     for (index, &call) in calls.iter().enumerate() {
-        if !options.files.is_empty() {
+        let probe = index == 0 && listener.is_some();
+        let is_extra_probe = extra_probe && index == 0;
+        let plays_files = !options.files.is_empty() && !is_extra_probe;
+        if plays_files {
             for file in &options.files {
                 engine.play_file(call, file, FileOptions::default())?;
             }
             continue;
         }
-        let probe = index == 0 && listener.is_some();
-        let feed = match (options.encode, probe) {
+        let encode = options.encode || extra_probe;
+        let feed = match (encode, probe) {
             (false, false) => {
                 let (_, writer) = engine.push_opus(call, SourceOptions::default())?;
-                Feed::Opus { writer, packets: Arc::clone(&loop_packets), next: index }
+                Feed::Opus {
+                    writer,
+                    packets: Arc::clone(&loop_packets),
+                    next: index,
+                }
             }
             (false, true) => {
                 let (_, writer) = engine.push_opus(call, SourceOptions::default())?;
-                Feed::Probe { writer, packets: encode_sweep_packets(frames), next: 0, pushed: HashMap::new() }
+                Feed::Probe {
+                    writer,
+                    packets: encode_sweep_packets(frames),
+                    next: 0,
+                    pushed: HashMap::new(),
+                }
             }
             (true, false) => {
                 let (_, writer) = engine.push_source(call, PcmFormat::new(44_100, 2)?)?;
-                Feed::Pcm { writer, chunk: tone_chunk(44_100, 330.0 + index as f32) }
+                Feed::Pcm {
+                    writer,
+                    chunk: tone_chunk(44_100, 330.0 + index as f32),
+                }
             }
             (true, true) => {
                 let (_, writer) = engine.push_source(call, PcmFormat::STEREO_48K)?;
-                Feed::ClickProbe { writer, frame: 0, clicks: Vec::new() }
+                Feed::ClickProbe {
+                    writer,
+                    frame: 0,
+                    clicks: Vec::new(),
+                }
             }
         };
         feeds.push(feed);
     }
 
     let cpu_before = crate::cpu::quaver_thread_time();
+    let machine_before = crate::cpu::MachineTimes::now();
     let started = Instant::now();
     let first_push = Instant::now();
     for tick in 0..frames as u32 {
@@ -225,26 +304,41 @@ pub fn run(options: &JitterOptions) -> Result<Report, Error> {
             push(feed);
         }
     }
-    // Let the last frames, the silence frames and the forwarding settle.
-    std::thread::sleep(Duration::from_millis(300));
     let wall = started.elapsed();
     let cpu = crate::cpu::quaver_thread_time().saturating_sub(cpu_before);
+    let steal_percent = crate::cpu::MachineTimes::now().steal_percent_since(&machine_before);
+    // The producers are done: dropping the writers lets every stream end (five silence frames,
+    // Speaking off) instead of underrunning into silence.
+    let (probe_pushes, probe_clicks) = probe_records(&mut feeds);
+    drop(feeds);
+    // Let the last frames and the forwarding settle. The sender hands its statistics over
+    // about once a second, and only while the previous hand-over has been collected.
+    let _ = engine.sender_stats();
+    std::thread::sleep(SETTLE);
     let baseline_sent = baseline.map(BaselineSender::stop);
 
     let mut resumes = 0;
     for event in engine.call_events().try_iter() {
-        if let CallEvent::Voice { event: VoiceEvent::Resuming { .. }, .. } = event {
+        if let CallEvent::Voice {
+            event: VoiceEvent::Resuming { .. },
+            ..
+        } = event
+        {
             resumes += 1;
         }
     }
     let sender = engine.sender_stats();
+    let mixer = engine.stats();
     let probe_arrivals = listener.as_ref().map(|(l, _)| l.take()).unwrap_or_default();
     let probe_ssrc = match &target {
         Target::Embedded(server) => server.ssrc_of(FIRST_GUILD, BOT_USER),
         Target::Remote { .. } => None,
     };
-    let probe: Vec<Arrival> = probe_arrivals.into_iter().filter(|a| Some(a.ssrc) == probe_ssrc).collect();
-    let (latency, first_packet_ms) = latency_of(&feeds, &probe, first_push);
+    let probe: Vec<Arrival> = probe_arrivals
+        .into_iter()
+        .filter(|a| Some(a.ssrc) == probe_ssrc)
+        .collect();
+    let (latency, first_packet_ms) = latency_of(&probe_pushes, &probe_clicks, &probe, first_push);
 
     let mut report = Report {
         calls: options.calls,
@@ -259,6 +353,11 @@ pub fn run(options: &JitterOptions) -> Result<Report, Error> {
         sender: engine.sender_mode(),
         packets_sent: sender.packets_sent,
         send_lateness_us: Quantiles::of_ns(&sender.lateness_ns),
+        late_frames: sender.late_frames,
+        mixer_wake_lateness_us: Quantiles::of_scaled_us(&mixer.histograms.lateness_us),
+        mixer_tick_us: Quantiles::of_scaled_us(&mixer.histograms.tick_us),
+        skipped_ticks: mixer.skipped_ticks,
+        steal_percent,
         latency_ms: latency,
         first_packet_ms,
         resumes,
@@ -278,7 +377,11 @@ pub fn run(options: &JitterOptions) -> Result<Report, Error> {
                 .filter(|s| s.user_id == BOT_USER)
                 .collect();
             report.fill_receiver(&ours);
-            report.recordings = ours.iter().filter_map(|s| s.recording.clone()).collect();
+            report.recordings = ours
+                .iter()
+                .filter(|s| !(extra_probe && Some(s.ssrc) == probe_ssrc))
+                .filter_map(|s| s.recording.clone())
+                .collect();
             if let Some(sent) = baseline_sent {
                 let theirs: Vec<_> = stats
                     .calls
@@ -290,7 +393,8 @@ pub fn run(options: &JitterOptions) -> Result<Report, Error> {
             }
         }
         Target::Remote { .. } => {
-            report.receiver_note = Some("receiver statistics come from the server's own report".into());
+            report.receiver_note =
+                Some("receiver statistics come from the server's own report".into());
         }
     }
     for call in calls {
@@ -304,15 +408,27 @@ pub fn run(options: &JitterOptions) -> Result<Report, Error> {
 
 fn push(feed: &mut Feed) {
     match feed {
-        Feed::Opus { writer, packets, next } => {
-            if writer.write_packet(&packets[*next % packets.len()]).unwrap_or(false) {
+        Feed::Opus {
+            writer,
+            packets,
+            next,
+        } => {
+            if writer
+                .write_packet(&packets[*next % packets.len()])
+                .unwrap_or(false)
+            {
                 *next += 1;
             }
         }
         Feed::Pcm { writer, chunk } => {
             let _ = writer.write_f32(chunk);
         }
-        Feed::Probe { writer, packets, next, pushed } => {
+        Feed::Probe {
+            writer,
+            packets,
+            next,
+            pushed,
+        } => {
             if let Some(packet) = packets.get(*next) {
                 let at = Instant::now();
                 if writer.write_packet(packet).unwrap_or(false) {
@@ -321,7 +437,11 @@ fn push(feed: &mut Feed) {
                 }
             }
         }
-        Feed::ClickProbe { writer, frame, clicks } => {
+        Feed::ClickProbe {
+            writer,
+            frame,
+            clicks,
+        } => {
             let mut chunk = [0.0_f32; 1_920];
             let click = *frame % 10 == 0;
             if click {
@@ -339,30 +459,48 @@ fn push(feed: &mut Feed) {
     }
 }
 
-/// Latency of every probe packet, and of the first one.
-fn latency_of(feeds: &[Feed], arrivals: &[Arrival], first_push: Instant) -> (Quantiles, Option<f64>) {
-    let mut histogram = crate::report::new_histogram();
-    let first = arrivals.iter().map(|a| a.at).min();
+/// The probe's push records, taken out before its writer is dropped.
+fn probe_records(feeds: &mut [Feed]) -> (HashMap<Vec<u8>, Instant>, Vec<Instant>) {
+    let mut pushes = HashMap::new();
+    let mut clicks = Vec::new();
     for feed in feeds {
         match feed {
-            Feed::Probe { pushed, .. } => {
-                for arrival in arrivals {
-                    if let Some(at) = pushed.get(&arrival.payload) {
-                        histogram.saturating_record(arrival.at.saturating_duration_since(*at).as_micros() as u64);
-                    }
-                }
-            }
-            Feed::ClickProbe { clicks, .. } => record_click_latency(&mut histogram, clicks, arrivals),
+            Feed::Probe { pushed, .. } => pushes = std::mem::take(pushed),
+            Feed::ClickProbe {
+                clicks: recorded, ..
+            } => clicks = std::mem::take(recorded),
             _ => {}
         }
     }
+    (pushes, clicks)
+}
+
+/// Latency of every probe packet, and of the first one.
+fn latency_of(
+    pushes: &HashMap<Vec<u8>, Instant>,
+    clicks: &[Instant],
+    arrivals: &[Arrival],
+    first_push: Instant,
+) -> (Quantiles, Option<f64>) {
+    let mut histogram = crate::report::new_histogram();
+    for arrival in arrivals {
+        if let Some(at) = pushes.get(&arrival.payload) {
+            histogram
+                .saturating_record(arrival.at.saturating_duration_since(*at).as_micros() as u64);
+        }
+    }
+    if !clicks.is_empty() {
+        record_click_latency(&mut histogram, clicks, arrivals);
+    }
+    let first = arrivals.iter().map(|a| a.at).min();
     let first_ms = first.map(|at| at.saturating_duration_since(first_push).as_secs_f64() * 1_000.0);
     (Quantiles::of_us_as_ms(&histogram), first_ms)
 }
 
 /// Decodes the probe stream in sequence order and matches each click's onset to its push.
 fn record_click_latency(histogram: &mut Histogram<u64>, clicks: &[Instant], arrivals: &[Arrival]) {
-    let Ok(mut decoder) = audiopus::coder::Decoder::new(audiopus::SampleRate::Hz48000, audiopus::Channels::Stereo)
+    let Ok(mut decoder) =
+        audiopus::coder::Decoder::new(audiopus::SampleRate::Hz48000, audiopus::Channels::Stereo)
     else {
         return;
     };
@@ -372,9 +510,15 @@ fn record_click_latency(histogram: &mut Histogram<u64>, clicks: &[Instant], arri
     let mut quiet = 0_usize;
     let mut onsets = Vec::new();
     for arrival in ordered {
-        let Ok(packet) = audiopus::packet::Packet::try_from(arrival.payload.as_slice()) else { continue };
-        let Ok(signals) = audiopus::MutSignals::try_from(&mut pcm[..]) else { continue };
-        let Ok(samples) = decoder.decode_float(Some(packet), signals, false) else { continue };
+        let Ok(packet) = audiopus::packet::Packet::try_from(arrival.payload.as_slice()) else {
+            continue;
+        };
+        let Ok(signals) = audiopus::MutSignals::try_from(&mut pcm[..]) else {
+            continue;
+        };
+        let Ok(samples) = decoder.decode_float(Some(packet), signals, false) else {
+            continue;
+        };
         for pair in pcm[..samples * 2].chunks_exact(2) {
             if pair[0].abs() > 0.25 {
                 if quiet > 4_800 {
@@ -402,7 +546,9 @@ fn record_click_latency(histogram: &mut Histogram<u64>, clicks: &[Instant], arri
 
 /// 20 ms Opus packets of a steady tone, for calls that loop them.
 fn encode_tone_packets(count: usize, freq: f32) -> Vec<Vec<u8>> {
-    encode_packets(count, |i| (i as f32 * freq / 48_000.0 * std::f32::consts::TAU).sin() * 0.3)
+    encode_packets(count, |i| {
+        (i as f32 * freq / 48_000.0 * std::f32::consts::TAU).sin() * 0.3
+    })
 }
 
 /// `count` packets of a slow frequency sweep: no two alike, so each arrival can be matched to
@@ -441,5 +587,7 @@ fn encode_packets(count: usize, signal: impl Fn(usize) -> f32) -> Vec<Vec<u8>> {
 /// 20 ms of a stereo tone at `rate`.
 fn tone_chunk(rate: u32, freq: f32) -> Vec<f32> {
     let frames = rate as usize / 50;
-    (0..frames * 2).map(|i| ((i / 2) as f32 * freq / rate as f32 * std::f32::consts::TAU).sin() * 0.3).collect()
+    (0..frames * 2)
+        .map(|i| ((i / 2) as f32 * freq / rate as f32 * std::f32::consts::TAU).sin() * 0.3)
+        .collect()
 }

@@ -6,12 +6,14 @@
 
 pub mod baseline;
 pub mod cpu;
+pub mod demo;
 pub mod jitter;
 pub mod listener;
+pub mod play;
 pub mod render;
 pub mod report;
-pub mod session;
 pub mod server;
+pub mod session;
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +23,9 @@ use std::path::{Path, PathBuf};
 pub enum Error {
     #[error(transparent)]
     Engine(#[from] quaver::engine::Error),
+    /// The voice side (sender, gateway, sessions) failed.
+    #[error(transparent)]
+    Voice(#[from] quaver::Error),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -39,24 +39,39 @@ impl Listener {
         let thread = {
             let arrivals = Arc::clone(&arrivals);
             let stop = Arc::clone(&stop);
-            std::thread::Builder::new().name("jitter-listener".into()).spawn(move || {
-                let mut packet = [0_u8; 2048];
-                let mut opened = [0_u8; 2048];
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok(len) = socket.recv(&mut packet) else { continue };
-                    let at = Instant::now();
-                    if classify(&packet[..len]) != PacketKind::Rtp {
-                        continue;
+            std::thread::Builder::new()
+                .name("jitter-listener".into())
+                .spawn(move || {
+                    let mut packet = [0_u8; 2048];
+                    let mut opened = [0_u8; 2048];
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(len) = socket.recv(&mut packet) else {
+                            continue;
+                        };
+                        let at = Instant::now();
+                        if classify(&packet[..len]) != PacketKind::Rtp {
+                            continue;
+                        }
+                        if let Ok(rtp) = open_rtp(&cipher, &packet[..len], &mut opened) {
+                            let arrival = Arrival {
+                                at,
+                                ssrc: rtp.ssrc,
+                                sequence: rtp.sequence,
+                                payload: rtp.payload.to_vec(),
+                            };
+                            arrivals
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(arrival);
+                        }
                     }
-                    if let Ok(rtp) = open_rtp(&cipher, &packet[..len], &mut opened) {
-                        let arrival =
-                            Arrival { at, ssrc: rtp.ssrc, sequence: rtp.sequence, payload: rtp.payload.to_vec() };
-                        arrivals.lock().unwrap_or_else(|p| p.into_inner()).push(arrival);
-                    }
-                }
-            })?
+                })?
         };
-        Ok(Self { arrivals, stop, thread: Some(thread) })
+        Ok(Self {
+            arrivals,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Everything received so far.

@@ -18,6 +18,74 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start a local voice server in-process, join one call, play the bundled example tracks
+    /// mixed together for a few seconds, and report what the server received.
+    Demo {
+        /// How long to play.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Calls to run at once, each playing the files.
+        #[arg(long, default_value_t = 1)]
+        calls: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Use a running `quaver serve` (its main-gateway address) instead of the embedded one.
+        #[arg(long)]
+        server: Option<std::net::SocketAddr>,
+        /// Where the embedded server writes its recording.
+        #[arg(long, default_value = "quaver-demo")]
+        record: PathBuf,
+        /// Files to play (default: the bundled example tracks).
+        files: Vec<PathBuf>,
+    },
+    /// Measure send lateness, jitter, loss, latency and CPU for N calls against a voice server.
+    Jitter {
+        /// Calls to run at once.
+        #[arg(long, default_value_t = 1)]
+        calls: usize,
+        /// How long to stream.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Mix and encode a PCM source per call instead of passing pre-encoded Opus through.
+        #[arg(long)]
+        encode: bool,
+        /// Also run a sleep-paced baseline sender (as other libraries send) in the same run.
+        #[arg(long)]
+        baseline: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Draw the histograms into this SVG file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Use a running `quaver serve` (its main-gateway address) instead of the embedded one.
+        #[arg(long)]
+        server: Option<std::net::SocketAddr>,
+        /// Send path: auto, io-uring or portable.
+        #[arg(long, default_value = "auto")]
+        backend: String,
+    },
+    /// The music bot: play files mixed together in a voice channel, against the local server by
+    /// default or a real Discord guild with --token, --guild and --channel.
+    Play {
+        /// Files to play.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Per-file volume (linear, 1.0 = unchanged), in the order of the files.
+        #[arg(long, value_delimiter = ',')]
+        volume: Vec<f32>,
+        /// Bot token (default: $DISCORD_TOKEN). Without one, plays on the local server.
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long)]
+        guild: Option<u64>,
+        #[arg(long)]
+        channel: Option<u64>,
+        /// Main-gateway address of a running `quaver serve`.
+        #[arg(long)]
+        server: Option<std::net::SocketAddr>,
+    },
     /// Mix audio files (wav, flac, mp3, ogg vorbis, ogg opus), all starting together, into an
     /// Ogg Opus file, offline and as fast as possible.
     Render {
@@ -115,6 +183,52 @@ fn install_signal_handlers() {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one per command-line flag
+fn jitter(
+    calls: usize,
+    seconds: f64,
+    encode: bool,
+    baseline: bool,
+    json: bool,
+    out: Option<PathBuf>,
+    server: Option<std::net::SocketAddr>,
+    backend: &str,
+) -> Result<(), quaver_tools::Error> {
+    let backend = match backend {
+        "auto" => quaver::net::BackendChoice::Auto,
+        "io-uring" | "io_uring" => quaver::net::BackendChoice::IoUring,
+        "portable" => quaver::net::BackendChoice::Portable,
+        other => {
+            return Err(quaver_tools::Error::Usage(format!(
+                "unknown backend {other:?}"
+            )));
+        }
+    };
+    let options = quaver_tools::jitter::JitterOptions {
+        calls,
+        seconds,
+        encode,
+        baseline,
+        server,
+        backend,
+        ..Default::default()
+    };
+    let report = quaver_tools::jitter::run(&options)?;
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+    if let Some(path) = out {
+        std::fs::write(&path, report.to_svg()).map_err(|source| quaver_tools::Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        eprintln!("histograms drawn in {}", path.display());
+    }
+    Ok(())
+}
+
 fn serve(args: ServeArgs) -> Result<(), quaver_tools::Error> {
     use quaver_tools::server::{Faults, Server, ServerConfig, ServerEvent};
     let host = args.listen.ip();
@@ -206,8 +320,7 @@ fn serve(args: ServeArgs) -> Result<(), quaver_tools::Error> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,symphonia=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -232,6 +345,61 @@ fn main() -> ExitCode {
             })
         }
         Command::Serve(args) => serve(*args),
+        Command::Demo {
+            seconds,
+            calls,
+            json,
+            server,
+            record,
+            files,
+        } => {
+            install_signal_handlers();
+            quaver_tools::demo::demo(&quaver_tools::demo::DemoOptions {
+                seconds,
+                calls,
+                json,
+                server,
+                record,
+                files,
+            })
+        }
+        Command::Jitter {
+            calls,
+            seconds,
+            encode,
+            baseline,
+            json,
+            out,
+            server,
+            backend,
+        } => {
+            install_signal_handlers();
+            jitter(
+                calls, seconds, encode, baseline, json, out, server, &backend,
+            )
+        }
+        Command::Play {
+            files,
+            volume,
+            token,
+            guild,
+            channel,
+            server,
+        } => {
+            install_signal_handlers();
+            let token = token.or_else(|| std::env::var("DISCORD_TOKEN").ok());
+            quaver_tools::play::play(
+                &quaver_tools::play::PlayOptions {
+                    files,
+                    volume,
+                    token,
+                    guild,
+                    channel,
+                    server,
+                },
+                &STOP,
+            )
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -44,6 +44,11 @@ impl Quantiles {
         Self::of_scaled(h, 1_000.0)
     }
 
+    /// From a histogram in microseconds, unchanged.
+    pub fn of_scaled_us(h: &Histogram<u64>) -> Self {
+        Self::of_scaled(h, 1.0)
+    }
+
     /// From a histogram in microseconds, in milliseconds.
     pub fn of_us_as_ms(h: &Histogram<u64>) -> Self {
         Self::of_scaled(h, 1_000.0)
@@ -105,6 +110,15 @@ pub struct Report {
     pub decode_errors: u64,
     /// When each packet's send returned, against its deadline, at the sender.
     pub send_lateness_us: Quantiles,
+    /// Frames that reached the sender after their tick had passed.
+    pub late_frames: u64,
+    /// How late the mixer thread woke against its plan, and how long its ticks took.
+    pub mixer_wake_lateness_us: Quantiles,
+    pub mixer_tick_us: Quantiles,
+    /// Ticks the mixer skipped because it could not run for over a frame.
+    pub skipped_ticks: u64,
+    /// Percent of the run's machine time the hypervisor gave to other guests (VM steal).
+    pub steal_percent: f64,
     /// Arrival (kernel timestamp) against the stream's ideal 20 ms grid, at the server.
     pub recv_lateness_us: Quantiles,
     /// RFC 3550 inter-arrival jitter, at the server.
@@ -148,32 +162,87 @@ impl Report {
                 q.p50, q.p99, q.p999, q.max
             );
         };
-        let _ = writeln!(out, "{} call(s), {:.1} s, {} — sender: {}", self.calls, self.seconds, self.mode, self.sender);
+        let _ = writeln!(
+            out,
+            "{} call(s), {:.1} s, {} — sender: {}",
+            self.calls, self.seconds, self.mode, self.sender
+        );
         let _ = writeln!(
             out,
             "  packets sent {}, received {}, lost {}, duplicates {}, reordered {}, decode errors {}",
-            self.packets_sent, self.packets_received, self.lost, self.duplicates, self.reordered, self.decode_errors
+            self.packets_sent,
+            self.packets_received,
+            self.lost,
+            self.duplicates,
+            self.reordered,
+            self.decode_errors
         );
-        row(&mut out, "send lateness (sender)", &self.send_lateness_us, "µs");
-        row(&mut out, "send lateness (receiver)", &self.recv_lateness_us, "µs");
-        row(&mut out, "inter-arrival jitter", &self.interarrival_jitter_us, "µs");
+        row(
+            &mut out,
+            "send lateness (sender)",
+            &self.send_lateness_us,
+            "µs",
+        );
+        row(
+            &mut out,
+            "mixer wake-up lateness",
+            &self.mixer_wake_lateness_us,
+            "µs",
+        );
+        row(&mut out, "mixer tick duration", &self.mixer_tick_us, "µs");
+        row(
+            &mut out,
+            "send lateness (receiver)",
+            &self.recv_lateness_us,
+            "µs",
+        );
+        row(
+            &mut out,
+            "inter-arrival jitter",
+            &self.interarrival_jitter_us,
+            "µs",
+        );
         row(&mut out, "latency push → listener", &self.latency_ms, "ms");
         if let Some(first) = self.first_packet_ms {
-            let _ = writeln!(out, "  first packet at the listener {first:.1} ms after the first push");
+            let _ = writeln!(
+                out,
+                "  first packet at the listener {first:.1} ms after the first push"
+            );
         }
         let _ = writeln!(
             out,
-            "  CPU {:.2} % of one core ({:.3} % per call); resumes {}",
-            self.cpu_percent, self.cpu_percent_per_call, self.resumes
+            "  CPU {:.2} % of one core ({:.3} % per call); resumes {}; late frames {}; skipped ticks {}",
+            self.cpu_percent,
+            self.cpu_percent_per_call,
+            self.resumes,
+            self.late_frames,
+            self.skipped_ticks
         );
+        if self.steal_percent >= 1.0 {
+            let _ = writeln!(
+                out,
+                "  note: the hypervisor took {:.0} % of this VM's time during the run (steal); timing suffers for every program",
+                self.steal_percent
+            );
+        }
         if let Some(baseline) = &self.baseline {
             let _ = writeln!(
                 out,
                 "baseline sender (sleep to each deadline, one send after another), same run: sent {}, received {}, lost {}",
                 baseline.packets_sent, baseline.packets_received, baseline.lost
             );
-            row(&mut out, "send lateness (receiver)", &baseline.recv_lateness_us, "µs");
-            row(&mut out, "inter-arrival jitter", &baseline.interarrival_jitter_us, "µs");
+            row(
+                &mut out,
+                "send lateness (receiver)",
+                &baseline.recv_lateness_us,
+                "µs",
+            );
+            row(
+                &mut out,
+                "inter-arrival jitter",
+                &baseline.interarrival_jitter_us,
+                "µs",
+            );
             if self.recv_lateness_us.p99 > 0.0 {
                 let _ = writeln!(
                     out,
@@ -198,10 +267,18 @@ impl Report {
             ("send lateness, sender", self.send_lateness_us, "µs"),
             ("send lateness, receiver", self.recv_lateness_us, "µs"),
             ("inter-arrival jitter", self.interarrival_jitter_us, "µs"),
-            ("latency push → listener", scale(self.latency_ms, 1_000.0), "µs"),
+            (
+                "latency push → listener",
+                scale(self.latency_ms, 1_000.0),
+                "µs",
+            ),
         ];
         if let Some(baseline) = &self.baseline {
-            metrics.push(("baseline lateness, receiver", baseline.recv_lateness_us, "µs"));
+            metrics.push((
+                "baseline lateness, receiver",
+                baseline.recv_lateness_us,
+                "µs",
+            ));
             metrics.push(("baseline jitter", baseline.interarrival_jitter_us, "µs"));
         }
         let (width, row_height, left) = (900.0, 90.0, 230.0);
@@ -223,14 +300,34 @@ impl Report {
         );
         for decade in 0..=7 {
             let gx = x(10_f64.powi(decade));
-            let label = ["1 µs", "10 µs", "100 µs", "1 ms", "10 ms", "100 ms", "1 s", "10 s"][decade as usize];
-            let _ = writeln!(svg, r##"<line x1="{gx:.1}" y1="35" x2="{gx:.1}" y2="{:.1}" stroke="#ddd"/>"##, height - 15.0);
-            let _ = writeln!(svg, r##"<text x="{gx:.1}" y="{:.1}" fill="#666" text-anchor="middle">{label}</text>"##, height - 3.0);
+            let label = [
+                "1 µs", "10 µs", "100 µs", "1 ms", "10 ms", "100 ms", "1 s", "10 s",
+            ][decade as usize];
+            let _ = writeln!(
+                svg,
+                r##"<line x1="{gx:.1}" y1="35" x2="{gx:.1}" y2="{:.1}" stroke="#ddd"/>"##,
+                height - 15.0
+            );
+            let _ = writeln!(
+                svg,
+                r##"<text x="{gx:.1}" y="{:.1}" fill="#666" text-anchor="middle">{label}</text>"##,
+                height - 3.0
+            );
         }
-        let colours = [("p50", "#4c78a8"), ("p99", "#f58518"), ("p99.9", "#e45756"), ("max", "#9d755d")];
+        let colours = [
+            ("p50", "#4c78a8"),
+            ("p99", "#f58518"),
+            ("p99.9", "#e45756"),
+            ("max", "#9d755d"),
+        ];
         for (row, (name, q, _)) in metrics.iter().enumerate() {
             let top = 45.0 + row_height * row as f64;
-            let _ = writeln!(svg, r#"<text x="10" y="{:.1}">{}</text>"#, top + 40.0, escape(name));
+            let _ = writeln!(
+                svg,
+                r#"<text x="10" y="{:.1}">{}</text>"#,
+                top + 40.0,
+                escape(name)
+            );
             for (i, (label, colour)) in colours.iter().enumerate() {
                 let value = [q.p50, q.p99, q.p999, q.max][i];
                 let y = top + 8.0 + 18.0 * i as f64;
@@ -239,7 +336,12 @@ impl Report {
                     r#"<rect x="{left}" y="{y:.1}" width="{:.1}" height="14" fill="{colour}"/>"#,
                     (x(value) - left).max(0.0)
                 );
-                let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}">{label} {value:.0} µs</text>"#, x(value) + 4.0, y + 11.0);
+                let _ = writeln!(
+                    svg,
+                    r#"<text x="{:.1}" y="{:.1}">{label} {value:.0} µs</text>"#,
+                    x(value) + 4.0,
+                    y + 11.0
+                );
             }
         }
         svg.push_str("</svg>\n");
@@ -248,9 +350,17 @@ impl Report {
 }
 
 fn scale(q: Quantiles, factor: f64) -> Quantiles {
-    Quantiles { p50: q.p50 * factor, p99: q.p99 * factor, p999: q.p999 * factor, max: q.max * factor, count: q.count }
+    Quantiles {
+        p50: q.p50 * factor,
+        p99: q.p99 * factor,
+        p999: q.p999 * factor,
+        max: q.max * factor,
+        count: q.count,
+    }
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }

@@ -22,7 +22,10 @@ pub struct RawSession {
 
 impl std::fmt::Debug for RawSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RawSession").field("ssrc", &self.ssrc).field("mode", &self.mode).finish_non_exhaustive()
+        f.debug_struct("RawSession")
+            .field("ssrc", &self.ssrc)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
     }
 }
 
@@ -35,49 +38,78 @@ impl RawSession {
         speaking: SpeakingFlags,
         timeout: Duration,
     ) -> Result<Self, crate::Error> {
-        let config = VoiceConfig { initial_speaking: speaking, ..VoiceConfig::default() };
-        let gateway = control.connect(request, config).map_err(quaver::Error::from)?;
+        let config = VoiceConfig {
+            initial_speaking: speaking,
+            ..VoiceConfig::default()
+        };
+        let gateway = control
+            .connect(request, config)
+            .map_err(quaver::Error::from)?;
         let give_up = Instant::now() + timeout;
         let mut socket = None;
         while let Some(left) = give_up.checked_duration_since(Instant::now()) {
-            let Ok(event) = control.events().recv_timeout(left) else { break };
-            let ControlEvent::Voice { call, event } = event else { continue };
+            let Ok(event) = control.events().recv_timeout(left) else {
+                break;
+            };
+            let ControlEvent::Voice { call, event } = event else {
+                continue;
+            };
             if call != gateway {
                 continue;
             }
             match event {
                 VoiceEvent::DiscoveryRequested { ssrc, ip, port } => {
-                    let server: SocketAddr = format!("{ip}:{port}")
-                        .parse()
-                        .map_err(|_| crate::Error::Usage(format!("bad voice server address {ip}:{port}")))?;
-                    let udp = UdpSocket::bind(if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
-                        .and_then(|udp| udp.connect(server).map(|()| udp))
-                        .map_err(|e| crate::Error::Usage(format!("voice UDP socket: {e}")))?;
-                    let ours = quaver::net::discovery::discover(&udp, server, ssrc, Duration::from_secs(1), 5)
-                        .map_err(|e| crate::Error::Usage(format!("IP discovery: {e}")))?;
+                    let server: SocketAddr = format!("{ip}:{port}").parse().map_err(|_| {
+                        crate::Error::Usage(format!("bad voice server address {ip}:{port}"))
+                    })?;
+                    let udp = UdpSocket::bind(if server.is_ipv4() {
+                        "0.0.0.0:0"
+                    } else {
+                        "[::]:0"
+                    })
+                    .and_then(|udp| udp.connect(server).map(|()| udp))
+                    .map_err(|e| crate::Error::Usage(format!("voice UDP socket: {e}")))?;
+                    let ours = quaver::net::discovery::discover(
+                        &udp,
+                        server,
+                        ssrc,
+                        Duration::from_secs(1),
+                        5,
+                    )
+                    .map_err(|e| crate::Error::Usage(format!("IP discovery: {e}")))?;
                     control
                         .set_discovered_address(gateway, ours.ip().to_string(), ours.port())
                         .map_err(quaver::Error::from)?;
                     socket = Some(Arc::new(udp));
                 }
                 VoiceEvent::SessionReady(session) => {
-                    let socket = socket.ok_or_else(|| crate::Error::Usage("session before IP discovery".into()))?;
-                    let mode = session
-                        .mode
-                        .as_str()
-                        .parse()
-                        .map_err(|_| crate::Error::Usage("unsupported encryption mode".into()))?;
+                    let socket = socket
+                        .ok_or_else(|| crate::Error::Usage("session before IP discovery".into()))?;
+                    let mode =
+                        session.mode.as_str().parse().map_err(|_| {
+                            crate::Error::Usage("unsupported encryption mode".into())
+                        })?;
                     let key = SecretKey::from_slice(session.secret_key.expose())
                         .map_err(|_| crate::Error::Usage("bad session key".into()))?;
-                    return Ok(Self { gateway, socket, ssrc: session.ssrc, mode, key });
+                    return Ok(Self {
+                        gateway,
+                        socket,
+                        ssrc: session.ssrc,
+                        mode,
+                        key,
+                    });
                 }
                 VoiceEvent::Ended(reason) => {
-                    return Err(crate::Error::Usage(format!("voice connection ended: {reason:?}")));
+                    return Err(crate::Error::Usage(format!(
+                        "voice connection ended: {reason:?}"
+                    )));
                 }
                 _ => {}
             }
         }
         let _ = control.disconnect(gateway);
-        Err(crate::Error::Usage("timed out waiting for the voice session".into()))
+        Err(crate::Error::Usage(
+            "timed out waiting for the voice session".into(),
+        ))
     }
 }

@@ -1,0 +1,152 @@
+//! `quaver play`: the music bot. Mixes files into one voice channel — on the local server by
+//! default, or in a real Discord guild with a bot token — with a progress line, and leaves
+//! cleanly on Ctrl-C (silence frames, Speaking off, op 4 leave).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use quaver::engine::FileOptions;
+use quaver::gateway::main_gateway::MainGatewayConfig;
+use quaver::gateway::protocol::Token;
+use quaver::net::SenderEvent;
+use quaver::{CallEvent, CallStatus, Config, Engine};
+
+use crate::Error;
+use crate::server::{Server, ServerConfig};
+
+/// What to play where.
+#[derive(Debug, Clone, Default)]
+pub struct PlayOptions {
+    pub files: Vec<PathBuf>,
+    pub volume: Vec<f32>,
+    /// A Discord bot token; without one, the local server is used.
+    pub token: Option<String>,
+    pub guild: Option<u64>,
+    pub channel: Option<u64>,
+    /// Main-gateway address of a running `quaver serve`.
+    pub server: Option<SocketAddr>,
+}
+
+/// Plays until every file has ended or `stop` is set.
+pub fn play(options: &PlayOptions, stop: &AtomicBool) -> Result<(), Error> {
+    let mut embedded = None;
+    let (bot_config, guild, channel) = match &options.token {
+        Some(token) => {
+            let (Some(guild), Some(channel)) = (options.guild, options.channel) else {
+                return Err(Error::Usage(
+                    "playing on Discord needs --guild and --channel".into(),
+                ));
+            };
+            (
+                MainGatewayConfig::new(Token::new(token.clone())),
+                guild,
+                channel,
+            )
+        }
+        None => {
+            let url = match options.server {
+                Some(address) => format!("ws://{address}/?v=10&encoding=json"),
+                None => {
+                    let server = Server::start(ServerConfig::default())?;
+                    let url = server.main_gateway_url();
+                    embedded = Some(server);
+                    url
+                }
+            };
+            let mut config = MainGatewayConfig::new(Token::new("quaver-play"));
+            config.url = url;
+            (
+                config,
+                options.guild.unwrap_or(1),
+                options.channel.unwrap_or(1),
+            )
+        }
+    };
+    let engine = Engine::new(Config::default())?;
+    let bot = engine.connect_bot(bot_config)?;
+    let call = engine.join(bot, guild, channel)?;
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while engine.call_status(call) != Some(CallStatus::Ready) {
+        if Instant::now() > give_up || stop.load(Ordering::Relaxed) {
+            return Err(Error::Usage("could not join the voice channel".into()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "joined guild {guild} channel {channel} ({})",
+        engine.sender_mode()
+    );
+
+    let mut tracks = Vec::new();
+    for (index, file) in options.files.iter().enumerate() {
+        let volume = options.volume.get(index).copied().unwrap_or(1.0);
+        let handle = engine.play_file(
+            call,
+            file,
+            FileOptions {
+                volume,
+                ..FileOptions::default()
+            },
+        )?;
+        let name = file.file_name().map_or_else(
+            || file.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        tracks.push((name, handle));
+    }
+    while !stop.load(Ordering::Relaxed) && tracks.iter().any(|(_, h)| !h.is_ended()) {
+        let line: Vec<String> = tracks
+            .iter()
+            .map(|(name, handle)| {
+                let duration = handle.duration().map_or_else(|| "?".into(), clock);
+                let state = if handle.is_ended() { " ended" } else { "" };
+                format!("{name} {}/{duration}{state}", clock(handle.position()))
+            })
+            .collect();
+        eprint!("\r{}   ", line.join(" | "));
+        let _ = std::io::stderr().flush();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!();
+    // Leaving: fade out, let the sender send its five silence frames (it then turns Speaking
+    // off), and leave the channel with op 4.
+    for (_, handle) in &tracks {
+        handle.stop();
+    }
+    let give_up = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < give_up {
+        let stopped = engine.call_events().try_iter().any(|event| {
+            matches!(
+                event,
+                CallEvent::Sender {
+                    event: SenderEvent::SpeakingStopped { .. },
+                    ..
+                }
+            )
+        });
+        if stopped {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    engine.disconnect(call)?;
+    if let Some(server) = embedded {
+        for call in server.stats().calls {
+            for stream in call.streams {
+                eprintln!(
+                    "local server received {} packets from ssrc {} ({} lost)",
+                    stream.unique_packets, stream.ssrc, stream.lost
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn clock(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    format!("{}:{:02}", seconds / 60, seconds % 60)
+}
