@@ -22,6 +22,10 @@ use crate::protocol::{
 /// 4000 range so the server does not read it as a clean session end.
 pub const CLIENT_ABANDON_CLOSE_CODE: u16 = 4000;
 
+/// A client-bug close (4001, 4002 …) is retried once per this window; a second one inside it
+/// gives up.
+pub const CLIENT_BUG_WINDOW: Duration = Duration::from_secs(60);
+
 /// Errors from the voice state machine.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 #[non_exhaustive]
@@ -287,7 +291,10 @@ pub struct VoiceGateway {
     session: Option<(u32, EncryptionMode)>,
     speaking: SpeakingFlags,
     resumed_after_4009: bool,
-    client_bug_retry_used: bool,
+    /// When the last client-bug close (4001, 4002 …) was retried. A second one within
+    /// [`CLIENT_BUG_WINDOW`] gives up, even if a handshake succeeded in between — otherwise a
+    /// server that rejects every session after its handshake would be retried forever.
+    client_bug_retry_at: Option<Instant>,
     users: BTreeSet<u64>,
     ssrcs: HashMap<u32, u64>,
 }
@@ -335,7 +342,7 @@ impl VoiceGateway {
             handshake_deadline: None,
             session: None,
             resumed_after_4009: false,
-            client_bug_retry_used: false,
+            client_bug_retry_at: None,
             users: BTreeSet::new(),
             ssrcs: HashMap::new(),
         }
@@ -466,10 +473,13 @@ impl VoiceGateway {
                 self.schedule_retry(resume, now)
             }
             ClosePolicy::ReconnectOnce => {
-                if self.client_bug_retry_used {
+                let recent = self
+                    .client_bug_retry_at
+                    .is_some_and(|at| now.saturating_duration_since(at) < CLIENT_BUG_WINDOW);
+                if recent {
                     self.end(EndReason::GaveUp { code });
                 } else {
-                    self.client_bug_retry_used = true;
+                    self.client_bug_retry_at = Some(now);
                     self.schedule_retry(false, now);
                 }
             }
@@ -724,7 +734,6 @@ impl VoiceGateway {
         self.state = State::Established;
         self.handshake_deadline = None;
         self.backoff.reset();
-        self.client_bug_retry_used = false;
         self.resumed_after_4009 = false;
         self.session = Some((ready.ssrc, mode));
         let mut outbox = DaveOutbox::default();

@@ -339,6 +339,40 @@ fn every_close_code_policy() {
             "{code}: {ev:?}"
         );
     }
+    // A server that rejects every session right after its handshake: the retry after a full
+    // handshake still counts, so the client gives up instead of reconnecting forever; after
+    // the window has passed, one more retry is allowed.
+    for code in [4001, 4002] {
+        let (mut h, _) = close_after_established(Some(code));
+        h.run_for(Duration::from_secs(1));
+        h.gw.handle_socket_open(h.now);
+        h.hello(1000.0);
+        h.ready(&[AES]).unwrap();
+        h.gw.set_discovered_address("1.2.3.4".into(), 4321, h.now)
+            .unwrap();
+        h.session_description();
+        assert!(h.gw.is_established());
+        h.gw.handle_socket_closed(Some(code), h.now);
+        let (_, ev, _) = h.sent_and_events();
+        assert!(
+            matches!(&ev[..], [.., VoiceEvent::Ended(EndReason::GaveUp { code: Some(c) })] if *c == code),
+            "{code}: {ev:?}"
+        );
+    }
+    let (mut h, _) = close_after_established(Some(4001));
+    h.run_for(CLIENT_BUG_WINDOW + Duration::from_secs(1));
+    h.gw.handle_socket_open(h.now);
+    h.hello(1000.0);
+    h.ready(&[AES]).unwrap();
+    h.gw.set_discovered_address("1.2.3.4".into(), 4321, h.now)
+        .unwrap();
+    h.session_description();
+    h.gw.handle_socket_closed(Some(4001), h.now);
+    let (_, ev, _) = h.sent_and_events();
+    assert!(
+        matches!(&ev[..], [.., VoiceEvent::Reconnecting { .. }]),
+        "{ev:?}"
+    );
     for code in [4004, 4006] {
         let (h, ev) = close_after_established(Some(code));
         assert_eq!(
