@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use quaver_engine::{CallId, FrameReceiver};
 use quaver_gateway::control::{BotId, CallId as GatewayCallId, ControlThread};
-use quaver_gateway::join::{JoinAction, JoinFlow};
+use quaver_gateway::join::{JoinAction, JoinFlow, VoiceStateSender};
 use quaver_gateway::main_gateway::MainGatewayEvent;
 use quaver_gateway::protocol::SpeakingFlags;
 use quaver_gateway::voice::{VoiceEvent, VoiceSession};
@@ -27,8 +27,8 @@ pub(crate) struct Connection {
     pub(crate) call: CallId,
     /// The current voice connection; a channel move or endpoint change replaces it.
     pub(crate) gateway: Option<GatewayCallId>,
-    /// Set when the call was joined through a bot's main-gateway connection.
-    pub(crate) join: Option<(BotId, JoinFlow)>,
+    /// Set when the call was joined through a main gateway (ours or the host's).
+    pub(crate) join: Option<(JoinVia, JoinFlow)>,
     pub(crate) status: CallStatus,
     /// The mixer's frames, waiting for the session (taken by the sender once it is ready).
     frames: Option<FrameReceiver>,
@@ -42,7 +42,7 @@ impl Connection {
     pub(crate) fn new(
         call: CallId,
         gateway: Option<GatewayCallId>,
-        join: Option<(BotId, JoinFlow)>,
+        join: Option<(JoinVia, JoinFlow)>,
         frames: FrameReceiver,
     ) -> Self {
         Self {
@@ -57,6 +57,36 @@ impl Connection {
             keepalive: Keepalive::new(Instant::now()),
         }
     }
+}
+
+/// Whose main-gateway connection sends op 4 for a call, and receives its voice dispatches.
+#[derive(Clone)]
+pub(crate) enum JoinVia {
+    /// The built-in client, on the control thread.
+    Bot(BotId),
+    /// The host program's own library (twilight, serenity …); it hands us the dispatches.
+    Host(Arc<dyn VoiceStateSender + Sync>),
+}
+
+impl JoinVia {
+    pub(crate) fn send(
+        &self,
+        control: &ControlThread,
+        update: &quaver_gateway::join::UpdateVoiceState,
+    ) {
+        match self {
+            JoinVia::Bot(bot) => {
+                let _ = control.bot_send(*bot, update.to_gateway_json());
+            }
+            JoinVia::Host(host) => host.send_voice_state_update(update),
+        }
+    }
+}
+
+/// A voice dispatch from a main gateway.
+pub(crate) enum Dispatch<'a> {
+    State(&'a quaver_gateway::join::VoiceStateUpdate),
+    Server(&'a quaver_gateway::join::VoiceServerUpdate),
 }
 
 /// Everything the driver thread owns.
@@ -183,23 +213,31 @@ impl Driver<'_> {
 
     /// Feeds a bot's voice dispatches to the join flows of its calls.
     pub(crate) fn on_main_gateway_event(&mut self, bot: BotId, event: &MainGatewayEvent) {
+        let dispatch = match event {
+            MainGatewayEvent::VoiceStateUpdate(update) => Dispatch::State(update),
+            MainGatewayEvent::VoiceServerUpdate(update) => Dispatch::Server(update),
+            _ => return,
+        };
+        self.on_dispatch(
+            |via| matches!(via, JoinVia::Bot(owner) if *owner == bot),
+            dispatch,
+        );
+    }
+
+    /// Feeds a voice dispatch to the join flows whose main gateway `owns` says it came from.
+    pub(crate) fn on_dispatch(&mut self, owns: impl Fn(&JoinVia) -> bool, dispatch: Dispatch<'_>) {
         let calls: Vec<CallId> = self
             .connections
             .by_call
             .values_mut()
             .filter_map(|connection| {
-                let (owner, flow) = connection.join.as_mut()?;
-                if *owner != bot {
+                let (via, flow) = connection.join.as_mut()?;
+                if !owns(via) {
                     return None;
                 }
-                match event {
-                    MainGatewayEvent::VoiceStateUpdate(update) => {
-                        flow.handle_voice_state_update(update)
-                    }
-                    MainGatewayEvent::VoiceServerUpdate(update) => {
-                        flow.handle_voice_server_update(update)
-                    }
-                    _ => return None,
+                match dispatch {
+                    Dispatch::State(update) => flow.handle_voice_state_update(update),
+                    Dispatch::Server(update) => flow.handle_voice_server_update(update),
                 }
                 Some(connection.call)
             })
@@ -216,17 +254,15 @@ impl Driver<'_> {
             let Some(connection) = self.connections.by_call.get_mut(&call) else {
                 return;
             };
-            let Some((bot, flow)) = connection.join.as_mut() else {
+            let Some((via, flow)) = connection.join.as_mut() else {
                 return;
             };
-            let bot = *bot;
+            let via = via.clone();
             let Some(action) = flow.poll_action() else {
                 return;
             };
             match action {
-                JoinAction::SendVoiceStateUpdate(update) => {
-                    let _ = self.control.bot_send(bot, update.to_gateway_json());
-                }
+                JoinAction::SendVoiceStateUpdate(update) => via.send(self.control, &update),
                 JoinAction::Connect(request) => {
                     self.close_voice(call);
                     match self.control.connect(request, self.voice.clone()) {

@@ -44,9 +44,11 @@ pub use quaver_net as net;
 
 pub use quaver_engine::{CallId, EngineConfig, PcmFormat, SourceHandle};
 
-use connection::{Connection, Connections, Driver};
+use connection::{Connection, Connections, Dispatch, Driver, JoinVia};
 use quaver_gateway::control::{BotId, ControlConfig, ControlEvent, ControlThread};
-use quaver_gateway::join::{JoinAction, JoinFlow};
+use quaver_gateway::join::{
+    JoinAction, JoinFlow, VoiceServerUpdate, VoiceStateSender, VoiceStateUpdate,
+};
 use quaver_gateway::main_gateway::{MainGatewayConfig, MainGatewayEvent};
 use quaver_gateway::voice::{VoiceConfig, VoiceConnectRequest, VoiceEvent};
 use quaver_net::{BackendChoice, Sender, SenderConfig, SenderEvent, SenderStats};
@@ -136,6 +138,26 @@ struct Shared {
     bots: Mutex<std::collections::HashMap<BotId, u64>>,
     events_tx: crossbeam_channel::Sender<CallEvent>,
     voice: VoiceConfig,
+}
+
+impl Shared {
+    /// Runs `work` with the driver's state (both locks, always in this order).
+    fn with_driver(&self, work: impl FnOnce(&mut Driver<'_>)) {
+        let mut connections = lock(&self.connections);
+        let mut sender = lock(&self.sender);
+        let emit = |event: CallEvent| {
+            let _ = self.events_tx.try_send(event);
+        };
+        let mut driver = Driver {
+            engine: &self.audio,
+            control: &self.control,
+            voice: &self.voice,
+            sender: &mut sender,
+            connections: &mut connections,
+            emit: &emit,
+        };
+        work(&mut driver);
+    }
 }
 
 /// The whole engine: audio, sender, gateway. Dereferences to [`quaver_engine::Engine`] for
@@ -247,25 +269,65 @@ impl Engine {
         let user_id = *lock(&self.shared.bots)
             .get(&bot)
             .ok_or(Error::Session("unknown or unready bot"))?;
+        self.start_join(JoinVia::Bot(bot), user_id, guild_id, channel_id)
+    }
+
+    /// Joins a voice channel through the main-gateway library your bot already runs (twilight,
+    /// serenity …): `host` sends op 4 on your shard, and you hand every `VOICE_STATE_UPDATE`
+    /// and `VOICE_SERVER_UPDATE` dispatch to [`Engine::handle_voice_state_update`] and
+    /// [`Engine::handle_voice_server_update`]. Moves, endpoint changes and null endpoints are
+    /// followed on their own; [`Engine::disconnect`] leaves.
+    pub fn join_with(
+        &self,
+        host: Arc<dyn VoiceStateSender + Sync>,
+        bot_user_id: u64,
+        guild_id: u64,
+        channel_id: u64,
+    ) -> Result<CallId, Error> {
+        self.start_join(JoinVia::Host(host), bot_user_id, guild_id, channel_id)
+    }
+
+    /// A `VOICE_STATE_UPDATE` dispatch from your main-gateway library (see [`Engine::join_with`]).
+    pub fn handle_voice_state_update(&self, update: &VoiceStateUpdate) {
+        self.with_driver(|driver| {
+            driver.on_dispatch(
+                |via| matches!(via, JoinVia::Host(_)),
+                Dispatch::State(update),
+            )
+        });
+    }
+
+    /// A `VOICE_SERVER_UPDATE` dispatch from your main-gateway library (see [`Engine::join_with`]).
+    pub fn handle_voice_server_update(&self, update: &VoiceServerUpdate) {
+        self.with_driver(|driver| {
+            driver.on_dispatch(
+                |via| matches!(via, JoinVia::Host(_)),
+                Dispatch::Server(update),
+            )
+        });
+    }
+
+    fn start_join(
+        &self,
+        via: JoinVia,
+        user_id: u64,
+        guild_id: u64,
+        channel_id: u64,
+    ) -> Result<CallId, Error> {
         let (call, frames) = self.shared.audio.create_call()?;
         let mut flow = JoinFlow::new(guild_id, user_id);
         flow.join(channel_id, false, false);
-        let mut connections = lock(&self.shared.connections);
-        connections.insert(Connection::new(call, None, Some((bot, flow)), frames));
-        let mut sender = lock(&self.shared.sender);
-        let emit = |event: CallEvent| {
-            let _ = self.shared.events_tx.try_send(event);
-        };
-        let mut driver = Driver {
-            engine: &self.shared.audio,
-            control: &self.shared.control,
-            voice: &self.shared.voice,
-            sender: &mut sender,
-            connections: &mut connections,
-            emit: &emit,
-        };
-        driver.run_join_actions(call);
+        self.with_driver(|driver| {
+            driver
+                .connections
+                .insert(Connection::new(call, None, Some((via, flow)), frames));
+            driver.run_join_actions(call);
+        });
         Ok(call)
+    }
+
+    fn with_driver(&self, work: impl FnOnce(&mut Driver<'_>)) {
+        self.shared.with_driver(work);
     }
 
     /// Leaves: closes the voice connection, stops sending, and removes the call and its sources.
@@ -277,11 +339,11 @@ impl Engine {
                 .remove(call, &mut sender)
                 .ok_or(Error::NoSuchCall(call))?
         };
-        if let Some((bot, mut flow)) = connection.join {
+        if let Some((via, mut flow)) = connection.join {
             flow.leave();
             while let Some(action) = flow.poll_action() {
                 if let JoinAction::SendVoiceStateUpdate(update) = action {
-                    let _ = self.shared.control.bot_send(bot, update.to_gateway_json());
+                    via.send(&self.shared.control, &update);
                 }
             }
         }
@@ -344,38 +406,31 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The driver thread: turns gateway events into discovery and sender sessions, and sender
 /// events into Speaking.
 fn drive(shared: &Shared, shutdown: &AtomicBool) {
-    let emit = |event: CallEvent| {
-        let _ = shared.events_tx.try_send(event);
-    };
     while !shutdown.load(Ordering::Relaxed) {
         let control_event = shared.control.events().recv_timeout(DRIVER_PERIOD).ok();
-        let mut connections = lock(&shared.connections);
-        let mut sender = lock(&shared.sender);
-        let mut driver = Driver {
-            engine: &shared.audio,
-            control: &shared.control,
-            voice: &shared.voice,
-            sender: &mut sender,
-            connections: &mut connections,
-            emit: &emit,
-        };
-        match control_event {
-            Some(ControlEvent::Voice { call, event }) => driver.on_voice_event(call, event),
-            Some(ControlEvent::MainGateway { bot, event }) => {
-                if let MainGatewayEvent::Ready { user_id } = event {
-                    lock(&shared.bots).insert(bot, user_id);
+        if let Some(ControlEvent::MainGateway {
+            bot,
+            event: MainGatewayEvent::Ready { user_id },
+        }) = &control_event
+        {
+            lock(&shared.bots).insert(*bot, *user_id);
+        }
+        shared.with_driver(|driver| {
+            match control_event {
+                Some(ControlEvent::Voice { call, event }) => driver.on_voice_event(call, event),
+                Some(ControlEvent::MainGateway { bot, event }) => {
+                    driver.on_main_gateway_event(bot, &event)
                 }
-                driver.on_main_gateway_event(bot, &event);
+                Some(ControlEvent::SocketError { id, error }) => {
+                    tracing::debug!(id, "voice socket: {error}")
+                }
+                _ => {}
             }
-            Some(ControlEvent::SocketError { id, error }) => {
-                tracing::debug!(id, "voice socket: {error}")
+            while let Some(event) = driver.sender.poll_event() {
+                driver.on_sender_event(event);
             }
-            _ => {}
-        }
-        while let Some(event) = driver.sender.poll_event() {
-            driver.on_sender_event(event);
-        }
-        driver.send_keepalives(Instant::now());
+            driver.send_keepalives(Instant::now());
+        });
     }
 }
 

@@ -269,3 +269,61 @@ fn garbage_from_the_server_does_not_crash_the_client() {
     assert!(engine.call_status(call).is_some());
     assert_eq!(server.stream_stats(ssrc).unwrap().lost, 0);
 }
+
+#[test]
+fn joining_through_the_host_programs_own_main_gateway_library() {
+    use quaver::gateway::control::{ControlConfig, ControlEvent, ControlThread};
+    use quaver::gateway::main_gateway::MainGatewayEvent;
+    use quaver::gateway::manager::BotVoiceStateSender;
+
+    let server = server();
+    let engine = engine();
+    // The "host library": a main-gateway client the host program runs on its own.
+    let host = std::sync::Arc::new(
+        ControlThread::spawn(ControlConfig {
+            thread_name: "host-library".into(),
+            ..ControlConfig::default()
+        })
+        .unwrap(),
+    );
+    let mut config = MainGatewayConfig::new(Token::new("host-bot"));
+    config.url = server.main_gateway_url();
+    let bot = host.connect_bot(config).unwrap();
+    let user_id = loop {
+        if let Ok(ControlEvent::MainGateway {
+            event: MainGatewayEvent::Ready { user_id },
+            ..
+        }) = host.events().recv_timeout(Duration::from_secs(10))
+        {
+            break user_id;
+        }
+    };
+    let sender = std::sync::Arc::new(BotVoiceStateSender::new(host.clone(), bot));
+    let call = engine.join_with(sender, user_id, 9, 99).unwrap();
+    // The host's event handler forwards the two voice dispatches.
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while engine.call_status(call) != Some(CallStatus::Ready) {
+        assert!(Instant::now() < give_up, "never joined");
+        match host.events().recv_timeout(Duration::from_millis(20)) {
+            Ok(ControlEvent::MainGateway {
+                event: MainGatewayEvent::VoiceStateUpdate(u),
+                ..
+            }) => engine.handle_voice_state_update(&u),
+            Ok(ControlEvent::MainGateway {
+                event: MainGatewayEvent::VoiceServerUpdate(u),
+                ..
+            }) => engine.handle_voice_server_update(&u),
+            _ => {}
+        }
+    }
+    let (_source, mut writer) = engine.push_source(call, PcmFormat::STEREO_48K).unwrap();
+    writer.write_all_f32(&sine(48_000, 2, 600.0, 0.5)).unwrap();
+    wait_for("packets from the call", Duration::from_secs(10), || {
+        server
+            .stats()
+            .calls
+            .iter()
+            .any(|c| c.guild_id == 9 && c.streams.iter().any(|s| s.packets >= 20))
+    });
+    engine.disconnect(call).unwrap();
+}
