@@ -173,15 +173,15 @@ impl Engine {
 
     fn build(config: EngineConfig) -> Result<(Self, Mixer)> {
         if config.max_calls == 0 || config.max_sources_per_call == 0 {
-            return Err(Error::LimitReached {
-                what: "max_calls and max_sources_per_call must be above 0",
-                max: 0,
-            });
+            return Err(Error::InvalidConfig(
+                "max_calls and max_sources_per_call must be above 0",
+            ));
         }
         let (command_tx, command_rx) = rtrb::RingBuffer::new(COMMAND_QUEUE);
         let (mixer_events_tx, mixer_events_rx) = rtrb::RingBuffer::new(config.event_queue.max(16));
         // Room for every call and source slot that can exist at once, so the mixer can always
-        // hand a slot back without freeing it itself.
+        // hand a slot back without freeing it itself. (Replaced frame queues come back this way
+        // too; they are rare — one per voice reconnect — and collected every few milliseconds.)
         let garbage_capacity = config
             .max_calls
             .saturating_mul(config.max_sources_per_call + 1);

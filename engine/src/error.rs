@@ -12,6 +12,9 @@ pub enum Error {
     /// A configured limit (calls per engine, sources per call) would be exceeded.
     #[error("limit reached: {what} (configured maximum {max})")]
     LimitReached { what: &'static str, max: usize },
+    /// An [`crate::EngineConfig`] value that cannot work (for example a limit of zero).
+    #[error("invalid engine configuration: {0}")]
+    InvalidConfig(&'static str),
     /// The call does not exist (never created, or already removed).
     #[error("no such call: {0}")]
     NoSuchCall(crate::CallId),
