@@ -38,6 +38,14 @@ fn server() -> Server {
     .unwrap()
 }
 
+fn server_with(faults: Faults) -> Server {
+    Server::start(ServerConfig {
+        faults,
+        ..ServerConfig::default()
+    })
+    .unwrap()
+}
+
 fn engine() -> Engine {
     let mut config = Config::default();
     // Be gentle with the shared test machine: no real-time priority for the mixer.
@@ -167,11 +175,7 @@ fn a_websocket_dropped_mid_stream_resumes_while_audio_keeps_flowing() {
         drop_ws_after: Some(Duration::from_millis(800)),
         ..Faults::default()
     };
-    let server = Server::start(ServerConfig {
-        faults,
-        ..ServerConfig::default()
-    })
-    .unwrap();
+    let server = server_with(faults);
     let engine = engine();
     let call = engine
         .connect(server.voice_connect_request(3, 33, 503))
@@ -214,11 +218,7 @@ fn close_codes_resume_or_end_the_call_as_the_protocol_says() {
             close_code: Some(code),
             ..Faults::default()
         };
-        let server = Server::start(ServerConfig {
-            faults,
-            ..ServerConfig::default()
-        })
-        .unwrap();
+        let server = server_with(faults);
         let engine = engine();
         let call = engine
             .connect(server.voice_connect_request(4, 44, 504))

@@ -212,15 +212,7 @@ fn voice_state(
             let session_id = {
                 let mut reg = shared.lock();
                 let issued = reg.issued.remove(&(guild_id, user_id));
-                let ids: Vec<u64> = reg
-                    .sessions
-                    .iter()
-                    .filter(|(_, s)| s.guild_id == guild_id && s.user_id == user_id)
-                    .map(|(k, _)| *k)
-                    .collect();
-                for id in ids {
-                    reg.end_session(id, shared);
-                }
+                reg.end_sessions_of(guild_id, user_id, shared);
                 issued.map(|i| i.session_id).unwrap_or_default()
             };
             state["session_id"] = json!(session_id);

@@ -467,6 +467,19 @@ impl Registry {
         }
     }
 
+    /// Ends every session of `user_id` in `guild_id` (a user is in one call per guild).
+    pub fn end_sessions_of(&mut self, guild_id: u64, user_id: u64, shared: &Shared) {
+        let ids: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.guild_id == guild_id && s.user_id == user_id)
+            .map(|(k, _)| *k)
+            .collect();
+        for id in ids {
+            self.end_session(id, shared);
+        }
+    }
+
     /// Removes a session; tells the rest of its call and reports the call when it was the last.
     pub fn end_session(&mut self, id: u64, shared: &Shared) {
         let Some(s) = self.sessions.remove(&id) else {

@@ -319,15 +319,7 @@ fn identify(ws: &mut Ws, c: &mut Conn<'_>, id: Identify) {
     }
     reg.counters.identifies += 1;
     // A user is in one call per guild: a fresh Identify replaces their previous session.
-    let old: Vec<u64> = reg
-        .sessions
-        .iter()
-        .filter(|(_, s)| s.guild_id == guild && s.user_id == user)
-        .map(|(k, _)| *k)
-        .collect();
-    for k in old {
-        reg.end_session(k, shared);
-    }
+    reg.end_sessions_of(guild, user, shared);
     let ssrc = reg.fresh_ssrc();
     reg.next_session += 1;
     let key = reg.next_session;
