@@ -33,8 +33,8 @@ pub struct EngineConfig {
     pub frame_queue: usize,
     /// Events held for [`Engine::events`] before new ones are dropped (and counted).
     pub event_queue: usize,
-    /// The shortest time before a frame's deadline at which the mixer builds it. The mixer
-    /// lengthens it by itself when ticks take longer. It must exceed the time the sender
+    /// How long before a frame's deadline the mixer must have finished it; the mixer starts each
+    /// tick this much plus its recent tick duration ahead. It must exceed the time the sender
     /// builds packets ahead of their deadline (0.6–5 ms, adaptive), or frames miss their tick.
     pub min_lead: Duration,
     /// Ask for SCHED_FIFO priority for the mixer thread (used when the process may).
@@ -546,8 +546,11 @@ fn run_mixer_thread(mut mixer: Mixer, inner: &Inner, shutdown: &AtomicBool) {
         mixer.run_tick(tick);
         let took = started.elapsed();
 
-        recent_worst = took.max(recent_worst.mul_f32(0.98));
-        lead = (recent_worst.mul_f32(1.5) + Duration::from_millis(1)).clamp(min_lead, MAX_LEAD);
+        // `min_lead` is the slack left after the tick (the sender builds its packets that long
+        // before the deadline); the tick's own duration, with room for a slower one, comes on
+        // top. A slow decay keeps the lead up after a spike instead of missing the next one.
+        recent_worst = took.max(recent_worst.mul_f32(0.995));
+        lead = (min_lead + recent_worst.mul_f32(1.5)).min(MAX_LEAD);
 
         tick += 1;
         // Suspended or overloaded for more than a frame: jump to the present instead of

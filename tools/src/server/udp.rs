@@ -45,16 +45,24 @@ pub(crate) fn configure(sock: &UdpSocket) -> std::io::Result<()> {
         // Without kernel timestamps the thread falls back to reading the clock on receipt.
         tracing::warn!(error = %std::io::Error::last_os_error(), "SO_TIMESTAMPNS unavailable");
     }
-    let size: libc::c_int = 8 << 20;
-    // SAFETY: as above; failure only leaves the default buffer size.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
+    // A tick of 1,000 calls arrives as one burst of 1,000 datagrams: the buffer must hold
+    // several bursts while this one thread catches up. SO_RCVBUFFORCE (root) goes past
+    // net.core.rmem_max; SO_RCVBUF is the unprivileged fallback.
+    let size: libc::c_int = 32 << 20;
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: as above; failure only leaves a smaller buffer.
+        let set = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set == 0 {
+            break;
+        }
     }
     sock.set_read_timeout(Some(POLL))
 }
