@@ -167,16 +167,22 @@ impl Report {
             "{} call(s), {:.1} s, {} — sender: {}",
             self.calls, self.seconds, self.mode, self.sender
         );
-        let _ = writeln!(
-            out,
-            "  packets sent {}, received {}, lost {}, duplicates {}, reordered {}, decode errors {}",
-            self.packets_sent,
-            self.packets_received,
-            self.lost,
-            self.duplicates,
-            self.reordered,
-            self.decode_errors
-        );
+        // Against a separate server, that server reports the receiving side itself.
+        let measured_at_receiver = self.receiver_note.is_none();
+        if measured_at_receiver {
+            let _ = writeln!(
+                out,
+                "  packets sent {}, received {}, lost {}, duplicates {}, reordered {}, decode errors {}",
+                self.packets_sent,
+                self.packets_received,
+                self.lost,
+                self.duplicates,
+                self.reordered,
+                self.decode_errors
+            );
+        } else {
+            let _ = writeln!(out, "  packets sent {}", self.packets_sent);
+        }
         row(
             &mut out,
             "send lateness (sender)",
@@ -190,19 +196,21 @@ impl Report {
             "µs",
         );
         row(&mut out, "mixer tick duration", &self.mixer_tick_us, "µs");
-        row(
-            &mut out,
-            "send lateness (receiver)",
-            &self.recv_lateness_us,
-            "µs",
-        );
-        row(
-            &mut out,
-            "inter-arrival jitter",
-            &self.interarrival_jitter_us,
-            "µs",
-        );
-        row(&mut out, "latency push → listener", &self.latency_ms, "ms");
+        if measured_at_receiver {
+            row(
+                &mut out,
+                "send lateness (receiver)",
+                &self.recv_lateness_us,
+                "µs",
+            );
+            row(
+                &mut out,
+                "inter-arrival jitter",
+                &self.interarrival_jitter_us,
+                "µs",
+            );
+            row(&mut out, "latency push → listener", &self.latency_ms, "ms");
+        }
         if let Some(first) = self.first_packet_ms {
             let _ = writeln!(
                 out,
