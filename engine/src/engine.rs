@@ -17,7 +17,9 @@ use crate::frame::{FRAME_DURATION, FrameReceiver, Grid};
 use crate::mixer::{CallShared, CallSlot, Command, Garbage, Mixer};
 use crate::pcm::PcmFormat;
 use crate::source::{OpusWriter, PcmWriter, SourceHandle, SourceOptions, SourceSlot};
-use crate::stats::{EngineStats, MixerCounters, StatsCollector, Summary, stats_channel};
+use crate::stats::{
+    EngineStats, MixerCounters, MixerHistograms, StatsCollector, Summary, stats_channel,
+};
 use crate::{CallId, SourceId};
 
 /// Engine-wide settings and limits, fixed at start-up.
@@ -25,6 +27,9 @@ use crate::{CallId, SourceId};
 pub struct EngineConfig {
     /// Most calls at once. Exceeding it is an error, never growth.
     pub max_calls: usize,
+    /// Mixer threads; calls are spread over them (each call stays on one). Libopus bounds one
+    /// thread at roughly 100–150 encoded calls, so use more on machines with more cores.
+    pub mixer_threads: usize,
     /// Most sources per call at once.
     pub max_sources_per_call: usize,
     /// Encoder settings for new calls.
@@ -49,6 +54,7 @@ impl Default for EngineConfig {
         Self {
             max_calls: 1024,
             max_sources_per_call: 64,
+            mixer_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             opus: OpusConfig::default(),
             frame_queue: 8,
             event_queue: 4096,
@@ -73,11 +79,15 @@ struct CallTable {
     calls: HashMap<CallId, CallEntry>,
     /// Calls whose slots exist anywhere: live, or removed but not yet freed.
     slots_in_use: usize,
+    /// Live calls per mixer thread, to place new calls on the least busy one.
+    calls_per_mixer: Vec<usize>,
     next_id: u32,
 }
 
 struct CallEntry {
     shared: Arc<CallShared>,
+    /// Which mixer thread runs the call.
+    mixer: usize,
     /// Sources whose slots exist: playing, queued, or ended but not yet freed.
     sources_in_use: usize,
 }
@@ -89,11 +99,16 @@ struct Outlet {
     stats: StatsCollector,
 }
 
+/// One mixer's queues, seen from the control side.
+struct MixerLink {
+    commands: Mutex<rtrb::Producer<Command>>,
+    outlet: Mutex<Outlet>,
+}
+
 struct Inner {
     config: EngineConfig,
     grid: Grid,
-    commands: Mutex<rtrb::Producer<Command>>,
-    outlet: Mutex<Outlet>,
+    mixers: Vec<MixerLink>,
     table: Mutex<CallTable>,
     decoders: Mutex<Vec<FileDecoder>>,
     event_tx: crossbeam_channel::Sender<Event>,
@@ -101,7 +116,7 @@ struct Inner {
     next_source_id: AtomicU64,
 }
 
-/// The audio engine: many calls, many sources per call, one mixer thread.
+/// The audio engine: many calls, many sources per call, a few mixer threads.
 ///
 /// ```no_run
 /// use quaver_engine::{Engine, EngineConfig, PcmFormat};
@@ -132,19 +147,22 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Starts an engine with its mixer thread (real-time priority when allowed) and its worker.
+    /// Starts an engine with its mixer threads (real-time priority when allowed) and its worker.
     pub fn new(config: EngineConfig) -> Result<Self> {
-        let (mut engine, mixer) = Self::build(config)?;
-        let inner = Arc::clone(&engine.inner);
-        let shutdown = Arc::clone(&engine.shutdown);
-        let mixer_thread = std::thread::Builder::new()
-            .name("quaver-mixer".into())
-            .spawn(move || run_mixer_thread(mixer, &inner, &shutdown))
-            .map_err(|source| Error::Thread {
-                name: "mixer",
-                source,
-            })?;
-        engine.threads.push(mixer_thread);
+        let threads = config.mixer_threads.max(1);
+        let (mut engine, mixers) = Self::build(config, threads)?;
+        for (index, mixer) in mixers.into_iter().enumerate() {
+            let inner = Arc::clone(&engine.inner);
+            let shutdown = Arc::clone(&engine.shutdown);
+            let mixer_thread = std::thread::Builder::new()
+                .name(format!("quaver-mixer-{index}"))
+                .spawn(move || run_mixer_thread(mixer, &inner, &shutdown))
+                .map_err(|source| Error::Thread {
+                    name: "mixer",
+                    source,
+                })?;
+            engine.threads.push(mixer_thread);
+        }
 
         let inner = Arc::clone(&engine.inner);
         let shutdown = Arc::clone(&engine.shutdown);
@@ -166,48 +184,62 @@ impl Engine {
 
     /// An engine without threads: you drive the returned [`Mixer`] with [`Mixer::tick`] (as fast
     /// as you like) and call [`Engine::housekeep`] between ticks, which reads files ahead,
-    /// frees ended sources and delivers events. Used for offline rendering and tests.
+    /// frees ended sources and delivers events. Used for offline rendering and tests. A manual
+    /// engine has exactly one mixer, whatever `mixer_threads` says.
     pub fn manual(config: EngineConfig) -> Result<(Self, Mixer)> {
-        Self::build(config)
+        let (engine, mut mixers) = Self::build(config, 1)?;
+        // Invariant: `build` makes exactly as many mixers as asked for.
+        let mixer = mixers.pop().expect("one mixer");
+        Ok((engine, mixer))
     }
 
-    fn build(config: EngineConfig) -> Result<(Self, Mixer)> {
+    fn build(config: EngineConfig, mixer_count: usize) -> Result<(Self, Vec<Mixer>)> {
         if config.max_calls == 0 || config.max_sources_per_call == 0 {
             return Err(Error::InvalidConfig(
                 "max_calls and max_sources_per_call must be above 0",
             ));
         }
-        let (command_tx, command_rx) = rtrb::RingBuffer::new(COMMAND_QUEUE);
-        let (mixer_events_tx, mixer_events_rx) = rtrb::RingBuffer::new(config.event_queue.max(16));
-        // Room for every call and source slot that can exist at once, so the mixer can always
-        // hand a slot back without freeing it itself. (Replaced frame queues come back this way
-        // too; they are rare — one per voice reconnect — and collected every few milliseconds.)
-        let garbage_capacity = config
-            .max_calls
-            .saturating_mul(config.max_sources_per_call + 1);
-        let (garbage_tx, garbage_rx) = rtrb::RingBuffer::new(garbage_capacity);
-        let (publisher, collector) = stats_channel();
         let counters = Arc::new(MixerCounters::default());
         let (event_tx, event_rx) = crossbeam_channel::bounded(config.event_queue.max(16));
-        let mixer = Mixer::new(
-            config.max_calls,
-            command_rx,
-            mixer_events_tx,
-            garbage_tx,
-            publisher,
-            Arc::clone(&counters),
-        );
+        let mut mixers = Vec::with_capacity(mixer_count);
+        let mut links = Vec::with_capacity(mixer_count);
+        for _ in 0..mixer_count {
+            let (command_tx, command_rx) = rtrb::RingBuffer::new(COMMAND_QUEUE);
+            let (mixer_events_tx, mixer_events_rx) =
+                rtrb::RingBuffer::new(config.event_queue.max(16));
+            // Room for every call and source slot that can exist at once, so the mixer can
+            // always hand a slot back without freeing it itself. (Replaced frame queues come
+            // back this way too; they are rare — one per voice reconnect — and collected every
+            // few milliseconds.)
+            let garbage_capacity = config
+                .max_calls
+                .saturating_mul(config.max_sources_per_call + 1);
+            let (garbage_tx, garbage_rx) = rtrb::RingBuffer::new(garbage_capacity);
+            let (publisher, collector) = stats_channel();
+            mixers.push(Mixer::new(
+                config.max_calls,
+                command_rx,
+                mixer_events_tx,
+                garbage_tx,
+                publisher,
+                Arc::clone(&counters),
+            ));
+            links.push(MixerLink {
+                commands: Mutex::new(command_tx),
+                outlet: Mutex::new(Outlet {
+                    events: mixer_events_rx,
+                    garbage: garbage_rx,
+                    stats: collector,
+                }),
+            });
+        }
         let inner = Arc::new(Inner {
             grid: Grid::new(Instant::now()),
-            commands: Mutex::new(command_tx),
-            outlet: Mutex::new(Outlet {
-                events: mixer_events_rx,
-                garbage: garbage_rx,
-                stats: collector,
-            }),
+            mixers: links,
             table: Mutex::new(CallTable {
                 calls: HashMap::new(),
                 slots_in_use: 0,
+                calls_per_mixer: vec![0; mixer_count],
                 next_id: 1,
             }),
             decoders: Mutex::new(Vec::new()),
@@ -222,7 +254,7 @@ impl Engine {
             shutdown: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
         };
-        Ok((engine, mixer))
+        Ok((engine, mixers))
     }
 
     /// The 20 ms grid the frames are stamped on: frame `tick` is due at `grid.deadline(tick)`.
@@ -262,12 +294,17 @@ impl Engine {
             frames_tx,
             self.inner.config.max_sources_per_call,
         );
-        self.inner.send(Command::AddCall(slot))?;
+        let mixer = (0..table.calls_per_mixer.len())
+            .min_by_key(|&index| table.calls_per_mixer[index])
+            .unwrap_or(0);
+        self.inner.send(mixer, Command::AddCall(slot))?;
         table.slots_in_use += 1;
+        table.calls_per_mixer[mixer] += 1;
         table.calls.insert(
             id,
             CallEntry {
                 shared,
+                mixer,
                 sources_in_use: 0,
             },
         );
@@ -278,11 +315,10 @@ impl Engine {
     /// queue gets an end-of-stream marker if it was producing.
     pub fn remove_call(&self, call: CallId) -> Result<()> {
         let mut table = lock(&self.inner.table);
-        if !table.calls.contains_key(&call) {
-            return Err(Error::NoSuchCall(call));
-        }
-        self.inner.send(Command::RemoveCall(call))?;
+        let mixer = table.calls.get(&call).ok_or(Error::NoSuchCall(call))?.mixer;
+        self.inner.send(mixer, Command::RemoveCall(call))?;
         table.calls.remove(&call);
+        table.calls_per_mixer[mixer] = table.calls_per_mixer[mixer].saturating_sub(1);
         Ok(())
     }
 
@@ -291,12 +327,10 @@ impl Engine {
     /// and key after a voice reconnect).
     pub fn replace_frame_queue(&self, call: CallId) -> Result<FrameReceiver> {
         let table = lock(&self.inner.table);
-        if !table.calls.contains_key(&call) {
-            return Err(Error::NoSuchCall(call));
-        }
+        let mixer = table.calls.get(&call).ok_or(Error::NoSuchCall(call))?.mixer;
         let (frames_tx, frames_rx) = rtrb::RingBuffer::new(self.inner.config.frame_queue.max(2));
         self.inner
-            .send(Command::ReplaceFrames(call, Box::new(frames_tx)))?;
+            .send(mixer, Command::ReplaceFrames(call, Box::new(frames_tx)))?;
         Ok(frames_rx)
     }
 
@@ -374,11 +408,12 @@ impl Engine {
 
     /// A snapshot of the mixer's counters and timing histograms.
     pub fn stats(&self) -> EngineStats {
-        let histograms = {
-            let mut outlet = lock(&self.inner.outlet);
+        let mut histograms = MixerHistograms::new();
+        for link in &self.inner.mixers {
+            let mut outlet = lock(&link.outlet);
             outlet.stats.collect();
-            outlet.stats.total.clone()
-        };
+            histograms.add(&outlet.stats.total);
+        }
         let c = &self.inner.counters;
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         EngineStats {
@@ -422,14 +457,15 @@ impl Inner {
                 max,
             });
         }
-        self.send(Command::AddSource(call, slot))?;
+        self.send(entry.mixer, Command::AddSource(call, slot))?;
         entry.sources_in_use += 1;
         Ok(())
     }
 
-    /// Queues a command for the mixer, waiting briefly if the queue is full.
-    fn send(&self, command: Command) -> Result<()> {
-        let mut commands = lock(&self.commands);
+    /// Queues a command for mixer `mixer`, waiting briefly if its queue is full.
+    fn send(&self, mixer: usize, command: Command) -> Result<()> {
+        let link = self.mixers.get(mixer).ok_or(Error::MixerGone)?;
+        let mut commands = lock(&link.commands);
         let give_up = Instant::now() + COMMAND_WAIT;
         let mut command = command;
         loop {
@@ -452,8 +488,8 @@ impl Inner {
         // the limits.
         let mut events = Vec::new();
         let mut freed = Vec::new();
-        {
-            let mut outlet = lock(&self.outlet);
+        for link in &self.mixers {
+            let mut outlet = lock(&link.outlet);
             while let Ok(event) = outlet.events.pop() {
                 events.push(event);
             }
@@ -573,7 +609,9 @@ mod pacing {
     pub(super) fn try_realtime_priority() -> bool {
         #[cfg(target_os = "linux")]
         {
-            let param = libc::sched_param { sched_priority: 10 };
+            // Below the sender's priority (10): near a deadline the sender must preempt a mixer
+            // that is busy building later frames.
+            let param = libc::sched_param { sched_priority: 5 };
             // SAFETY: plain syscall wrapper on the calling thread with a valid, initialised param.
             unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 }
         }

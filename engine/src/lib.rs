@@ -1,10 +1,10 @@
 //! Quaver's audio engine: turns many audio sources into a stream of 20 ms Opus frames per call,
-//! on a dedicated real-time mixer thread.
+//! on a few dedicated real-time mixer threads.
 //!
 //! ```text
 //! PcmWriter ─rtrb─┐
 //! file decoder ───┼─▶ source slot ─▶ resample ─▶ mix+gain ─▶ limiter ─▶ Opus ─▶ frame queue ─▶ (sender)
-//! OpusWriter ─────┘      (one mixer thread, many calls, many sources per call)
+//! OpusWriter ─────┘      (a few mixer threads, many calls, many sources per call)
 //! ```
 //!
 //! * [`Engine`] is the front door: calls, sources ([`Engine::push_source`], [`Engine::push_opus`],
@@ -14,7 +14,7 @@
 //! * [`Engine::manual`] gives you the clock-free [`Mixer`] to drive yourself, for offline
 //!   rendering and deterministic tests.
 //!
-//! After start-up the mixer thread never allocates, locks, logs or blocks: everything a source
+//! After start-up the mixer threads never allocate, locks, logs or blocks: everything a source
 //! or call needs is built by the calling thread and handed over through lock-free queues, and
 //! what the mixer is done with is handed back to be dropped elsewhere.
 

@@ -43,7 +43,7 @@ impl MixerHistograms {
         self.lateness_us.reset();
     }
 
-    fn add(&mut self, other: &Self) {
+    pub(crate) fn add(&mut self, other: &Self) {
         // Same bounds on both sides and no auto-resize, so adding cannot fail.
         let _ = self.tick_us.add(&other.tick_us);
         let _ = self.encode_us.add(&other.encode_us);
