@@ -69,7 +69,9 @@ use thiserror::Error;
 
 use crate::crypto::{EncryptionMode, SEAL_OVERHEAD, Sealer, SecretKey};
 use crate::pacer::{self, Pacer, PacingMode, SchedulingRequest};
-use crate::rtp::{HEADER_LEN, MAX_PACKET, RtpStream, SILENCE_FRAME, SILENCE_FRAMES_AT_STOP};
+use crate::rtp::{
+    HEADER_LEN, MAX_PACKET, RtpStream, SILENCE_FRAME, SILENCE_FRAMES_AT_STOP, TIMESTAMP_STEP,
+};
 use crate::stats::SenderStats;
 use crate::transmit::{BackendChoice, BackendKind, Datagram, Transmitter};
 
@@ -238,6 +240,13 @@ struct Call {
 /// The packet being built for a call, apart from its frame queue so both can be borrowed at once.
 struct Outgoing {
     rtp: RtpStream,
+    /// The grid tick and RTP timestamp of the call's first packet. Timestamps follow the grid
+    /// from there, so a gap (a stalled mixer, a pause between stretches of audio) shows as a
+    /// jump in the timestamp, as in any real-time RTP stream, instead of every later packet
+    /// looking late to the receiver's jitter buffer.
+    anchor: Option<(u64, u32)>,
+    /// The tick of the last packet, so timestamps never go backwards.
+    last_tick: Option<u64>,
     sealer: Box<Sealer>,
     len: usize,
     buf: [u8; MAX_PACKET],
@@ -259,6 +268,8 @@ impl Call {
             frames: config.frames,
             out: Outgoing {
                 rtp: RtpStream::new(config.ssrc),
+                anchor: None,
+                last_tick: None,
                 sealer: Box::new(Sealer::new(config.mode, &config.key)),
                 len: 0,
                 buf: [0; MAX_PACKET],
@@ -273,23 +284,26 @@ impl Call {
 }
 
 impl Outgoing {
-    /// Seals `payload` as the next packet into `buf`. False when the key is exhausted.
-    fn seal(&mut self, payload: Option<&[u8]>) -> bool {
+    /// Seals `payload` as the packet of grid tick `tick` into `buf`. False when the key is
+    /// exhausted.
+    fn seal(&mut self, payload: Option<&[u8]>, tick: u64) -> bool {
+        let tick = self.last_tick.map_or(tick, |last| tick.max(last + 1));
+        let (anchor_tick, anchor_timestamp) =
+            *self.anchor.get_or_insert((tick, self.rtp.timestamp));
+        let frames_since = (tick - anchor_tick) as u32;
+        let timestamp = anchor_timestamp.wrapping_add(frames_since.wrapping_mul(TIMESTAMP_STEP));
         let payload = payload.unwrap_or(&SILENCE_FRAME);
         // Opus frames are at most 1,275 bytes, so header + payload + overhead fits MAX_PACKET;
         // longer input is cut rather than allowed to fail.
         let len = payload.len().min(MAX_PACKET - HEADER_LEN - SEAL_OVERHEAD);
-        let _ = crate::rtp::write_header(
-            &mut self.buf,
-            self.rtp.sequence,
-            self.rtp.timestamp,
-            self.rtp.ssrc,
-        );
+        let _ =
+            crate::rtp::write_header(&mut self.buf, self.rtp.sequence, timestamp, self.rtp.ssrc);
         self.buf[HEADER_LEN..HEADER_LEN + len].copy_from_slice(&payload[..len]);
         match self.sealer.seal(&mut self.buf, HEADER_LEN, len) {
             Ok(n) => {
                 self.len = n;
-                self.rtp.advance();
+                self.rtp.sequence = self.rtp.sequence.wrapping_add(1);
+                self.last_tick = Some(tick);
                 true
             }
             Err(_) => false,
@@ -451,7 +465,7 @@ impl SenderCore {
                 let (first, second) = chunk.as_slices();
                 // Sealing copies the Opus bytes straight out of the ring slot: no frame copy.
                 let ok = match first.first().or(second.first()) {
-                    Some(frame) => call.out.seal(Some(frame.opus())),
+                    Some(frame) => call.out.seal(Some(frame.opus()), due),
                     None => false,
                 };
                 chunk.commit_all();
@@ -475,7 +489,7 @@ impl SenderCore {
                 }
                 has_packet = true;
             } else if pass == Pass::OnTime && call.silence_left > 0 {
-                if call.out.seal(None) {
+                if call.out.seal(None, n) {
                     call.silence_left -= 1;
                     if call.silence_left == 0 {
                         call.speaking = false;
@@ -967,6 +981,39 @@ mod tests {
         assert_eq!(core.run_tick(12), 0, "idle after the silence");
         assert_eq!(core.stats().packets_sent, 7);
         assert_eq!(core.stats().late_frames, 0);
+    }
+
+    #[test]
+    fn timestamps_follow_the_grid_across_gaps() {
+        let (mut core, _events, mut tx, receiver, _id) = core_with_call();
+        for t in [10, 11, 15] {
+            tx.push(EncodedFrame::from_packet(t, b"abc").expect("small packet"))
+                .unwrap(); // invariant: small, room
+        }
+        for t in 10..16 {
+            core.run_tick(t);
+        }
+        let mut buf = [0_u8; 256];
+        let mut stamps = Vec::new();
+        let mut sequences = Vec::new();
+        for _ in 0..3 {
+            let len = receiver.recv(&mut buf).unwrap(); // invariant: three packets were sent
+            let header = crate::rtp::RtpHeader::parse(&buf[..len]).unwrap(); // invariant: ours
+            stamps.push(header.timestamp);
+            sequences.push(header.sequence);
+        }
+        assert_eq!(stamps[1].wrapping_sub(stamps[0]), 960);
+        assert_eq!(
+            stamps[2].wrapping_sub(stamps[1]),
+            4 * 960,
+            "the gap of ticks 12–14 shows"
+        );
+        assert_eq!(sequences[1], sequences[0].wrapping_add(1));
+        assert_eq!(
+            sequences[2],
+            sequences[1].wrapping_add(1),
+            "sequence numbers stay contiguous"
+        );
     }
 
     #[test]
