@@ -60,6 +60,20 @@ fn new_decoder() -> audiopus::coder::Decoder {
         .unwrap()
 }
 
+/// A 48 kHz stereo source whose ring holds a whole second, so a test can write its input at once.
+fn one_second_source(
+    engine: &Engine,
+    call: quaver_engine::CallId,
+) -> (quaver_engine::SourceHandle, quaver_engine::PcmWriter) {
+    let options = SourceOptions {
+        buffer: Duration::from_secs(1),
+        ..Default::default()
+    };
+    engine
+        .push_source_with(call, PcmFormat::STEREO_48K, options)
+        .unwrap()
+}
+
 fn tone_power(signal: &[f32], freq: f64) -> f64 {
     quaver_engine::analysis::tone_power(signal, freq, 48_000)
 }
@@ -238,16 +252,7 @@ fn pause_stops_consuming_and_stop_ends_the_source() {
 fn volume_changes_take_effect_within_a_frame() {
     let (engine, mut mixer) = manual(4);
     let (call, mut frames) = engine.create_call().unwrap();
-    let (handle, mut writer) = engine
-        .push_source_with(
-            call,
-            PcmFormat::STEREO_48K,
-            SourceOptions {
-                buffer: Duration::from_secs(1),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let (handle, mut writer) = one_second_source(&engine, call);
     writer
         .write_f32(&sine(48_000, 2, 1_000.0, 0.5, 0.8))
         .unwrap();
@@ -272,16 +277,7 @@ fn sixty_four_loud_sources_neither_wrap_nor_square_off() {
     let tone = sine(48_000, 2, 500.0, 1.0, 0.5);
     let mut writers = Vec::new();
     for _ in 0..64 {
-        let (_, mut writer) = engine
-            .push_source_with(
-                call,
-                PcmFormat::STEREO_48K,
-                SourceOptions {
-                    buffer: Duration::from_secs(1),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let (_, mut writer) = one_second_source(&engine, call);
         writer.write_f32(&tone).unwrap();
         writers.push(writer);
     }

@@ -122,6 +122,13 @@ impl Harness {
         self.gw.start(self.now);
         let (_, _, other) = self.sent_and_events();
         assert!(matches!(&other[..], [Output::Connect { url }] if url == "ws://127.0.0.1:1/?v=8"));
+        self.handshake();
+        let (sent, events, _) = self.sent_and_events();
+        (sent, events)
+    }
+
+    /// Once the socket is wanted: open it and run the whole handshake to Established.
+    fn handshake(&mut self) {
         self.gw.handle_socket_open(self.now);
         self.hello(1000.0);
         self.ready(&[XCHACHA, AES]).unwrap();
@@ -129,9 +136,7 @@ impl Harness {
             .set_discovered_address("1.2.3.4".into(), 4321, self.now)
             .unwrap();
         self.session_description();
-        let (sent, events, _) = self.sent_and_events();
         assert!(self.gw.is_established());
-        (sent, events)
     }
 }
 
@@ -345,13 +350,7 @@ fn every_close_code_policy() {
     for code in [4001, 4002] {
         let (mut h, _) = close_after_established(Some(code));
         h.run_for(Duration::from_secs(1));
-        h.gw.handle_socket_open(h.now);
-        h.hello(1000.0);
-        h.ready(&[AES]).unwrap();
-        h.gw.set_discovered_address("1.2.3.4".into(), 4321, h.now)
-            .unwrap();
-        h.session_description();
-        assert!(h.gw.is_established());
+        h.handshake();
         h.gw.handle_socket_closed(Some(code), h.now);
         let (_, ev, _) = h.sent_and_events();
         assert!(
@@ -361,12 +360,7 @@ fn every_close_code_policy() {
     }
     let (mut h, _) = close_after_established(Some(4001));
     h.run_for(CLIENT_BUG_WINDOW + Duration::from_secs(1));
-    h.gw.handle_socket_open(h.now);
-    h.hello(1000.0);
-    h.ready(&[AES]).unwrap();
-    h.gw.set_discovered_address("1.2.3.4".into(), 4321, h.now)
-        .unwrap();
-    h.session_description();
+    h.handshake();
     h.gw.handle_socket_closed(Some(4001), h.now);
     let (_, ev, _) = h.sent_and_events();
     assert!(

@@ -2,6 +2,8 @@
 //! (`vectors/make_vectors.py`: OpenSSL AES-GCM and libsodium XChaCha20-Poly1305), plus
 //! round-trip and tamper tests.
 
+mod hex;
+use hex::hex;
 use quaver_net::crypto::{
     CryptoError, EncryptionMode, SEAL_OVERHEAD, Sealer, SecretKey, TransportCipher,
 };
@@ -14,16 +16,6 @@ struct Vector {
     header: Vec<u8>,
     plaintext: Vec<u8>,
     packet: Vec<u8>,
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    if s == "-" {
-        return Vec::new();
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("vector file holds valid hex"))
-        .collect()
 }
 
 fn vectors() -> Vec<Vector> {

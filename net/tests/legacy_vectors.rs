@@ -2,18 +2,10 @@
 //! from PyNaCl/libsodium (`vectors/make_vectors.py legacy`).
 #![cfg(feature = "legacy-xsalsa")]
 
+mod hex;
+use hex::hex;
 use quaver_net::crypto::{CryptoError, EncryptionMode, SecretKey, TransportCipher};
 use quaver_net::receive::open_rtp;
-
-fn hex(s: &str) -> Vec<u8> {
-    if s == "-" {
-        return Vec::new();
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("vector file holds valid hex"))
-        .collect()
-}
 
 #[test]
 fn legacy_modes_match_libsodium() {

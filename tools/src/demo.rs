@@ -2,7 +2,6 @@
 //! in-process, one call (or more) playing the bundled example tracks mixed together, and a short
 //! report of what the server received.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::Error;
@@ -17,14 +16,25 @@ pub fn bundled_tracks() -> Vec<PathBuf> {
         .collect()
 }
 
-/// What to demo.
-#[derive(Debug, Clone)]
+/// What to demo (also the `quaver demo` command line).
+#[derive(Debug, Clone, clap::Args)]
 pub struct DemoOptions {
+    /// How long to play.
+    #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
+    /// Calls to run at once, each playing the files.
+    #[arg(long, default_value_t = 1)]
     pub calls: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
     pub json: bool,
-    pub server: Option<SocketAddr>,
+    /// Use a running `quaver serve` (its main-gateway address) instead of the embedded one.
+    #[arg(long)]
+    pub server: Option<std::net::SocketAddr>,
+    /// Where the embedded server writes its recording.
+    #[arg(long, default_value = "quaver-demo")]
     pub record: PathBuf,
+    /// Files to play (default: the bundled example tracks).
     pub files: Vec<PathBuf>,
 }
 

@@ -20,72 +20,12 @@ struct Cli {
 enum Command {
     /// Start a local voice server in-process, join one call, play the bundled example tracks
     /// mixed together for a few seconds, and report what the server received.
-    Demo {
-        /// How long to play.
-        #[arg(long, default_value_t = 5.0)]
-        seconds: f64,
-        /// Calls to run at once, each playing the files.
-        #[arg(long, default_value_t = 1)]
-        calls: usize,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-        /// Use a running `quaver serve` (its main-gateway address) instead of the embedded one.
-        #[arg(long)]
-        server: Option<std::net::SocketAddr>,
-        /// Where the embedded server writes its recording.
-        #[arg(long, default_value = "quaver-demo")]
-        record: PathBuf,
-        /// Files to play (default: the bundled example tracks).
-        files: Vec<PathBuf>,
-    },
+    Demo(quaver_tools::demo::DemoOptions),
     /// Measure send lateness, jitter, loss, latency and CPU for N calls against a voice server.
-    Jitter {
-        /// Calls to run at once.
-        #[arg(long, default_value_t = 1)]
-        calls: usize,
-        /// How long to stream.
-        #[arg(long, default_value_t = 10.0)]
-        seconds: f64,
-        /// Mix and encode a PCM source per call instead of passing pre-encoded Opus through.
-        #[arg(long)]
-        encode: bool,
-        /// Also run a sleep-paced baseline sender (as other libraries send) in the same run.
-        #[arg(long)]
-        baseline: bool,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-        /// Draw the histograms into this SVG file.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Use a running `quaver serve` (its main-gateway address) instead of the embedded one.
-        #[arg(long)]
-        server: Option<std::net::SocketAddr>,
-        /// Send path: auto, io-uring or portable.
-        #[arg(long, default_value = "auto")]
-        backend: String,
-    },
+    Jitter(JitterArgs),
     /// The music bot: play files mixed together in a voice channel, against the local server by
     /// default or a real Discord guild with --token, --guild and --channel.
-    Play {
-        /// Files to play.
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        /// Per-file volume (linear, 1.0 = unchanged), in the order of the files.
-        #[arg(long, value_delimiter = ',')]
-        volume: Vec<f32>,
-        /// Bot token (default: $DISCORD_TOKEN). Without one, plays on the local server.
-        #[arg(long)]
-        token: Option<String>,
-        #[arg(long)]
-        guild: Option<u64>,
-        #[arg(long)]
-        channel: Option<u64>,
-        /// Main-gateway address of a running `quaver serve`.
-        #[arg(long)]
-        server: Option<std::net::SocketAddr>,
-    },
+    Play(quaver_tools::play::PlayOptions),
     /// Mix audio files (wav, flac, mp3, ogg vorbis, ogg opus), all starting together, into an
     /// Ogg Opus file, offline and as fast as possible.
     Render {
@@ -183,18 +123,46 @@ fn install_signal_handlers() {
     }
 }
 
-#[allow(clippy::too_many_arguments)] // one per command-line flag
-fn jitter(
+#[derive(clap::Args)]
+struct JitterArgs {
+    /// Calls to run at once.
+    #[arg(long, default_value_t = 1)]
     calls: usize,
+    /// How long to stream.
+    #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Mix and encode a PCM source per call instead of passing pre-encoded Opus through.
+    #[arg(long)]
     encode: bool,
+    /// Also run a sleep-paced baseline sender (as other libraries send) in the same run.
+    #[arg(long)]
     baseline: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
     json: bool,
+    /// Draw the histograms into this SVG file.
+    #[arg(long)]
     out: Option<PathBuf>,
+    /// Use a running `quaver serve` (its main-gateway address) instead of the embedded one.
+    #[arg(long)]
     server: Option<std::net::SocketAddr>,
-    backend: &str,
-) -> Result<(), quaver_tools::Error> {
-    let backend = match backend {
+    /// Send path: auto, io-uring or portable.
+    #[arg(long, default_value = "auto")]
+    backend: String,
+}
+
+fn jitter(args: JitterArgs) -> Result<(), quaver_tools::Error> {
+    let JitterArgs {
+        calls,
+        seconds,
+        encode,
+        baseline,
+        json,
+        out,
+        server,
+        backend,
+    } = args;
+    let backend = match backend.as_str() {
         "auto" => quaver::net::BackendChoice::Auto,
         "io-uring" | "io_uring" => quaver::net::BackendChoice::IoUring,
         "portable" => quaver::net::BackendChoice::Portable,
@@ -345,60 +313,20 @@ fn main() -> ExitCode {
             })
         }
         Command::Serve(args) => serve(*args),
-        Command::Demo {
-            seconds,
-            calls,
-            json,
-            server,
-            record,
-            files,
-        } => {
+        Command::Demo(options) => {
             install_signal_handlers();
-            quaver_tools::demo::demo(&quaver_tools::demo::DemoOptions {
-                seconds,
-                calls,
-                json,
-                server,
-                record,
-                files,
-            })
+            quaver_tools::demo::demo(&options)
         }
-        Command::Jitter {
-            calls,
-            seconds,
-            encode,
-            baseline,
-            json,
-            out,
-            server,
-            backend,
-        } => {
+        Command::Jitter(args) => {
             install_signal_handlers();
-            jitter(
-                calls, seconds, encode, baseline, json, out, server, &backend,
-            )
+            jitter(args)
         }
-        Command::Play {
-            files,
-            volume,
-            token,
-            guild,
-            channel,
-            server,
-        } => {
+        Command::Play(mut options) => {
             install_signal_handlers();
-            let token = token.or_else(|| std::env::var("DISCORD_TOKEN").ok());
-            quaver_tools::play::play(
-                &quaver_tools::play::PlayOptions {
-                    files,
-                    volume,
-                    token,
-                    guild,
-                    channel,
-                    server,
-                },
-                &STOP,
-            )
+            options.token = options
+                .token
+                .or_else(|| std::env::var("DISCORD_TOKEN").ok());
+            quaver_tools::play::play(&options, &STOP)
         }
     };
     match result {

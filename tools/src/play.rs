@@ -3,7 +3,6 @@
 //! cleanly on Ctrl-C (silence frames, Speaking off, op 4 leave).
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -17,17 +16,41 @@ use quaver::{CallEvent, CallStatus, Config, Engine};
 use crate::Error;
 use crate::server::{Server, ServerConfig};
 
-/// What to play where.
-#[derive(Debug, Clone, Default)]
+/// What to play where (also the `quaver play` command line).
+#[derive(Clone, Default, clap::Args)]
 pub struct PlayOptions {
+    /// Files to play.
+    #[arg(required = true)]
     pub files: Vec<PathBuf>,
+    /// Per-file volume (linear, 1.0 = unchanged), in the order of the files.
+    #[arg(long, value_delimiter = ',')]
     pub volume: Vec<f32>,
-    /// A Discord bot token; without one, the local server is used.
+    /// Bot token (default: $DISCORD_TOKEN). Without one, plays on the local server.
+    #[arg(long)]
     pub token: Option<String>,
+    /// Guild to join (needed with --token; 1 on a local server).
+    #[arg(long)]
     pub guild: Option<u64>,
+    /// Voice channel to join (needed with --token; 1 on a local server).
+    #[arg(long)]
     pub channel: Option<u64>,
     /// Main-gateway address of a running `quaver serve`.
-    pub server: Option<SocketAddr>,
+    #[arg(long)]
+    pub server: Option<std::net::SocketAddr>,
+}
+
+impl std::fmt::Debug for PlayOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The bot token is a secret: never in Debug output.
+        f.debug_struct("PlayOptions")
+            .field("files", &self.files)
+            .field("volume", &self.volume)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("guild", &self.guild)
+            .field("channel", &self.channel)
+            .field("server", &self.server)
+            .finish()
+    }
 }
 
 /// Plays until every file has ended or `stop` is set.

@@ -95,3 +95,14 @@ fn demo_plays_the_bundled_tracks_and_writes_a_recording() {
     assert!(wav.len() > 192_000, "recording is only {} bytes", wav.len());
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn play_options_never_show_the_token_in_debug_output() {
+    let options = quaver_tools::play::PlayOptions {
+        token: Some("very-secret-bot-token".into()),
+        ..Default::default()
+    };
+    let shown = format!("{options:?}");
+    assert!(!shown.contains("very-secret"), "{shown}");
+    assert!(shown.contains("redacted"));
+}

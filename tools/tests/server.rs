@@ -96,6 +96,15 @@ struct DirectClient {
     early: Vec<VoiceEvent>,
 }
 
+/// A server on loopback with `faults` injected.
+fn server_with(faults: Faults) -> Server {
+    Server::start(ServerConfig {
+        faults,
+        ..ServerConfig::default()
+    })
+    .expect("server starts")
+}
+
 /// Connects straight to the voice gateway with credentials from the server (no main gateway).
 fn direct_client(
     server: &Server,
@@ -535,14 +544,10 @@ fn forwarding_reseals_for_each_receiver_and_relays_speaking() {
 
 #[test]
 fn forwarding_reorder_swaps_neighbours() {
-    let server = Server::start(ServerConfig {
-        faults: Faults {
-            udp_reorder_pct: 100.0,
-            ..Faults::default()
-        },
-        ..ServerConfig::default()
-    })
-    .expect("server starts");
+    let server = server_with(Faults {
+        udp_reorder_pct: 100.0,
+        ..Faults::default()
+    });
     let a = direct_client(&server, 2, 20, ControlConfig::default());
     let b = direct_client(&server, 2, 21, ControlConfig::default());
     let mut rtp = RtpStream::new(a.session.ssrc);
@@ -569,14 +574,10 @@ fn forwarding_reorder_swaps_neighbours() {
 
 #[test]
 fn dropped_voice_websocket_resumes() {
-    let server = Server::start(ServerConfig {
-        faults: Faults {
-            drop_ws_after: Some(Duration::from_millis(200)),
-            ..Faults::default()
-        },
-        ..ServerConfig::default()
-    })
-    .expect("server starts");
+    let server = server_with(Faults {
+        drop_ws_after: Some(Duration::from_millis(200)),
+        ..Faults::default()
+    });
     let c = direct_client(&server, 3, 30, ControlConfig::default());
     wait_for(&c.control, c.call, &c.udp, |e| {
         matches!(e, VoiceEvent::Resuming { .. })
@@ -597,14 +598,10 @@ fn dropped_voice_websocket_resumes() {
 #[test]
 fn close_codes_produce_the_documented_client_behaviour() {
     // 4015: the client resumes the same session.
-    let server = Server::start(ServerConfig {
-        faults: Faults {
-            close_code: Some(4015),
-            ..Faults::default()
-        },
-        ..ServerConfig::default()
-    })
-    .expect("server starts");
+    let server = server_with(Faults {
+        close_code: Some(4015),
+        ..Faults::default()
+    });
     let c = direct_client(&server, 1, 1, ControlConfig::default());
     wait_for(&c.control, c.call, &c.udp, |e| {
         matches!(e, VoiceEvent::Resumed)
@@ -612,14 +609,10 @@ fn close_codes_produce_the_documented_client_behaviour() {
     assert_eq!(server.stats().counters.resumes, 1);
 
     // 4006: the session is gone; the client needs a new voice state.
-    let server = Server::start(ServerConfig {
-        faults: Faults {
-            close_code: Some(4006),
-            ..Faults::default()
-        },
-        ..ServerConfig::default()
-    })
-    .expect("server starts");
+    let server = server_with(Faults {
+        close_code: Some(4006),
+        ..Faults::default()
+    });
     let c = direct_client(&server, 1, 1, ControlConfig::default());
     let ev = wait_for(&c.control, c.call, &c.udp, |e| {
         matches!(e, VoiceEvent::Ended(_))
@@ -630,14 +623,10 @@ fn close_codes_produce_the_documented_client_behaviour() {
     );
 
     // 4001 (a client bug): the client reconnects with a fresh Identify (new SSRC) once.
-    let server = Server::start(ServerConfig {
-        faults: Faults {
-            close_code: Some(4001),
-            ..Faults::default()
-        },
-        ..ServerConfig::default()
-    })
-    .expect("server starts");
+    let server = server_with(Faults {
+        close_code: Some(4001),
+        ..Faults::default()
+    });
     let c = direct_client(&server, 1, 1, ControlConfig::default());
     wait_for(&c.control, c.call, &c.udp, |e| {
         matches!(e, VoiceEvent::Reconnecting { .. })
@@ -669,14 +658,10 @@ fn tls_clients_connect_with_the_generated_certificate() {
 
 #[test]
 fn forwarding_faults_and_garbage_towards_a_client() {
-    let server = Server::start(ServerConfig {
-        faults: Faults {
-            udp_duplicate_pct: 100.0,
-            ..Faults::default()
-        },
-        ..ServerConfig::default()
-    })
-    .expect("server starts");
+    let server = server_with(Faults {
+        udp_duplicate_pct: 100.0,
+        ..Faults::default()
+    });
     let a = direct_client(&server, 8, 80, ControlConfig::default());
     let b = direct_client(&server, 8, 81, ControlConfig::default());
     // Garbage towards B first: its control thread and socket must shrug it off.

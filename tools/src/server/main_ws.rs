@@ -54,11 +54,7 @@ pub(crate) fn serve(mut ws: Ws, shared: &Shared) {
                 let _ = ws.flush();
             }
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(tungstenite::Error::Io(e)) if super::read_timed_out(&e) => {}
             Err(tungstenite::Error::Capacity(_)) => {
                 shared.lock().counters.oversized_frames += 1;
                 let _ = close(&mut ws, DECODE_ERROR);

@@ -92,6 +92,15 @@ pub enum ServerError {
     Config(String),
 }
 
+/// A websocket read that only hit its poll timeout (the sockets are read with a short timeout
+/// so each connection thread can also serve its outgoing queue).
+pub(crate) fn read_timed_out(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
 fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> ServerError {
     move |source| ServerError::Io { what, source }
 }

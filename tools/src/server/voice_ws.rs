@@ -97,11 +97,7 @@ fn run(ws: &mut Ws, c: &mut Conn<'_>) {
                 c.closing_since.get_or_insert_with(Instant::now);
             }
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(tungstenite::Error::Io(e)) if super::read_timed_out(&e) => {}
             Err(tungstenite::Error::Capacity(e)) => {
                 tracing::debug!(error = %e, "oversized voice frame");
                 c.shared.lock().counters.oversized_frames += 1;
