@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::backoff::{Backoff, BackoffConfig, JitterSource};
-use crate::dave::{DaveContext, DaveExtension, DaveOutbox, NoDave};
+use crate::dave::{DaveClient, DaveContext, DaveEvent, DaveExtension, DaveOutbox, NoDave};
 use crate::heartbeat::{Beat, Heartbeater};
 use crate::protocol::{
     BinaryFrame, ClosePolicy, DEFAULT_MAX_FRAME_LEN, EncryptionMode, Heartbeat, Identify, Ready,
@@ -81,7 +81,8 @@ impl VoiceConnectRequest {
 /// Tuning for one voice connection.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VoiceConfig {
-    /// Advertised in Identify. 0 until DAVE lands.
+    /// The highest DAVE version advertised in Identify: 1 (Discord closes non-stage calls that
+    /// offer 0 with 4017); 0 only for stage channels or servers without E2EE.
     pub max_dave_protocol_version: u16,
     /// Speaking flags sent right after Session Description and after each resume (before any
     /// audio may flow). `NONE` leaves it to [`VoiceGateway::set_speaking`].
@@ -99,7 +100,7 @@ pub struct VoiceConfig {
 impl Default for VoiceConfig {
     fn default() -> Self {
         VoiceConfig {
-            max_dave_protocol_version: 0,
+            max_dave_protocol_version: crate::dave::MAX_PROTOCOL_VERSION,
             initial_speaking: SpeakingFlags::MICROPHONE,
             missed_ack_limit: 3,
             handshake_timeout: Duration::from_secs(15),
@@ -230,6 +231,8 @@ pub enum VoiceEvent {
         /// Flags.
         flags: SpeakingFlags,
     },
+    /// DAVE news: keys changed at a transition, or a DAVE step failed.
+    Dave(DaveEvent),
     /// The connection ended; no further output follows.
     Ended(EndReason),
 }
@@ -310,13 +313,19 @@ impl std::fmt::Debug for VoiceGateway {
 }
 
 impl VoiceGateway {
-    /// A new machine without DAVE.
+    /// A new machine with DAVE up to `config.max_dave_protocol_version` ([`DaveClient`]), or
+    /// none when that is 0.
     pub fn new(
         request: VoiceConnectRequest,
         config: VoiceConfig,
         jitter: Box<dyn JitterSource>,
     ) -> Self {
-        Self::with_dave(request, config, jitter, Box::new(NoDave))
+        let dave: Box<dyn DaveExtension> = if config.max_dave_protocol_version > 0 {
+            Box::new(DaveClient::new(config.max_dave_protocol_version))
+        } else {
+            Box::new(NoDave)
+        };
+        Self::with_dave(request, config, jitter, dave)
     }
 
     /// A new machine routing DAVE traffic to `dave`.
@@ -439,7 +448,10 @@ impl VoiceGateway {
                 user_id: Snowflake(self.request.user_id),
                 session_id: self.request.session_id.clone(),
                 token: self.request.token.clone(),
-                max_dave_protocol_version: self.config.max_dave_protocol_version,
+                max_dave_protocol_version: self
+                    .config
+                    .max_dave_protocol_version
+                    .min(self.dave.max_protocol_version()),
             })
         };
         self.send(&payload);
@@ -841,6 +853,12 @@ impl VoiceGateway {
 
     fn flush_dave(&mut self, outbox: DaveOutbox) {
         self.out.extend(outbox.frames.into_iter().map(Output::Send));
+        self.out.extend(
+            outbox
+                .events
+                .into_iter()
+                .map(|e| Output::Event(VoiceEvent::Dave(e))),
+        );
     }
 
     fn event(&mut self, e: VoiceEvent) {

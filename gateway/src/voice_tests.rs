@@ -147,7 +147,7 @@ fn full_handshake() {
     assert!(matches!(&sent[0], VoicePayload::Identify(i)
         if i.server_id == Snowflake(10) && i.user_id == Snowflake(30)
             && i.session_id == "sess" && i.token.expose() == "voice-token"
-            && i.max_dave_protocol_version == 0));
+            && i.max_dave_protocol_version == 1));
     assert!(matches!(&sent[1], VoicePayload::SelectProtocol(s)
         if s.protocol == "udp" && s.data.address == "1.2.3.4" && s.data.port == 4321 && s.data.mode == AES));
     // Speaking goes out before the owner learns the key, so audio can never precede it.
