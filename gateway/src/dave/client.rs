@@ -105,7 +105,7 @@ impl DaveClient {
             return;
         }
         if let (Some(session), Some(external)) = (self.session.as_mut(), &self.external_sender)
-            && !session.group().is_some_and(|g| g.epoch().as_u64() != 0)
+            && session.group().is_none_or(|g| g.epoch().as_u64() == 0)
             && let Err(e) = session.set_external_sender(external)
         {
             tracing::warn!(error = %e, "DAVE: stored external sender refused after reset");
@@ -388,11 +388,11 @@ impl DaveExtension for DaveClient {
                 }
             }
             VoicePayload::DaveExecuteTransition(t) => self.execute(t.transition_id, out),
-            VoicePayload::DavePrepareEpoch(p) => {
-                // Epoch 1 announces a new group: start over with a fresh key package.
-                if p.epoch == 1 && p.protocol_version > 0 && self.max_version > 0 {
-                    self.start_session(p.protocol_version.min(self.max_version), out);
-                }
+            // Epoch 1 announces a new group: start over with a fresh key package.
+            VoicePayload::DavePrepareEpoch(p)
+                if p.epoch == 1 && p.protocol_version > 0 && self.max_version > 0 =>
+            {
+                self.start_session(p.protocol_version.min(self.max_version), out);
             }
             _ => {}
         }
