@@ -1347,3 +1347,77 @@ fn op_5_reaches_a_receiver_before_any_packet_of_its_ssrc() {
     assert!(got.iter().all(|s| *s == silent.ssrc));
     assert_eq!(late.speakers.get(&silent.ssrc), Some(&121));
 }
+
+#[test]
+fn moving_to_another_channel_leaves_the_old_call() {
+    let server = Server::start(ServerConfig::default()).expect("server starts");
+    // Someone stays in channel 1 and watches the bot come and go.
+    let watcher = direct_client_in(&server, 20, 1, 201, server.control_config());
+    let control = Arc::new(ControlThread::spawn(server.control_config()).expect("control"));
+    let mut cfg = MainGatewayConfig::new(Token::new("mover"));
+    cfg.url = server.main_gateway_url();
+    let bot = control.connect_bot(cfg).expect("connect bot");
+    let user_id = loop {
+        if let ControlEvent::MainGateway {
+            event: MainGatewayEvent::Ready { user_id },
+            ..
+        } = control.events().recv_timeout(WAIT).expect("READY")
+        {
+            break user_id;
+        }
+    };
+    let sender = BotVoiceStateSender::new(control.clone(), bot);
+    let mut mgr = VoiceManager::new(control.clone(), sender, user_id, VoiceConfig::default());
+    let udp = udp_socket();
+    let mut ready_in = |mgr: &mut VoiceManager<BotVoiceStateSender>, channel: u64| -> u32 {
+        mgr.join(20, channel).expect("join");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .expect("SessionReady in time");
+            let ev = control.events().recv_timeout(left).expect("event");
+            let Ok(Some(ce)) = mgr.handle_control_event(ev) else {
+                continue;
+            };
+            match ce.event {
+                VoiceEvent::DiscoveryRequested { ssrc, ip, port } => {
+                    discover(&control, ce.call, &udp, ssrc, &ip, port)
+                }
+                VoiceEvent::SessionReady(s) if mgr.call(20) == Some(ce.call) => break s.ssrc,
+                _ => {}
+            }
+        }
+    };
+    let first = ready_in(&mut mgr, 1);
+    wait_for(
+        &watcher.control,
+        watcher.call,
+        &watcher.udp,
+        |e| matches!(e, VoiceEvent::ClientsConnected(u) if u == &vec![user_id]),
+    );
+    let second = ready_in(&mut mgr, 2);
+    assert_ne!(first, second, "a fresh session in the new channel");
+    // The watcher in channel 1 sees the bot leave; the bot's new session is in channel 2.
+    wait_for(
+        &watcher.control,
+        watcher.call,
+        &watcher.udp,
+        |e| matches!(e, VoiceEvent::ClientDisconnected(u) if *u == user_id),
+    );
+    assert_eq!(server.ssrc_of(20, user_id), Some(second));
+    let established: Vec<(u64, u32)> = server
+        .events()
+        .try_iter()
+        .filter_map(|e| match e {
+            quaver_tools::server::ServerEvent::SessionEstablished {
+                channel_id,
+                user_id: u,
+                ssrc,
+                ..
+            } if u == user_id => Some((channel_id, ssrc)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(established, vec![(1, first), (2, second)]);
+}
