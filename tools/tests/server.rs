@@ -1369,7 +1369,7 @@ fn moving_to_another_channel_leaves_the_old_call() {
     let sender = BotVoiceStateSender::new(control.clone(), bot);
     let mut mgr = VoiceManager::new(control.clone(), sender, user_id, VoiceConfig::default());
     let udp = udp_socket();
-    let mut ready_in = |mgr: &mut VoiceManager<BotVoiceStateSender>, channel: u64| -> u32 {
+    let ready_in = |mgr: &mut VoiceManager<BotVoiceStateSender>, channel: u64| -> u32 {
         mgr.join(20, channel).expect("join");
         let deadline = Instant::now() + WAIT;
         loop {
