@@ -46,10 +46,12 @@ fn server_with(faults: Faults) -> Server {
     .unwrap()
 }
 
-fn engine() -> Engine {
+/// An engine whose control thread trusts `server`'s certificate (the server speaks TLS).
+fn engine(server: &Server) -> Engine {
     let mut config = Config::default();
     // Be gentle with the shared test machine: no real-time priority for the mixer.
     config.engine.realtime_priority = false;
+    config.control = server.control_config();
     Engine::new(config).unwrap()
 }
 
@@ -65,7 +67,7 @@ fn decoded_left(server: &Server, ssrc: u32) -> Vec<f32> {
 #[test]
 fn two_tones_mixed_arrive_decoded_at_the_right_frequencies_without_loss() {
     let server = server();
-    let engine = engine();
+    let engine = engine(&server);
     let request = server.voice_connect_request(1, 11, 501);
     let call = engine.connect(request).unwrap();
     wait_for("the session", Duration::from_secs(10), || {
@@ -119,7 +121,7 @@ fn two_tones_mixed_arrive_decoded_at_the_right_frequencies_without_loss() {
 #[test]
 fn joining_through_the_main_gateway_reaches_the_voice_server() {
     let server = server();
-    let engine = engine();
+    let engine = engine(&server);
     let mut bot = MainGatewayConfig::new(Token::new("local-bot-token"));
     bot.url = server.main_gateway_url();
     let bot = engine.connect_bot(bot).unwrap();
@@ -176,7 +178,7 @@ fn a_websocket_dropped_mid_stream_resumes_while_audio_keeps_flowing() {
         ..Faults::default()
     };
     let server = server_with(faults);
-    let engine = engine();
+    let engine = engine(&server);
     let call = engine
         .connect(server.voice_connect_request(3, 33, 503))
         .unwrap();
@@ -219,7 +221,7 @@ fn close_codes_resume_or_end_the_call_as_the_protocol_says() {
             ..Faults::default()
         };
         let server = server_with(faults);
-        let engine = engine();
+        let engine = engine(&server);
         let call = engine
             .connect(server.voice_connect_request(4, 44, 504))
             .unwrap();
@@ -246,7 +248,7 @@ fn close_codes_resume_or_end_the_call_as_the_protocol_says() {
 #[test]
 fn garbage_from_the_server_does_not_crash_the_client() {
     let server = server();
-    let engine = engine();
+    let engine = engine(&server);
     let call = engine
         .connect(server.voice_connect_request(5, 55, 505))
         .unwrap();
@@ -277,13 +279,13 @@ fn joining_through_the_host_programs_own_main_gateway_library() {
     use quaver::gateway::manager::BotVoiceStateSender;
 
     let server = server();
-    let engine = engine();
+    let engine = engine(&server);
     // The "host library": a main-gateway client the host program runs on its own.
     let host = std::sync::Arc::new(
-        ControlThread::spawn(ControlConfig {
+        ControlThread::spawn(server.trusted(ControlConfig {
             thread_name: "host-library".into(),
             ..ControlConfig::default()
-        })
+        }))
         .unwrap(),
     );
     let mut config = MainGatewayConfig::new(Token::new("host-bot"));

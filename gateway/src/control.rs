@@ -85,6 +85,25 @@ pub struct ControlConfig {
     pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
+impl ControlConfig {
+    /// Adds every certificate of a PEM file's contents to [`ControlConfig::extra_roots`] (for
+    /// example the CA a local `quaver serve` wrote with `--cert-out`). Returns how many were
+    /// added; text without any certificate is an error, so a wrong file is noticed.
+    pub fn trust_pem(&mut self, pem: &[u8]) -> Result<usize, Error> {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()?;
+        if certs.is_empty() {
+            return Err(Error::Certificate(
+                rustls::pki_types::pem::Error::NoItemsFound,
+            ));
+        }
+        let added = certs.len();
+        self.extra_roots.extend(certs);
+        Ok(added)
+    }
+}
+
 impl Default for ControlConfig {
     fn default() -> Self {
         ControlConfig {
@@ -1142,5 +1161,21 @@ mod tests {
     #[test]
     fn tls_config_builds_with_ring() {
         tls_config(&[]).unwrap();
+    }
+
+    #[test]
+    fn pem_roots_are_read_and_garbage_is_refused() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let mut config = ControlConfig::default();
+        assert_eq!(config.trust_pem(cert.cert.pem().as_bytes()).unwrap(), 1);
+        assert_eq!(config.extra_roots, vec![cert.cert.der().clone()]);
+        tls_config(&config.extra_roots).unwrap();
+        assert!(config.trust_pem(b"not a certificate").is_err());
+        assert!(
+            config
+                .trust_pem(b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n")
+                .is_err()
+        );
+        assert_eq!(config.extra_roots.len(), 1);
     }
 }

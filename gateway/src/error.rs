@@ -35,6 +35,9 @@ pub enum Error {
     /// TLS failure.
     #[error("tls error: {0}")]
     Tls(#[from] rustls::Error),
+    /// A PEM certificate file could not be read.
+    #[error("certificate: {0}")]
+    Certificate(#[from] rustls::pki_types::pem::Error),
 }
 
 impl From<tungstenite::Error> for Error {

@@ -28,9 +28,13 @@ pub struct DemoOptions {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Use a running `quaver serve` (its main-gateway address) instead of the embedded one.
-    #[arg(long)]
-    pub server: Option<std::net::SocketAddr>,
+    /// Use a running `quaver serve` instead of the embedded one: its main-gateway `host:port`
+    /// (TLS, the default), or `ws://host:port` for one started with `--plain`.
+    #[arg(long, value_name = "ADDR|URL")]
+    pub server: Option<String>,
+    /// With --server: the CA certificate (PEM) that `quaver serve --cert-out` wrote.
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub ca_cert: Option<PathBuf>,
     /// Where the embedded server writes its recording.
     #[arg(long, default_value = "quaver-demo")]
     pub record: PathBuf,
@@ -59,14 +63,16 @@ pub fn demo(options: &DemoOptions) -> Result<(), Error> {
             options.seconds,
             options
                 .server
-                .map_or("an in-process local server".to_string(), |s| s.to_string())
+                .clone()
+                .unwrap_or_else(|| "an in-process local server".to_string())
         );
     }
     let report = run(&JitterOptions {
         calls: options.calls,
         seconds: options.seconds,
         files,
-        server: options.server,
+        server: options.server.clone(),
+        ca_cert: options.ca_cert.clone(),
         record: options.server.is_none().then(|| options.record.clone()),
         realtime: true,
         ..JitterOptions::default()

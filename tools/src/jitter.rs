@@ -8,7 +8,6 @@
 //! end-to-end latency from the push into the engine to the arrival at another client.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,8 +49,11 @@ pub struct JitterOptions {
     pub encode: bool,
     /// Files to play in every call (mixed and encoded), instead of the synthetic sources.
     pub files: Vec<PathBuf>,
-    /// The main-gateway address of a running `quaver serve`; `None` starts one in-process.
-    pub server: Option<SocketAddr>,
+    /// The main gateway of a running `quaver serve` (`host:port` for its default TLS, or a
+    /// `ws://` URL for `--plain`); `None` starts one in-process.
+    pub server: Option<String>,
+    /// The CA certificate (PEM) of that server, as `quaver serve --cert-out` wrote it.
+    pub ca_cert: Option<PathBuf>,
     /// Also run the sleep-paced baseline sender with as many calls, in the same run.
     pub baseline: bool,
     pub backend: BackendChoice,
@@ -69,6 +71,7 @@ impl Default for JitterOptions {
             encode: false,
             files: Vec::new(),
             server: None,
+            ca_cert: None,
             baseline: false,
             backend: BackendChoice::Auto,
             record: None,
@@ -81,7 +84,7 @@ impl Default for JitterOptions {
 /// gateway.
 enum Target {
     Embedded(Server),
-    Remote { main_gateway: SocketAddr },
+    Remote { main_gateway: String },
 }
 
 impl Target {
@@ -150,8 +153,10 @@ pub fn run(options: &JitterOptions) -> Result<Report, Error> {
     if options.calls == 0 {
         return Err(Error::Usage("--calls must be at least 1".into()));
     }
-    let target = match options.server {
-        Some(main_gateway) => Target::Remote { main_gateway },
+    let target = match &options.server {
+        Some(server) => Target::Remote {
+            main_gateway: crate::remote::main_gateway_url(server),
+        },
         None => Target::Embedded(Server::start(ServerConfig {
             record_dir: options.record.clone(),
             // Decoding every packet of 1,000 calls would measure the server, not Quaver.
@@ -163,12 +168,17 @@ pub fn run(options: &JitterOptions) -> Result<Report, Error> {
     config.engine.max_calls = options.calls + 2;
     config.engine.realtime_priority = options.realtime;
     config.backend = options.backend;
+    // The engine's control thread must trust whichever server it dials.
+    config.control = match &target {
+        Target::Embedded(server) => server.trusted(config.control),
+        Target::Remote { .. } => crate::remote::control_config(options.ca_cert.as_deref())?,
+    };
     let engine = Engine::new(config)?;
 
     let bot = match &target {
         Target::Remote { main_gateway } => {
             let mut bot = MainGatewayConfig::new(Token::new("quaver-jitter"));
-            bot.url = format!("ws://{main_gateway}/?v=10&encoding=json");
+            bot.url = main_gateway.clone();
             Some(engine.connect_bot(bot)?)
         }
         Target::Embedded(_) => None,
@@ -198,11 +208,15 @@ pub fn run(options: &JitterOptions) -> Result<Report, Error> {
     }
 
     // The listener (and the baseline) speak the gateway on a control thread of their own.
-    let side_control = ControlThread::spawn(ControlConfig {
+    let side_config = ControlConfig {
         thread_name: "jitter-control".into(),
         ..ControlConfig::default()
-    })
-    .map_err(quaver::Error::from)?;
+    };
+    let side_config = match &target {
+        Target::Embedded(server) => server.trusted(side_config),
+        Target::Remote { .. } => side_config,
+    };
+    let side_control = ControlThread::spawn(side_config).map_err(quaver::Error::from)?;
     let listener = match target.participant_request(FIRST_GUILD, LISTENER_USER) {
         Ok(request) => {
             let session = RawSession::open(

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod jitter;
 pub mod listener;
 pub mod play;
+pub mod remote;
 pub mod render;
 pub mod report;
 pub mod server;

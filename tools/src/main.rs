@@ -39,14 +39,15 @@ enum Command {
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
     },
-    /// Run a local Discord-compatible voice server (main gateway subset, voice gateway v8, UDP)
-    /// until Ctrl-C, printing per-call receive statistics when each call ends.
+    /// Run a local Discord-compatible voice server (main gateway subset, voice gateway v4–v8,
+    /// UDP) over TLS until Ctrl-C, printing per-call receive statistics when each call ends.
     Serve(Box<ServeArgs>),
 }
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Main-gateway address (point a bot's gateway URL at ws://HOST:PORT).
+    /// Main-gateway address (point a bot's gateway URL at wss://HOST:PORT, or ws:// with
+    /// --plain).
     #[arg(long, default_value = "127.0.0.1:7878")]
     listen: std::net::SocketAddr,
     /// Voice-gateway address (default: the listen host, an ephemeral port).
@@ -61,11 +62,13 @@ struct ServeArgs {
     /// Append `SSRC <ssrc> MODE <mode> KEY <hex>` per voice session to FILE (decrypts captures).
     #[arg(long, value_name = "FILE")]
     keylog: Option<PathBuf>,
-    /// Serve wss:// with a self-signed certificate generated at start.
-    #[arg(long)]
-    tls: bool,
-    /// With --tls: write the certificate (DER) to FILE so clients can trust it.
-    #[arg(long, value_name = "FILE", requires = "tls")]
+    /// Debugging mode: plain ws:// instead of TLS, and the voice endpoint sent as
+    /// ws://HOST:PORT (Discord always sends a bare host:port that clients dial with wss://).
+    #[arg(long, visible_alias = "no-tls")]
+    plain: bool,
+    /// Write the CA certificate (PEM) that signed the server's certificate to FILE, for
+    /// clients to trust (default: a file in the temporary directory, printed at start).
+    #[arg(long, value_name = "FILE", conflicts_with = "plain")]
     cert_out: Option<PathBuf>,
     /// Heartbeat interval announced in Hello, in ms.
     #[arg(long, default_value_t = 13_750.0)]
@@ -143,9 +146,13 @@ struct JitterArgs {
     /// Draw the histograms into this SVG file.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Use a running `quaver serve` (its main-gateway address) instead of the embedded one.
-    #[arg(long)]
-    server: Option<std::net::SocketAddr>,
+    /// Use a running `quaver serve` instead of the embedded one: its main-gateway `host:port`
+    /// (TLS, the default), or `ws://host:port` for one started with --plain.
+    #[arg(long, value_name = "ADDR|URL")]
+    server: Option<String>,
+    /// With --server: the CA certificate (PEM) that `quaver serve --cert-out` wrote.
+    #[arg(long, value_name = "FILE", requires = "server")]
+    ca_cert: Option<PathBuf>,
     /// Send path: auto, io-uring or portable.
     #[arg(long, default_value = "auto")]
     backend: String,
@@ -160,6 +167,7 @@ fn jitter(args: JitterArgs) -> Result<(), quaver_tools::Error> {
         json,
         out,
         server,
+        ca_cert,
         backend,
     } = args;
     let backend = match backend.as_str() {
@@ -178,6 +186,7 @@ fn jitter(args: JitterArgs) -> Result<(), quaver_tools::Error> {
         encode,
         baseline,
         server,
+        ca_cert,
         backend,
         ..Default::default()
     };
@@ -225,7 +234,7 @@ fn serve(args: ServeArgs) -> Result<(), quaver_tools::Error> {
         } else {
             modes
         },
-        tls: args.tls,
+        tls: !args.plain,
         record_dir: args.record,
         decode_audio: !args.no_decode,
         keylog: args.keylog.clone(),
@@ -244,21 +253,34 @@ fn serve(args: ServeArgs) -> Result<(), quaver_tools::Error> {
     };
     let server = Server::start(config)?;
     install_signal_handlers();
+    // The CA file exists before the first line is printed, so whoever reads the URL can
+    // trust the server right away.
+    let ca_file = match server.ca_certificate_pem() {
+        Some(pem) => {
+            let path = args.cert_out.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!(
+                    "quaver-serve-{}-ca.pem",
+                    server.main_gateway_addr().port()
+                ))
+            });
+            std::fs::write(&path, pem).map_err(|e| quaver_tools::Error::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+            Some(path)
+        }
+        None => None,
+    };
     println!("quaver serve: main gateway {}", server.main_gateway_url());
     println!("  voice gateway {}", server.voice_gateway_url());
     println!("  udp {}", server.udp_addr());
-    if let Some(cert) = server.certificate_der() {
-        match &args.cert_out {
-            Some(path) => {
-                std::fs::write(path, cert.as_ref())
-                    .map_err(|e| quaver_tools::Error::Usage(format!("{}: {e}", path.display())))?;
-                println!(
-                    "  tls: self-signed certificate written to {}",
-                    path.display()
-                );
-            }
-            None => println!("  tls: self-signed certificate (use --cert-out FILE to save it)"),
-        }
+    match &ca_file {
+        Some(path) => println!(
+            "  tls: CA certificate in {} (quaver: --ca-cert FILE; node: NODE_EXTRA_CA_CERTS; \
+             openssl, python: SSL_CERT_FILE)",
+            path.display()
+        ),
+        None => println!("  plain ws:// (debugging mode; Discord clients expect TLS)"),
     }
     println!("Ctrl-C to stop.");
     while !STOP.load(std::sync::atomic::Ordering::Relaxed) {
@@ -269,9 +291,12 @@ fn serve(args: ServeArgs) -> Result<(), quaver_tools::Error> {
             Ok(ServerEvent::CallEnded(call)) => print!("{call}"),
             Ok(ServerEvent::SessionEstablished {
                 guild_id,
+                channel_id,
                 user_id,
                 ssrc,
-            }) => println!("session: guild {guild_id} user {user_id} ssrc {ssrc}"),
+            }) => println!(
+                "session: guild {guild_id} channel {channel_id} user {user_id} ssrc {ssrc}"
+            ),
             Ok(_) | Err(_) => {}
         }
     }

@@ -34,9 +34,13 @@ pub struct PlayOptions {
     /// Voice channel to join (needed with --token; 1 on a local server).
     #[arg(long)]
     pub channel: Option<u64>,
-    /// Main-gateway address of a running `quaver serve`.
-    #[arg(long)]
-    pub server: Option<std::net::SocketAddr>,
+    /// A running `quaver serve`: its main-gateway `host:port` (TLS, the default), or
+    /// `ws://host:port` for one started with `--plain`.
+    #[arg(long, value_name = "ADDR|URL")]
+    pub server: Option<String>,
+    /// With --server: the CA certificate (PEM) that `quaver serve --cert-out` wrote.
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for PlayOptions {
@@ -49,6 +53,7 @@ impl std::fmt::Debug for PlayOptions {
             .field("guild", &self.guild)
             .field("channel", &self.channel)
             .field("server", &self.server)
+            .field("ca_cert", &self.ca_cert)
             .finish()
     }
 }
@@ -56,6 +61,7 @@ impl std::fmt::Debug for PlayOptions {
 /// Plays until every file has ended or `stop` is set.
 pub fn play(options: &PlayOptions, stop: &AtomicBool) -> Result<(), Error> {
     let mut embedded = None;
+    let mut control = quaver::gateway::control::ControlConfig::default();
     let (bot_config, guild, channel) = match &options.token {
         Some(token) => {
             let (Some(guild), Some(channel)) = (options.guild, options.channel) else {
@@ -70,11 +76,15 @@ pub fn play(options: &PlayOptions, stop: &AtomicBool) -> Result<(), Error> {
             )
         }
         None => {
-            let url = match options.server {
-                Some(address) => format!("ws://{address}/?v=10&encoding=json"),
+            let url = match &options.server {
+                Some(server) => {
+                    control = crate::remote::control_config(options.ca_cert.as_deref())?;
+                    crate::remote::main_gateway_url(server)
+                }
                 None => {
                     let server = Server::start(ServerConfig::default())?;
                     let url = server.main_gateway_url();
+                    control = server.control_config();
                     embedded = Some(server);
                     url
                 }
@@ -88,7 +98,10 @@ pub fn play(options: &PlayOptions, stop: &AtomicBool) -> Result<(), Error> {
             )
         }
     };
-    let engine = Engine::new(Config::default())?;
+    let engine = Engine::new(Config {
+        control,
+        ..Config::default()
+    })?;
     let bot = engine.connect_bot(bot_config)?;
     let call = engine.join(bot, guild, channel)?;
     let give_up = Instant::now() + Duration::from_secs(20);

@@ -106,3 +106,96 @@ fn play_options_never_show_the_token_in_debug_output() {
     assert!(!shown.contains("very-secret"), "{shown}");
     assert!(shown.contains("redacted"));
 }
+
+/// `quaver serve` in the background; killed (SIGINT) and reaped on drop.
+struct Serve {
+    child: std::process::Child,
+    main_gateway: String,
+}
+
+impl Serve {
+    fn start(extra: &[&str]) -> Serve {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_quaver"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut first).unwrap();
+        // Keep reading: the server prints a line per session and dies on a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let url = first
+            .trim()
+            .strip_prefix("quaver serve: main gateway ")
+            .unwrap()
+            .to_string();
+        // `--server` takes host:port (TLS) or a ws:// URL (plain).
+        let main_gateway = match url.strip_prefix("wss://") {
+            Some(rest) => rest.split('/').next().unwrap().to_string(),
+            None => url.split("/?").next().unwrap().to_string(),
+        };
+        Serve {
+            child,
+            main_gateway,
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the child this test spawned.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn jitter_reaches_a_separate_tls_server_with_its_ca_and_a_plain_one_by_url() {
+    let ca = std::env::temp_dir().join(format!("quaver-cli-ca-{}.pem", std::process::id()));
+    let serve = Serve::start(&["--cert-out", ca.to_str().unwrap()]);
+    let json = quaver(&[
+        "jitter",
+        "--server",
+        &serve.main_gateway,
+        "--ca-cert",
+        ca.to_str().unwrap(),
+        "--calls",
+        "1",
+        "--seconds",
+        "1",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(report["packets_sent"].as_u64().unwrap() >= 45, "{json}");
+    // Without the CA the bot cannot even reach the main gateway.
+    let untrusted = Command::new(env!("CARGO_BIN_EXE_quaver"))
+        .args(["jitter", "--server", &serve.main_gateway, "--seconds", "1"])
+        .output()
+        .unwrap();
+    assert!(!untrusted.status.success());
+    drop(serve);
+    std::fs::remove_file(&ca).ok();
+
+    let plain = Serve::start(&["--plain"]);
+    assert!(
+        plain.main_gateway.starts_with("ws://"),
+        "{}",
+        plain.main_gateway
+    );
+    let json = quaver(&[
+        "jitter",
+        "--server",
+        &plain.main_gateway,
+        "--calls",
+        "1",
+        "--seconds",
+        "1",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(report["packets_sent"].as_u64().unwrap() >= 45, "{json}");
+}

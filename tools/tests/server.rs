@@ -1,7 +1,7 @@
 //! The local server against Quaver's real gateway client, real UDP, real crypto and Opus, on
 //! loopback only. No test asserts wall-clock timings.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,16 +105,22 @@ fn server_with(faults: Faults) -> Server {
     .expect("server starts")
 }
 
-/// Connects straight to the voice gateway with credentials from the server (no main gateway).
-fn direct_client(
+/// Connects straight to the voice gateway with credentials from the server (no main gateway),
+/// in channel 7 of `guild`, trusting the server's certificate.
+fn direct_client(server: &Server, guild: u64, user: u64) -> DirectClient {
+    direct_client_in(server, guild, 7, user, server.control_config())
+}
+
+fn direct_client_in(
     server: &Server,
     guild: u64,
+    channel: u64,
     user: u64,
-    extra_roots: ControlConfig,
+    config: ControlConfig,
 ) -> DirectClient {
-    let control = Arc::new(ControlThread::spawn(extra_roots).expect("control thread"));
+    let control = Arc::new(ControlThread::spawn(config).expect("control thread"));
     let udp = udp_socket();
-    let request = server.voice_connect_request(guild, 7, user);
+    let request = server.voice_connect_request(guild, channel, user);
     let call = control
         .connect(request, VoiceConfig::default())
         .expect("connect");
@@ -219,7 +225,8 @@ fn built_in_main_gateway_joins_and_audio_decodes_into_a_recording() {
         ..ServerConfig::default()
     })
     .expect("server starts");
-    let control = Arc::new(ControlThread::spawn(ControlConfig::default()).expect("control"));
+    assert!(server.main_gateway_url().starts_with("wss://"));
+    let control = Arc::new(ControlThread::spawn(server.control_config()).expect("control"));
     let mut cfg = MainGatewayConfig::new(Token::new("local-bot-token"));
     cfg.url = server.main_gateway_url();
     let bot = control.connect_bot(cfg).expect("connect bot");
@@ -324,22 +331,54 @@ fn built_in_main_gateway_joins_and_audio_decodes_into_a_recording() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Raw websocket client for bad-input tests.
-fn raw_ws(
+/// A raw websocket over TLS (trusting the server's CA), for protocol-level tests.
+type RawWs = tungstenite::WebSocket<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
+
+/// Opens a TLS websocket to `addr` with `path_and_query`, trusting `server`'s CA.
+fn raw_connect(
     server: &Server,
-) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>> {
-    let (ws, _) = tungstenite::connect(server.voice_gateway_url()).expect("ws connect");
-    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
+    addr: SocketAddr,
+    path_and_query: &str,
+) -> Result<RawWs, tungstenite::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(server.certificate_der().expect("tls is the default"))
+        .expect("the CA parses");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("tls versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).expect("tcp connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let name = rustls::pki_types::ServerName::try_from(addr.ip().to_string()).expect("ip name");
+    let tls = rustls::ClientConnection::new(Arc::new(config), name).expect("tls client");
+    let stream = rustls::StreamOwned::new(tls, tcp);
+    let url = format!("wss://{addr}{path_and_query}");
+    match tungstenite::client::client(url, stream) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+        Err(tungstenite::HandshakeError::Interrupted(_)) => {
+            panic!("a blocking handshake is never interrupted")
+        }
     }
-    ws
+}
+
+/// Raw voice websocket (v8) for bad-input tests.
+fn raw_ws(server: &Server) -> RawWs {
+    raw_voice(server, 8)
+}
+
+/// Raw voice websocket of gateway version `v`.
+fn raw_voice(server: &Server, v: u32) -> RawWs {
+    raw_connect(server, server.voice_gateway_addr(), &format!("/?v={v}")).expect("ws connect")
 }
 
 /// Reads until the server closes; returns its close code.
-fn close_code_of(
-    ws: &mut tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
-) -> Option<u16> {
+fn close_code_of(ws: &mut RawWs) -> Option<u16> {
     loop {
         match ws.read() {
             Ok(Message::Close(f)) => return f.map(|f| u16::from(f.code)),
@@ -362,7 +401,7 @@ fn garbage_from_clients_is_counted_and_a_good_client_keeps_streaming() {
         ..ServerConfig::default()
     })
     .expect("server starts");
-    let good = direct_client(&server, 1, 10, ControlConfig::default());
+    let good = direct_client(&server, 1, 10);
     let mut rtp = RtpStream::new(good.session.ssrc);
     let mode = net_mode(&good.session);
     let mut sealer = Sealer::new(mode, &SecretKey::new(*good.session.secret_key.expose()));
@@ -377,11 +416,12 @@ fn garbage_from_clients_is_counted_and_a_good_client_keeps_streaming() {
     );
 
     // Websocket garbage, each on its own connection.
-    // No gateway version: rejected at the HTTP upgrade.
-    let plain = format!("ws://{}/", server.voice_gateway_addr());
-    match tungstenite::connect(plain) {
-        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 400),
-        other => panic!("expected HTTP 400, got {:?}", other.map(|_| ())),
+    // No gateway version, or one outside 4–8: rejected at the HTTP upgrade.
+    for path in ["/", "/?v=3", "/?v=9", "/?v=x"] {
+        match raw_connect(&server, server.voice_gateway_addr(), path) {
+            Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 400, "{path}"),
+            other => panic!("{path}: expected HTTP 400, got {:?}", other.map(|_| ())),
+        }
     }
     let mut ws = raw_ws(&server);
     ws.send(Message::text("{not json")).expect("send");
@@ -483,8 +523,8 @@ fn garbage_from_clients_is_counted_and_a_good_client_keeps_streaming() {
 #[test]
 fn forwarding_reseals_for_each_receiver_and_relays_speaking() {
     let server = Server::start(ServerConfig::default()).expect("server starts");
-    let a = direct_client(&server, 5, 50, ControlConfig::default());
-    let b = direct_client(&server, 5, 51, ControlConfig::default());
+    let a = direct_client(&server, 5, 50);
+    let b = direct_client(&server, 5, 51);
     assert_ne!(a.session.secret_key.expose(), b.session.secret_key.expose());
     // B learns A's SSRC from the relayed Speaking (A sent Speaking before B joined), possibly
     // before its own Session Description.
@@ -548,8 +588,8 @@ fn forwarding_reorder_swaps_neighbours() {
         udp_reorder_pct: 100.0,
         ..Faults::default()
     });
-    let a = direct_client(&server, 2, 20, ControlConfig::default());
-    let b = direct_client(&server, 2, 21, ControlConfig::default());
+    let a = direct_client(&server, 2, 20);
+    let b = direct_client(&server, 2, 21);
     let mut rtp = RtpStream::new(a.session.ssrc);
     let mut sealer = Sealer::new(
         net_mode(&a.session),
@@ -578,7 +618,7 @@ fn dropped_voice_websocket_resumes() {
         drop_ws_after: Some(Duration::from_millis(200)),
         ..Faults::default()
     });
-    let c = direct_client(&server, 3, 30, ControlConfig::default());
+    let c = direct_client(&server, 3, 30);
     wait_for(&c.control, c.call, &c.udp, |e| {
         matches!(e, VoiceEvent::Resuming { .. })
     });
@@ -602,7 +642,7 @@ fn close_codes_produce_the_documented_client_behaviour() {
         close_code: Some(4015),
         ..Faults::default()
     });
-    let c = direct_client(&server, 1, 1, ControlConfig::default());
+    let c = direct_client(&server, 1, 1);
     wait_for(&c.control, c.call, &c.udp, |e| {
         matches!(e, VoiceEvent::Resumed)
     });
@@ -613,7 +653,7 @@ fn close_codes_produce_the_documented_client_behaviour() {
         close_code: Some(4006),
         ..Faults::default()
     });
-    let c = direct_client(&server, 1, 1, ControlConfig::default());
+    let c = direct_client(&server, 1, 1);
     let ev = wait_for(&c.control, c.call, &c.udp, |e| {
         matches!(e, VoiceEvent::Ended(_))
     });
@@ -627,7 +667,7 @@ fn close_codes_produce_the_documented_client_behaviour() {
         close_code: Some(4001),
         ..Faults::default()
     });
-    let c = direct_client(&server, 1, 1, ControlConfig::default());
+    let c = direct_client(&server, 1, 1);
     wait_for(&c.control, c.call, &c.udp, |e| {
         matches!(e, VoiceEvent::Reconnecting { .. })
     });
@@ -640,20 +680,56 @@ fn close_codes_produce_the_documented_client_behaviour() {
 }
 
 #[test]
-fn tls_clients_connect_with_the_generated_certificate() {
+fn tls_is_the_default_and_clients_trust_the_generated_ca() {
+    let server = Server::start(ServerConfig::default()).expect("server starts");
+    assert!(server.voice_gateway_url().starts_with("wss://"));
+    assert!(server.main_gateway_url().starts_with("wss://"));
+    // A bare host:port, as Discord sends: clients dial wss://host:port/?v=8.
+    let request = server.voice_connect_request(9, 1, 90);
+    assert_eq!(request.endpoint, server.voice_gateway_addr().to_string());
+    assert_eq!(
+        request.url(),
+        format!("wss://{}/?v=8", server.voice_gateway_addr())
+    );
+
+    // Without the CA, the handshake fails and no session is made.
+    let control = ControlThread::spawn(ControlConfig::default()).expect("control");
+    let call = control
+        .connect(request, VoiceConfig::default())
+        .expect("connect");
+    let refused = loop {
+        match control.events().recv_timeout(WAIT).expect("an event") {
+            ControlEvent::SocketError { id, error } if id == call.0 => break error,
+            _ => continue,
+        }
+    };
+    assert!(refused.to_lowercase().contains("certificate"), "{refused}");
+    assert_eq!(server.ssrc_of(9, 90), None);
+
+    // With the CA as PEM (what `--cert-out` writes), the real client gets a session.
+    let mut config = ControlConfig::default();
+    let pem = server.ca_certificate_pem().expect("tls");
+    assert_eq!(config.trust_pem(pem.as_bytes()).expect("pem"), 1);
+    let c = direct_client_in(&server, 9, 1, 90, config);
+    assert_eq!(server.ssrc_of(9, 90), Some(c.session.ssrc));
+}
+
+#[test]
+fn plain_mode_sends_a_ws_endpoint() {
     let server = Server::start(ServerConfig {
-        tls: true,
+        tls: false,
         ..ServerConfig::default()
     })
     .expect("server starts");
-    assert!(server.voice_gateway_url().starts_with("wss://"));
-    let cert = server.certificate_der().expect("certificate under tls");
-    let config = ControlConfig {
-        extra_roots: vec![cert],
-        ..ControlConfig::default()
-    };
-    let c = direct_client(&server, 9, 90, config);
-    assert_eq!(server.ssrc_of(9, 90), Some(c.session.ssrc));
+    assert!(server.certificate_der().is_none());
+    assert!(server.main_gateway_url().starts_with("ws://"));
+    let request = server.voice_connect_request(9, 1, 91);
+    assert_eq!(
+        request.endpoint,
+        format!("ws://{}", server.voice_gateway_addr())
+    );
+    let c = direct_client_in(&server, 9, 1, 91, ControlConfig::default());
+    assert_eq!(server.ssrc_of(9, 91), Some(c.session.ssrc));
 }
 
 #[test]
@@ -662,8 +738,8 @@ fn forwarding_faults_and_garbage_towards_a_client() {
         udp_duplicate_pct: 100.0,
         ..Faults::default()
     });
-    let a = direct_client(&server, 8, 80, ControlConfig::default());
-    let b = direct_client(&server, 8, 81, ControlConfig::default());
+    let a = direct_client(&server, 8, 80);
+    let b = direct_client(&server, 8, 81);
     // Garbage towards B first: its control thread and socket must shrug it off.
     assert!(server.send_garbage_json(8, 81));
     assert!(server.send_garbage_datagrams(8, 81, 10) >= 10);
@@ -700,10 +776,7 @@ fn forwarding_faults_and_garbage_towards_a_client() {
 }
 
 /// Reads text frames until one with opcode `op`; returns it as JSON.
-fn read_op(
-    ws: &mut tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
-    op: u64,
-) -> serde_json::Value {
+fn read_op(ws: &mut RawWs, op: u64) -> serde_json::Value {
     loop {
         match ws.read().expect("frame") {
             Message::Text(t) => {
@@ -790,9 +863,12 @@ fn a_silent_client_is_closed_with_4009() {
 fn quaver_serve_command_reports_a_call_and_stops_on_sigint() {
     use std::io::BufRead;
     let dir = temp_dir("cli");
+    let ca = dir.join("ca.pem");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_quaver"))
         .args(["serve", "--listen", "127.0.0.1:0", "--record"])
         .arg(&dir)
+        .arg("--cert-out")
+        .arg(&ca)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -813,8 +889,14 @@ fn quaver_serve_command_reports_a_call_and_stops_on_sigint() {
         .strip_prefix("quaver serve: main gateway ")
         .expect("first line names the main gateway")
         .to_string();
+    assert!(url.starts_with("wss://"), "{url}");
 
-    let control = Arc::new(ControlThread::spawn(ControlConfig::default()).expect("control"));
+    // The CA file is written before the first line.
+    let mut config = ControlConfig::default();
+    config
+        .trust_pem(&std::fs::read(&ca).expect("--cert-out wrote the CA"))
+        .expect("a PEM certificate");
+    let control = Arc::new(ControlThread::spawn(config).expect("control"));
     let mut cfg = MainGatewayConfig::new(Token::new("cli-bot"));
     cfg.url = url;
     let bot = control.connect_bot(cfg).expect("connect bot");
@@ -866,7 +948,13 @@ fn quaver_serve_command_reports_a_call_and_stops_on_sigint() {
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     let status = child.wait().expect("quaver serve exits");
     assert!(status.success(), "{status:?}");
-    let wavs = std::fs::read_dir(&dir).expect("record dir").count();
+    let wavs = std::fs::read_dir(&dir)
+        .expect("record dir")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "wav"))
+        })
+        .count();
     assert_eq!(wavs, 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -882,6 +970,454 @@ fn tokens_the_server_did_not_issue_close_4004_when_required() {
     ws.send(Message::text(identify_json(3, 33))).expect("send");
     assert_eq!(close_code_of(&mut ws), Some(4004));
     // Issued credentials work, and the real client reaches SessionReady with them.
-    let c = direct_client(&server, 3, 33, ControlConfig::default());
+    let c = direct_client(&server, 3, 33);
     assert_eq!(server.ssrc_of(3, 33), Some(c.session.ssrc));
+}
+
+/// Receives forwarded packets on `udp` until `count` opened with `cipher`; returns their SSRCs.
+fn receive_forwarded(udp: &UdpSocket, cipher: &TransportCipher, count: usize) -> Vec<u32> {
+    let (mut buf, mut out) = ([0u8; 2048], [0u8; 2048]);
+    let mut ssrcs = Vec::new();
+    while ssrcs.len() < count {
+        let (n, _) = udp.recv_from(&mut buf).expect("forwarded packet");
+        if let Ok(r) = receive::open_rtp(cipher, &buf[..n], &mut out) {
+            ssrcs.push(r.ssrc);
+        }
+    }
+    ssrcs
+}
+
+fn cipher_of(s: &VoiceSession) -> TransportCipher {
+    TransportCipher::new(net_mode(s), &SecretKey::new(*s.secret_key.expose()))
+}
+
+#[test]
+fn two_channels_of_a_guild_do_not_hear_each_other() {
+    let server = Server::start(ServerConfig::default()).expect("server starts");
+    let a = direct_client_in(&server, 10, 1, 101, server.control_config());
+    let b = direct_client_in(&server, 10, 1, 102, server.control_config());
+    let c = direct_client_in(&server, 10, 2, 103, server.control_config());
+    let d = direct_client_in(&server, 10, 2, 104, server.control_config());
+    // B hears that A is there; C and D only hear each other.
+    assert!(b.early.contains(&VoiceEvent::ClientsConnected(vec![101])));
+    assert!(d.early.contains(&VoiceEvent::ClientsConnected(vec![103])));
+    assert!(
+        !c.early
+            .iter()
+            .any(|e| matches!(e, VoiceEvent::ClientsConnected(_))),
+        "{:?}",
+        c.early
+    );
+
+    // A talks in channel 1, C in channel 2.
+    for (sender, freq) in [(&a, 500.0), (&c, 700.0)] {
+        let mut rtp = RtpStream::new(sender.session.ssrc);
+        let mut sealer = Sealer::new(
+            net_mode(&sender.session),
+            &SecretKey::new(*sender.session.secret_key.expose()),
+        );
+        send_tone(
+            &sender.udp,
+            &sender.session,
+            freq,
+            10,
+            0,
+            &mut rtp,
+            &mut sealer,
+        );
+    }
+    let heard_by_b = receive_forwarded(&b.udp, &cipher_of(&b.session), 10);
+    assert!(
+        heard_by_b.iter().all(|s| *s == a.session.ssrc),
+        "{heard_by_b:?}"
+    );
+    let heard_by_d = receive_forwarded(&d.udp, &cipher_of(&d.session), 10);
+    assert!(
+        heard_by_d.iter().all(|s| *s == c.session.ssrc),
+        "{heard_by_d:?}"
+    );
+    // 20 forwarded in all: nothing crossed to the other channel (A and C hear nobody).
+    let stats = wait_stats(&server, "both streams", |s| {
+        s.stream(a.session.ssrc).is_some_and(|x| x.packets == 10)
+            && s.stream(c.session.ssrc).is_some_and(|x| x.packets == 10)
+    });
+    assert_eq!(stats.counters.forwarded, 20);
+    let calls: Vec<(u64, u64, usize)> = stats
+        .calls
+        .iter()
+        .map(|call| (call.guild_id, call.channel_id, call.streams.len()))
+        .collect();
+    assert_eq!(calls, vec![(10, 1, 1), (10, 2, 1)]);
+    assert_eq!(stats.stream(c.session.ssrc).map(|s| s.channel_id), Some(2));
+
+    // Channel 2 empties: its call ends and is reported on its own, channel 1 lives on.
+    for client in [&c, &d] {
+        client.control.disconnect(client.call).expect("disconnect");
+    }
+    let ended = loop {
+        match server.events().recv_timeout(WAIT).expect("call ended") {
+            quaver_tools::server::ServerEvent::CallEnded(call) => break call,
+            _ => continue,
+        }
+    };
+    assert_eq!(
+        (ended.guild_id, ended.channel_id, ended.ended),
+        (10, 2, true)
+    );
+    assert!(
+        server
+            .stats()
+            .calls
+            .iter()
+            .any(|c| c.channel_id == 1 && !c.ended)
+    );
+    // B never heard C or D come and go.
+    b.control
+        .set_speaking(b.call, SpeakingFlags::NONE)
+        .expect("alive");
+    let mut seen = Vec::new();
+    wait_for(&b.control, b.call, &b.udp, |e| {
+        seen.push(e.clone());
+        matches!(e, VoiceEvent::SpeakingSent(_))
+    });
+    assert!(
+        !seen.iter().any(|e| matches!(
+            e,
+            VoiceEvent::ClientsConnected(_) | VoiceEvent::ClientDisconnected(_)
+        )),
+        "{seen:?}"
+    );
+}
+
+/// Reads the next text frame as JSON.
+fn next_json(ws: &mut RawWs) -> serde_json::Value {
+    loop {
+        if let Message::Text(t) = ws.read().expect("frame") {
+            return serde_json::from_str(t.as_str()).expect("server JSON");
+        }
+    }
+}
+
+#[test]
+fn voice_gateway_v4_is_served_with_its_own_framing() {
+    let server = Server::start(ServerConfig::default()).expect("server starts");
+    let mut ws = raw_voice(&server, 4);
+    let hello = next_json(&mut ws);
+    assert_eq!(hello["op"], 8);
+    assert_eq!(hello["d"]["v"], 4);
+    ws.send(Message::text(identify_json(4, 40))).expect("send");
+    let ready = read_op(&mut ws, 2);
+    assert!(ready.get("seq").is_none(), "no seq under v4: {ready}");
+    // songbird's heartbeat: the bare nonce, answered with the bare nonce.
+    ws.send(Message::text(r#"{"op":3,"d":1234567}"#))
+        .expect("send");
+    let ack = read_op(&mut ws, 6);
+    assert_eq!(ack, serde_json::json!({"op": 6, "d": 1234567}));
+    ws.send(Message::text(select_json())).expect("send");
+    let desc = read_op(&mut ws, 4);
+    assert!(desc.get("seq").is_none(), "{desc}");
+    assert_eq!(desc["d"]["secret_key"].as_array().map(Vec::len), Some(32));
+    // Someone joins: op 11 without seq either.
+    let mut other = raw_voice(&server, 4);
+    other
+        .send(Message::text(identify_json(4, 41)))
+        .expect("send");
+    let joined = read_op(&mut ws, 11);
+    assert!(joined.get("seq").is_none(), "{joined}");
+    drop(ws); // no close frame: resumable
+
+    // Resume under v4 has no seq_ack and replays nothing: Resumed, then live traffic only.
+    other
+        .send(Message::text(
+            r#"{"op":5,"d":{"speaking":1,"delay":0,"ssrc":1}}"#,
+        ))
+        .expect("send");
+    let mut ws = raw_voice(&server, 4);
+    ws.send(Message::text(
+        r#"{"op":7,"d":{"server_id":"4","session_id":"s40","token":"t"}}"#,
+    ))
+    .expect("send");
+    let resumed = read_op(&mut ws, 9);
+    assert!(resumed.get("seq").is_none(), "{resumed}");
+    ws.send(Message::text(r#"{"op":3,"d":7}"#)).expect("send");
+    let mut after = Vec::new();
+    loop {
+        let v = next_json(&mut ws);
+        if v["op"] == 6 {
+            assert_eq!(v["d"], 7);
+            break;
+        }
+        after.push(v);
+    }
+    // Only the op 5 of user 41 (told again because it never reached this client), no replay
+    // of op 11.
+    assert!(
+        after.iter().all(|v| v["op"] == 5 && v.get("seq").is_none()),
+        "{after:?}"
+    );
+    assert_eq!(server.stats().counters.resumes, 1);
+
+    // v8 is unchanged: object heartbeat and ACK, seq on numbered messages; a bare nonce is
+    // read too and answered in v8 form.
+    let mut v8 = raw_voice(&server, 8);
+    assert_eq!(next_json(&mut v8)["d"]["v"], 8);
+    v8.send(Message::text(identify_json(5, 50))).expect("send");
+    assert_eq!(read_op(&mut v8, 2)["seq"], 1);
+    v8.send(Message::text(r#"{"op":3,"d":{"t":99,"seq_ack":1}}"#))
+        .expect("send");
+    assert_eq!(
+        read_op(&mut v8, 6),
+        serde_json::json!({"op": 6, "d": {"t": 99}})
+    );
+    v8.send(Message::text(r#"{"op":3,"d":98}"#)).expect("send");
+    assert_eq!(
+        read_op(&mut v8, 6),
+        serde_json::json!({"op": 6, "d": {"t": 98}})
+    );
+    // v5–v7 get the v4 framing.
+    let mut v7 = raw_voice(&server, 7);
+    assert_eq!(next_json(&mut v7)["d"]["v"], 7);
+    v7.send(Message::text(identify_json(6, 60))).expect("send");
+    assert!(read_op(&mut v7, 2).get("seq").is_none());
+}
+
+/// A raw voice participant: websocket, UDP socket and key, for ordering checks.
+struct RawMember {
+    ws: RawWs,
+    udp: UdpSocket,
+    ssrc: u32,
+    cipher: TransportCipher,
+    sealer: Sealer,
+    /// SSRC → user ID from every op 5 read so far.
+    speakers: std::collections::HashMap<u32, u64>,
+}
+
+impl RawMember {
+    fn join(server: &Server, guild: u64, user: u64) -> RawMember {
+        let mut ws = raw_ws(server);
+        let udp = udp_socket();
+        ws.send(Message::text(identify_json(guild, user)))
+            .expect("send");
+        let mut speakers = std::collections::HashMap::new();
+        let mut ssrc = None;
+        let mut key = None;
+        while key.is_none() {
+            let v = next_json(&mut ws);
+            match v["op"].as_u64() {
+                Some(2) => {
+                    ssrc = v["d"]["ssrc"].as_u64();
+                    let port = udp.local_addr().expect("bound").port();
+                    ws.send(Message::text(format!(
+                        r#"{{"op":1,"d":{{"protocol":"udp","data":{{"address":"127.0.0.1","port":{port},"mode":"aead_aes256_gcm_rtpsize"}}}}}}"#
+                    )))
+                    .expect("send");
+                }
+                Some(4) => {
+                    let bytes: Vec<u8> = v["d"]["secret_key"]
+                        .as_array()
+                        .expect("key")
+                        .iter()
+                        .map(|b| b.as_u64().expect("byte") as u8)
+                        .collect();
+                    key = Some(SecretKey::from_slice(&bytes).expect("32 bytes"));
+                }
+                Some(5) => note_speaker(&mut speakers, &v),
+                _ => {}
+            }
+        }
+        let key = key.expect("key");
+        let mode = EncryptionMode::Aes256GcmRtpSize;
+        RawMember {
+            ws,
+            udp,
+            ssrc: ssrc.expect("ready before session description") as u32,
+            cipher: TransportCipher::new(mode, &key),
+            sealer: Sealer::new(mode, &key),
+            speakers,
+        }
+    }
+
+    /// Reads every frame already received, without waiting for more.
+    fn drain(&mut self) {
+        let tcp = &self.ws.get_ref().sock;
+        tcp.set_read_timeout(Some(Duration::from_millis(2)))
+            .expect("timeout");
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => {
+                    let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("json");
+                    if v["op"] == 5 {
+                        note_speaker(&mut self.speakers, &v);
+                    }
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break;
+                }
+                Err(e) => panic!("websocket failed: {e}"),
+            }
+        }
+        let tcp = &self.ws.get_ref().sock;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+    }
+
+    fn send_audio(&mut self, server: &Server, rtp: &mut RtpStream, frames: usize) {
+        let mut buf = [0u8; 256];
+        for _ in 0..frames {
+            let h = rtp.write_next(&mut buf).expect("header");
+            // An Opus silence frame.
+            buf[h..h + 3].copy_from_slice(&[0xF8, 0xFF, 0xFE]);
+            let n = self.sealer.seal(&mut buf, h, 3).expect("seal");
+            self.udp
+                .send_to(&buf[..n], server.udp_addr())
+                .expect("send");
+        }
+    }
+
+    /// Receives `count` forwarded packets; for each, every op 5 already on the wire is read
+    /// first, and the packet's SSRC must be mapped by one of them.
+    fn receive_mapped(&mut self, count: usize) -> Vec<u32> {
+        let (mut buf, mut out) = ([0u8; 2048], [0u8; 2048]);
+        let mut ssrcs = Vec::new();
+        while ssrcs.len() < count {
+            let (n, _) = self.udp.recv_from(&mut buf).expect("forwarded packet");
+            let Ok(r) = receive::open_rtp(&self.cipher, &buf[..n], &mut out) else {
+                continue;
+            };
+            self.drain();
+            assert!(
+                self.speakers.contains_key(&r.ssrc),
+                "packet of ssrc {} before any op 5 for it (known: {:?})",
+                r.ssrc,
+                self.speakers
+            );
+            ssrcs.push(r.ssrc);
+        }
+        ssrcs
+    }
+}
+
+fn note_speaker(speakers: &mut std::collections::HashMap<u32, u64>, v: &serde_json::Value) {
+    let ssrc = v["d"]["ssrc"].as_u64().expect("op 5 ssrc") as u32;
+    let user = v["d"]["user_id"]
+        .as_str()
+        .and_then(|u| u.parse().ok())
+        .expect("op 5 from the server names the user");
+    speakers.insert(ssrc, user);
+}
+
+#[test]
+fn op_5_reaches_a_receiver_before_any_packet_of_its_ssrc() {
+    let server = Server::start(ServerConfig::default()).expect("server starts");
+    let mut receiver = RawMember::join(&server, 12, 120);
+    // A sender that never sends op 5: the server makes one up at its first packet.
+    let mut silent = RawMember::join(&server, 12, 121);
+    let mut rtp = RtpStream::new(silent.ssrc);
+    silent.send_audio(&server, &mut rtp, 10);
+    let got = receiver.receive_mapped(10);
+    assert!(got.iter().all(|s| *s == silent.ssrc));
+    assert_eq!(receiver.speakers.get(&silent.ssrc), Some(&121));
+
+    // A sender whose op 5 and first packet leave back to back.
+    let mut talker = RawMember::join(&server, 12, 122);
+    let speaking = format!(
+        r#"{{"op":5,"d":{{"speaking":1,"delay":0,"ssrc":{}}}}}"#,
+        talker.ssrc
+    );
+    talker.ws.send(Message::text(speaking)).expect("send");
+    let mut rtp = RtpStream::new(talker.ssrc);
+    talker.send_audio(&server, &mut rtp, 10);
+    let got = receiver.receive_mapped(10);
+    assert!(got.iter().all(|s| *s == talker.ssrc));
+    assert_eq!(receiver.speakers.get(&talker.ssrc), Some(&122));
+
+    // A newcomer after both: it is told about the talker on joining and about the silent
+    // sender before its packets; it receives every packet, none unmapped.
+    let mut late = RawMember::join(&server, 12, 123);
+    let mut rtp = RtpStream::new(silent.ssrc);
+    rtp.sequence = rtp.sequence.wrapping_add(100);
+    silent.send_audio(&server, &mut rtp, 5);
+    let got = late.receive_mapped(5);
+    assert!(got.iter().all(|s| *s == silent.ssrc));
+    assert_eq!(late.speakers.get(&silent.ssrc), Some(&121));
+}
+
+#[test]
+fn moving_to_another_channel_leaves_the_old_call() {
+    let server = Server::start(ServerConfig::default()).expect("server starts");
+    // Someone stays in channel 1 and watches the bot come and go.
+    let watcher = direct_client_in(&server, 20, 1, 201, server.control_config());
+    let control = Arc::new(ControlThread::spawn(server.control_config()).expect("control"));
+    let mut cfg = MainGatewayConfig::new(Token::new("mover"));
+    cfg.url = server.main_gateway_url();
+    let bot = control.connect_bot(cfg).expect("connect bot");
+    let user_id = loop {
+        if let ControlEvent::MainGateway {
+            event: MainGatewayEvent::Ready { user_id },
+            ..
+        } = control.events().recv_timeout(WAIT).expect("READY")
+        {
+            break user_id;
+        }
+    };
+    let sender = BotVoiceStateSender::new(control.clone(), bot);
+    let mut mgr = VoiceManager::new(control.clone(), sender, user_id, VoiceConfig::default());
+    let udp = udp_socket();
+    let ready_in = |mgr: &mut VoiceManager<BotVoiceStateSender>, channel: u64| -> u32 {
+        mgr.join(20, channel).expect("join");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .expect("SessionReady in time");
+            let ev = control.events().recv_timeout(left).expect("event");
+            let Ok(Some(ce)) = mgr.handle_control_event(ev) else {
+                continue;
+            };
+            match ce.event {
+                VoiceEvent::DiscoveryRequested { ssrc, ip, port } => {
+                    discover(&control, ce.call, &udp, ssrc, &ip, port)
+                }
+                VoiceEvent::SessionReady(s) if mgr.call(20) == Some(ce.call) => break s.ssrc,
+                _ => {}
+            }
+        }
+    };
+    let first = ready_in(&mut mgr, 1);
+    wait_for(
+        &watcher.control,
+        watcher.call,
+        &watcher.udp,
+        |e| matches!(e, VoiceEvent::ClientsConnected(u) if u == &vec![user_id]),
+    );
+    let second = ready_in(&mut mgr, 2);
+    assert_ne!(first, second, "a fresh session in the new channel");
+    // The watcher in channel 1 sees the bot leave; the bot's new session is in channel 2.
+    wait_for(
+        &watcher.control,
+        watcher.call,
+        &watcher.udp,
+        |e| matches!(e, VoiceEvent::ClientDisconnected(u) if *u == user_id),
+    );
+    assert_eq!(server.ssrc_of(20, user_id), Some(second));
+    let established: Vec<(u64, u32)> = server
+        .events()
+        .try_iter()
+        .filter_map(|e| match e {
+            quaver_tools::server::ServerEvent::SessionEstablished {
+                channel_id,
+                user_id: u,
+                ssrc,
+                ..
+            } if u == user_id => Some((channel_id, ssrc)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(established, vec![(1, first), (2, second)]);
 }

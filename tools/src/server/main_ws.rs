@@ -193,6 +193,14 @@ fn voice_state(
         Some(channel) => {
             let (session_id, token) = {
                 let mut reg = shared.lock();
+                // A move: the voice session in the old channel ends (4014, as Discord closes
+                // it), and the client identifies again with the credentials below.
+                let moved = reg.sessions.values().any(|s| {
+                    s.guild_id == guild_id && s.user_id == user_id && s.channel_id != channel
+                });
+                if moved {
+                    reg.end_sessions_of(guild_id, user_id, shared);
+                }
                 shared.issue(&mut reg, guild_id, channel, user_id)
             };
             state["session_id"] = json!(session_id);

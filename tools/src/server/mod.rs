@@ -3,9 +3,10 @@
 //!
 //! * A main-gateway subset ([`Server::main_gateway_url`]): Hello, Identify → READY, heartbeats,
 //!   Resume, op 4 Update Voice State → VOICE_STATE_UPDATE + VOICE_SERVER_UPDATE.
-//! * A voice gateway v8 ([`Server::voice_endpoint`]): Hello, Ready, Select Protocol → Session
-//!   Description with a fresh key, heartbeat ACKs, numbered messages with a replay buffer for
-//!   Resume, Speaking relays, Clients Connect / Client Disconnect, close codes.
+//! * A voice gateway, v8 and v4–v7 each with its own framing ([`Server::voice_endpoint`]):
+//!   Hello, Ready, Select Protocol → Session Description with a fresh key, heartbeat ACKs,
+//!   numbered messages with a replay buffer for Resume (v8), Speaking relays, Clients Connect /
+//!   Client Disconnect, close codes.
 //! * A UDP voice server ([`Server::udp_addr`]): IP discovery, transport decryption, RTP checks,
 //!   Opus decode, optional WAV recording per SSRC, forwarding to the other participants of the
 //!   channel (re-sealed with each receiver's key), and receive measurements with kernel
@@ -16,15 +17,36 @@
 //!
 //! # Details a client may notice
 //!
-//! * VOICE_SERVER_UPDATE's `endpoint` is a bare `host:port` under TLS (clients add `wss://`)
-//!   and `ws://host:port` without it, because a bare endpoint means TLS to every client.
-//! * Every server message except Hello, Heartbeat ACK and Resumed carries `seq` and is kept
-//!   for Resume ([`ServerConfig::replay_buffer`]); a `seq_ack` the buffer no longer covers, an
-//!   unknown session or a wrong token close with 4006.
-//! * A call is a guild: every session of one guild hears the others. A session ends when its
-//!   client closes with 1000/1001, leaves with op 4, Identifies again, or stays away longer than
-//!   [`ServerConfig::resume_window`]; the last one to end reports the call
-//!   ([`ServerEvent::CallEnded`]).
+//! * Both gateways speak TLS by default, with a certificate signed by a CA generated at start
+//!   ([`Server::ca_certificate_pem`]; `quaver serve --cert-out FILE` writes it). The main
+//!   gateway URL is `wss://host:port`, and VOICE_SERVER_UPDATE's `endpoint` is a bare
+//!   `host:port` that clients dial as `wss://host:port/?v=8`, exactly as with Discord.
+//!   [`Server::control_config`] hands Quaver's own client a configuration that trusts the CA.
+//!   [`ServerConfig::tls`] `false` (`quaver serve --plain`) is a debugging mode Discord has no
+//!   equivalent of: plain `ws://`, and the endpoint is sent as `ws://host:port` because a bare
+//!   endpoint means TLS to every client.
+//! * The voice gateway serves `?v=4` to `?v=8`; anything else (or no `v`) is refused with HTTP
+//!   400. v8: every server message except Hello, Heartbeat ACK and Resumed carries `seq` and is
+//!   kept for Resume ([`ServerConfig::replay_buffer`]); a `seq_ack` the buffer no longer covers,
+//!   an unknown session or a wrong token close with 4006; heartbeats are `{t, seq_ack}`, ACKs
+//!   `{t}`; server binary frames start with a u16 seq. v4–v7 (songbird 0.6 uses v4): no `seq`
+//!   anywhere, heartbeat and ACK carry the bare nonce (`{"op":3,"d":n}` → `{"op":6,"d":n}`),
+//!   binary frames start with the opcode, and Resume replays nothing (there is no `seq_ack`).
+//!   Heartbeats are read in either form under every version.
+//! * A call is a voice channel: sessions hear each other, get Clients Connect / Client
+//!   Disconnect and Speaking, only within their (guild, channel). The channel comes from the
+//!   credentials op 4 issued; a session that identifies with credentials the server did not
+//!   issue is in channel 0 of its guild. Op 4 naming another channel ends the user's voice
+//!   session in the old one (its socket closes with 4014, as Discord does on a move), and the
+//!   client identifies again with the new VOICE_SERVER_UPDATE.
+//! * Before a receiver gets any packet of an SSRC, the server has written an op 5 Speaking
+//!   `{user_id, ssrc, speaking}` for it on that receiver's websocket: the relayed op 5 of the
+//!   sender, the ones sent to a newcomer, or, for a sender that never sent op 5, one the
+//!   server makes up at its first packet (flags as last sent, else microphone). Packets that
+//!   arrive in between are held back, then forwarded in order.
+//! * A session ends when its client closes with 1000/1001, leaves with op 4, Identifies again,
+//!   or stays away longer than [`ServerConfig::resume_window`]; the last one to end reports the
+//!   call ([`ServerEvent::CallEnded`], per channel).
 //!
 //! # Measurements ([`StreamStats`])
 //!
@@ -42,7 +64,8 @@
 //! // Either point a main-gateway client at `server.main_gateway_url()`, or skip the main
 //! // gateway and get voice credentials directly:
 //! let request = server.voice_connect_request(1 /* guild */, 2 /* channel */, 3 /* user */);
-//! // ... connect with quaver_gateway::control::ControlThread, send audio ...
+//! // ... connect with a ControlThread spawned from `server.control_config()` (it trusts the
+//! // server's certificate), send audio ...
 //! for call in server.stats().calls {
 //!     for s in call.streams {
 //!         println!("ssrc {}: {} packets, {} lost, lateness p99 {} µs", s.ssrc, s.packets, s.lost, s.lateness_us.p99);
@@ -51,6 +74,7 @@
 //! # Ok::<(), quaver_tools::server::ServerError>(())
 //! ```
 
+mod framing;
 mod main_ws;
 pub mod stats;
 mod tls;
@@ -58,7 +82,7 @@ mod udp;
 mod voice_ws;
 pub mod wav;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -66,7 +90,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use quaver_gateway::protocol::{Token, VoicePayload};
+use quaver_gateway::control::ControlConfig;
+use quaver_gateway::protocol::{Speaking, Token, VoicePayload};
 use quaver_gateway::voice::VoiceConnectRequest;
 use quaver_net::crypto::{EncryptionMode, Sealer, TransportCipher};
 
@@ -123,7 +148,7 @@ pub struct Faults {
     pub udp_duplicate_pct: f64,
 }
 
-/// Server configuration. `Default` is loopback on ephemeral ports, no TLS, no recording.
+/// Server configuration. `Default` is loopback on ephemeral ports, TLS, no recording.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// Main-gateway listen address.
@@ -139,7 +164,9 @@ pub struct ServerConfig {
     pub heartbeat_timeout_intervals: Option<f64>,
     /// Encryption modes offered in Ready, in this order.
     pub modes: Vec<EncryptionMode>,
-    /// Serve `wss://` with a self-signed certificate generated at start.
+    /// Serve `wss://` on both gateways with a certificate from a CA generated at start, and
+    /// send the voice endpoint bare, as Discord does. `false` is a debugging mode: plain
+    /// `ws://`, and the endpoint goes out as `ws://host:port` (no Discord client expects that).
     pub tls: bool,
     /// Write one WAV per SSRC into this directory.
     pub record_dir: Option<PathBuf>,
@@ -182,7 +209,7 @@ impl Default for ServerConfig {
             heartbeat_interval_ms: 13_750.0,
             heartbeat_timeout_intervals: Some(3.0),
             modes: EncryptionMode::PREFERENCE.to_vec(),
-            tls: false,
+            tls: true,
             record_dir: None,
             decode_audio: true,
             keep_decoded_audio: false,
@@ -260,6 +287,8 @@ pub struct StreamStats {
     pub user_id: u64,
     /// Its guild.
     pub guild_id: u64,
+    /// Its voice channel.
+    pub channel_id: u64,
     /// Packets accepted (decrypted), duplicates included.
     pub packets: u64,
     /// Distinct packets.
@@ -286,11 +315,13 @@ pub struct StreamStats {
     pub recording: Option<PathBuf>,
 }
 
-/// The streams of one call (all sessions of one guild, as a channel).
+/// The streams of one call (the sessions of one voice channel).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CallStats {
     /// Guild ID.
     pub guild_id: u64,
+    /// Voice channel ID.
+    pub channel_id: u64,
     /// Whether every session of the call has ended.
     pub ended: bool,
     /// One entry per SSRC that sent audio.
@@ -300,7 +331,7 @@ pub struct CallStats {
 /// A snapshot of everything the server measured.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct ServerStats {
-    /// Per call, ordered by guild ID.
+    /// Per call, ordered by guild and channel ID.
     pub calls: Vec<CallStats>,
     /// Counters.
     pub counters: Counters,
@@ -324,6 +355,8 @@ pub enum ServerEvent {
     SessionEstablished {
         /// Guild.
         guild_id: u64,
+        /// Voice channel.
+        channel_id: u64,
         /// User.
         user_id: u64,
         /// Its SSRC.
@@ -335,17 +368,37 @@ pub enum ServerEvent {
 
 /// Something the voice websocket thread of a session is asked to do. No `Debug`: a queued
 /// Session Description carries the key.
+#[derive(Clone)]
 pub(crate) enum Outgoing {
     Text(String),
+    /// A binary frame, already framed for the connection's version.
+    Binary(Vec<u8>),
     Close(u16),
     /// Shut the TCP connection down without a close frame.
     Drop,
+    /// Everything queued before this (an op 5 naming the SSRC) has been written: packets of
+    /// this SSRC may now be forwarded to the session, starting with the held ones.
+    Mapped(u32),
 }
 
-/// One voice session (one user in one guild), living across resumes.
+/// One voice channel of one guild: the unit that hears itself (and, with DAVE, one group).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct CallKey {
+    pub guild_id: u64,
+    pub channel_id: u64,
+}
+
+/// Forwarded packets held per (receiver, SSRC) while the op 5 naming the SSRC is on its way;
+/// beyond this the oldest are dropped (a receiver whose websocket is away for long).
+const MAX_HELD_PER_SSRC: usize = 50;
+
+/// One voice session (one user in one voice channel), living across resumes.
 pub(crate) struct Session {
     pub guild_id: u64,
+    pub channel_id: u64,
     pub user_id: u64,
+    /// How the attached (last) websocket frames messages.
+    pub framing: framing::Framing,
     pub session_id: String,
     pub token: Token,
     pub ssrc: u32,
@@ -355,7 +408,8 @@ pub(crate) struct Session {
     pub sealer: Option<Sealer>,
     pub udp_peer: Option<SocketAddr>,
     pub seq: i64,
-    pub replay: VecDeque<(i64, String)>,
+    /// Numbered messages for Resume (v8 only).
+    pub replay: VecDeque<(i64, Outgoing)>,
     /// The attached websocket thread, if any: its generation and queue.
     pub outbox: Option<(u64, crossbeam_channel::Sender<Outgoing>)>,
     pub detached_at: Option<Instant>,
@@ -364,23 +418,91 @@ pub(crate) struct Session {
     pub dropped_once: bool,
     /// A forwarded packet held back by reorder injection.
     pub held: Option<Vec<u8>>,
+    /// SSRCs whose op 5 this session's websocket has written: their packets flow.
+    pub mapped: HashSet<u32>,
+    /// SSRCs whose op 5 is queued but not yet written.
+    pub announced: HashSet<u32>,
+    /// Sealed packets per SSRC waiting for its op 5 to be written.
+    pub pending: HashMap<u32, VecDeque<Vec<u8>>>,
 }
 
 impl Session {
-    /// Numbers `payload`, keeps it for replay and queues it to the attached websocket.
+    pub fn key(&self) -> CallKey {
+        CallKey {
+            guild_id: self.guild_id,
+            channel_id: self.channel_id,
+        }
+    }
+
+    /// Numbers `payload` (v8), keeps it for replay and queues it to the attached websocket.
     pub fn push(&mut self, payload: &VoicePayload, replay_cap: usize) {
         self.seq += 1;
-        // Invariant: server payloads are plain structs that always serialise.
-        let text = payload
-            .encode(Some(self.seq))
-            .expect("server payloads encode");
-        self.replay.push_back((self.seq, text.clone()));
-        while self.replay.len() > replay_cap {
-            self.replay.pop_front();
+        let frame = Outgoing::Text(self.framing.text(payload, self.seq));
+        self.queue_numbered(frame, replay_cap);
+    }
+
+    /// A server binary frame (DAVE ops 25, 27, 29, 30), framed for the session's version and
+    /// numbered like the text messages.
+    // The DAVE side of the server sends its binary frames through this.
+    #[allow(dead_code)]
+    pub fn push_binary(&mut self, op: u8, payload: &[u8], replay_cap: usize) {
+        self.seq += 1;
+        let frame = Outgoing::Binary(self.framing.binary(self.seq, op, payload));
+        self.queue_numbered(frame, replay_cap);
+    }
+
+    fn queue_numbered(&mut self, frame: Outgoing, replay_cap: usize) {
+        if self.framing.numbered() {
+            self.replay.push_back((self.seq, frame.clone()));
+            while self.replay.len() > replay_cap {
+                self.replay.pop_front();
+            }
         }
         if let Some((_, tx)) = &self.outbox {
-            let _ = tx.send(Outgoing::Text(text));
+            let _ = tx.send(frame);
         }
+    }
+
+    /// Sends op 5 for another member's SSRC, and makes sure this session's websocket writes it
+    /// before any packet of that SSRC is forwarded here.
+    pub fn tell_speaking(&mut self, speaking: Speaking, replay_cap: usize) {
+        self.push(&VoicePayload::Speaking(speaking), replay_cap);
+        if !self.mapped.contains(&speaking.ssrc) {
+            self.announced.insert(speaking.ssrc);
+            self.send(Outgoing::Mapped(speaking.ssrc));
+        }
+    }
+
+    /// The op 5 that tells others who sends this session's SSRC: its flags as last sent, or
+    /// microphone for a sender that sent audio without op 5.
+    pub fn speaking_announcement(&self) -> Speaking {
+        let flags = if self.speaking == 0 {
+            quaver_gateway::protocol::SpeakingFlags::MICROPHONE
+        } else {
+            quaver_gateway::protocol::SpeakingFlags(self.speaking)
+        };
+        Speaking {
+            speaking: flags,
+            ssrc: self.ssrc,
+            delay: None,
+            user_id: Some(self.user_id.into()),
+        }
+    }
+
+    /// Keeps a sealed packet of `ssrc` until its op 5 has been written.
+    pub fn hold(&mut self, ssrc: u32, packet: Vec<u8>) {
+        let held = self.pending.entry(ssrc).or_default();
+        if held.len() >= MAX_HELD_PER_SSRC {
+            held.pop_front();
+        }
+        held.push_back(packet);
+    }
+
+    /// Forgets a member that left (its SSRC is never reused while the server runs).
+    pub fn forget(&mut self, ssrc: u32) {
+        self.mapped.remove(&ssrc);
+        self.announced.remove(&ssrc);
+        self.pending.remove(&ssrc);
     }
 
     fn send(&self, out: Outgoing) -> bool {
@@ -391,8 +513,9 @@ impl Session {
     }
 }
 
-/// Credentials handed out by op 4 (or [`Server::voice_connect_request`]).
+/// Credentials handed out by op 4 (or [`Server::voice_connect_request`]), for one channel.
 pub(crate) struct Issued {
+    pub channel_id: u64,
     pub session_id: String,
     pub token: Token,
 }
@@ -401,8 +524,8 @@ pub(crate) struct Issued {
 pub(crate) struct Registry {
     pub sessions: HashMap<u64, Session>,
     pub by_ssrc: HashMap<u32, u64>,
-    /// Session keys per guild, so forwarding a packet touches only its call.
-    pub by_guild: HashMap<u64, Vec<u64>>,
+    /// Session keys per voice channel, so forwarding a packet touches only its call.
+    pub by_call: HashMap<CallKey, Vec<u64>>,
     pub issued: HashMap<(u64, u64), Issued>,
     /// Main-gateway sessions, for Resume: session ID → user ID.
     pub main_sessions: HashMap<String, u64>,
@@ -418,6 +541,7 @@ pub(crate) struct Registry {
 
 pub(crate) struct StreamRecord {
     pub guild_id: u64,
+    pub channel_id: u64,
     pub user_id: u64,
     pub meter: stats::StreamMeter,
     pub decode_errors: u64,
@@ -432,6 +556,7 @@ impl StreamRecord {
             ssrc,
             user_id: self.user_id,
             guild_id: self.guild_id,
+            channel_id: self.channel_id,
             packets: self.meter.packets,
             unique_packets: self.meter.unique(),
             bytes: self.meter.bytes,
@@ -452,8 +577,13 @@ impl Registry {
     /// Adds a session to the indexes.
     pub fn insert_session(&mut self, key: u64, session: Session) {
         self.by_ssrc.insert(session.ssrc, key);
-        self.by_guild.entry(session.guild_id).or_default().push(key);
+        self.by_call.entry(session.key()).or_default().push(key);
         self.sessions.insert(key, session);
+    }
+
+    /// The sessions of one call (voice channel).
+    pub fn call_members(&self, call: CallKey) -> &[u64] {
+        self.by_call.get(&call).map_or(&[], Vec::as_slice)
     }
 
     pub fn session_by_ssrc(&mut self, ssrc: u32) -> Option<&mut Session> {
@@ -461,22 +591,23 @@ impl Registry {
         self.sessions.get_mut(&id)
     }
 
-    pub fn call_stats(&self, guild_id: u64) -> CallStats {
+    pub fn call_stats(&self, call: CallKey) -> CallStats {
         let mut streams: Vec<StreamStats> = self
             .streams
             .iter()
-            .filter(|(_, r)| r.guild_id == guild_id)
+            .filter(|(_, r)| r.guild_id == call.guild_id && r.channel_id == call.channel_id)
             .map(|(ssrc, r)| r.snapshot(*ssrc))
             .collect();
         streams.sort_by_key(|s| (s.user_id, s.ssrc));
         CallStats {
-            guild_id,
-            ended: !self.sessions.values().any(|s| s.guild_id == guild_id),
+            guild_id: call.guild_id,
+            channel_id: call.channel_id,
+            ended: !self.by_call.contains_key(&call),
             streams,
         }
     }
 
-    /// Ends every session of `user_id` in `guild_id` (a user is in one call per guild).
+    /// Ends every session of `user_id` in `guild_id` (a user is in one channel per guild).
     pub fn end_sessions_of(&mut self, guild_id: u64, user_id: u64, shared: &Shared) {
         let ids: Vec<u64> = self
             .sessions
@@ -495,10 +626,11 @@ impl Registry {
             return;
         };
         self.by_ssrc.remove(&s.ssrc);
-        if let Some(members) = self.by_guild.get_mut(&s.guild_id) {
+        let call = s.key();
+        if let Some(members) = self.by_call.get_mut(&call) {
             members.retain(|k| *k != id);
             if members.is_empty() {
-                self.by_guild.remove(&s.guild_id);
+                self.by_call.remove(&call);
             }
         }
         if let Some((_, tx)) = &s.outbox {
@@ -510,20 +642,22 @@ impl Registry {
             user_id: s.user_id.into(),
         });
         let cap = shared.config.replay_buffer;
-        for other in self.sessions.values_mut() {
-            if other.guild_id == s.guild_id {
+        for key in self.by_call.get(&call).into_iter().flatten() {
+            if let Some(other) = self.sessions.get_mut(key) {
                 other.push(&gone, cap);
+                other.forget(s.ssrc);
             }
         }
         tracing::info!(
             guild = s.guild_id,
+            channel = s.channel_id,
             user = s.user_id,
             ssrc = s.ssrc,
             "voice session ended"
         );
-        if !self.by_guild.contains_key(&s.guild_id) {
-            let call = self.call_stats(s.guild_id);
-            let _ = shared.events_tx.send(ServerEvent::CallEnded(call));
+        if !self.by_call.contains_key(&call) {
+            let stats = self.call_stats(call);
+            let _ = shared.events_tx.send(ServerEvent::CallEnded(stats));
         }
     }
 
@@ -572,13 +706,13 @@ impl Shared {
         }
     }
 
-    /// Issues voice credentials for a user; the channel is implied by the guild (one call per
-    /// guild).
+    /// Issues voice credentials for a user in a channel (replacing any earlier ones: a user is
+    /// in one channel per guild).
     pub fn issue(
         &self,
         reg: &mut Registry,
         guild_id: u64,
-        _channel_id: u64,
+        channel_id: u64,
         user_id: u64,
     ) -> (String, Token) {
         let session_id = random_hex(16);
@@ -586,6 +720,7 @@ impl Shared {
         reg.issued.insert(
             (guild_id, user_id),
             Issued {
+                channel_id,
                 session_id: session_id.clone(),
                 token: token.clone(),
             },
@@ -607,7 +742,8 @@ pub struct Server {
     shared: Arc<Shared>,
     events: crossbeam_channel::Receiver<ServerEvent>,
     threads: Vec<JoinHandle<()>>,
-    certificate: Option<rustls::pki_types::CertificateDer<'static>>,
+    /// The CA that signed the server's certificate (DER, PEM), under TLS.
+    ca: Option<(rustls::pki_types::CertificateDer<'static>, String)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -616,7 +752,7 @@ impl std::fmt::Debug for Server {
             .field("main", &self.shared.main_addr)
             .field("voice", &self.shared.voice_addr)
             .field("udp", &self.shared.udp_addr)
-            .field("tls", &self.certificate.is_some())
+            .field("tls", &self.ca.is_some())
             .finish()
     }
 }
@@ -647,9 +783,9 @@ impl Server {
                 "keylog is on: voice transport keys are written to this file"
             );
         }
-        let (tls, certificate) = if config.tls {
-            let (c, cert) = tls::self_signed(config.voice_listen.ip(), config.main_listen.ip())?;
-            (Some(c), Some(cert))
+        let (tls, ca) = if config.tls {
+            let id = tls::generate(config.voice_listen.ip(), config.main_listen.ip())?;
+            (Some(id.config), Some((id.ca_der, id.ca_pem)))
         } else {
             (None, None)
         };
@@ -665,7 +801,7 @@ impl Server {
             registry: Mutex::new(Registry {
                 sessions: HashMap::new(),
                 by_ssrc: HashMap::new(),
-                by_guild: HashMap::new(),
+                by_call: HashMap::new(),
                 issued: HashMap::new(),
                 main_sessions: HashMap::new(),
                 next_session: 0,
@@ -704,12 +840,12 @@ impl Server {
         )?);
         let s = shared.clone();
         threads.push(spawn("quaver-serve-udp", Box::new(move || udp::run(s)))?);
-        tracing::info!(%main_addr, %voice_addr, %udp_addr, tls = certificate.is_some(), "server listening");
+        tracing::info!(%main_addr, %voice_addr, %udp_addr, tls = ca.is_some(), "server listening");
         Ok(Server {
             shared,
             events,
             threads,
-            certificate,
+            ca,
         })
     }
 
@@ -718,7 +854,8 @@ impl Server {
         self.shared.main_addr
     }
 
-    /// The URL for a main-gateway client (`ws://` or `wss://`, with `?v=10&encoding=json`).
+    /// The URL for a main-gateway client: `wss://host:port/?v=10&encoding=json` (`ws://` in
+    /// plain mode).
     pub fn main_gateway_url(&self) -> String {
         let scheme = if self.shared.tls.is_some() {
             "wss"
@@ -754,10 +891,30 @@ impl Server {
         self.shared.udp_addr
     }
 
-    /// The self-signed certificate (DER) when TLS is on; trust it through
-    /// `ControlConfig::extra_roots`.
+    /// The CA certificate (DER) that signed the server's certificate, when TLS is on; trust it
+    /// through `ControlConfig::extra_roots` (or use [`Server::control_config`]).
     pub fn certificate_der(&self) -> Option<rustls::pki_types::CertificateDer<'static>> {
-        self.certificate.clone()
+        self.ca.as_ref().map(|(der, _)| der.clone())
+    }
+
+    /// The same CA certificate as PEM (what `quaver serve --cert-out` writes), for clients that
+    /// take a CA file.
+    pub fn ca_certificate_pem(&self) -> Option<&str> {
+        self.ca.as_ref().map(|(_, pem)| pem.as_str())
+    }
+
+    /// A default control-thread configuration that trusts this server's certificate (unchanged
+    /// in plain mode).
+    pub fn control_config(&self) -> ControlConfig {
+        self.trusted(ControlConfig::default())
+    }
+
+    /// `config` with this server's CA added to its extra roots.
+    pub fn trusted(&self, mut config: ControlConfig) -> ControlConfig {
+        if let Some(der) = self.certificate_der() {
+            config.extra_roots.push(der);
+        }
+        config
     }
 
     /// Issues voice credentials as op 4 would (no main gateway needed) and returns the request
@@ -783,12 +940,19 @@ impl Server {
     /// A snapshot of every call's statistics and the counters.
     pub fn stats(&self) -> ServerStats {
         let reg = self.shared.lock();
-        let mut guilds: Vec<u64> = reg.streams.values().map(|r| r.guild_id).collect();
-        guilds.extend(reg.sessions.values().map(|s| s.guild_id));
-        guilds.sort_unstable();
-        guilds.dedup();
+        let mut calls: Vec<CallKey> = reg
+            .streams
+            .values()
+            .map(|r| CallKey {
+                guild_id: r.guild_id,
+                channel_id: r.channel_id,
+            })
+            .collect();
+        calls.extend(reg.sessions.values().map(Session::key));
+        calls.sort_unstable();
+        calls.dedup();
         ServerStats {
-            calls: guilds.into_iter().map(|g| reg.call_stats(g)).collect(),
+            calls: calls.into_iter().map(|c| reg.call_stats(c)).collect(),
             counters: reg.counters,
         }
     }
@@ -929,16 +1093,18 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, which: Gateway) {
             })
             .stack_size(512 * 1024)
             .spawn(move || {
-                let ws = match tls::accept(stream, &s, which == Gateway::Voice) {
-                    Ok(ws) => ws,
+                let (ws, framing) = match tls::accept(stream, &s, which == Gateway::Voice) {
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "websocket handshake failed");
                         return;
                     }
                 };
-                match which {
-                    Gateway::Main => main_ws::serve(ws, &s),
-                    Gateway::Voice => voice_ws::serve(ws, &s),
+                match (which, framing) {
+                    (Gateway::Voice, Some(framing)) => voice_ws::serve(ws, framing, &s),
+                    (Gateway::Main, _) => main_ws::serve(ws, &s),
+                    // The handshake refuses a voice request without a supported version.
+                    (Gateway::Voice, None) => {}
                 }
             });
         if let Err(e) = spawned {
@@ -952,8 +1118,9 @@ impl std::fmt::Display for CallStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "call in guild {}{}: {} stream(s)",
+            "call in guild {} channel {}{}: {} stream(s)",
             self.guild_id,
+            self.channel_id,
             if self.ended { " ended" } else { "" },
             self.streams.len()
         )?;

@@ -9,6 +9,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tungstenite::WebSocket;
 use tungstenite::protocol::WebSocketConfig;
 
+use super::framing::Framing;
 use super::{ServerError, Shared};
 
 /// How long a client may take for the TCP/TLS/websocket handshake.
@@ -73,15 +74,14 @@ fn version_of(uri: &tungstenite::http::Uri) -> Option<u32> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Gateway versions below 4, or none at all, are rejected (PROTOCOL.md §0); 4–8 are served
-/// with v8 semantics.
-fn version_ok(v: Option<u32>) -> bool {
-    v.is_some_and(|v| (4..=8).contains(&v))
-}
-
 /// TLS (if configured) and the websocket handshake, then the short polling read timeout.
-/// With `voice`, the request must carry a supported `?v=`; others get HTTP 400.
-pub(crate) fn accept(stream: TcpStream, shared: &Shared, voice: bool) -> Result<Ws, String> {
+/// With `voice`, the request must carry a supported `?v=` (4–8, PROTOCOL.md §0); others get
+/// HTTP 400. Returns the voice connection's framing (`None` for the main gateway).
+pub(crate) fn accept(
+    stream: TcpStream,
+    shared: &Shared,
+    voice: bool,
+) -> Result<(Ws, Option<Framing>), String> {
     let _ = stream.set_nodelay(true);
     stream
         .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
@@ -96,12 +96,17 @@ pub(crate) fn accept(stream: TcpStream, shared: &Shared, voice: bool) -> Result<
     let config = WebSocketConfig::default()
         .max_message_size(Some(shared.config.max_message_size))
         .max_frame_size(Some(shared.config.max_message_size));
+    let mut framing = None;
     // tungstenite's handshake callback fixes this error type (an HTTP response).
     #[allow(clippy::result_large_err)]
     let check = |req: &tungstenite::handshake::server::Request,
                  resp: tungstenite::handshake::server::Response| {
+        if !voice {
+            return Ok(resp);
+        }
         let v = version_of(req.uri());
-        if !voice || version_ok(v) {
+        framing = v.and_then(Framing::of_version);
+        if framing.is_some() {
             return Ok(resp);
         }
         let mut reject = tungstenite::handshake::server::ErrorResponse::new(Some(format!(
@@ -114,31 +119,68 @@ pub(crate) fn accept(stream: TcpStream, shared: &Shared, voice: bool) -> Result<
         .map_err(|e| e.to_string())?;
     ws.get_ref()
         .set_read_timeout(shared.config.ws_poll_interval.max(Duration::from_millis(1)));
-    Ok(ws)
+    Ok((ws, framing))
 }
 
-/// A fresh self-signed certificate for the listen addresses (plus `localhost`).
-pub(crate) fn self_signed(
-    a: IpAddr,
-    b: IpAddr,
-) -> Result<(Arc<rustls::ServerConfig>, CertificateDer<'static>), ServerError> {
+/// The server's TLS identity: a throwaway CA generated at start, and the leaf it signed for
+/// the listen addresses. Clients trust the CA (what `--cert-out` writes), as they would trust a
+/// corporate root, so the leaf is an ordinary server certificate (not a CA, server-auth usage)
+/// that strict verifiers accept.
+pub(crate) struct Identity {
+    pub config: Arc<rustls::ServerConfig>,
+    pub ca_der: CertificateDer<'static>,
+    pub ca_pem: String,
+}
+
+/// A fresh CA and a leaf for the listen addresses (plus `localhost`).
+pub(crate) fn generate(a: IpAddr, b: IpAddr) -> Result<Identity, ServerError> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let tls_err = |e: rcgen::Error| ServerError::Tls(e.to_string());
     let mut names = vec!["localhost".to_string(), a.to_string()];
     if b != a {
         names.push(b.to_string());
     }
-    let key =
-        rcgen::generate_simple_self_signed(names).map_err(|e| ServerError::Tls(e.to_string()))?;
-    let cert = key.cert.der().clone();
-    let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()));
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
+    ca.distinguished_name
+        .push(DnType::CommonName, "quaver serve local CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().map_err(tls_err)?;
+    let ca_cert = ca.self_signed(&ca_key).map_err(tls_err)?;
+    let issuer = Issuer::new(ca, ca_key);
+
+    let mut leaf = CertificateParams::new(names).map_err(tls_err)?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, "quaver serve");
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    leaf.use_authority_key_identifier_extension = true;
+    let leaf_key = KeyPair::generate().map_err(tls_err)?;
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).map_err(tls_err)?;
+
+    let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| ServerError::Tls(e.to_string()))?
     .with_no_client_auth()
-    .with_single_cert(vec![cert.clone()], private)
+    // The chain includes the CA, so a client that was handed the leaf-signing CA by other
+    // means (or pins it) sees the whole path.
+    .with_single_cert(
+        vec![leaf_cert.der().clone(), ca_cert.der().clone()],
+        private,
+    )
     .map_err(|e| ServerError::Tls(e.to_string()))?;
-    Ok((Arc::new(config), cert))
+    Ok(Identity {
+        config: Arc::new(config),
+        ca_der: ca_cert.der().clone(),
+        ca_pem: ca_cert.pem(),
+    })
 }
 
 #[cfg(test)]
@@ -152,7 +194,5 @@ mod tests {
         assert_eq!(version_of(&uri("/?encoding=json&v=4")), Some(4));
         assert_eq!(version_of(&uri("/")), None);
         assert_eq!(version_of(&uri("/?v=x")), None);
-        assert!(version_ok(Some(8)) && version_ok(Some(4)));
-        assert!(!version_ok(None) && !version_ok(Some(3)) && !version_ok(Some(9)));
     }
 }

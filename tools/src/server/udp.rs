@@ -16,7 +16,7 @@ use quaver_net::rtp::{self, RtpHeader};
 
 use super::stats::{Arrival, StreamMeter};
 use super::wav::WavWriter;
-use super::{Registry, Shared, StreamRecord};
+use super::{CallKey, Registry, Shared, StreamRecord};
 
 /// How often the thread wakes up without traffic (stop flag, session expiry).
 const POLL: Duration = Duration::from_millis(20);
@@ -276,22 +276,26 @@ impl Udp<'_> {
         };
         // Like Discord, the address a valid packet comes from is where this user receives.
         session.udp_peer = Some(d.from);
-        let (guild, user, ssrc) = (session.guild_id, session.user_id, session.ssrc);
+        let (call, user, ssrc) = (session.key(), session.user_id, session.ssrc);
+        let announcement = session.speaking_announcement();
         let (seq, ts, marker) = (opened.sequence, opened.timestamp, opened.marker);
         let payload_len = opened.payload.len();
         // `payload` is a sub-slice of `self.open` (open_rtp decrypts into it), so this offset
         // cannot underflow; it lets the borrow of `self.open` end here.
         let payload_at = opened.payload.as_ptr() as usize - self.open.as_ptr() as usize;
+        let (guild, channel) = (call.guild_id, call.channel_id);
         let record = reg.streams.entry(ssrc).or_insert_with(|| StreamRecord {
             guild_id: guild,
+            channel_id: channel,
             user_id: user,
             meter: StreamMeter::new(),
             decode_errors: 0,
             decoded_samples: 0,
-            recording: config
-                .record_dir
-                .as_ref()
-                .map(|dir| dir.join(format!("guild{guild}-user{user}-ssrc{ssrc}.wav"))),
+            recording: config.record_dir.as_ref().map(|dir| {
+                dir.join(format!(
+                    "guild{guild}-channel{channel}-user{user}-ssrc{ssrc}.wav"
+                ))
+            }),
             decoded: Vec::new(),
         });
         let arrival = record.meter.on_packet(seq, ts, payload_len, d.at_ns);
@@ -302,8 +306,8 @@ impl Udp<'_> {
                 &mut reg,
                 shared,
                 &mut self.fwd,
-                guild,
-                ssrc,
+                call,
+                announcement,
                 seq,
                 ts,
                 marker,
@@ -410,26 +414,30 @@ impl Udp<'_> {
 }
 
 /// Re-seals a sender's packet for every other participant of its call and sends it, with the
-/// configured loss / reorder / duplication applied.
+/// configured loss / reorder / duplication applied. A receiver whose websocket has not yet
+/// written an op 5 for this SSRC gets it first (`announcement`, queued now if it was never
+/// queued) and the packet is held until then, so no client sees an SSRC it cannot map.
 #[allow(clippy::too_many_arguments)]
 fn forward(
     reg: &mut Registry,
     shared: &Shared,
     buf: &mut [u8],
-    guild: u64,
-    ssrc: u32,
+    call: CallKey,
+    announcement: quaver_gateway::protocol::Speaking,
     seq: u16,
     ts: u32,
     marker: bool,
     payload: &[u8],
 ) {
+    let ssrc = announcement.ssrc;
     let faults = &shared.config.faults;
+    let cap = shared.config.replay_buffer;
     let chance = |pct: f64| pct > 0.0 && rand::random::<f64>() * 100.0 < pct;
     let mut counters = reg.counters;
     let Registry {
-        sessions, by_guild, ..
+        sessions, by_call, ..
     } = reg;
-    let Some(members) = by_guild.get(&guild) else {
+    let Some(members) = by_call.get(&call) else {
         return;
     };
     for key in members {
@@ -456,6 +464,13 @@ fn forward(
         let Ok(n) = sealer.seal(buf, rtp::HEADER_LEN, payload.len()) else {
             continue;
         };
+        if !s.mapped.contains(&ssrc) {
+            if !s.announced.contains(&ssrc) {
+                s.tell_speaking(announcement, cap);
+            }
+            s.hold(ssrc, buf[..n].to_vec());
+            continue;
+        }
         if chance(faults.udp_loss_pct) {
             counters.injected_udp_loss += 1;
             continue;

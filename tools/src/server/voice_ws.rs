@@ -1,12 +1,13 @@
-//! The voice gateway v8, server side: one thread per websocket.
+//! The voice gateway (v8, and v4–v7 with their older framing), server side: one thread per
+//! websocket.
 
 use std::io::Write as _;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use quaver_gateway::protocol::{
-    self, ClientsConnect, HeartbeatAck, Hello, Identify, Ready, Resume, SelectProtocol,
-    SessionDescription, Speaking, SpeakingFlags, VoicePayload, close_code,
+    self, ClientsConnect, Hello, Identify, Ready, Resume, SelectProtocol, SessionDescription,
+    Speaking, SpeakingFlags, VoicePayload, close_code,
 };
 use quaver_net::crypto::{EncryptionMode, Sealer, SecretKey, TransportCipher};
 use tungstenite::Message;
@@ -14,14 +15,16 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use zeroize::Zeroize;
 
+use super::framing::{Framing, heartbeat_nonce};
 use super::tls::Ws;
-use super::{Outgoing, ServerEvent, Session, Shared};
+use super::{CallKey, Outgoing, ServerEvent, Session, Shared};
 
 /// How long to wait for the client's answer to a close frame before dropping the socket.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 struct Conn<'a> {
     shared: &'a Shared,
+    framing: Framing,
     generation: u64,
     tx: crossbeam_channel::Sender<Outgoing>,
     rx: crossbeam_channel::Receiver<Outgoing>,
@@ -34,10 +37,11 @@ struct Conn<'a> {
 }
 
 /// Serves one voice websocket until it closes.
-pub(crate) fn serve(mut ws: Ws, shared: &Shared) {
+pub(crate) fn serve(mut ws: Ws, framing: Framing, shared: &Shared) {
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut c = Conn {
         shared,
+        framing,
         generation: shared
             .ws_generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -53,7 +57,7 @@ pub(crate) fn serve(mut ws: Ws, shared: &Shared) {
     // order, and a resuming client waits for Hello then Resumed.
     let hello = VoicePayload::Hello(Hello {
         heartbeat_interval: shared.config.heartbeat_interval_ms,
-        v: Some(8),
+        v: Some(framing.version()),
     });
     if send_payload(&mut ws, &hello).is_ok() {
         run(&mut ws, &mut c);
@@ -133,6 +137,13 @@ fn drain(ws: &mut Ws, c: &mut Conn<'_>) -> bool {
                     return false;
                 }
             }
+            Outgoing::Binary(b) => {
+                if ws.send(Message::binary(b)).is_err() {
+                    return false;
+                }
+            }
+            // `ws.send` flushed the op 5 queued before this marker: now the SSRC's packets.
+            Outgoing::Mapped(ssrc) => release_held(c, ssrc),
             Outgoing::Close(code) => start_close(ws, c, code),
             Outgoing::Drop => {
                 ws.get_ref().shutdown();
@@ -141,6 +152,31 @@ fn drain(ws: &mut Ws, c: &mut Conn<'_>) -> bool {
         }
     }
     true
+}
+
+/// The op 5 naming `ssrc` is on the wire: forward the packets of `ssrc` held for this session,
+/// and let the UDP thread forward the rest directly.
+fn release_held(c: &mut Conn<'_>, ssrc: u32) {
+    let Some(id) = c.session else { return };
+    let (peer, held) = {
+        let mut reg = c.shared.lock();
+        let Some(s) = reg.sessions.get_mut(&id) else {
+            return;
+        };
+        s.mapped.insert(ssrc);
+        s.announced.remove(&ssrc);
+        (s.udp_peer, s.pending.remove(&ssrc).unwrap_or_default())
+    };
+    let Some(peer) = peer else { return };
+    let mut sent = 0;
+    for packet in &held {
+        if c.shared.udp.send_to(packet, peer).is_ok() {
+            sent += 1;
+        }
+    }
+    if sent > 0 {
+        c.shared.lock().counters.forwarded += sent;
+    }
 }
 
 fn start_close(ws: &mut Ws, c: &mut Conn<'_>, code: u16) {
@@ -244,8 +280,15 @@ fn server_only(op: u64) -> bool {
 }
 
 fn on_text(ws: &mut Ws, c: &mut Conn<'_>, text: &str) {
-    let op = serde_json::from_str::<serde_json::Value>(text)
-        .ok()
+    let value = serde_json::from_str::<serde_json::Value>(text).ok();
+    // Heartbeats first: older clients send the bare nonce, which the typed decoder refuses.
+    if let Some(nonce) = value.as_ref().and_then(heartbeat_nonce) {
+        c.last_heartbeat = Instant::now();
+        let _ = ws.send(Message::text(c.framing.heartbeat_ack(nonce)));
+        return;
+    }
+    let op = value
+        .as_ref()
         .and_then(|v| v.get("op").and_then(serde_json::Value::as_u64));
     if op.is_some_and(server_only) {
         tracing::debug!(?op, "server-only opcode from a client");
@@ -263,7 +306,7 @@ fn on_text(ws: &mut Ws, c: &mut Conn<'_>, text: &str) {
     match frame.payload {
         VoicePayload::Heartbeat(h) => {
             c.last_heartbeat = Instant::now();
-            let _ = send_payload(ws, &VoicePayload::HeartbeatAck(HeartbeatAck { t: h.t }));
+            let _ = ws.send(Message::text(c.framing.heartbeat_ack(h.t)));
         }
         VoicePayload::Identify(id) if c.session.is_none() => identify(ws, c, id),
         VoicePayload::Resume(r) if c.session.is_none() => resume(ws, c, r),
@@ -314,19 +357,31 @@ fn identify(ws: &mut Ws, c: &mut Conn<'_>, id: Identify) {
         return start_close(ws, c, close_code::AUTHENTICATION_FAILED);
     }
     reg.counters.identifies += 1;
-    // A user is in one call per guild: a fresh Identify replaces their previous session.
+    // The channel is the one the credentials were issued for (op 4); credentials the server
+    // did not issue (allowed unless `require_issued_tokens`) land in channel 0.
+    let channel = reg
+        .issued
+        .get(&(guild, user))
+        .map_or(0, |issued| issued.channel_id);
+    let call = CallKey {
+        guild_id: guild,
+        channel_id: channel,
+    };
+    // A user is in one channel per guild: a fresh Identify replaces their previous session.
     reg.end_sessions_of(guild, user, shared);
     let ssrc = reg.fresh_ssrc();
     reg.next_session += 1;
     let key = reg.next_session;
     let others: Vec<(u64, u32, u32)> = reg
-        .sessions
-        .values()
-        .filter(|s| s.guild_id == guild)
+        .call_members(call)
+        .iter()
+        .filter_map(|k| reg.sessions.get(k))
         .map(|s| (s.user_id, s.ssrc, s.speaking))
         .collect();
     let mut session = Session {
         guild_id: guild,
+        channel_id: channel,
+        framing: c.framing,
         user_id: user,
         session_id: id.session_id.clone(),
         token: id.token.clone(),
@@ -343,6 +398,9 @@ fn identify(ws: &mut Ws, c: &mut Conn<'_>, id: Identify) {
         established_at: None,
         dropped_once: false,
         held: None,
+        mapped: Default::default(),
+        announced: Default::default(),
+        pending: Default::default(),
     };
     session.push(
         &VoicePayload::Ready(Ready {
@@ -367,13 +425,13 @@ fn identify(ws: &mut Ws, c: &mut Conn<'_>, id: Identify) {
         );
         for (other_user, other_ssrc, flags) in &others {
             if *flags != 0 {
-                session.push(
-                    &VoicePayload::Speaking(Speaking {
+                session.tell_speaking(
+                    Speaking {
                         speaking: SpeakingFlags(*flags),
                         ssrc: *other_ssrc,
                         delay: None,
                         user_id: Some((*other_user).into()),
-                    }),
+                    },
                     cap,
                 );
             }
@@ -382,12 +440,15 @@ fn identify(ws: &mut Ws, c: &mut Conn<'_>, id: Identify) {
     let joined = VoicePayload::ClientsConnect(ClientsConnect {
         user_ids: vec![user.into()],
     });
-    for s in reg.sessions.values_mut().filter(|s| s.guild_id == guild) {
-        s.push(&joined, cap);
+    let members = reg.call_members(call).to_vec();
+    for k in members {
+        if let Some(s) = reg.sessions.get_mut(&k) {
+            s.push(&joined, cap);
+        }
     }
     reg.insert_session(key, session);
     c.session = Some(key);
-    tracing::info!(guild, user, ssrc, "voice session identified");
+    tracing::info!(guild, channel, user, ssrc, "voice session identified");
 }
 
 fn resume(ws: &mut Ws, c: &mut Conn<'_>, r: Resume) {
@@ -408,7 +469,9 @@ fn resume(ws: &mut Ws, c: &mut Conn<'_>, r: Resume) {
     let token_ok = s.token.expose() == r.token.expose();
     let oldest = s.replay.front().map_or(s.seq + 1, |(q, _)| *q);
     // Everything after seq_ack must still be buffered, or the client would miss messages.
-    let covered = r.seq_ack >= oldest - 1 && r.seq_ack <= s.seq;
+    // Before v8 there is no seq_ack and nothing is replayed.
+    let covered = !c.framing.numbered()
+        || (r.seq_ack >= oldest - 1 && r.seq_ack <= s.seq && s.framing.numbered());
     if !token_ok || !covered {
         reg.counters.failed_resumes += 1;
         drop(reg);
@@ -424,13 +487,34 @@ fn resume(ws: &mut Ws, c: &mut Conn<'_>, r: Resume) {
             .encode(None)
             .expect("server payloads encode"),
     ));
-    for (q, text) in &s.replay {
-        if *q > r.seq_ack {
-            let _ = c.tx.send(Outgoing::Text(text.clone()));
+    if c.framing.numbered() {
+        for (q, frame) in &s.replay {
+            if *q > r.seq_ack {
+                let _ = c.tx.send(frame.clone());
+            }
         }
+    } else {
+        // Nothing to replay from: the v8 buffer, if any, is numbered for another framing.
+        s.replay.clear();
     }
+    s.framing = c.framing;
     s.outbox = Some((c.generation, c.tx.clone()));
     s.detached_at = None;
+    // Op 5s queued while no websocket was attached never reached the client (or, before v8,
+    // are not replayed): tell again, so held packets can flow.
+    let waiting: Vec<u32> = s.announced.iter().copied().collect();
+    let mut speakers = Vec::new();
+    for ssrc in waiting {
+        if let Some(other) = reg.session_by_ssrc(ssrc) {
+            speakers.push(other.speaking_announcement());
+        }
+    }
+    let cap = shared.config.replay_buffer;
+    if let Some(s) = reg.sessions.get_mut(&key) {
+        for sp in speakers {
+            s.tell_speaking(sp, cap);
+        }
+    }
     reg.counters.resumes += 1;
     c.session = Some(key);
     tracing::info!(session = key, seq_ack = r.seq_ack, "voice session resumed");
@@ -490,6 +574,7 @@ fn select_protocol(ws: &mut Ws, c: &mut Conn<'_>, sp: SelectProtocol) {
     s.established_at = Some(Instant::now());
     let event = ServerEvent::SessionEstablished {
         guild_id: s.guild_id,
+        channel_id: s.channel_id,
         user_id: s.user_id,
         ssrc: s.ssrc,
     };
@@ -511,16 +596,20 @@ fn speaking(c: &mut Conn<'_>, sp: Speaking) {
         return;
     };
     s.speaking = sp.speaking.0;
-    let (guild, user, ssrc) = (s.guild_id, s.user_id, s.ssrc);
-    let relay = VoicePayload::Speaking(Speaking {
+    let (call, user, ssrc) = (s.key(), s.user_id, s.ssrc);
+    let relay = Speaking {
         speaking: sp.speaking,
         ssrc,
         delay: None,
         user_id: Some(user.into()),
-    });
-    for (k, other) in reg.sessions.iter_mut() {
-        if *k != key && other.guild_id == guild {
-            other.push(&relay, shared.config.replay_buffer);
+    };
+    let members = reg.call_members(call).to_vec();
+    for k in members {
+        if k == key {
+            continue;
+        }
+        if let Some(other) = reg.sessions.get_mut(&k) {
+            other.tell_speaking(relay, shared.config.replay_buffer);
         }
     }
 }
