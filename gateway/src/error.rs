@@ -23,6 +23,9 @@ pub enum Error {
     /// The control thread has stopped; its handle can no longer send commands.
     #[error("the control thread has stopped")]
     ControlStopped,
+    /// No call or bot connection with this ID exists (any more) on the control thread.
+    #[error("no connection {0} on the control thread")]
+    UnknownConnection(u64),
     /// A URL or endpoint could not be understood.
     #[error("invalid gateway url {0:?}")]
     InvalidUrl(String),

@@ -1,482 +1,43 @@
-//! The control thread: one thread drives every call's voice-gateway websocket.
-//!
-//! Sockets are non-blocking under a `mio` poll, tungstenite runs over them (with rustls for
-//! `wss://`, `ring` as the one crypto provider and webpki roots), host names are resolved on a
-//! helper thread, and every timer comes from the sans-IO machines' `poll_timeout`. Nothing waits
-//! on any single server, so a slow or dead one cannot stall the others.
-//!
-//! Handles out, values back: [`ControlThread`] sends commands in; [`ControlEvent`]s come back over
-//! a queue ([`ControlThread::events`]).
+//! The control thread's loop: readiness, timers, commands, and the machines they drive.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Token};
 use tungstenite::handshake::HandshakeError;
-use tungstenite::handshake::MidHandshake;
 use tungstenite::handshake::client::ClientHandshake;
-use tungstenite::protocol::frame::CloseFrame;
-use tungstenite::protocol::{WebSocketConfig, frame::coding::CloseCode};
+use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
+use super::handle::Command;
+use super::resolver::Resolver;
+use super::socket::{Socket, Stream, Target, close_socket, deregister, parse_url, tls_config};
+use super::{
+    BotId, CallId, ControlConfig, ControlEvent, ControlHandler, ControlStats, HANDLER_TOKEN_BASE,
+    WAKER,
+};
 use crate::Error;
 use crate::backoff::SplitMixJitter;
 use crate::dave::DaveExtension;
-use crate::main_gateway::{MainGateway, MainGatewayConfig, MainGatewayEvent};
+use crate::main_gateway::{MainGateway, MainGatewayConfig};
 use crate::protocol::SpeakingFlags;
-use crate::voice::{
-    OutgoingFrame, Output, VoiceConfig, VoiceConnectRequest, VoiceEvent, VoiceGateway,
-};
-
-const WAKER: Token = Token(usize::MAX);
-
-/// Identifies one call (one voice connection) on a control thread.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CallId(pub u64);
-
-/// Identifies one built-in main-gateway connection on a control thread.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BotId(pub u64);
-
-/// Events from the control thread, in the order they happened per connection.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum ControlEvent {
-    /// Something happened on a call's voice connection.
-    Voice {
-        /// Which call.
-        call: CallId,
-        /// What happened.
-        event: VoiceEvent,
-    },
-    /// Something happened on a built-in main-gateway connection.
-    MainGateway {
-        /// Which bot connection.
-        bot: BotId,
-        /// What happened.
-        event: MainGatewayEvent,
-    },
-    /// A socket-level problem worth knowing about (the machines recover on their own).
-    SocketError {
-        /// The connection's numeric ID (a `CallId` or `BotId` value).
-        id: u64,
-        /// Description.
-        error: String,
-    },
-}
-
-/// Control-thread tuning.
-#[derive(Clone, Debug)]
-pub struct ControlConfig {
-    /// Largest websocket message accepted.
-    pub max_message_size: usize,
-    /// Outgoing bytes buffered per socket before it counts as dead.
-    pub max_write_buffer: usize,
-    /// Thread name.
-    pub thread_name: String,
-    /// Certificates to trust besides the webpki roots (a local server's self-signed one).
-    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
-}
-
-impl ControlConfig {
-    /// Adds every certificate of a PEM file's contents to [`ControlConfig::extra_roots`] (for
-    /// example the CA a local `quaver serve` wrote with `--cert-out`). Returns how many were
-    /// added; text without any certificate is an error, so a wrong file is noticed.
-    pub fn trust_pem(&mut self, pem: &[u8]) -> Result<usize, Error> {
-        use rustls::pki_types::pem::PemObject;
-        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
-            .collect::<Result<Vec<_>, _>>()?;
-        if certs.is_empty() {
-            return Err(Error::Certificate(
-                rustls::pki_types::pem::Error::NoItemsFound,
-            ));
-        }
-        let added = certs.len();
-        self.extra_roots.extend(certs);
-        Ok(added)
-    }
-}
-
-impl Default for ControlConfig {
-    fn default() -> Self {
-        ControlConfig {
-            max_message_size: crate::protocol::DEFAULT_MAX_FRAME_LEN,
-            max_write_buffer: 4 << 20,
-            thread_name: "quaver-control".into(),
-            extra_roots: Vec::new(),
-        }
-    }
-}
-
-/// Counters for benchmarks and health checks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ControlStats {
-    /// Connections (calls plus bots) currently held.
-    pub connections: usize,
-    /// Connections whose websocket is currently open.
-    pub open_sockets: usize,
-    /// CPU time the control thread has used (user + system).
-    pub cpu_time: Duration,
-    /// The system (kernel) part of `cpu_time`; on loopback it includes the receiver's TCP work.
-    pub cpu_system: Duration,
-    /// Websocket frames received.
-    pub frames_in: u64,
-    /// Websocket frames sent.
-    pub frames_out: u64,
-}
-
-enum Command {
-    Connect {
-        id: u64,
-        request: Box<VoiceConnectRequest>,
-        config: Box<VoiceConfig>,
-        dave: Option<Box<dyn DaveExtension>>,
-    },
-    ConnectBot {
-        id: u64,
-        config: Box<MainGatewayConfig>,
-    },
-    Discovered {
-        id: u64,
-        ip: String,
-        port: u16,
-    },
-    Speaking {
-        id: u64,
-        flags: SpeakingFlags,
-    },
-    Disconnect {
-        id: u64,
-    },
-    BotSend {
-        id: u64,
-        payload: String,
-    },
-    Resolved {
-        id: u64,
-        generation: u64,
-        result: io::Result<Vec<SocketAddr>>,
-    },
-    Stats(Sender<ControlStats>),
-    Shutdown,
-}
-
-/// Handle to a running control thread. Dropping it stops the thread and closes every socket.
-pub struct ControlThread {
-    commands: Sender<Command>,
-    waker: Arc<Waker>,
-    events: Receiver<ControlEvent>,
-    next_id: std::sync::atomic::AtomicU64,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for ControlThread {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlThread").finish_non_exhaustive()
-    }
-}
-
-impl ControlThread {
-    /// Start the control thread (and its resolver helper).
-    pub fn spawn(config: ControlConfig) -> Result<Self, Error> {
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
-        let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
-        let resolver = Resolver::spawn(cmd_tx.clone(), waker.clone())?;
-        let name = config.thread_name.clone();
-        let thread = std::thread::Builder::new().name(name).spawn(move || {
-            let mut lp = EventLoop {
-                poll,
-                commands: cmd_rx,
-                events: ev_tx,
-                conns: HashMap::new(),
-                timers: BinaryHeap::new(),
-                config,
-                tls: None,
-                resolver,
-                frames_in: 0,
-                frames_out: 0,
-            };
-            lp.run();
-        })?;
-        Ok(ControlThread {
-            commands: cmd_tx,
-            waker,
-            events: ev_rx,
-            next_id: std::sync::atomic::AtomicU64::new(1),
-            thread: Some(thread),
-        })
-    }
-
-    /// The event queue. Read it from any thread.
-    pub fn events(&self) -> &Receiver<ControlEvent> {
-        &self.events
-    }
-
-    /// Start a voice connection. Events for it carry the returned [`CallId`].
-    pub fn connect(
-        &self,
-        request: VoiceConnectRequest,
-        config: VoiceConfig,
-    ) -> Result<CallId, Error> {
-        self.connect_inner(request, config, None)
-    }
-
-    /// Start a voice connection whose DAVE traffic goes to `dave` (which lives on the control
-    /// thread from then on). Set `config.max_dave_protocol_version` to what it supports.
-    pub fn connect_with_dave(
-        &self,
-        request: VoiceConnectRequest,
-        config: VoiceConfig,
-        dave: Box<dyn DaveExtension>,
-    ) -> Result<CallId, Error> {
-        self.connect_inner(request, config, Some(dave))
-    }
-
-    fn connect_inner(
-        &self,
-        request: VoiceConnectRequest,
-        config: VoiceConfig,
-        dave: Option<Box<dyn DaveExtension>>,
-    ) -> Result<CallId, Error> {
-        let id = self.fresh_id();
-        self.send(Command::Connect {
-            id,
-            request: Box::new(request),
-            config: Box::new(config),
-            dave,
-        })?;
-        Ok(CallId(id))
-    }
-
-    /// Feed back the result of IP discovery requested by [`VoiceEvent::DiscoveryRequested`].
-    pub fn set_discovered_address(&self, call: CallId, ip: String, port: u16) -> Result<(), Error> {
-        self.send(Command::Discovered {
-            id: call.0,
-            ip,
-            port,
-        })
-    }
-
-    /// Ask for Speaking on or off ([`VoiceEvent::SpeakingSent`] confirms it went out).
-    pub fn set_speaking(&self, call: CallId, flags: SpeakingFlags) -> Result<(), Error> {
-        self.send(Command::Speaking { id: call.0, flags })
-    }
-
-    /// Close a call's voice connection; it ends with [`crate::voice::EndReason::Left`].
-    pub fn disconnect(&self, call: CallId) -> Result<(), Error> {
-        self.send(Command::Disconnect { id: call.0 })
-    }
-
-    /// Start a built-in main-gateway connection (see [`crate::main_gateway`]).
-    pub fn connect_bot(&self, config: MainGatewayConfig) -> Result<BotId, Error> {
-        let id = self.fresh_id();
-        self.send(Command::ConnectBot {
-            id,
-            config: Box::new(config),
-        })?;
-        Ok(BotId(id))
-    }
-
-    /// Send a raw JSON payload on a bot's main-gateway socket (used for op 4).
-    pub fn bot_send(&self, bot: BotId, payload: String) -> Result<(), Error> {
-        self.send(Command::BotSend { id: bot.0, payload })
-    }
-
-    /// Close a bot's main-gateway connection.
-    pub fn disconnect_bot(&self, bot: BotId) -> Result<(), Error> {
-        self.send(Command::Disconnect { id: bot.0 })
-    }
-
-    /// Counters, including the control thread's own CPU time.
-    pub fn stats(&self) -> Result<ControlStats, Error> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.send(Command::Stats(tx))?;
-        rx.recv_timeout(Duration::from_secs(10))
-            .map_err(|_| Error::ControlStopped)
-    }
-
-    fn fresh_id(&self) -> u64 {
-        self.next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn send(&self, cmd: Command) -> Result<(), Error> {
-        self.commands.send(cmd).map_err(|_| Error::ControlStopped)?;
-        self.waker.wake()?;
-        Ok(())
-    }
-}
-
-impl Drop for ControlThread {
-    fn drop(&mut self) {
-        let _ = self.send(Command::Shutdown);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Resolves host names off the control thread (getaddrinfo blocks).
-struct Resolver {
-    requests: Option<Sender<(u64, u64, String, u16)>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Resolver {
-    fn spawn(results: Sender<Command>, waker: Arc<Waker>) -> io::Result<Self> {
-        let (tx, rx) = crossbeam_channel::unbounded::<(u64, u64, String, u16)>();
-        let thread = std::thread::Builder::new()
-            .name("quaver-resolver".into())
-            .spawn(move || {
-                for (id, generation, host, port) in rx {
-                    let result = (host.as_str(), port)
-                        .to_socket_addrs()
-                        .map(|it| it.collect::<Vec<_>>())
-                        .and_then(|addrs| {
-                            if addrs.is_empty() {
-                                Err(io::Error::new(
-                                    io::ErrorKind::NotFound,
-                                    "host has no addresses",
-                                ))
-                            } else {
-                                Ok(addrs)
-                            }
-                        });
-                    if results
-                        .send(Command::Resolved {
-                            id,
-                            generation,
-                            result,
-                        })
-                        .is_err()
-                    {
-                        return;
-                    }
-                    let _ = waker.wake();
-                }
-            })?;
-        Ok(Resolver {
-            requests: Some(tx),
-            thread: Some(thread),
-        })
-    }
-
-    fn resolve(&self, id: u64, generation: u64, host: String, port: u16) {
-        if let Some(tx) = &self.requests {
-            let _ = tx.send((id, generation, host, port));
-        }
-    }
-}
-
-impl Drop for Resolver {
-    fn drop(&mut self) {
-        self.requests = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A TCP stream, optionally wrapped in TLS.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
-}
-
-impl Stream {
-    fn tcp(&mut self) -> &mut TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => &mut s.sock,
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf),
-            Stream::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-            Stream::Tls(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.flush(),
-            Stream::Tls(s) => s.flush(),
-        }
-    }
-}
-
-/// Where a parsed websocket URL points.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Target {
-    url: String,
-    host: String,
-    port: u16,
-    tls: bool,
-}
-
-fn parse_url(url: &str) -> Result<Target, Error> {
-    let uri: tungstenite::http::Uri = url.parse().map_err(|_| Error::InvalidUrl(url.into()))?;
-    let tls = match uri.scheme_str() {
-        Some("wss") => true,
-        Some("ws") => false,
-        _ => return Err(Error::InvalidUrl(url.into())),
-    };
-    let host = uri
-        .host()
-        .ok_or_else(|| Error::InvalidUrl(url.into()))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    Ok(Target {
-        url: url.into(),
-        host,
-        port,
-        tls,
-    })
-}
-
-type Handshake = MidHandshake<ClientHandshake<Stream>>;
-
-enum Socket {
-    /// Waiting for the resolver.
-    Resolving(Target),
-    /// TCP connect in flight; the other resolved addresses to try if it fails.
-    Connecting(Target, TcpStream, Vec<SocketAddr>),
-    /// TLS + websocket upgrade in flight.
-    Handshaking(Box<Handshake>),
-    /// Up.
-    Open(Box<WebSocket<Stream>>),
-}
+use crate::voice::{OutgoingFrame, Output, VoiceConfig, VoiceConnectRequest, VoiceGateway};
 
 /// The sans-IO machine behind a connection.
-enum Machine {
+pub(super) enum Machine {
     Voice(Box<VoiceGateway>),
     Bot(Box<MainGateway>),
 }
 
 /// What a machine asks of its socket.
-enum Io {
+pub(super) enum Io {
     Connect(String),
     Send(OutgoingFrame),
     Close(u16),
@@ -558,7 +119,7 @@ impl Machine {
     }
 }
 
-struct Conn {
+pub(super) struct Conn {
     machine: Machine,
     socket: Option<Socket>,
     /// Bumped per socket so stale resolver answers are ignored.
@@ -574,7 +135,7 @@ struct Conn {
 
 /// Flush a socket's queued frames, keeping WRITABLE interest only while data is pending, so idle
 /// sockets don't wake the loop each time an ACK frees send-buffer space.
-fn flush_open(poll: &Poll, id: u64, conn: &mut Conn) -> Result<(), String> {
+pub(super) fn flush_open(poll: &Poll, id: u64, conn: &mut Conn) -> Result<(), String> {
     let Some(Socket::Open(ws)) = conn.socket.as_mut() else {
         return Ok(());
     };
@@ -597,10 +158,11 @@ fn flush_open(poll: &Poll, id: u64, conn: &mut Conn) -> Result<(), String> {
     Ok(())
 }
 
-struct EventLoop {
+pub(super) struct EventLoop {
     poll: Poll,
     commands: Receiver<Command>,
     events: Sender<ControlEvent>,
+    events_dropped: u64,
     conns: HashMap<u64, Conn>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     config: ControlConfig,
@@ -608,100 +170,220 @@ struct EventLoop {
     resolver: Resolver,
     frames_in: u64,
     frames_out: u64,
+    /// Shared with the [`super::ControlThread`] handle, so IDs made here never collide.
+    next_id: Arc<AtomicU64>,
+    /// Taken out while one of its methods runs (it gets `&mut self` through the context).
+    handler: Option<Box<dyn ControlHandler>>,
+    /// Whether events go to the handler (set once, at start) rather than the queue.
+    has_handler: bool,
+    /// Events waiting for the handler.
+    pending: VecDeque<ControlEvent>,
+    /// Handler socket keys that were readable this round (kept to reuse its capacity).
+    readable: Vec<usize>,
 }
 
 impl EventLoop {
-    fn run(&mut self) {
+    pub(super) fn new(
+        poll: Poll,
+        commands: Receiver<Command>,
+        events: Sender<ControlEvent>,
+        config: ControlConfig,
+        resolver: Resolver,
+        next_id: Arc<AtomicU64>,
+        handler: Option<Box<dyn ControlHandler>>,
+    ) -> Self {
+        EventLoop {
+            poll,
+            commands,
+            events,
+            events_dropped: 0,
+            conns: HashMap::new(),
+            timers: BinaryHeap::new(),
+            config,
+            tls: None,
+            resolver,
+            frames_in: 0,
+            frames_out: 0,
+            next_id,
+            has_handler: handler.is_some(),
+            handler,
+            pending: VecDeque::new(),
+            readable: Vec::new(),
+        }
+    }
+
+    pub(super) fn run(&mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self
-                .timers
-                .peek()
-                .map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()));
+            let now = Instant::now();
+            let handler_due = self.handler.as_ref().and_then(|h| h.poll_timeout());
+            let due = match (self.timers.peek().map(|Reverse((t, _))| *t), handler_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = due.map(|t| t.saturating_duration_since(now));
             if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 tracing::error!(error = %e, "control thread poll failed; stopping");
                 return;
             }
+            let mut woken = false;
+            self.readable.clear();
             for ev in events.iter() {
-                if ev.token() == WAKER {
-                    continue;
+                let token = ev.token();
+                if token == WAKER {
+                    woken = true;
+                } else if token.0 >= HANDLER_TOKEN_BASE {
+                    self.readable.push(token.0 - HANDLER_TOKEN_BASE);
+                } else {
+                    self.on_socket_ready(token.0 as u64);
                 }
-                let id = ev.token().0 as u64;
-                self.on_socket_ready(id);
             }
             if !self.drain_commands() {
                 return;
             }
             self.fire_timers();
+            self.run_handler(woken);
         }
+    }
+
+    /// Gives the handler its readiness, wake-up, timer and every pending event, in that order,
+    /// and repeats for events its own actions caused.
+    fn run_handler(&mut self, woken: bool) {
+        let Some(mut handler) = self.handler.take() else {
+            return;
+        };
+        let readable = std::mem::take(&mut self.readable);
+        {
+            let mut ctl = ControlContext { lp: self };
+            for &key in &readable {
+                handler.on_readable(key, &mut ctl);
+            }
+            if woken {
+                handler.on_wake(&mut ctl);
+            }
+            let now = Instant::now();
+            if handler.poll_timeout().is_some_and(|t| t <= now) {
+                handler.on_timeout(now, &mut ctl);
+            }
+            while let Some(event) = ctl.lp.pending.pop_front() {
+                handler.on_event(event, &mut ctl);
+            }
+        }
+        self.readable = readable;
+        self.handler = Some(handler);
+    }
+
+    fn emit(&mut self, event: ControlEvent) {
+        if self.has_handler {
+            self.pending.push_back(event);
+        } else if self.events.try_send(event).is_err() {
+            self.events_dropped += 1;
+        }
+    }
+
+    fn fresh_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn connect_voice(
+        &mut self,
+        id: u64,
+        request: VoiceConnectRequest,
+        config: VoiceConfig,
+        dave: Option<Box<dyn DaveExtension>>,
+    ) {
+        let jitter = Box::new(SplitMixJitter::from_entropy());
+        let mut m = match dave {
+            Some(d) => VoiceGateway::with_dave(request, config, jitter, d),
+            None => VoiceGateway::new(request, config, jitter),
+        };
+        m.start(Instant::now());
+        self.add(id, Machine::Voice(Box::new(m)));
+    }
+
+    fn connect_bot(&mut self, id: u64, config: MainGatewayConfig) {
+        let jitter = SplitMixJitter::from_entropy();
+        let mut m = MainGateway::new(config, Box::new(jitter));
+        m.start(Instant::now());
+        self.add(id, Machine::Bot(Box::new(m)));
+    }
+
+    fn voice(&mut self, id: u64) -> Option<&mut VoiceGateway> {
+        match self.conns.get_mut(&id) {
+            Some(Conn {
+                machine: Machine::Voice(m),
+                ..
+            }) => Some(m),
+            _ => None,
+        }
+    }
+
+    fn discovered(&mut self, id: u64, ip: String, port: u16) -> Result<(), Error> {
+        let now = Instant::now();
+        let result = match self.voice(id) {
+            Some(m) => m.set_discovered_address(ip, port, now).map_err(Error::from),
+            None => Err(Error::UnknownConnection(id)),
+        };
+        self.drive(id);
+        result
+    }
+
+    fn speaking(&mut self, id: u64, flags: SpeakingFlags) {
+        if let Some(m) = self.voice(id) {
+            m.set_speaking(flags);
+        }
+        self.drive(id);
+    }
+
+    fn bot_send(&mut self, id: u64, payload: String) -> Result<(), Error> {
+        let sent = match self.conns.get_mut(&id) {
+            Some(Conn {
+                machine: Machine::Bot(m),
+                ..
+            }) => {
+                m.send_raw(payload);
+                Ok(())
+            }
+            _ => Err(Error::UnknownConnection(id)),
+        };
+        self.drive(id);
+        sent
+    }
+
+    fn disconnect(&mut self, id: u64) {
+        match self.conns.get_mut(&id).map(|c| &mut c.machine) {
+            Some(Machine::Voice(m)) => m.disconnect(),
+            Some(Machine::Bot(m)) => m.disconnect(),
+            None => {}
+        }
+        self.drive(id);
     }
 
     /// Returns false on shutdown.
     fn drain_commands(&mut self) -> bool {
         while let Ok(cmd) = self.commands.try_recv() {
-            let now = Instant::now();
             match cmd {
                 Command::Connect {
                     id,
                     request,
                     config,
                     dave,
-                } => {
-                    let jitter = Box::new(SplitMixJitter::from_entropy());
-                    let mut m = match dave {
-                        Some(d) => VoiceGateway::with_dave(*request, *config, jitter, d),
-                        None => VoiceGateway::new(*request, *config, jitter),
-                    };
-                    m.start(now);
-                    self.add(id, Machine::Voice(Box::new(m)));
-                }
-                Command::ConnectBot { id, config } => {
-                    let jitter = SplitMixJitter::from_entropy();
-                    let mut m = MainGateway::new(*config, Box::new(jitter));
-                    m.start(now);
-                    self.add(id, Machine::Bot(Box::new(m)));
-                }
+                } => self.connect_voice(id, *request, *config, dave),
+                Command::ConnectBot { id, config } => self.connect_bot(id, *config),
                 Command::Discovered { id, ip, port } => {
-                    if let Some(Conn {
-                        machine: Machine::Voice(m),
-                        ..
-                    }) = self.conns.get_mut(&id)
-                        && let Err(e) = m.set_discovered_address(ip, port, now)
-                    {
+                    if let Err(e) = self.discovered(id, ip, port) {
                         tracing::debug!(id, error = %e, "discovery result not used");
                     }
-                    self.drive(id);
                 }
-                Command::Speaking { id, flags } => {
-                    if let Some(Conn {
-                        machine: Machine::Voice(m),
-                        ..
-                    }) = self.conns.get_mut(&id)
-                    {
-                        m.set_speaking(flags);
-                    }
-                    self.drive(id);
-                }
+                Command::Speaking { id, flags } => self.speaking(id, flags),
                 Command::BotSend { id, payload } => {
-                    if let Some(Conn {
-                        machine: Machine::Bot(m),
-                        ..
-                    }) = self.conns.get_mut(&id)
-                    {
-                        m.send_raw(payload);
+                    if let Err(e) = self.bot_send(id, payload) {
+                        tracing::debug!(id, error = %e, "op not sent");
                     }
-                    self.drive(id);
                 }
-                Command::Disconnect { id } => {
-                    match self.conns.get_mut(&id).map(|c| &mut c.machine) {
-                        Some(Machine::Voice(m)) => m.disconnect(),
-                        Some(Machine::Bot(m)) => m.disconnect(),
-                        None => {}
-                    }
-                    self.drive(id);
-                }
+                Command::Disconnect { id } => self.disconnect(id),
                 Command::Resolved {
                     id,
                     generation,
@@ -736,6 +418,7 @@ impl EventLoop {
             cpu_system: cpu.1,
             frames_in: self.frames_in,
             frames_out: self.frames_out,
+            events_dropped: self.events_dropped,
         }
     }
 
@@ -783,9 +466,7 @@ impl EventLoop {
                 break;
             };
             match io {
-                Io::Event(e) => {
-                    let _ = self.events.send(e);
-                }
+                Io::Event(e) => self.emit(e),
                 Io::Send(frame) => {
                     let msg = match frame {
                         OutgoingFrame::Text(t) => Message::text(t),
@@ -1051,11 +732,11 @@ impl EventLoop {
         if let Some(s) = conn.socket.take() {
             close_socket(&self.poll, s, 1000);
         }
+        conn.machine.closed(code, Instant::now());
         if !error.is_empty() {
             tracing::debug!(id, %error, "gateway socket failed");
-            let _ = self.events.send(ControlEvent::SocketError { id, error });
+            self.emit(ControlEvent::SocketError { id, error });
         }
-        conn.machine.closed(code, Instant::now());
         self.drive(id);
     }
 
@@ -1081,51 +762,8 @@ impl EventLoop {
     }
 }
 
-/// rustls with exactly one provider (`ring`), chosen explicitly so no process-wide default is
-/// needed, and the webpki roots.
-fn tls_config(
-    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
-) -> Result<Arc<rustls::ClientConfig>, Error> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    for cert in extra_roots {
-        roots.add(cert.clone())?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-fn deregister(poll: &Poll, mut stream: TcpStream) {
-    let _ = poll.registry().deregister(&mut stream);
-}
-
-/// Best-effort close: queue a close frame, push what the kernel takes right now, drop the socket.
-fn close_socket(poll: &Poll, socket: Socket, code: u16) {
-    match socket {
-        Socket::Resolving(_) => {}
-        Socket::Connecting(_, s, _) => deregister(poll, s),
-        Socket::Handshaking(mid) => {
-            drop(mid);
-        }
-        Socket::Open(mut ws) => {
-            let _ = ws.close(Some(CloseFrame {
-                code: CloseCode::from(code),
-                reason: "".into(),
-            }));
-            let _ = ws.flush();
-            let _ = poll.registry().deregister(ws.get_mut().tcp());
-        }
-    }
-}
-
 /// CPU time (user, system) of the calling thread.
-fn thread_cpu_time() -> (Duration, Duration) {
+pub(super) fn thread_cpu_time() -> (Duration, Duration) {
     // SAFETY: getrusage only writes into the zeroed struct we own.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer to a rusage; RUSAGE_THREAD is supported on Linux.
@@ -1139,43 +777,85 @@ fn thread_cpu_time() -> (Duration, Duration) {
     (tv(usage.ru_utime), tv(usage.ru_stime))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// What a [`ControlHandler`] can do to the control thread's connections, from inside its
+/// methods: the same verbs as [`super::ControlThread`], carried out at once, with no queue.
+pub struct ControlContext<'a> {
+    lp: &'a mut EventLoop,
+}
 
-    #[test]
-    fn urls() {
-        let t = parse_url("wss://c-waw05.discord.media:8443/?v=8").unwrap();
-        assert_eq!(
-            (t.host.as_str(), t.port, t.tls),
-            ("c-waw05.discord.media", 8443, true)
-        );
-        let t = parse_url("ws://[::1]:9000/?v=8").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.tls), ("::1", 9000, false));
-        let t = parse_url("wss://gateway.discord.gg/?v=10&encoding=json").unwrap();
-        assert_eq!(t.port, 443);
-        assert!(parse_url("http://x/").is_err());
-        assert!(parse_url("not a url").is_err());
+impl std::fmt::Debug for ControlContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlContext")
+            .field("connections", &self.lp.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlContext<'_> {
+    /// Start a voice connection (DAVE as `config` says); its events carry the returned ID.
+    pub fn connect(&mut self, request: VoiceConnectRequest, config: VoiceConfig) -> CallId {
+        let id = self.lp.fresh_id();
+        self.lp.connect_voice(id, request, config, None);
+        CallId(id)
     }
 
-    #[test]
-    fn tls_config_builds_with_ring() {
-        tls_config(&[]).unwrap();
+    /// Feed back the result of IP discovery; an error when the call is gone or asked for none.
+    pub fn set_discovered_address(
+        &mut self,
+        call: CallId,
+        ip: String,
+        port: u16,
+    ) -> Result<(), Error> {
+        self.lp.discovered(call.0, ip, port)
     }
 
-    #[test]
-    fn pem_roots_are_read_and_garbage_is_refused() {
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let mut config = ControlConfig::default();
-        assert_eq!(config.trust_pem(cert.cert.pem().as_bytes()).unwrap(), 1);
-        assert_eq!(config.extra_roots, vec![cert.cert.der().clone()]);
-        tls_config(&config.extra_roots).unwrap();
-        assert!(config.trust_pem(b"not a certificate").is_err());
-        assert!(
-            config
-                .trust_pem(b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n")
-                .is_err()
-        );
-        assert_eq!(config.extra_roots.len(), 1);
+    /// Ask for Speaking on or off.
+    pub fn set_speaking(&mut self, call: CallId, flags: SpeakingFlags) {
+        self.lp.speaking(call.0, flags);
+    }
+
+    /// Close a call's voice connection (it ends with [`crate::voice::EndReason::Left`]).
+    pub fn disconnect(&mut self, call: CallId) {
+        self.lp.disconnect(call.0);
+    }
+
+    /// Start a built-in main-gateway connection.
+    pub fn connect_bot(&mut self, config: MainGatewayConfig) -> BotId {
+        let id = self.lp.fresh_id();
+        self.lp.connect_bot(id, config);
+        BotId(id)
+    }
+
+    /// Send a raw JSON payload on a bot's socket (op 4); an error for an unknown bot. While the
+    /// bot is reconnecting the machine queues it.
+    pub fn bot_send(&mut self, bot: BotId, payload: String) -> Result<(), Error> {
+        self.lp.bot_send(bot.0, payload)
+    }
+
+    /// Close a bot's main-gateway connection.
+    pub fn disconnect_bot(&mut self, bot: BotId) {
+        self.lp.disconnect(bot.0);
+    }
+
+    /// Watch `fd` for readability; [`ControlHandler::on_readable`] gets `key`.
+    pub fn register(&mut self, fd: std::os::fd::RawFd, key: usize) -> io::Result<()> {
+        self.lp.poll.registry().register(
+            &mut mio::unix::SourceFd(&fd),
+            Token(HANDLER_TOKEN_BASE + key),
+            Interest::READABLE,
+        )
+    }
+
+    /// Stop watching `fd`.
+    pub fn deregister(&mut self, fd: std::os::fd::RawFd) -> io::Result<()> {
+        self.lp
+            .poll
+            .registry()
+            .deregister(&mut mio::unix::SourceFd(&fd))
+    }
+
+    /// The loop's counters.
+    pub fn stats(&self) -> ControlStats {
+        self.lp.stats()
     }
 }
