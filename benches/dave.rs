@@ -60,11 +60,14 @@ fn dave(c: &mut Criterion) {
         let mut dec = FrameDecryptor::new();
         let now = Instant::now();
         dec.install_key(key, now);
-        let mut frame = [0u8; OPUS_LEN + MAX_OVERHEAD];
         let mut out = [0u8; OPUS_LEN + MAX_OVERHEAD];
         b.iter_batched_ref(
-            || enc.encrypt_into(&opus, &mut frame).expect("fits"),
-            |n| {
+            || {
+                let mut frame = [0u8; OPUS_LEN + MAX_OVERHEAD];
+                let n = enc.encrypt_into(&opus, &mut frame).expect("fits");
+                (frame, n)
+            },
+            |(frame, n)| {
                 black_box(
                     dec.decrypt_into(&frame[..*n], &mut out, now)
                         .expect("opens"),

@@ -78,6 +78,11 @@ impl FrameEncryptor {
         self.key.same_key(key)
     }
 
+    /// Whether `other` holds the same key as this one.
+    pub fn same_key_as(&self, other: &FrameEncryptor) -> bool {
+        self.key.same_key(&other.key)
+    }
+
     /// The nonce of the last frame made (0 before the first).
     pub fn nonce(&self) -> u32 {
         self.nonce
