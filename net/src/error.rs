@@ -3,6 +3,7 @@
 use thiserror::Error;
 
 use crate::crypto::CryptoError;
+use crate::dave::DaveError;
 use crate::discovery::DiscoveryError;
 use crate::receive::ReceiveError;
 
@@ -19,6 +20,9 @@ pub enum Error {
     /// Transport encryption or decryption failed.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// A DAVE (end-to-end) frame could not be made or opened.
+    #[error(transparent)]
+    Dave(#[from] DaveError),
     /// IP discovery failed.
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),

@@ -5,6 +5,9 @@
 //! * [`crypto`]: transport encryption, `aead_aes256_gcm_rtpsize` (preferred) and
 //!   `aead_xchacha20_poly1305_rtpsize`, sealed in caller-owned buffers; a [`crypto::Sealer`]
 //!   never repeats a nonce under a key.
+//! * [`dave`]: DAVE end-to-end frame encryption (per-sender ratcheted AES-128-GCM, PROTOCOL.md
+//!   §6) without locks or allocation on the media path; the sender encrypts each Opus frame
+//!   into the packet buffer between the RTP header and the transport seal.
 //! * [`discovery`] (74-byte IP discovery, sans-IO plus a blocking helper) and [`keepalive`].
 //! * [`receive`]: RTP/RTCP demultiplexing and opening into a caller buffer.
 //! * [`sender`]: ONE thread for every call. Each tick it drains the calls' frame queues
@@ -38,6 +41,7 @@
 #![warn(missing_docs)]
 
 pub mod crypto;
+pub mod dave;
 pub mod discovery;
 pub mod error;
 pub mod keepalive;

@@ -10,6 +10,11 @@
 //! * Calls are added, removed and re-keyed through a bounded lock-free command queue. Everything is
 //!   built on the caller's side; removed calls and replaced keys travel back over another queue
 //!   and are dropped there. A re-key applies between two ticks, i.e. at a frame boundary.
+//! * With a DAVE key set ([`Sender::set_dave_key`]) each Opus frame is end-to-end encrypted
+//!   ([`FrameEncryptor`]) straight into the packet buffer, between the RTP header and the
+//!   transport seal; the `F8 FF FE` silence frames go out unwrapped. A key change applies at the
+//!   same tick boundary as a re-key; the encryptor is built on the caller's thread and the old one
+//!   is dropped (and zeroized) there too.
 //! * Send errors are counted per call and reported as [`SenderEvent::SendFailed`]; the thread
 //!   and other calls carry on.
 //!
@@ -68,6 +73,7 @@ use quaver_engine::{FrameKind, FrameReceiver, Grid};
 use thiserror::Error;
 
 use crate::crypto::{EncryptionMode, SEAL_OVERHEAD, Sealer, SecretKey};
+use crate::dave::{self, FrameEncryptor, SenderKey};
 use crate::pacer::{self, Pacer, PacingMode, SchedulingRequest};
 use crate::rtp::{
     HEADER_LEN, MAX_PACKET, RtpStream, SILENCE_FRAME, SILENCE_FRAMES_AT_STOP, TIMESTAMP_STEP,
@@ -150,6 +156,19 @@ pub enum SenderEvent {
         /// The call.
         call: CallId,
     },
+    /// A DAVE sender key took effect: Opus frames from now on are end-to-end encrypted under
+    /// `epoch`. Also confirms a re-install of the key in use (whose frame counter carries on).
+    DaveKeyInstalled {
+        /// The call.
+        call: CallId,
+        /// The key's MLS epoch.
+        epoch: u64,
+    },
+    /// The call's DAVE key was removed: frames from now on are plain Opus.
+    DaveKeyRemoved {
+        /// The call.
+        call: CallId,
+    },
 }
 
 /// Everything the sender needs to send one call's packets.
@@ -213,6 +232,7 @@ enum Command {
     Add(Box<Call>),
     Remove(CallId),
     Rekey(CallId, Box<Sealer>),
+    DaveKey(CallId, Option<Box<FrameEncryptor>>),
 }
 
 enum Returned {
@@ -220,6 +240,8 @@ enum Returned {
     Call(Box<Call>),
     #[allow(dead_code)] // held only so that it is dropped on the control side
     Sealer(Box<Sealer>),
+    #[allow(dead_code)] // held only so that it is dropped (and zeroized) on the control side
+    Encryptor(Box<FrameEncryptor>),
 }
 
 struct Call {
@@ -248,6 +270,8 @@ struct Outgoing {
     /// The tick of the last packet, so timestamps never go backwards.
     last_tick: Option<u64>,
     sealer: Box<Sealer>,
+    /// End-to-end encryption of the Opus frames, when DAVE is on.
+    dave: Option<Box<FrameEncryptor>>,
     len: usize,
     buf: [u8; MAX_PACKET],
 }
@@ -271,6 +295,7 @@ impl Call {
                 anchor: None,
                 last_tick: None,
                 sealer: Box::new(Sealer::new(config.mode, &config.key)),
+                dave: None,
                 len: 0,
                 buf: [0; MAX_PACKET],
             },
@@ -283,31 +308,57 @@ impl Call {
     }
 }
 
+/// Why a packet could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SealError {
+    /// The transport key has used all its nonces.
+    TransportExhausted,
+    /// DAVE encryption failed; the frame is dropped rather than sent unprotected.
+    Dave,
+}
+
+/// Largest payload copied into a packet: what fits between the header and the transport seal,
+/// less the DAVE frame overhead so that plain and end-to-end encrypted packets cut alike. Opus
+/// frames are at most 1,275 bytes (12 + 1,275 + 16 + 20 = 1,323 < 1,460), so nothing real is cut.
+const MAX_PAYLOAD: usize = MAX_PACKET - HEADER_LEN - SEAL_OVERHEAD - dave::MAX_OVERHEAD;
+
 impl Outgoing {
-    /// Seals `payload` as the packet of grid tick `tick` into `buf`. False when the key is
-    /// exhausted.
-    fn seal(&mut self, payload: Option<&[u8]>, tick: u64) -> bool {
+    /// Builds `payload` (`None`: a silence frame) as the packet of grid tick `tick` into `buf`:
+    /// header, then the Opus frame — DAVE-encrypted in place when a key is set — then the
+    /// transport seal. `Ok(true)` when the frame was DAVE-encrypted.
+    fn seal(&mut self, payload: Option<&[u8]>, tick: u64) -> Result<bool, SealError> {
         let tick = self.last_tick.map_or(tick, |last| tick.max(last + 1));
         let (anchor_tick, anchor_timestamp) =
             *self.anchor.get_or_insert((tick, self.rtp.timestamp));
         let frames_since = (tick - anchor_tick) as u32;
         let timestamp = anchor_timestamp.wrapping_add(frames_since.wrapping_mul(TIMESTAMP_STEP));
         let payload = payload.unwrap_or(&SILENCE_FRAME);
-        // Opus frames are at most 1,275 bytes, so header + payload + overhead fits MAX_PACKET;
-        // longer input is cut rather than allowed to fail.
-        let len = payload.len().min(MAX_PACKET - HEADER_LEN - SEAL_OVERHEAD);
+        // Longer input is cut rather than allowed to fail (see MAX_PAYLOAD).
+        let payload = &payload[..payload.len().min(MAX_PAYLOAD)];
         let _ =
             crate::rtp::write_header(&mut self.buf, self.rtp.sequence, timestamp, self.rtp.ssrc);
-        self.buf[HEADER_LEN..HEADER_LEN + len].copy_from_slice(&payload[..len]);
-        match self.sealer.seal(&mut self.buf, HEADER_LEN, len) {
-            Ok(n) => {
-                self.len = n;
-                self.rtp.sequence = self.rtp.sequence.wrapping_add(1);
-                self.last_tick = Some(tick);
-                true
+        let body = &mut self.buf[HEADER_LEN..MAX_PACKET - SEAL_OVERHEAD];
+        // The silence frame is never wrapped (PROTOCOL.md §4, as davey and discord.js send it).
+        let (len, wrapped) = match self.dave.as_deref_mut() {
+            Some(encryptor) if payload != SILENCE_FRAME => (
+                encryptor
+                    .encrypt_into(payload, body)
+                    .map_err(|_| SealError::Dave)?,
+                true,
+            ),
+            _ => {
+                body[..payload.len()].copy_from_slice(payload);
+                (payload.len(), false)
             }
-            Err(_) => false,
-        }
+        };
+        let n = self
+            .sealer
+            .seal(&mut self.buf, HEADER_LEN, len)
+            .map_err(|_| SealError::TransportExhausted)?;
+        self.len = n;
+        self.rtp.sequence = self.rtp.sequence.wrapping_add(1);
+        self.last_tick = Some(tick);
+        Ok(wrapped)
     }
 }
 
@@ -464,17 +515,12 @@ impl SenderCore {
                 };
                 let (first, second) = chunk.as_slices();
                 // Sealing copies the Opus bytes straight out of the ring slot: no frame copy.
-                let ok = match first.first().or(second.first()) {
+                let sealed = match first.first().or(second.first()) {
                     Some(frame) => call.out.seal(Some(frame.opus()), due),
-                    None => false,
+                    None => Err(SealError::TransportExhausted),
                 };
                 chunk.commit_all();
-                if !ok {
-                    push_event(
-                        &mut self.events,
-                        &mut self.stats,
-                        SenderEvent::NonceExhausted { call: call.id },
-                    );
+                if !book_seal(sealed, call.id, &mut self.events, &mut self.stats) {
                     continue;
                 }
                 call.silence_left = 0;
@@ -489,7 +535,8 @@ impl SenderCore {
                 }
                 has_packet = true;
             } else if pass == Pass::OnTime && call.silence_left > 0 {
-                if call.out.seal(None, n) {
+                let sealed = call.out.seal(None, n);
+                if book_seal(sealed, call.id, &mut self.events, &mut self.stats) {
                     call.silence_left -= 1;
                     if call.silence_left == 0 {
                         call.speaking = false;
@@ -497,11 +544,6 @@ impl SenderCore {
                     }
                     has_packet = true;
                 } else {
-                    push_event(
-                        &mut self.events,
-                        &mut self.stats,
-                        SenderEvent::NonceExhausted { call: call.id },
-                    );
                     call.silence_left = 0;
                 }
             }
@@ -607,6 +649,85 @@ impl SenderCore {
                     let _ = garbage.push(Returned::Sealer(sealer));
                 }
             }
+            Command::DaveKey(id, encryptor) => {
+                let discard = match self.install_dave(id, encryptor) {
+                    Ok(old) => old,
+                    Err(unused) => unused,
+                };
+                if let Some(encryptor) = discard {
+                    let _ = garbage.push(Returned::Encryptor(encryptor));
+                }
+            }
+        }
+    }
+
+    /// Sets a call's DAVE key directly (for benches and custom drivers; the thread uses
+    /// [`Sender::set_dave_key`]). `None` turns end-to-end encryption off. The same key as the one
+    /// in use keeps its frame counter; a new one starts at nonce 1.
+    pub fn set_dave_key(
+        &mut self,
+        call: CallId,
+        key: Option<SenderKey>,
+    ) -> Result<(), SenderError> {
+        let encryptor = key.map(|key| Box::new(FrameEncryptor::new(key)));
+        self.install_dave(call, encryptor)
+            .map(drop)
+            .map_err(|_| SenderError::UnknownCall(call))
+    }
+
+    /// Puts `encryptor` into call `id` and returns what is to be dropped (the old encryptor, or
+    /// the new one when it holds the key already in use); `Err` hands `encryptor` back when
+    /// there is no such call.
+    #[allow(clippy::type_complexity)]
+    fn install_dave(
+        &mut self,
+        id: CallId,
+        encryptor: Option<Box<FrameEncryptor>>,
+    ) -> Result<Option<Box<FrameEncryptor>>, Option<Box<FrameEncryptor>>> {
+        let Some(call) = self.calls.iter_mut().find(|c| c.id == id) else {
+            return Err(encryptor);
+        };
+        let (discard, event) = match encryptor {
+            None => (
+                call.out.dave.take(),
+                SenderEvent::DaveKeyRemoved { call: id },
+            ),
+            Some(new) => {
+                let event = SenderEvent::DaveKeyInstalled {
+                    call: id,
+                    epoch: new.epoch(),
+                };
+                match call.out.dave.as_deref() {
+                    // Restarting the counter under the same key would reuse nonces.
+                    Some(current) if current.same_key_as(&new) => (Some(new), event),
+                    _ => (call.out.dave.replace(new), event),
+                }
+            }
+        };
+        push_event(&mut self.events, &mut self.stats, event);
+        Ok(discard)
+    }
+}
+
+/// Books the outcome of building a packet; true when there is a packet to send.
+fn book_seal(
+    sealed: Result<bool, SealError>,
+    call: CallId,
+    events: &mut rtrb::Producer<SenderEvent>,
+    stats: &mut SenderStats,
+) -> bool {
+    match sealed {
+        Ok(wrapped) => {
+            stats.dave_frames += u64::from(wrapped);
+            true
+        }
+        Err(SealError::TransportExhausted) => {
+            push_event(events, stats, SenderEvent::NonceExhausted { call });
+            false
+        }
+        Err(SealError::Dave) => {
+            stats.dave_errors += 1;
+            false
         }
     }
 }
@@ -787,6 +908,23 @@ impl Sender {
         }
         let sealer = Box::new(Sealer::new(mode, key));
         self.command(Command::Rekey(call, sealer))
+    }
+
+    /// Sets the call's DAVE sender key at the next frame boundary ([`SenderEvent::DaveKeyInstalled`]
+    /// confirms it), or with `None` goes back to plain Opus ([`SenderEvent::DaveKeyRemoved`]).
+    /// The encryptor and its first frame key are made here, on the caller's thread; the one it
+    /// replaces comes back here to be dropped. Installing the key already in use keeps its frame
+    /// counter (a new epoch's key starts at nonce 1).
+    pub fn set_dave_key(
+        &mut self,
+        call: CallId,
+        key: Option<SenderKey>,
+    ) -> Result<(), SenderError> {
+        if !self.live.contains(&call) {
+            return Err(SenderError::UnknownCall(call));
+        }
+        let encryptor = key.map(|key| Box::new(FrameEncryptor::new(key)));
+        self.command(Command::DaveKey(call, encryptor))
     }
 
     /// Calls currently added.
@@ -1039,6 +1177,117 @@ mod tests {
             [SenderEvent::SpeakingStarted { call: id }],
             "no stop, no second start"
         );
+    }
+
+    /// Receives one packet and returns the transport-opened payload (a DAVE or plain frame).
+    fn receive_payload(receiver: &UdpSocket) -> Vec<u8> {
+        let cipher = crate::crypto::TransportCipher::new(
+            EncryptionMode::Aes256GcmRtpSize,
+            &SecretKey::new([0; 32]),
+        );
+        let mut buf = [0u8; 2048];
+        let mut out = [0u8; 2048];
+        let n = receiver.recv(&mut buf).unwrap(); // invariant: a packet was sent
+        let p = crate::receive::open_rtp(&cipher, &buf[..n], &mut out).unwrap(); // invariant: ours
+        p.payload.to_vec()
+    }
+
+    #[test]
+    fn dave_keys_wrap_frames_keep_or_restart_the_counter_and_come_off() {
+        use crate::dave::{FrameDecryptor, parse_frame};
+        let (mut core, mut events, mut tx, receiver, id) = core_with_call();
+        let key1 = SenderKey::new(1, [0x11; 16]);
+        let key2 = SenderKey::new(2, [0x22; 16]);
+        let now = Instant::now();
+        let mut decryptor = FrameDecryptor::new();
+        decryptor.install_key(key1.clone(), now);
+
+        core.set_dave_key(id, Some(key1.clone())).unwrap(); // invariant: the call exists
+        assert_eq!(
+            drain(&mut events),
+            [SenderEvent::DaveKeyInstalled { call: id, epoch: 1 }]
+        );
+        let mut tick = 1;
+        let mut send = |core: &mut SenderCore, opus: &[u8]| {
+            tx.push(EncodedFrame::from_packet(tick, opus).expect("small packet"))
+                .unwrap(); // invariant: room
+            assert_eq!(core.run_tick(tick), 1);
+            tick += 1;
+            receive_payload(&receiver)
+        };
+        let mut nonces = Vec::new();
+        for i in 0..3u8 {
+            let opus = [i; 40];
+            let frame = send(&mut core, &opus);
+            nonces.push(parse_frame(&frame).unwrap().nonce); // invariant: DAVE frame
+            let mut plain = [0u8; 64];
+            let n = decryptor.decrypt_into(&frame, &mut plain, now).unwrap(); // invariant: key1
+            assert_eq!(plain[..n], opus);
+        }
+        // The same key again: the counter carries on.
+        core.set_dave_key(id, Some(key1.clone())).unwrap(); // invariant: the call exists
+        nonces.push(
+            parse_frame(&send(&mut core, b"same key frame"))
+                .unwrap()
+                .nonce,
+        ); // invariant: DAVE frame
+        assert_eq!(nonces, [1, 2, 3, 4]);
+        // The silence frame is never wrapped, even under a key.
+        let frame = send(&mut core, &crate::rtp::SILENCE_FRAME);
+        assert_eq!(frame, crate::rtp::SILENCE_FRAME);
+        // A new epoch starts at nonce 1.
+        core.set_dave_key(id, Some(key2.clone())).unwrap(); // invariant: the call exists
+        let frame = send(&mut core, b"epoch two frame");
+        assert_eq!(parse_frame(&frame).unwrap().nonce, 1); // invariant: DAVE frame
+        decryptor.install_key(key2, now);
+        let mut plain = [0u8; 64];
+        let n = decryptor.decrypt_into(&frame, &mut plain, now).unwrap(); // invariant: key2
+        assert_eq!(&plain[..n], b"epoch two frame");
+        // Off again: plain Opus.
+        core.set_dave_key(id, None).unwrap(); // invariant: the call exists
+        assert_eq!(send(&mut core, b"plain again"), b"plain again");
+        assert_eq!(core.stats().dave_frames, 5);
+        assert_eq!(core.stats().dave_errors, 0);
+        let dave_events: Vec<_> = drain(&mut events)
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    SenderEvent::DaveKeyInstalled { .. } | SenderEvent::DaveKeyRemoved { .. }
+                )
+            })
+            .collect();
+        assert_eq!(
+            dave_events,
+            [
+                SenderEvent::DaveKeyInstalled { call: id, epoch: 1 },
+                SenderEvent::DaveKeyInstalled { call: id, epoch: 2 },
+                SenderEvent::DaveKeyRemoved { call: id },
+            ]
+        );
+        assert!(matches!(
+            core.set_dave_key(CallId(99), Some(key1)),
+            Err(SenderError::UnknownCall(CallId(99)))
+        ));
+    }
+
+    #[test]
+    fn largest_opus_frame_fits_under_dave() {
+        let (mut core, _events, mut tx, receiver, id) = core_with_call();
+        core.set_dave_key(id, Some(SenderKey::new(7, [7; 16])))
+            .unwrap(); // invariant: the call exists
+        let opus = [0x42u8; quaver_engine::MAX_OPUS_PACKET];
+        tx.push(EncodedFrame::from_packet(1, &opus).expect("maximal packet"))
+            .unwrap(); // invariant: room
+        assert_eq!(core.run_tick(1), 1);
+        let frame = receive_payload(&receiver);
+        let mut decryptor = crate::dave::FrameDecryptor::new();
+        decryptor.install_key(SenderKey::new(7, [7; 16]), Instant::now());
+        let mut plain = [0u8; 2048];
+        let n = decryptor
+            .decrypt_into(&frame, &mut plain, Instant::now())
+            .unwrap(); // invariant: key 7
+        assert_eq!(plain[..n], opus, "nothing cut");
     }
 
     #[test]

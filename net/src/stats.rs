@@ -34,6 +34,10 @@ pub struct SenderStats {
     pub ticks: u64,
     /// Events lost because the event queue was full.
     pub events_dropped: u64,
+    /// Opus frames end-to-end encrypted with DAVE (silence frames, never wrapped, excluded).
+    pub dave_frames: u64,
+    /// Frames dropped because DAVE encryption failed (never sent unprotected).
+    pub dave_errors: u64,
 }
 
 impl SenderStats {
@@ -52,6 +56,8 @@ impl SenderStats {
             send_errors: 0,
             ticks: 0,
             events_dropped: 0,
+            dave_frames: 0,
+            dave_errors: 0,
         }
     }
 
@@ -67,6 +73,8 @@ impl SenderStats {
         self.send_errors += other.send_errors;
         self.ticks += other.ticks;
         self.events_dropped += other.events_dropped;
+        self.dave_frames += other.dave_frames;
+        self.dave_errors += other.dave_errors;
     }
 
     /// Clears everything, keeping the allocations.
@@ -80,6 +88,8 @@ impl SenderStats {
         self.send_errors = 0;
         self.ticks = 0;
         self.events_dropped = 0;
+        self.dave_frames = 0;
+        self.dave_errors = 0;
     }
 }
 
