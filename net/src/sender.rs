@@ -25,6 +25,7 @@
 //! use std::{net::UdpSocket, sync::Arc, time::Instant};
 //! use quaver_engine::{EncodedFrame, Grid};
 //! use quaver_net::crypto::{EncryptionMode, SecretKey};
+//! use quaver_net::dave::SenderKey;
 //! use quaver_net::{CallConfig, Sender, SenderConfig, SenderEvent};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -53,6 +54,10 @@
 //!         other => eprintln!("{other:?}"),
 //!     }
 //! }
+//! // DAVE: after each executed transition (op 22), the epoch's sender key from the MLS session:
+//! // group.export_secret(crypto, dave::EXPORTER_LABEL, &user_id.to_le_bytes(), 16).
+//! # let (epoch, base_secret) = (1, [0u8; 16]);
+//! sender.set_dave_key(call, Some(SenderKey::new(epoch, base_secret)))?;
 //! // New Session Description: switch at the next frame boundary.
 //! sender.rekey(call, EncryptionMode::XChaCha20Poly1305RtpSize, &SecretKey::new([1; 32]))?;
 //! let p99 = sender.stats().lateness_ns.value_at_quantile(0.99);

@@ -108,7 +108,7 @@ fn validate_ranges(mut ranges: &[u8], body_len: usize) -> Result<(), DaveError> 
 pub(crate) fn write_trailer(
     out: &mut [u8],
     body_len: usize,
-    tag: &[u8],
+    tag: &[u8; TAG_LEN],
     nonce: u32,
 ) -> Result<usize, DaveError> {
     let nonce_len = leb128::encoded_len(u64::from(nonce));
@@ -121,7 +121,7 @@ pub(crate) fn write_trailer(
             needed: total,
             have,
         })?;
-    trailer[..TAG_LEN].copy_from_slice(&tag[..TAG_LEN]);
+    trailer[..TAG_LEN].copy_from_slice(tag);
     leb128::write(u64::from(nonce), &mut trailer[TAG_LEN..]).ok_or(DaveError::BufferTooSmall {
         needed: total,
         have,

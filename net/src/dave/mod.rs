@@ -50,8 +50,8 @@ pub const MAX_MISSING_NONCES: usize = 1000;
 pub const MAX_FRAMES_PER_SECOND: u64 = 50 + 2 * 60;
 
 /// One sender's key for one epoch: the exported base secret and the epoch it belongs to. Fixed
-/// size and `Copy`-free: it moves into the sender thread through its command queue and is
-/// zeroized when dropped. `Debug` shows the epoch only.
+/// size with no heap part, zeroized when dropped; `Debug` shows the epoch only. Deliberately not
+/// `Copy`, so that copies of the secret are explicit.
 #[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
 pub struct SenderKey {
     epoch: u64,
