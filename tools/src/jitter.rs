@@ -680,6 +680,7 @@ pub struct SweepPackets {
 }
 
 impl SweepPackets {
+    /// The sweep from its start; empty if no Opus encoder can be made.
     pub fn new() -> Self {
         Self {
             encoder: new_encoder(),
