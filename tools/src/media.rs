@@ -239,3 +239,54 @@ fn short_of_declared(
         declared_seconds: declared,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn track(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tracks")
+            .join(name)
+    }
+
+    #[test]
+    fn whole_files_pass() {
+        for name in ["bass.mp3", "beat.flac", "chords.ogg"] {
+            assert!(check_file(&track(name)).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn an_ogg_stream_cut_at_a_page_boundary_is_whole_and_cut_inside_a_page_is_not() {
+        let ogg = std::fs::read(track("chords.ogg")).unwrap();
+        // The end of the second page, from its header.
+        let page_end = |at: usize| {
+            let segments = usize::from(ogg[at + 26]);
+            let body: usize = ogg[at + 27..at + 27 + segments]
+                .iter()
+                .map(|&l| usize::from(l))
+                .sum();
+            at + 27 + segments + body
+        };
+        let boundary = page_end(page_end(0));
+        assert_eq!(&ogg[boundary..boundary + 4], b"OggS");
+        let walk =
+            |bytes: &[u8]| check_ogg_pages(&mut std::io::Cursor::new(bytes), bytes.len() as u64);
+        assert!(walk(&ogg[..boundary]).is_ok());
+        assert!(matches!(
+            walk(&ogg[..boundary + 30]),
+            Err(MediaProblem::TruncatedMidPacket { bytes }) if bytes == boundary as u64 + 30
+        ));
+        assert!(matches!(
+            walk(&ogg[..boundary - 1]),
+            Err(MediaProblem::TruncatedMidPacket { .. })
+        ));
+        let mut damaged = ogg[..boundary + 30].to_vec();
+        damaged[boundary] = b'X';
+        assert!(matches!(
+            walk(&damaged),
+            Err(MediaProblem::Damaged { byte }) if byte == boundary as u64
+        ));
+    }
+}
