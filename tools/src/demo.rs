@@ -3,9 +3,11 @@
 //! report of what the server received.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
-use crate::Error;
 use crate::jitter::{JitterOptions, run};
+use crate::{Error, Finished};
 
 /// The example tracks shipped with the tools.
 pub fn bundled_tracks() -> Vec<PathBuf> {
@@ -19,11 +21,11 @@ pub fn bundled_tracks() -> Vec<PathBuf> {
 /// What to demo (also the `quaver demo` command line).
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoOptions {
-    /// How long to play.
-    #[arg(long, default_value_t = 5.0)]
-    pub seconds: f64,
-    /// Calls to run at once, each playing the files.
-    #[arg(long, default_value_t = 1)]
+    /// How long to play, in seconds (at most 3600). Ctrl-C stops early and reports.
+    #[arg(long, default_value = "5", value_parser = crate::args::run_length, allow_negative_numbers = true)]
+    pub seconds: Duration,
+    /// Calls to run at once, each playing the files (1 to 1000).
+    #[arg(long, default_value = "1", value_parser = crate::args::calls, allow_negative_numbers = true)]
     pub calls: usize,
     /// Print the report as JSON.
     #[arg(long)]
@@ -42,45 +44,45 @@ pub struct DemoOptions {
     pub files: Vec<PathBuf>,
 }
 
-pub fn demo(options: &DemoOptions) -> Result<(), Error> {
+/// Runs the demo until its time is up or `stop` is set, and prints the report.
+pub fn demo(options: &DemoOptions, stop: &AtomicBool) -> Result<Finished, Error> {
     let files = if options.files.is_empty() {
         bundled_tracks()
     } else {
         options.files.clone()
     };
-    if let Some(missing) = files.iter().find(|f| !f.exists()) {
-        return Err(Error::Usage(format!(
-            "{} does not exist",
-            missing.display()
-        )));
-    }
+    crate::media::check_all(&files)?;
     std::fs::create_dir_all(&options.record).map_err(|e| Error::io(&options.record, e))?;
-    if !options.json {
-        eprintln!(
-            "quaver demo: {} call(s) playing {} file(s) for {:.0} s against {}…",
+    let announce = (!options.json).then(|| {
+        format!(
+            "quaver demo: {} call(s) playing {} file(s) for {} s against {} (Ctrl-C stops early)",
             options.calls,
             files.len(),
-            options.seconds,
+            options.seconds.as_secs_f64(),
             options
                 .server
                 .clone()
                 .unwrap_or_else(|| "an in-process local server".to_string())
-        );
-    }
-    let report = run(&JitterOptions {
-        calls: options.calls,
-        seconds: options.seconds,
-        files,
-        server: options.server.clone(),
-        ca_cert: options.ca_cert.clone(),
-        record: options.server.is_none().then(|| options.record.clone()),
-        realtime: true,
-        ..JitterOptions::default()
-    })?;
+        )
+    });
+    let report = run(
+        &JitterOptions {
+            calls: options.calls,
+            seconds: options.seconds,
+            files,
+            server: options.server.clone(),
+            ca_cert: options.ca_cert.clone(),
+            record: options.server.is_none().then(|| options.record.clone()),
+            realtime: true,
+            announce,
+            ..JitterOptions::default()
+        },
+        stop,
+    )?;
     if options.json {
         println!("{}", report.to_json());
     } else {
         print!("{}", report.to_table());
     }
-    Ok(())
+    Ok(report.finished())
 }

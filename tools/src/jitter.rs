@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -43,8 +44,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct JitterOptions {
+    /// Calls to run at once (1 to [`crate::args::MAX_CALLS`]).
     pub calls: usize,
-    pub seconds: f64,
+    /// How long to stream (one frame to [`crate::args::MAX_RUN_SECONDS`]).
+    pub seconds: Duration,
     /// Mix and encode a PCM source per call instead of passing pre-encoded Opus through.
     pub encode: bool,
     /// Files to play in every call (mixed and encoded), instead of the synthetic sources.
@@ -61,13 +64,15 @@ pub struct JitterOptions {
     pub record: Option<PathBuf>,
     /// Ask for real-time priority for the mixer thread.
     pub realtime: bool,
+    /// A line for stderr once every call is connected and streaming starts.
+    pub announce: Option<String>,
 }
 
 impl Default for JitterOptions {
     fn default() -> Self {
         Self {
             calls: 1,
-            seconds: 10.0,
+            seconds: Duration::from_secs(10),
             encode: false,
             files: Vec::new(),
             server: None,
@@ -76,6 +81,7 @@ impl Default for JitterOptions {
             backend: BackendChoice::Auto,
             record: None,
             realtime: true,
+            announce: None,
         }
     }
 }
@@ -133,11 +139,13 @@ enum Feed {
         writer: PcmWriter,
         chunk: Vec<f32>,
     },
-    /// The latency probe: unique packets whose push times are recorded.
+    /// The latency probe: unique packets, made as they are sent, whose push times are
+    /// recorded.
     Probe {
         writer: OpusWriter,
-        packets: Vec<Vec<u8>>,
-        next: usize,
+        packets: SweepPackets,
+        /// The packet the engine had no room for yet.
+        pending: Option<Vec<u8>>,
         pushed: HashMap<Vec<u8>, Instant>,
     },
     /// The latency probe in encode mode: silence with a click every 10 frames.
@@ -148,11 +156,86 @@ enum Feed {
     },
 }
 
-/// Runs the measurement and returns the report.
-pub fn run(options: &JitterOptions) -> Result<Report, Error> {
-    if options.calls == 0 {
-        return Err(Error::Usage("--calls must be at least 1".into()));
+/// Descriptors every process needs besides the calls: stdio, the server's listeners, the
+/// engine's and the listener's sockets, io_uring, files being read.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Checks the options a caller may have filled in by hand as the command line is checked.
+fn validate(options: &JitterOptions) -> Result<(), Error> {
+    if !(1..=crate::args::MAX_CALLS).contains(&options.calls) {
+        return Err(Error::Usage(format!(
+            "--calls must be between 1 and {}",
+            crate::args::MAX_CALLS
+        )));
     }
+    let max = Duration::from_secs_f64(crate::args::MAX_RUN_SECONDS);
+    if options.seconds < Duration::from_millis(20) || options.seconds > max {
+        return Err(Error::Usage(format!(
+            "--seconds must be between 0.02 and {}",
+            crate::args::MAX_RUN_SECONDS
+        )));
+    }
+    Ok(())
+}
+
+/// Open files a run needs: every call holds a UDP socket and a voice websocket, and against
+/// the in-process server that server holds the other end of the websocket; every file played
+/// is open in every call.
+fn descriptors_needed(options: &JitterOptions) -> u64 {
+    let calls = options.calls as u64;
+    let per_call = if options.server.is_some() { 2 } else { 3 } + options.files.len() as u64;
+    let baseline = if options.baseline { 3 } else { 0 };
+    calls
+        .saturating_add(1)
+        .saturating_mul(per_call + baseline)
+        .saturating_add(RESERVED_DESCRIPTORS)
+}
+
+/// Makes sure the process may open `needed` files, raising its soft limit up to the hard one
+/// if it must; refuses with the limit and how to raise it otherwise.
+fn ensure_descriptors(calls: usize, needed: u64) -> Result<(), Error> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        // Unknown: let the run find out.
+        return Ok(());
+    }
+    let needed_rlim = libc::rlim_t::try_from(needed).unwrap_or(libc::rlim_t::MAX);
+    if limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= needed_rlim {
+        return Ok(());
+    }
+    if limit.rlim_max == libc::RLIM_INFINITY || limit.rlim_max >= needed_rlim {
+        let raised = libc::rlimit {
+            rlim_cur: needed_rlim,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit(2) reads the struct we own; raising the soft limit up to the
+        // hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(());
+        }
+    }
+    Err(Error::Usage(format!(
+        "--calls {calls} needs about {needed} open files, but the limit is {} (RLIMIT_NOFILE, \
+         hard limit {}); raise it with `ulimit -n {needed}` (above the hard limit: as root, or \
+         in /etc/security/limits.conf), or run fewer calls",
+        limit.rlim_cur,
+        if limit.rlim_max == libc::RLIM_INFINITY {
+            "unlimited".to_string()
+        } else {
+            limit.rlim_max.to_string()
+        }
+    )))
+}
+
+/// Runs the measurement and returns the report. Setting `stop` ends the streaming early; the
+/// report then covers what ran and says it was interrupted.
+pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> {
+    validate(options)?;
+    ensure_descriptors(options.calls, descriptors_needed(options))?;
     let target = match &options.server {
         Some(server) => Target::Remote {
             main_gateway: crate::remote::main_gateway_url(server),
@@ -165,7 +248,7 @@ pub fn run(options: &JitterOptions) -> Result<Report, Error> {
         })?),
     };
     let mut config = Config::default();
-    config.engine.max_calls = options.calls + 2;
+    config.engine.max_calls = options.calls.saturating_add(2);
     config.engine.realtime_priority = options.realtime;
     config.backend = options.backend;
     // The engine's control thread must trust whichever server it dials.
@@ -185,7 +268,7 @@ pub fn run(options: &JitterOptions) -> Result<Report, Error> {
     };
     // Files are music, not a measuring signal: an extra call carries the latency probe.
     let extra_probe = !options.files.is_empty() && matches!(target, Target::Embedded(_));
-    let total_calls = options.calls + usize::from(extra_probe);
+    let total_calls = options.calls.saturating_add(usize::from(extra_probe));
     let calls: Vec<CallId> = (0..total_calls as u64)
         .map(|i| target.connect(&engine, bot, FIRST_GUILD + i))
         .collect::<Result<_, _>>()?;
@@ -194,6 +277,11 @@ pub fn run(options: &JitterOptions) -> Result<Report, Error> {
         .iter()
         .all(|&call| engine.call_status(call) == Some(CallStatus::Ready))
     {
+        if stop.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted {
+                stage: crate::Stage::Connecting,
+            });
+        }
         if Instant::now() > give_up {
             let ready = calls
                 .iter()
@@ -255,7 +343,8 @@ pub fn run(options: &JitterOptions) -> Result<Report, Error> {
         None
     };
 
-    let frames = (options.seconds * 50.0).ceil() as usize;
+    // Validated: at most an hour, so this is at most 180,000.
+    let frames = (options.seconds.as_secs_f64() * 50.0).ceil() as u32;
     let mut feeds = Vec::new();
     for (index, &call) in calls.iter().enumerate() {
         let probe = index == 0 && listener.is_some();
@@ -281,8 +370,8 @@ pub fn run(options: &JitterOptions) -> Result<Report, Error> {
                 let (_, writer) = engine.push_opus(call, SourceOptions::default())?;
                 Feed::Probe {
                     writer,
-                    packets: encode_sweep_packets(frames),
-                    next: 0,
+                    packets: SweepPackets::new(),
+                    pending: None,
                     pushed: HashMap::new(),
                 }
             }
@@ -307,9 +396,17 @@ pub fn run(options: &JitterOptions) -> Result<Report, Error> {
 
     let cpu_before = crate::cpu::quaver_thread_time();
     let machine_before = crate::cpu::MachineTimes::now();
+    if let Some(line) = &options.announce {
+        eprintln!("{line}");
+    }
     let started = Instant::now();
     let first_push = Instant::now();
-    for tick in 0..frames as u32 {
+    let mut interrupted = false;
+    for tick in 0..frames {
+        if stop.load(Ordering::Relaxed) {
+            interrupted = true;
+            break;
+        }
         // The producers write 20 ms per 20 ms, as a live source would, at an arbitrary phase
         // to the engine's grid.
         let due = started + Duration::from_millis(20) * tick;
@@ -357,6 +454,8 @@ pub fn run(options: &JitterOptions) -> Result<Report, Error> {
     let mut report = Report {
         calls: options.calls,
         seconds: wall.as_secs_f64(),
+        planned_seconds: options.seconds.as_secs_f64(),
+        interrupted,
         mode: if !options.files.is_empty() {
             "files, mixed and encoded".into()
         } else if options.encode {
@@ -440,14 +539,19 @@ fn push(feed: &mut Feed) {
         Feed::Probe {
             writer,
             packets,
-            next,
+            pending,
             pushed,
         } => {
-            if let Some(packet) = packets.get(*next) {
+            let packet = match pending.take() {
+                Some(packet) => Some(packet),
+                None => packets.next(),
+            };
+            if let Some(packet) = packet {
                 let at = Instant::now();
-                if writer.write_packet(packet).unwrap_or(false) {
-                    pushed.insert(packet.clone(), at);
-                    *next += 1;
+                if writer.write_packet(&packet).unwrap_or(false) {
+                    pushed.insert(packet, at);
+                } else {
+                    *pending = Some(packet);
                 }
             }
         }
@@ -565,36 +669,83 @@ fn encode_tone_packets(count: usize, freq: f32) -> Vec<Vec<u8>> {
     })
 }
 
-/// `count` packets of a slow frequency sweep: no two alike, so each arrival can be matched to
-/// its push.
-fn encode_sweep_packets(count: usize) -> Vec<Vec<u8>> {
-    encode_packets(count, |i| {
-        let t = i as f32 / 48_000.0;
-        (t * (300.0 + 20.0 * t) * std::f32::consts::TAU).sin() * 0.3
-    })
+/// The latency probe's packets: a slow frequency sweep, so no two are alike and each arrival
+/// can be matched to its push. Encoded one at a time as they are sent, so a long run costs no
+/// memory up front (an hour is 180,000 packets).
+pub struct SweepPackets {
+    encoder: Option<audiopus::coder::Encoder>,
+    /// On the heap: the feeds of a thousand calls move around in one enum.
+    frame: Box<[f32; 1_920]>,
+    next: usize,
 }
 
-fn encode_packets(count: usize, signal: impl Fn(usize) -> f32) -> Vec<Vec<u8>> {
-    let Ok(encoder) = audiopus::coder::Encoder::new(
+impl SweepPackets {
+    /// The sweep from its start; empty if no Opus encoder can be made.
+    pub fn new() -> Self {
+        Self {
+            encoder: new_encoder(),
+            frame: Box::new([0.0; 1_920]),
+            next: 0,
+        }
+    }
+}
+
+impl Default for SweepPackets {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Iterator for SweepPackets {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        let n = self.next;
+        self.next = self.next.wrapping_add(1);
+        encode_frame(self.encoder.as_ref()?, &mut self.frame, n, sweep)
+    }
+}
+
+fn sweep(i: usize) -> f32 {
+    // In f64: an f32 sample index stops counting single samples after six minutes.
+    let t = i as f64 / 48_000.0;
+    ((t * (300.0 + 20.0 * t) * std::f64::consts::TAU).sin() * 0.3) as f32
+}
+
+fn new_encoder() -> Option<audiopus::coder::Encoder> {
+    audiopus::coder::Encoder::new(
         audiopus::SampleRate::Hz48000,
         audiopus::Channels::Stereo,
         audiopus::Application::Audio,
-    ) else {
+    )
+    .ok()
+}
+
+/// Encodes frame `n` (20 ms, stereo) of `signal`, a function of the sample index.
+fn encode_frame(
+    encoder: &audiopus::coder::Encoder,
+    frame: &mut [f32; 1_920],
+    n: usize,
+    signal: impl Fn(usize) -> f32,
+) -> Option<Vec<u8>> {
+    for (i, pair) in frame.chunks_exact_mut(2).enumerate() {
+        let s = signal(n.wrapping_mul(960).wrapping_add(i));
+        pair[0] = s;
+        pair[1] = s;
+    }
+    let mut packet = vec![0_u8; 1_275];
+    let len = encoder.encode_float(&frame[..], &mut packet).ok()?;
+    packet.truncate(len);
+    Some(packet)
+}
+
+fn encode_packets(count: usize, signal: impl Fn(usize) -> f32) -> Vec<Vec<u8>> {
+    let Some(encoder) = new_encoder() else {
         return Vec::new();
     };
     let mut frame = [0.0_f32; 1_920];
     (0..count)
-        .filter_map(|n| {
-            for (i, pair) in frame.chunks_exact_mut(2).enumerate() {
-                let s = signal(n * 960 + i);
-                pair[0] = s;
-                pair[1] = s;
-            }
-            let mut packet = vec![0_u8; 1_275];
-            let len = encoder.encode_float(&frame, &mut packet).ok()?;
-            packet.truncate(len);
-            Some(packet)
-        })
+        .filter_map(|n| encode_frame(&encoder, &mut frame, n, &signal))
         .collect()
 }
 

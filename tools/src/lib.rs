@@ -4,11 +4,13 @@
 //! * [`server`]: the local Discord-compatible voice server behind `quaver serve`, embeddable
 //!   in tests ([`server::Server::start`]).
 
+pub mod args;
 pub mod baseline;
 pub mod cpu;
 pub mod demo;
 pub mod jitter;
 pub mod listener;
+pub mod media;
 pub mod play;
 pub mod remote;
 pub mod render;
@@ -37,7 +39,44 @@ pub enum Error {
     /// The local server failed to start.
     #[error("serve: {0}")]
     Server(#[from] server::ServerError),
+    /// A media file cannot be played (checked before anything starts).
+    #[error("{}: {problem}", path.display())]
+    Media {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: media::MediaProblem,
+    },
+    /// Ctrl-C (or SIGTERM) arrived before there was anything to report.
+    #[error("interrupted {stage}")]
+    Interrupted {
+        /// What the run was doing.
+        stage: Stage,
+    },
 }
+
+/// What a run was doing when it was interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Stage {
+    /// Joining the voice channel or connecting the calls.
+    #[error("while connecting")]
+    Connecting,
+}
+
+/// How a run that Ctrl-C may cut short ended. Interrupted runs still report what they did;
+/// the command then exits with [`INTERRUPTED_EXIT_CODE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// The run did everything it set out to do.
+    Completed,
+    /// Ctrl-C or SIGTERM cut it short.
+    Interrupted,
+}
+
+/// Exit status of a run cut short by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+/// `serve`, which only ever ends that way, exits 0.
+pub const INTERRUPTED_EXIT_CODE: u8 = 130;
 
 impl Error {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {

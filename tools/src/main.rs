@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use quaver_tools::Finished;
 
 #[derive(Parser)]
 #[command(
@@ -32,8 +34,8 @@ enum Command {
         /// Output file (.ogg / .opus).
         #[arg(short, long)]
         output: PathBuf,
-        /// Opus bitrate in bits per second.
-        #[arg(long, default_value_t = 96_000)]
+        /// Opus bitrate in bits per second (6000 to 510000).
+        #[arg(long, default_value_t = 96_000, value_parser = clap::value_parser!(u32).range(6_000..=510_000))]
         bitrate: u32,
         /// Input files.
         #[arg(required = true)]
@@ -71,11 +73,11 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "plain")]
     cert_out: Option<PathBuf>,
     /// Heartbeat interval announced in Hello, in ms.
-    #[arg(long, default_value_t = 13_750.0)]
+    #[arg(long, default_value_t = 13_750.0, value_parser = quaver_tools::args::interval_ms, allow_negative_numbers = true)]
     heartbeat_interval: f64,
     /// Close a voice websocket with 4009 after this many heartbeat intervals without a
     /// heartbeat (0: never).
-    #[arg(long, value_name = "INTERVALS", default_value_t = 3.0)]
+    #[arg(long, value_name = "INTERVALS", default_value_t = 3.0, value_parser = quaver_tools::args::intervals, allow_negative_numbers = true)]
     heartbeat_timeout: f64,
     /// Encryption modes offered in Ready (comma-separated wire names).
     #[arg(long, value_delimiter = ',')]
@@ -90,19 +92,19 @@ struct ServeArgs {
     #[arg(long)]
     require_tokens: bool,
     /// Drop every voice websocket once, SECONDS after its session started (clients resume).
-    #[arg(long, value_name = "SECONDS")]
-    drop_ws_after: Option<f64>,
+    #[arg(long, value_name = "SECONDS", value_parser = quaver_tools::args::seconds, allow_negative_numbers = true)]
+    drop_ws_after: Option<Duration>,
     /// Close each user's voice session once with CODE right after the handshake.
     #[arg(long, value_name = "CODE")]
     close_code: Option<u16>,
     /// Drop PCT % of forwarded packets.
-    #[arg(long, value_name = "PCT", default_value_t = 0.0)]
+    #[arg(long, value_name = "PCT", default_value_t = 0.0, value_parser = quaver_tools::args::percent, allow_negative_numbers = true)]
     udp_loss: f64,
     /// Reorder PCT % of forwarded packets (each held back behind the next one).
-    #[arg(long, value_name = "PCT", default_value_t = 0.0)]
+    #[arg(long, value_name = "PCT", default_value_t = 0.0, value_parser = quaver_tools::args::percent, allow_negative_numbers = true)]
     udp_reorder: f64,
     /// Duplicate PCT % of forwarded packets.
-    #[arg(long, value_name = "PCT", default_value_t = 0.0)]
+    #[arg(long, value_name = "PCT", default_value_t = 0.0, value_parser = quaver_tools::args::percent, allow_negative_numbers = true)]
     udp_duplicate: f64,
 }
 
@@ -128,12 +130,12 @@ fn install_signal_handlers() {
 
 #[derive(clap::Args)]
 struct JitterArgs {
-    /// Calls to run at once.
-    #[arg(long, default_value_t = 1)]
+    /// Calls to run at once (1 to 1000, and as the open-file limit allows).
+    #[arg(long, default_value = "1", value_parser = quaver_tools::args::calls, allow_negative_numbers = true)]
     calls: usize,
-    /// How long to stream.
-    #[arg(long, default_value_t = 10.0)]
-    seconds: f64,
+    /// How long to stream, in seconds (at most 3600). Ctrl-C stops early and reports.
+    #[arg(long, default_value = "10", value_parser = quaver_tools::args::run_length, allow_negative_numbers = true)]
+    seconds: Duration,
     /// Mix and encode a PCM source per call instead of passing pre-encoded Opus through.
     #[arg(long)]
     encode: bool,
@@ -158,7 +160,7 @@ struct JitterArgs {
     backend: String,
 }
 
-fn jitter(args: JitterArgs) -> Result<(), quaver_tools::Error> {
+fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
     let JitterArgs {
         calls,
         seconds,
@@ -180,6 +182,10 @@ fn jitter(args: JitterArgs) -> Result<(), quaver_tools::Error> {
             )));
         }
     };
+    let announce = format!(
+        "quaver jitter: {calls} call(s) streaming for {} s (Ctrl-C stops early and reports)",
+        seconds.as_secs_f64()
+    );
     let options = quaver_tools::jitter::JitterOptions {
         calls,
         seconds,
@@ -188,9 +194,10 @@ fn jitter(args: JitterArgs) -> Result<(), quaver_tools::Error> {
         server,
         ca_cert,
         backend,
+        announce: Some(announce),
         ..Default::default()
     };
-    let report = quaver_tools::jitter::run(&options)?;
+    let report = quaver_tools::jitter::run(&options, &STOP)?;
     if json {
         println!("{}", report.to_json());
     } else {
@@ -203,7 +210,7 @@ fn jitter(args: JitterArgs) -> Result<(), quaver_tools::Error> {
         })?;
         eprintln!("histograms drawn in {}", path.display());
     }
-    Ok(())
+    Ok(report.finished())
 }
 
 fn serve(args: ServeArgs) -> Result<(), quaver_tools::Error> {
@@ -241,9 +248,7 @@ fn serve(args: ServeArgs) -> Result<(), quaver_tools::Error> {
         forward: !args.no_forward,
         require_issued_tokens: args.require_tokens,
         faults: Faults {
-            drop_ws_after: args
-                .drop_ws_after
-                .map(|s| std::time::Duration::from_secs_f64(s.max(0.0))),
+            drop_ws_after: args.drop_ws_after,
             close_code: args.close_code,
             udp_loss_pct: args.udp_loss,
             udp_reorder_pct: args.udp_reorder,
@@ -310,13 +315,26 @@ fn serve(args: ServeArgs) -> Result<(), quaver_tools::Error> {
     Ok(())
 }
 
-fn main() -> ExitCode {
+/// Without RUST_LOG, only Quaver's own warnings: the tools report a bad media file in one
+/// line of their own, so the decoders' log lines (symphonia logs every failed probe) would only
+/// say it again. RUST_LOG=symphonia=debug brings them back.
+const DEFAULT_LOG_FILTER: &str = "warn,symphonia=off";
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    // Colour only for a person at a terminal, never into a pipe or a log file.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
+}
+
+fn main() -> ExitCode {
+    init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Render {
@@ -335,12 +353,13 @@ fn main() -> ExitCode {
                     report.bytes,
                     started.elapsed().as_secs_f64()
                 );
+                Finished::Completed
             })
         }
-        Command::Serve(args) => serve(*args),
+        Command::Serve(args) => serve(*args).map(|()| Finished::Completed),
         Command::Demo(options) => {
             install_signal_handlers();
-            quaver_tools::demo::demo(&options)
+            quaver_tools::demo::demo(&options, &STOP)
         }
         Command::Jitter(args) => {
             install_signal_handlers();
@@ -355,9 +374,14 @@ fn main() -> ExitCode {
         }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Finished::Completed) => ExitCode::SUCCESS,
+        Ok(Finished::Interrupted) => ExitCode::from(quaver_tools::INTERRUPTED_EXIT_CODE),
+        Err(error @ quaver_tools::Error::Interrupted { .. }) => {
+            eprintln!("{error}");
+            ExitCode::from(quaver_tools::INTERRUPTED_EXIT_CODE)
+        }
         Err(error) => {
-            eprintln!("quaver: {error}");
+            eprintln!("error: {error}");
             ExitCode::FAILURE
         }
     }

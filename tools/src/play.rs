@@ -13,8 +13,8 @@ use quaver::gateway::protocol::Token;
 use quaver::net::SenderEvent;
 use quaver::{CallEvent, CallStatus, Config, Engine};
 
-use crate::Error;
 use crate::server::{Server, ServerConfig};
+use crate::{Error, Finished};
 
 /// What to play where (also the `quaver play` command line).
 #[derive(Clone, Default, clap::Args)]
@@ -22,8 +22,8 @@ pub struct PlayOptions {
     /// Files to play.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    /// Per-file volume (linear, 1.0 = unchanged), in the order of the files.
-    #[arg(long, value_delimiter = ',')]
+    /// Per-file volume (linear, 0 to 16, 1.0 = unchanged), in the order of the files.
+    #[arg(long, value_delimiter = ',', value_parser = crate::args::volume, allow_negative_numbers = true)]
     pub volume: Vec<f32>,
     /// Bot token (default: $DISCORD_TOKEN). Without one, plays on the local server.
     #[arg(long)]
@@ -58,8 +58,20 @@ impl std::fmt::Debug for PlayOptions {
     }
 }
 
-/// Plays until every file has ended or `stop` is set.
-pub fn play(options: &PlayOptions, stop: &AtomicBool) -> Result<(), Error> {
+/// Plays until every file has ended or `stop` is set. Every file is checked before anything
+/// connects.
+pub fn play(options: &PlayOptions, stop: &AtomicBool) -> Result<Finished, Error> {
+    crate::media::check_all(&options.files)?;
+    if let Some(volume) = options
+        .volume
+        .iter()
+        .find(|v| !(0.0..=crate::args::MAX_VOLUME).contains(*v))
+    {
+        return Err(Error::Usage(format!(
+            "volume {volume} is not between 0 and {}",
+            crate::args::MAX_VOLUME
+        )));
+    }
     let mut embedded = None;
     let mut control = quaver::gateway::control::ControlConfig::default();
     let (bot_config, guild, channel) = match &options.token {
@@ -106,7 +118,12 @@ pub fn play(options: &PlayOptions, stop: &AtomicBool) -> Result<(), Error> {
     let call = engine.join(bot, guild, channel)?;
     let give_up = Instant::now() + Duration::from_secs(20);
     while engine.call_status(call) != Some(CallStatus::Ready) {
-        if Instant::now() > give_up || stop.load(Ordering::Relaxed) {
+        if stop.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted {
+                stage: crate::Stage::Connecting,
+            });
+        }
+        if Instant::now() > give_up {
             return Err(Error::Usage("could not join the voice channel".into()));
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -147,6 +164,11 @@ pub fn play(options: &PlayOptions, stop: &AtomicBool) -> Result<(), Error> {
         std::thread::sleep(Duration::from_millis(250));
     }
     eprintln!();
+    let finished = if tracks.iter().all(|(_, h)| h.is_ended()) {
+        Finished::Completed
+    } else {
+        Finished::Interrupted
+    };
     // Leaving: fade out, let the sender send its five silence frames (it then turns Speaking
     // off), and leave the channel with op 4.
     for (_, handle) in &tracks {
@@ -179,7 +201,7 @@ pub fn play(options: &PlayOptions, stop: &AtomicBool) -> Result<(), Error> {
             }
         }
     }
-    Ok(())
+    Ok(finished)
 }
 
 fn clock(duration: Duration) -> String {

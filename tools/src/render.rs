@@ -32,6 +32,8 @@ pub fn render(
             "render needs at least one input file".into(),
         ));
     }
+    // Before the output file is created: a bad input leaves nothing behind.
+    crate::media::check_all(inputs)?;
     let opus = OpusConfig {
         bitrate,
         ..OpusConfig::default()

@@ -99,7 +99,12 @@ impl BaselineReport {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub calls: usize,
+    /// How long the calls streamed.
     pub seconds: f64,
+    /// How long they were to stream.
+    pub planned_seconds: f64,
+    /// Ctrl-C (or SIGTERM) stopped the run before `planned_seconds`.
+    pub interrupted: bool,
     pub mode: String,
     pub sender: String,
     pub packets_sent: u64,
@@ -137,6 +142,15 @@ pub struct Report {
 }
 
 impl Report {
+    /// Whether the run did all it set out to do.
+    pub fn finished(&self) -> crate::Finished {
+        if self.interrupted {
+            crate::Finished::Interrupted
+        } else {
+            crate::Finished::Completed
+        }
+    }
+
     pub fn fill_receiver(&mut self, streams: &[&StreamStats]) {
         self.packets_received = streams.iter().map(|s| s.unique_packets).sum();
         self.lost = streams.iter().map(|s| s.lost).sum();
@@ -167,6 +181,13 @@ impl Report {
             "{} call(s), {:.1} s, {} — sender: {}",
             self.calls, self.seconds, self.mode, self.sender
         );
+        if self.interrupted {
+            let _ = writeln!(
+                out,
+                "  interrupted after {:.1} s of {} s: the numbers cover what ran",
+                self.seconds, self.planned_seconds
+            );
+        }
         // Against a separate server, that server reports the receiving side itself.
         let measured_at_receiver = self.receiver_note.is_none();
         if measured_at_receiver {
