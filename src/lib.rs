@@ -1,14 +1,17 @@
 //! Quaver: a real-time voice engine for Discord-compatible voice.
 //!
-//! [`Engine`] is the front door. It dereferences to the audio engine
-//! ([`quaver_engine::Engine`]: calls, [`push_source`](quaver_engine::Engine::push_source),
-//! [`play_file`](quaver_engine::Engine::play_file), events, stats) and adds the voice
-//! connection: [`Engine::connect`] joins a voice server, and from then on the call's frames
-//! are sealed and sent as RTP on the shared 20 ms grid by the sender thread, while the control
-//! thread speaks the voice gateway.
+//! [`Engine`] is the one front door. Join a call one of three ways — [`Engine::connect`] with
+//! raw voice credentials, [`Engine::join`] through the built-in main-gateway client
+//! ([`Engine::connect_bot`]), or [`Engine::join_with`] through the main-gateway library your bot
+//! already runs — then push audio into it ([`Engine::push_source`], [`Engine::push_opus`],
+//! [`Engine::play_file`]). Frames are mixed, Opus-encoded, end-to-end encrypted with DAVE when
+//! the call negotiated it, sealed and sent as RTP on each call's 20 ms grid by the sender
+//! thread; the control thread speaks the voice gateway and runs every call's connection. Events
+//! (sources ending, calls connecting, encryption changing, calls ending and why) arrive on one
+//! stream, [`Engine::events`]; figures come from one call, [`Engine::stats`].
 //!
 //! ```no_run
-//! use quaver::{Config, Engine};
+//! use quaver::{Config, Engine, Event, CallEvent};
 //! use quaver::engine::PcmFormat;
 //! use quaver::gateway::protocol::Token;
 //! use quaver::gateway::voice::VoiceConnectRequest;
@@ -19,69 +22,72 @@
 //! let call = engine.connect(VoiceConnectRequest {
 //!     guild_id: 1, channel_id: 2, user_id: 3,
 //!     session_id: "session".into(), token: Token::new("voice token"),
-//!     endpoint: "ws://127.0.0.1:7879".into(),
+//!     endpoint: "c-xyz.discord.media:8443".into(),
 //! })?;
 //! let (source, mut writer) = engine.push_source(call, PcmFormat::new(44_100, 2)?)?;
 //! writer.write_all_f32(&vec![0.0; 44_100 * 2])?; // one second of stereo audio
 //! source.set_volume(0.8);
+//! while let Some(event) = engine.events().recv() {
+//!     if let Event::Call(CallEvent::Ended { reason, .. }) = event {
+//!         eprintln!("the call ended: {reason:?}");
+//!         break;
+//!     }
+//! }
 //! # Ok(()) }
 //! ```
 //!
+//! Threads after start-up: the mixer thread(s), the sender, the control thread (with its host
+//! name resolver) and the file decoder — never one per call.
+//!
 //! The crates behind it: [`engine`] (audio, mixing, Opus, the mixer thread), [`net`] (RTP,
-//! transport encryption, the sender), [`gateway`] (voice gateway v8, the join flow, the
-//! control thread).
+//! transport and DAVE frame encryption, the sender), [`gateway`] (voice gateway v8, DAVE's MLS
+//! side, the join flow, the control thread).
 
-mod connection;
+mod driver;
+mod error;
+mod event;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
 
 pub use quaver_engine as engine;
 pub use quaver_gateway as gateway;
 pub use quaver_net as net;
 
-pub use quaver_engine::{CallId, EngineConfig, PcmFormat, SourceHandle};
-
-use connection::{Connection, Connections, Dispatch, Driver, JoinVia};
-use quaver_gateway::control::{BotId, ControlConfig, ControlEvent, ControlThread};
-use quaver_gateway::join::{
-    JoinAction, JoinFlow, VoiceServerUpdate, VoiceStateSender, VoiceStateUpdate,
+pub use error::Error;
+pub use event::{CallEvent, CallStatus, E2eeStatus, Event, Events};
+pub use quaver_engine::{
+    CallId, EngineConfig, FileOptions, OpusWriter, PcmFormat, PcmWriter, SourceHandle,
+    SourceOptions,
 };
-use quaver_gateway::main_gateway::{MainGatewayConfig, MainGatewayEvent};
-use quaver_gateway::voice::{VoiceConfig, VoiceConnectRequest, VoiceEvent};
-use quaver_net::{BackendChoice, Sender, SenderConfig, SenderEvent, SenderStats};
+pub use quaver_gateway::control::BotId;
+pub use quaver_gateway::join::JoinOptions;
 
-/// Everything that can go wrong at the facade, wrapping the crates' own errors.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    #[error(transparent)]
-    Engine(#[from] quaver_engine::Error),
-    #[error(transparent)]
-    Net(#[from] quaver_net::Error),
-    #[error(transparent)]
-    Sender(#[from] quaver_net::sender::SenderError),
-    #[error(transparent)]
-    Gateway(#[from] quaver_gateway::Error),
-    #[error("no such call: {0}")]
-    NoSuchCall(CallId),
-    #[error("voice session: {0}")]
-    Session(&'static str),
-    #[error("could not start the {name} thread: {source}")]
-    Thread {
-        name: &'static str,
-        source: std::io::Error,
-    },
-}
+use driver::{Driver, JoinVia, Outbox, Request};
+use quaver_engine::EngineStats;
+use quaver_gateway::control::{ControlConfig, ControlStats, ControlThread, ControlWaker};
+use quaver_gateway::join::{VoiceServerUpdate, VoiceStateSender, VoiceStateUpdate};
+use quaver_gateway::main_gateway::MainGatewayConfig;
+use quaver_gateway::voice::{VoiceConfig, VoiceConnectRequest};
+use quaver_net::{BackendChoice, EventNotifier, Sender, SenderConfig, SenderStats};
+
+/// How long [`Engine::connect_bot`] waits for READY.
+const BOT_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request that needs the control thread's answer waits for it.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings of every part.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The audio engine: limits, queues, mixer threads, Opus.
     pub engine: EngineConfig,
-    /// The voice gateway settings used for every call.
+    /// The voice gateway settings used for every call (DAVE version, heartbeats, backoff).
     pub voice: VoiceConfig,
+    /// The control thread: websocket limits, extra trusted certificates.
     pub control: ControlConfig,
     /// Which UDP send path: io_uring, the portable fallback, or automatic.
     pub backend: BackendChoice,
@@ -98,150 +104,129 @@ impl Default for Config {
     }
 }
 
-/// Where a call's voice connection stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallStatus {
-    /// Handshaking (or re-identifying after a lost session); no packets are sent.
-    Connecting,
-    /// The session is up; frames are sent as RTP.
-    Ready,
-    /// The websocket is resuming; packets keep flowing with the same key.
-    Resuming,
-    /// The connection ended for good.
-    Ended,
-}
-
-/// What happened to a call's connection, as values on [`Engine::call_events`].
+/// Every figure the engine keeps, from one call ([`Engine::stats`]).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub enum CallEvent {
-    /// The voice gateway reported something (session ready, resuming, users, ended …).
-    Voice { call: CallId, event: VoiceEvent },
-    /// The sender reported something (speaking started/stopped, send errors).
-    Sender { call: CallId, event: SenderEvent },
-    /// Setting up the call's UDP side failed.
-    Failed { call: CallId, error: String },
+pub struct Stats {
+    /// The mixer: ticks, encodes, passthrough, underruns, tick work.
+    pub audio: EngineStats,
+    /// The sender: lateness at the sender, packets, DAVE frames, send errors.
+    pub sender: SenderStats,
+    /// The control thread: connections, frames, its own CPU time.
+    pub control: ControlStats,
+    /// Connection events dropped because nobody read [`Engine::events`].
+    pub events_dropped: u64,
 }
 
-/// How long [`Engine::connect_bot`] waits for READY.
-const BOT_READY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How often the driver thread looks at the sender's events and keepalives.
-const DRIVER_PERIOD: Duration = Duration::from_millis(5);
-
-struct Shared {
-    audio: quaver_engine::Engine,
-    control: Arc<ControlThread>,
-    sender: Mutex<Sender>,
-    connections: Mutex<Connections>,
-    /// Bots connected with `connect_bot`, with their user ID once READY arrived.
-    bots: Mutex<std::collections::HashMap<BotId, u64>>,
-    events_tx: crossbeam_channel::Sender<CallEvent>,
-    voice: VoiceConfig,
-}
-
-impl Shared {
-    /// Runs `work` with the driver's state (both locks, always in this order).
-    fn with_driver(&self, work: impl FnOnce(&mut Driver<'_>)) {
-        let mut connections = lock(&self.connections);
-        let mut sender = lock(&self.sender);
-        let emit = |event: CallEvent| {
-            let _ = self.events_tx.try_send(event);
-        };
-        let mut driver = Driver {
-            engine: &self.audio,
-            control: &self.control,
-            voice: &self.voice,
-            sender: &mut sender,
-            connections: &mut connections,
-            emit: &emit,
-        };
-        work(&mut driver);
-    }
-}
-
-/// The whole engine: audio, sender, gateway. Dereferences to [`quaver_engine::Engine`] for
-/// calls, sources, files, events and mixer stats.
+/// The whole engine: audio, sender, gateway; see the crate docs.
 pub struct Engine {
-    shared: Arc<Shared>,
-    events: crossbeam_channel::Receiver<CallEvent>,
-    shutdown: Arc<AtomicBool>,
-    driver: Option<JoinHandle<()>>,
+    audio: Arc<quaver_engine::Engine>,
+    requests: crossbeam_channel::Sender<Request>,
+    waker: ControlWaker,
+    events: Events,
+    board: Arc<driver::Board>,
+    dropped: Arc<AtomicU64>,
+    sender_mode: String,
+    /// Held for its `Drop`, which stops the control thread and with it the driver and the
+    /// sender the driver owns.
+    _control: ControlThread,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("audio", &self.shared.audio)
+            .field("audio", &self.audio)
+            .field("sender", &self.sender_mode)
             .finish_non_exhaustive()
     }
 }
 
-impl std::ops::Deref for Engine {
-    type Target = quaver_engine::Engine;
-
-    fn deref(&self) -> &Self::Target {
-        &self.shared.audio
-    }
-}
-
 impl Engine {
-    /// Starts the mixer, sender and control threads, and the driver that connects them.
+    /// Starts the mixer, sender and control threads.
     pub fn new(config: Config) -> Result<Self, Error> {
-        let audio = quaver_engine::Engine::new(config.engine.clone())?;
+        let audio = Arc::new(quaver_engine::Engine::new(config.engine.clone())?);
+        // The control thread's waker exists only once it runs; the sender asks for it late.
+        let waker_slot: Arc<OnceLock<ControlWaker>> = Arc::new(OnceLock::new());
         let mut sender_config = SenderConfig::new(audio.grid());
         sender_config.backend = config.backend;
         sender_config.max_calls = config.engine.max_calls;
+        sender_config.notify = Some(EventNotifier(Arc::new({
+            let slot = Arc::clone(&waker_slot);
+            move || {
+                if let Some(waker) = slot.get() {
+                    waker.wake();
+                }
+            }
+        })));
         let sender = Sender::spawn(sender_config)?;
-        tracing::info!(backend = ?sender.backend(), pacing = ?sender.pacing(), "sender started");
-        let control = Arc::new(ControlThread::spawn(config.control.clone())?);
-        let (events_tx, events) = crossbeam_channel::bounded(config.engine.event_queue.max(16));
-        let shared = Arc::new(Shared {
-            audio,
-            control,
-            sender: Mutex::new(sender),
-            connections: Mutex::new(Connections::new()),
-            bots: Mutex::new(std::collections::HashMap::new()),
-            events_tx,
-            voice: config.voice,
-        });
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let driver = {
-            let shared = Arc::clone(&shared);
-            let shutdown = Arc::clone(&shutdown);
-            std::thread::Builder::new()
-                .name("quaver-driver".into())
-                .spawn(move || drive(&shared, &shutdown))
-                .map_err(|source| Error::Thread {
-                    name: "driver",
-                    source,
-                })?
-        };
+        let sender_mode = format!(
+            "{:?} backend, {:?} pacing",
+            sender.backend(),
+            sender.pacing()
+        );
+        tracing::info!(mode = %sender_mode, "sender started");
+        let queue = config.engine.event_queue.max(16);
+        let (requests_tx, requests_rx) = crossbeam_channel::bounded(queue);
+        let (events_tx, events_rx) = crossbeam_channel::bounded(queue);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let board = Arc::new(RwLock::new(HashMap::new()));
+        let driver = Driver::new(
+            Arc::clone(&audio),
+            sender,
+            requests_rx,
+            Outbox {
+                tx: events_tx,
+                dropped: Arc::clone(&dropped),
+            },
+            Arc::clone(&board),
+            config.voice,
+        );
+        let control = ControlThread::spawn_with_handler(config.control, Box::new(driver))?;
+        let waker = control.waker();
+        let _ = waker_slot.set(waker.clone());
+        let events = Events::new(audio.events().clone(), events_rx);
         Ok(Self {
-            shared,
+            audio,
+            requests: requests_tx,
+            waker,
             events,
-            shutdown,
-            driver: Some(driver),
+            board,
+            dropped,
+            sender_mode,
+            _control: control,
         })
     }
 
-    /// Joins a voice server: creates a call in the mixer and opens its voice connection. Push
-    /// sources into the returned call right away; they are heard once the session is ready.
+    fn request(&self, request: Request) -> Result<(), Error> {
+        self.requests.send(request).map_err(|_| Error::Stopped)?;
+        self.waker.wake();
+        Ok(())
+    }
+
+    fn ask<T>(
+        &self,
+        make: impl FnOnce(crossbeam_channel::Sender<T>) -> Request,
+    ) -> Result<T, Error> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.request(make(tx))?;
+        rx.recv_timeout(REPLY_TIMEOUT).map_err(|_| Error::Stopped)
+    }
+
+    /// Joins a voice server with the credentials the main gateway gave you (its
+    /// VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE). Push sources into the returned call right
+    /// away; they are heard once the session is ready. Endpoints are dialled as the gateway
+    /// gives them: a bare `host:port` means `wss://`.
     pub fn connect(&self, request: VoiceConnectRequest) -> Result<CallId, Error> {
-        let (call, frames) = self.shared.audio.create_call()?;
-        let mut connections = lock(&self.shared.connections);
-        let gateway = match self
-            .shared
-            .control
-            .connect(request, self.shared.voice.clone())
-        {
-            Ok(gateway) => gateway,
-            Err(error) => {
-                let _ = self.shared.audio.remove_call(call);
-                return Err(error.into());
-            }
-        };
-        connections.insert(Connection::new(call, Some(gateway), None, frames));
+        let (call, frames) = self.audio.create_call()?;
+        let sent = self.request(Request::Connect {
+            call,
+            frames,
+            request: Box::new(request),
+        });
+        if let Err(e) = sent {
+            let _ = self.audio.remove_call(call);
+            return Err(e);
+        }
         Ok(call)
     }
 
@@ -249,188 +234,193 @@ impl Engine {
     /// [`quaver_gateway::main_gateway`] for its limits) and waits for its READY. Calls are
     /// then joined with [`Engine::join`].
     pub fn connect_bot(&self, config: MainGatewayConfig) -> Result<BotId, Error> {
-        let bot = self.shared.control.connect_bot(config)?;
-        let give_up = Instant::now() + BOT_READY_TIMEOUT;
-        while Instant::now() < give_up {
-            if let Some(user_id) = lock(&self.shared.bots).get(&bot) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.request(Request::ConnectBot {
+            config: Box::new(config),
+            reply: tx,
+        })?;
+        match rx.recv_timeout(BOT_READY_TIMEOUT) {
+            Ok((bot, user_id)) => {
                 tracing::info!(user_id, "bot ready");
-                return Ok(bot);
+                Ok(bot)
             }
-            std::thread::sleep(Duration::from_millis(5));
+            Err(_) => Err(Error::BotNotReady(BOT_READY_TIMEOUT)),
         }
-        let _ = self.shared.control.disconnect_bot(bot);
-        Err(Error::Session("the main gateway never sent READY"))
+    }
+
+    /// Closes a bot's main-gateway connection (its calls stay until you disconnect them).
+    pub fn disconnect_bot(&self, bot: BotId) -> Result<(), Error> {
+        self.request(Request::DisconnectBot(bot))
     }
 
     /// Joins a voice channel through a bot connected with [`Engine::connect_bot`]: sends op 4,
     /// waits for the two dispatches, and connects. Channel moves, endpoint changes and null
     /// endpoints are followed on their own; [`Engine::disconnect`] leaves.
-    pub fn join(&self, bot: BotId, guild_id: u64, channel_id: u64) -> Result<CallId, Error> {
-        let user_id = *lock(&self.shared.bots)
-            .get(&bot)
-            .ok_or(Error::Session("unknown or unready bot"))?;
-        self.start_join(JoinVia::Bot(bot), user_id, guild_id, channel_id)
+    pub fn join(
+        &self,
+        bot: BotId,
+        guild_id: u64,
+        channel_id: u64,
+        options: JoinOptions,
+    ) -> Result<CallId, Error> {
+        self.start_join(JoinVia::Bot(bot), None, guild_id, channel_id, options)
     }
 
     /// Joins a voice channel through the main-gateway library your bot already runs (twilight,
-    /// serenity …): `host` sends op 4 on your shard, and you hand every `VOICE_STATE_UPDATE`
-    /// and `VOICE_SERVER_UPDATE` dispatch to [`Engine::handle_voice_state_update`] and
-    /// [`Engine::handle_voice_server_update`]. Moves, endpoint changes and null endpoints are
-    /// followed on their own; [`Engine::disconnect`] leaves.
+    /// serenity …): `host` sends op 4 on your shard (an error from it fails the join at once),
+    /// and you hand every `VOICE_STATE_UPDATE` and `VOICE_SERVER_UPDATE` dispatch to
+    /// [`Engine::handle_voice_state_update`] and [`Engine::handle_voice_server_update`].
     pub fn join_with(
         &self,
         host: Arc<dyn VoiceStateSender + Sync>,
         bot_user_id: u64,
         guild_id: u64,
         channel_id: u64,
+        options: JoinOptions,
     ) -> Result<CallId, Error> {
-        self.start_join(JoinVia::Host(host), bot_user_id, guild_id, channel_id)
-    }
-
-    /// A `VOICE_STATE_UPDATE` dispatch from your main-gateway library (see [`Engine::join_with`]).
-    pub fn handle_voice_state_update(&self, update: &VoiceStateUpdate) {
-        self.with_driver(|driver| {
-            driver.on_dispatch(
-                |via| matches!(via, JoinVia::Host(_)),
-                Dispatch::State(update),
-            )
-        });
-    }
-
-    /// A `VOICE_SERVER_UPDATE` dispatch from your main-gateway library (see [`Engine::join_with`]).
-    pub fn handle_voice_server_update(&self, update: &VoiceServerUpdate) {
-        self.with_driver(|driver| {
-            driver.on_dispatch(
-                |via| matches!(via, JoinVia::Host(_)),
-                Dispatch::Server(update),
-            )
-        });
+        self.start_join(
+            JoinVia::Host(host),
+            Some(bot_user_id),
+            guild_id,
+            channel_id,
+            options,
+        )
     }
 
     fn start_join(
         &self,
         via: JoinVia,
-        user_id: u64,
+        user_id: Option<u64>,
         guild_id: u64,
         channel_id: u64,
+        options: JoinOptions,
     ) -> Result<CallId, Error> {
-        let (call, frames) = self.shared.audio.create_call()?;
-        let mut flow = JoinFlow::new(guild_id, user_id);
-        flow.join(channel_id, false, false);
-        self.with_driver(|driver| {
-            driver
-                .connections
-                .insert(Connection::new(call, None, Some((via, flow)), frames));
-            driver.run_join_actions(call);
+        let (call, frames) = self.audio.create_call()?;
+        let result = self.ask(|reply| Request::Join {
+            call,
+            frames,
+            via,
+            user_id,
+            guild_id,
+            channel_id,
+            options,
+            reply,
         });
-        Ok(call)
-    }
-
-    fn with_driver(&self, work: impl FnOnce(&mut Driver<'_>)) {
-        self.shared.with_driver(work);
-    }
-
-    /// Leaves: closes the voice connection, stops sending, and removes the call and its sources.
-    pub fn disconnect(&self, call: CallId) -> Result<(), Error> {
-        let connection = {
-            let mut connections = lock(&self.shared.connections);
-            let mut sender = lock(&self.shared.sender);
-            connections
-                .remove(call, &mut sender)
-                .ok_or(Error::NoSuchCall(call))?
-        };
-        if let Some((via, mut flow)) = connection.join {
-            flow.leave();
-            while let Some(action) = flow.poll_action() {
-                if let JoinAction::SendVoiceStateUpdate(update) = action {
-                    via.send(&self.shared.control, &update);
-                }
+        match result {
+            Ok(Ok(())) => Ok(call),
+            Ok(Err(e)) | Err(e) => {
+                let _ = self.audio.remove_call(call);
+                Err(e)
             }
         }
-        if let Some(gateway) = connection.gateway {
-            let _ = self.shared.control.disconnect(gateway);
-        }
-        self.shared.audio.remove_call(call)?;
-        Ok(())
+    }
+
+    /// A `VOICE_STATE_UPDATE` dispatch from your main-gateway library (see [`Engine::join_with`]).
+    pub fn handle_voice_state_update(&self, update: &VoiceStateUpdate) -> Result<(), Error> {
+        self.request(Request::VoiceStateUpdate(Box::new(update.clone())))
+    }
+
+    /// A `VOICE_SERVER_UPDATE` dispatch from your main-gateway library (see [`Engine::join_with`]).
+    pub fn handle_voice_server_update(&self, update: &VoiceServerUpdate) -> Result<(), Error> {
+        self.request(Request::VoiceServerUpdate(Box::new(update.clone())))
+    }
+
+    /// Leaves: op 4 with no channel for joined calls, closes the voice connection, stops sending,
+    /// and removes the call and its sources.
+    pub fn disconnect(&self, call: CallId) -> Result<(), Error> {
+        self.ask(|reply| Request::Disconnect { call, reply })?
     }
 
     /// Where the call's connection stands, or `None` for an unknown call.
     pub fn call_status(&self, call: CallId) -> Option<CallStatus> {
-        lock(&self.shared.connections)
-            .by_call
-            .get(&call)
-            .map(|c| c.status)
+        self.read_board(call).map(|(status, _)| status)
     }
 
-    /// Connection events of every call.
-    pub fn call_events(&self) -> &crossbeam_channel::Receiver<CallEvent> {
+    /// The end-to-end encryption in force on the call's outgoing audio.
+    pub fn e2ee_status(&self, call: CallId) -> Option<E2eeStatus> {
+        self.read_board(call).map(|(_, e2ee)| e2ee)
+    }
+
+    fn read_board(&self, call: CallId) -> Option<(CallStatus, E2eeStatus)> {
+        self.board
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&call)
+            .copied()
+    }
+
+    /// Adds a live PCM source to a call: a handle (volume, pause, stop, stats) and the writer,
+    /// the producer end of a lock-free ring (f32 or i16, 8–192 kHz, mono or stereo).
+    pub fn push_source(
+        &self,
+        call: CallId,
+        format: PcmFormat,
+    ) -> Result<(SourceHandle, PcmWriter), Error> {
+        Ok(self.audio.push_source(call, format)?)
+    }
+
+    /// As [`Engine::push_source`], with options (ring size, start paused, volume …).
+    pub fn push_source_with(
+        &self,
+        call: CallId,
+        format: PcmFormat,
+        options: SourceOptions,
+    ) -> Result<(SourceHandle, PcmWriter), Error> {
+        Ok(self.audio.push_source_with(call, format, options)?)
+    }
+
+    /// Adds a pre-encoded Opus source (48 kHz, 20 ms frames): sent without re-encoding while it
+    /// plays alone at unity volume, decoded and mixed otherwise.
+    pub fn push_opus(
+        &self,
+        call: CallId,
+        options: SourceOptions,
+    ) -> Result<(SourceHandle, OpusWriter), Error> {
+        Ok(self.audio.push_opus(call, options)?)
+    }
+
+    /// Plays a file (wav, flac, mp3, Ogg Vorbis, Ogg Opus), decoded on the engine's worker thread.
+    pub fn play_file(
+        &self,
+        call: CallId,
+        path: impl AsRef<Path>,
+        options: FileOptions,
+    ) -> Result<SourceHandle, Error> {
+        Ok(self.audio.play_file(call, path, options)?)
+    }
+
+    /// Sets a call's master volume (ramped over one frame).
+    pub fn set_call_volume(&self, call: CallId, volume: f32) -> Result<(), Error> {
+        Ok(self.audio.set_call_volume(call, volume)?)
+    }
+
+    /// The one event stream: audio and connection events.
+    pub fn events(&self) -> &Events {
         &self.events
     }
 
-    /// The sender's statistics: per-packet lateness at the sender, tick work, batch sizes.
-    pub fn sender_stats(&self) -> SenderStats {
-        lock(&self.shared.sender).stats().clone()
+    /// Every figure at once: mixer, sender, control thread.
+    pub fn stats(&self) -> Result<Stats, Error> {
+        let (sender, control) = self.ask(Request::Stats)?;
+        Ok(Stats {
+            audio: self.audio.stats(),
+            sender,
+            control,
+            events_dropped: self.dropped.load(Ordering::Relaxed),
+        })
     }
 
     /// Which send path and pacing mode the sender uses, for reports.
-    pub fn sender_mode(&self) -> String {
-        let sender = lock(&self.shared.sender);
-        format!(
-            "{:?} backend, {:?} pacing",
-            sender.backend(),
-            sender.pacing()
-        )
+    pub fn sender_mode(&self) -> &str {
+        &self.sender_mode
     }
 
-    /// The control thread, e.g. for [`quaver_gateway::manager::VoiceManager`] or bot connections.
-    pub fn control(&self) -> &Arc<ControlThread> {
-        &self.shared.control
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.shutdown.store(true, Ordering::Relaxed);
-        if let Some(driver) = self.driver.take() {
-            let _ = driver.join();
-        }
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The driver thread: turns gateway events into discovery and sender sessions, and sender
-/// events into Speaking.
-fn drive(shared: &Shared, shutdown: &AtomicBool) {
-    while !shutdown.load(Ordering::Relaxed) {
-        let control_event = shared.control.events().recv_timeout(DRIVER_PERIOD).ok();
-        if let Some(ControlEvent::MainGateway {
-            bot,
-            event: MainGatewayEvent::Ready { user_id },
-        }) = &control_event
-        {
-            lock(&shared.bots).insert(*bot, *user_id);
-        }
-        shared.with_driver(|driver| {
-            match control_event {
-                Some(ControlEvent::Voice { call, event }) => driver.on_voice_event(call, event),
-                Some(ControlEvent::MainGateway { bot, event }) => {
-                    driver.on_main_gateway_event(bot, &event)
-                }
-                Some(ControlEvent::SocketError { id, error }) => {
-                    tracing::debug!(id, "voice socket: {error}")
-                }
-                _ => {}
-            }
-            while let Some(event) = driver.sender.poll_event() {
-                driver.on_sender_event(event);
-            }
-            driver.send_keepalives(Instant::now());
-        });
+    /// The audio engine underneath, for what the front door does not offer (its grid, its
+    /// config). Calls made or removed here are invisible to the voice side: a call created
+    /// with it has no connection, and removing a connected call through it leaves the
+    /// connection sending nothing until [`Engine::disconnect`].
+    pub fn audio_engine(&self) -> &quaver_engine::Engine {
+        &self.audio
     }
 }
 

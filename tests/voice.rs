@@ -8,7 +8,7 @@ use quaver::engine::analysis::tone_power;
 use quaver::gateway::main_gateway::MainGatewayConfig;
 use quaver::gateway::protocol::Token;
 use quaver::gateway::voice::VoiceEvent;
-use quaver::{CallEvent, CallStatus, Config, Engine};
+use quaver::{CallEvent, CallStatus, Config, Engine, Event, JoinOptions};
 use quaver_tools::server::{Faults, Server, ServerConfig};
 
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
@@ -125,7 +125,7 @@ fn joining_through_the_main_gateway_reaches_the_voice_server() {
     let mut bot = MainGatewayConfig::new(Token::new("local-bot-token"));
     bot.url = server.main_gateway_url();
     let bot = engine.connect_bot(bot).unwrap();
-    let call = engine.join(bot, 7, 77).unwrap();
+    let call = engine.join(bot, 7, 77, JoinOptions::default()).unwrap();
     wait_for("the session", Duration::from_secs(10), || {
         engine.call_status(call) == Some(CallStatus::Ready)
     });
@@ -162,10 +162,10 @@ fn stream_tone(engine: &Engine, call: quaver::CallId, seconds: f64) -> std::thre
 
 fn voice_events(engine: &Engine) -> Vec<VoiceEvent> {
     engine
-        .call_events()
+        .events()
         .try_iter()
         .filter_map(|event| match event {
-            CallEvent::Voice { event, .. } => Some(event),
+            Event::Call(CallEvent::Voice { event, .. }) => Some(event),
             _ => None,
         })
         .collect()
@@ -274,9 +274,21 @@ fn garbage_from_the_server_does_not_crash_the_client() {
 
 #[test]
 fn joining_through_the_host_programs_own_main_gateway_library() {
+    use quaver::gateway::control::BotId;
     use quaver::gateway::control::{ControlConfig, ControlEvent, ControlThread};
+    use quaver::gateway::join::{SendVoiceStateError, UpdateVoiceState, VoiceStateSender};
     use quaver::gateway::main_gateway::MainGatewayEvent;
-    use quaver::gateway::manager::BotVoiceStateSender;
+
+    /// The host library's shard: op 4 goes out on its own main-gateway connection.
+    struct HostShard(std::sync::Arc<ControlThread>, BotId);
+    impl VoiceStateSender for HostShard {
+        fn send_voice_state_update(
+            &self,
+            update: &UpdateVoiceState,
+        ) -> Result<(), SendVoiceStateError> {
+            Ok(self.0.bot_send(self.1, update.to_gateway_json())?)
+        }
+    }
 
     let server = server();
     let engine = engine(&server);
@@ -300,8 +312,10 @@ fn joining_through_the_host_programs_own_main_gateway_library() {
             break user_id;
         }
     };
-    let sender = std::sync::Arc::new(BotVoiceStateSender::new(host.clone(), bot));
-    let call = engine.join_with(sender, user_id, 9, 99).unwrap();
+    let sender = std::sync::Arc::new(HostShard(host.clone(), bot));
+    let call = engine
+        .join_with(sender, user_id, 9, 99, JoinOptions::default())
+        .unwrap();
     // The host's event handler forwards the two voice dispatches.
     let give_up = Instant::now() + Duration::from_secs(10);
     while engine.call_status(call) != Some(CallStatus::Ready) {
@@ -310,11 +324,11 @@ fn joining_through_the_host_programs_own_main_gateway_library() {
             Ok(ControlEvent::MainGateway {
                 event: MainGatewayEvent::VoiceStateUpdate(u),
                 ..
-            }) => engine.handle_voice_state_update(&u),
+            }) => engine.handle_voice_state_update(&u).unwrap(),
             Ok(ControlEvent::MainGateway {
                 event: MainGatewayEvent::VoiceServerUpdate(u),
                 ..
-            }) => engine.handle_voice_server_update(&u),
+            }) => engine.handle_voice_server_update(&u).unwrap(),
             _ => {}
         }
     }

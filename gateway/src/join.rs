@@ -98,6 +98,15 @@ impl UpdateVoiceState {
     }
 }
 
+/// How to appear in the channel (op 4's `self_mute` and `self_deaf`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JoinOptions {
+    /// Show as muted (audio is still sent; this is only the indicator).
+    pub self_mute: bool,
+    /// Deafened: the voice server sends this member no audio.
+    pub self_deaf: bool,
+}
+
 /// What the owner of a [`JoinFlow`] must do.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -180,12 +189,12 @@ impl JoinFlow {
     }
 
     /// Join (or move to) `channel_id`.
-    pub fn join(&mut self, channel_id: u64, self_mute: bool, self_deaf: bool) {
+    pub fn join(&mut self, channel_id: u64, options: JoinOptions) {
         let update = UpdateVoiceState {
             guild_id: Snowflake(self.guild_id),
             channel_id: Some(Snowflake(channel_id)),
-            self_mute,
-            self_deaf,
+            self_mute: options.self_mute,
+            self_deaf: options.self_deaf,
         };
         self.requested = Some(update);
         self.voice_state_retries = 0;
@@ -343,9 +352,15 @@ impl JoinFlow {
 /// `shard.command(&UpdateVoiceState::new(guild, channel, mute, deaf))`, or by writing
 /// [`UpdateVoiceState::to_gateway_json`] to the socket.
 pub trait VoiceStateSender: Send {
-    /// Send main-gateway op 4 for `update.guild_id`.
-    fn send_voice_state_update(&self, update: &UpdateVoiceState);
+    /// Send main-gateway op 4 for `update.guild_id`. An error (the shard is gone, its queue is
+    /// closed) fails the join at once instead of leaving it waiting for dispatches that never
+    /// come.
+    fn send_voice_state_update(&self, update: &UpdateVoiceState)
+    -> Result<(), SendVoiceStateError>;
 }
+
+/// Why a host library could not send op 4 (its own error, boxed).
+pub type SendVoiceStateError = Box<dyn std::error::Error + Send + Sync>;
 
 #[cfg(test)]
 mod tests {
@@ -388,7 +403,13 @@ mod tests {
     fn both_orders() {
         for server_first in [false, true] {
             let mut f = JoinFlow::new(G, ME);
-            f.join(5, false, true);
+            f.join(
+                5,
+                JoinOptions {
+                    self_mute: false,
+                    self_deaf: true,
+                },
+            );
             let a = actions(&mut f);
             assert!(matches!(&a[..], [JoinAction::SendVoiceStateUpdate(u)]
                 if u.channel_id == Some(Snowflake(5)) && u.self_deaf));
@@ -419,7 +440,7 @@ mod tests {
     #[test]
     fn other_users_and_guilds_are_ignored() {
         let mut f = JoinFlow::new(G, ME);
-        f.join(5, false, false);
+        f.join(5, JoinOptions::default());
         actions(&mut f);
         let mut other = vsu(Some(5), "x");
         other.user_id = Snowflake(7);
@@ -434,11 +455,11 @@ mod tests {
     #[test]
     fn channel_move_gets_a_fresh_session() {
         let mut f = JoinFlow::new(G, ME);
-        f.join(5, false, false);
+        f.join(5, JoinOptions::default());
         f.handle_voice_state_update(&vsu(Some(5), "s1"));
         f.handle_voice_server_update(&vserver("t1", Some("ep:443")));
         connect_to(&mut f);
-        f.join(6, false, false);
+        f.join(6, JoinOptions::default());
         assert!(matches!(
             &actions(&mut f)[..],
             [JoinAction::SendVoiceStateUpdate(_)]
@@ -450,7 +471,7 @@ mod tests {
         let r = connect_to(&mut f);
         assert_eq!((r.channel_id, r.token.expose()), (6, "t2"));
         // The other order: server update first must not connect to the old channel.
-        f.join(7, false, false);
+        f.join(7, JoinOptions::default());
         actions(&mut f);
         f.handle_voice_server_update(&vserver("t3", Some("ep:443")));
         assert!(actions(&mut f).is_empty(), "waits for the new channel");
@@ -462,7 +483,7 @@ mod tests {
     #[test]
     fn moved_by_someone_else() {
         let mut f = JoinFlow::new(G, ME);
-        f.join(5, false, false);
+        f.join(5, JoinOptions::default());
         f.handle_voice_state_update(&vsu(Some(5), "s1"));
         f.handle_voice_server_update(&vserver("t1", Some("ep:443")));
         connect_to(&mut f);
@@ -479,7 +500,7 @@ mod tests {
     #[test]
     fn endpoint_change_reidentifies() {
         let mut f = JoinFlow::new(G, ME);
-        f.join(5, false, false);
+        f.join(5, JoinOptions::default());
         f.handle_voice_state_update(&vsu(Some(5), "s1"));
         f.handle_voice_server_update(&vserver("t1", Some("old:443")));
         connect_to(&mut f);
@@ -497,7 +518,7 @@ mod tests {
     #[test]
     fn null_endpoint_closes_and_waits() {
         let mut f = JoinFlow::new(G, ME);
-        f.join(5, false, false);
+        f.join(5, JoinOptions::default());
         f.handle_voice_state_update(&vsu(Some(5), "s1"));
         f.handle_voice_server_update(&vserver("t1", Some("a:443")));
         connect_to(&mut f);
@@ -512,7 +533,7 @@ mod tests {
     #[test]
     fn voice_close_codes_drive_the_flow() {
         let mut f = JoinFlow::new(G, ME);
-        f.join(5, false, false);
+        f.join(5, JoinOptions::default());
         f.handle_voice_state_update(&vsu(Some(5), "s1"));
         f.handle_voice_server_update(&vserver("t1", Some("a:443")));
         connect_to(&mut f);
@@ -536,7 +557,7 @@ mod tests {
     #[test]
     fn leave_and_kick() {
         let mut f = JoinFlow::new(G, ME);
-        f.join(5, false, false);
+        f.join(5, JoinOptions::default());
         f.handle_voice_state_update(&vsu(Some(5), "s1"));
         f.handle_voice_server_update(&vserver("t1", Some("a:443")));
         connect_to(&mut f);
@@ -546,7 +567,7 @@ mod tests {
             matches!(&a[..], [JoinAction::SendVoiceStateUpdate(u), JoinAction::Disconnect, JoinAction::Left] if u.channel_id.is_none())
         );
         // Kicked: a state update with no channel.
-        f.join(5, false, false);
+        f.join(5, JoinOptions::default());
         f.handle_voice_state_update(&vsu(Some(5), "s1"));
         f.handle_voice_server_update(&vserver("t1", Some("a:443")));
         connect_to(&mut f);

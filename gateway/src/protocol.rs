@@ -176,69 +176,25 @@ impl Drop for Token {
     }
 }
 
-/// The 32-byte transport key from Session Description. Redacted in `Debug`, wiped on drop.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct SecretKey([u8; 32]);
+/// The transport key and modes are the sender's own types: one vocabulary from the gateway to
+/// the packet path.
+pub use quaver_net::crypto::{EncryptionMode, SecretKey};
 
-impl SecretKey {
-    /// Wrap key bytes.
-    pub fn new(bytes: [u8; 32]) -> Self {
-        SecretKey(bytes)
-    }
-    /// The key bytes, for the transport cipher.
-    pub fn expose(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
+/// `secret_key` on the wire: a JSON array of 32 numbers.
+mod secret_key_json {
+    use super::SecretKey;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use zeroize::Zeroize;
 
-impl fmt::Debug for SecretKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretKey(<redacted>)")
-    }
-}
-
-impl Drop for SecretKey {
-    fn drop(&mut self) {
-        self.0.zeroize();
-    }
-}
-
-/// Transport encryption modes Quaver can use, best first.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
-#[non_exhaustive]
-pub enum EncryptionMode {
-    /// `aead_aes256_gcm_rtpsize` (preferred).
-    Aes256GcmRtpSize,
-    /// `aead_xchacha20_poly1305_rtpsize` (mandatory fallback).
-    XChaCha20Poly1305RtpSize,
-}
-
-impl EncryptionMode {
-    /// Preference order used by Select Protocol.
-    pub const PREFERENCE: [EncryptionMode; 2] = [
-        EncryptionMode::Aes256GcmRtpSize,
-        EncryptionMode::XChaCha20Poly1305RtpSize,
-    ];
-
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EncryptionMode::Aes256GcmRtpSize => "aead_aes256_gcm_rtpsize",
-            EncryptionMode::XChaCha20Poly1305RtpSize => "aead_xchacha20_poly1305_rtpsize",
-        }
+    pub(super) fn serialize<S: Serializer>(key: &SecretKey, s: S) -> Result<S::Ok, S::Error> {
+        key.expose().serialize(s)
     }
 
-    /// Parse a wire name; legacy and unknown modes give `None`.
-    pub fn from_wire(name: &str) -> Option<Self> {
-        Self::PREFERENCE.into_iter().find(|m| m.as_str() == name)
-    }
-
-    /// The best mode among those a server offers.
-    pub fn best_of<S: AsRef<str>>(offered: &[S]) -> Option<Self> {
-        Self::PREFERENCE
-            .into_iter()
-            .find(|m| offered.iter().any(|o| o.as_ref() == m.as_str()))
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SecretKey, D::Error> {
+        let mut bytes = <[u8; 32]>::deserialize(d)?;
+        let key = SecretKey::new(bytes);
+        bytes.zeroize();
+        Ok(key)
     }
 }
 
@@ -332,6 +288,7 @@ pub struct SessionDescription {
     /// Selected mode (wire name).
     pub mode: String,
     /// Transport key.
+    #[serde(with = "secret_key_json")]
     pub secret_key: SecretKey,
     /// Negotiated DAVE version (0 = transport encryption only).
     #[serde(default)]
@@ -962,16 +919,19 @@ mod tests {
     #[test]
     fn best_mode() {
         assert_eq!(
-            EncryptionMode::best_of(&[
+            EncryptionMode::choose_current([
                 "aead_xchacha20_poly1305_rtpsize",
                 "aead_aes256_gcm_rtpsize"
             ]),
             Some(EncryptionMode::Aes256GcmRtpSize)
         );
         assert_eq!(
-            EncryptionMode::best_of(&["xsalsa20_poly1305", "aead_xchacha20_poly1305_rtpsize"]),
+            EncryptionMode::choose_current([
+                "xsalsa20_poly1305",
+                "aead_xchacha20_poly1305_rtpsize"
+            ]),
             Some(EncryptionMode::XChaCha20Poly1305RtpSize)
         );
-        assert_eq!(EncryptionMode::best_of(&["xsalsa20_poly1305"]), None);
+        assert_eq!(EncryptionMode::choose_current(["xsalsa20_poly1305"]), None);
     }
 }

@@ -716,7 +716,8 @@ impl VoiceGateway {
                 return Ok(());
             }
         };
-        let Some(mode) = EncryptionMode::best_of(&ready.modes) else {
+        let Some(mode) = EncryptionMode::choose_current(ready.modes.iter().map(String::as_str))
+        else {
             let err = VoiceError::NoSupportedMode {
                 offered: ready.modes.clone(),
             };
@@ -742,7 +743,12 @@ impl VoiceGateway {
             }
         };
         // Trust the server's choice if it is one we can do; otherwise keep ours.
-        let mode = EncryptionMode::from_wire(&desc.mode).unwrap_or(mode);
+        let mode = desc
+            .mode
+            .parse::<EncryptionMode>()
+            .ok()
+            .filter(|m| m.is_current())
+            .unwrap_or(mode);
         self.state = State::Established;
         self.handshake_deadline = None;
         self.backoff.reset();

@@ -125,6 +125,23 @@ impl EncryptionMode {
         }
     }
 
+    /// Whether Discord still accepts the mode (the two AEAD "rtpsize" ones). Legacy modes exist
+    /// only behind the `legacy-xsalsa` feature, for test vectors; a client never picks them.
+    pub const fn is_current(self) -> bool {
+        matches!(
+            self,
+            EncryptionMode::Aes256GcmRtpSize | EncryptionMode::XChaCha20Poly1305RtpSize
+        )
+    }
+
+    /// The best current mode among those a server offers (Ready's `modes`), if any.
+    pub fn choose_current<'a>(offered: impl IntoIterator<Item = &'a str> + Clone) -> Option<Self> {
+        Self::PREFERENCE
+            .into_iter()
+            .filter(|mode| mode.is_current())
+            .find(|mode| offered.clone().into_iter().any(|s| s == mode.as_str()))
+    }
+
     /// The best mode among those the server offers (Ready's `modes`), if any is supported.
     pub fn choose<'a>(offered: impl IntoIterator<Item = &'a str> + Clone) -> Option<Self> {
         Self::PREFERENCE
@@ -151,7 +168,7 @@ impl FromStr for EncryptionMode {
 }
 
 /// The 32-byte `secret_key` of a Session Description. Zeroized on drop; `Debug` never shows it.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
 pub struct SecretKey([u8; KEY_LEN]);
 
 impl SecretKey {

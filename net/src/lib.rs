@@ -54,6 +54,8 @@ pub mod transmit;
 
 pub use error::{Error, Result};
 pub use pacer::PacingMode;
-pub use sender::{CallConfig, CallId, Sender, SenderConfig, SenderCore, SenderEvent};
+pub use sender::{
+    CallConfig, EventNotifier, SendSlot, Sender, SenderConfig, SenderCore, SenderEvent,
+};
 pub use stats::SenderStats;
 pub use transmit::{BackendChoice, BackendKind};

@@ -104,7 +104,7 @@ pub enum SenderError {
     Stopped,
     /// No call with this id was added (or it was removed already).
     #[error("unknown call {0:?}")]
-    UnknownCall(CallId),
+    UnknownCall(SendSlot),
     /// The requested backend is not available.
     #[error("transmit backend unavailable: {0}")]
     Backend(std::io::Error),
@@ -112,7 +112,7 @@ pub enum SenderError {
 
 /// Identifies a call inside the sender.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CallId(pub u64);
+pub struct SendSlot(pub u64);
 
 /// Something the sender thread reports, as a value on the event queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,17 +121,17 @@ pub enum SenderEvent {
     /// The call's first audio frame after idle was built: send Speaking 1 now.
     SpeakingStarted {
         /// The call.
-        call: CallId,
+        call: SendSlot,
     },
     /// The call's five silence frames went out: send Speaking 0.
     SpeakingStopped {
         /// The call.
-        call: CallId,
+        call: SendSlot,
     },
     /// A send failed (e.g. ENOBUFS, EHOSTUNREACH, a closed socket); the packet is lost.
     SendFailed {
         /// The call.
-        call: CallId,
+        call: SendSlot,
         /// The OS error number.
         errno: i32,
         /// Failed sends of this call so far.
@@ -140,17 +140,17 @@ pub enum SenderEvent {
     /// The call's key has used all 2^32 nonces; its packets are dropped until it is re-keyed.
     NonceExhausted {
         /// The call.
-        call: CallId,
+        call: SendSlot,
     },
     /// The call was added.
     CallAdded {
         /// The call.
-        call: CallId,
+        call: SendSlot,
     },
     /// The call was removed.
     CallRemoved {
         /// The call.
-        call: CallId,
+        call: SendSlot,
         /// Packets it sent.
         packets: u64,
         /// Its failed sends.
@@ -159,20 +159,20 @@ pub enum SenderEvent {
     /// A re-key took effect; packets from now on use the new key.
     Rekeyed {
         /// The call.
-        call: CallId,
+        call: SendSlot,
     },
     /// A DAVE sender key took effect: Opus frames from now on are end-to-end encrypted under
     /// `epoch`. Also confirms a re-install of the key in use (whose frame counter carries on).
     DaveKeyInstalled {
         /// The call.
-        call: CallId,
+        call: SendSlot,
         /// The key's MLS epoch.
         epoch: u64,
     },
     /// The call's DAVE key was removed: frames from now on are plain Opus.
     DaveKeyRemoved {
         /// The call.
-        call: CallId,
+        call: SendSlot,
     },
 }
 
@@ -214,6 +214,8 @@ pub struct SenderConfig {
     pub on_thread_start: Option<fn()>,
     /// Called on the sender thread when the tick loop has ended, before tear-down.
     pub on_thread_exit: Option<fn()>,
+    /// Wakes the event reader after a tick that queued events (see [`EventNotifier`]).
+    pub notify: Option<EventNotifier>,
 }
 
 impl SenderConfig {
@@ -229,15 +231,16 @@ impl SenderConfig {
             event_capacity: 4096,
             on_thread_start: None,
             on_thread_exit: None,
+            notify: None,
         }
     }
 }
 
 enum Command {
     Add(Box<Call>),
-    Remove(CallId),
-    Rekey(CallId, Box<Sealer>),
-    DaveKey(CallId, Option<Box<FrameEncryptor>>),
+    Remove(SendSlot),
+    Rekey(SendSlot, Box<Sealer>),
+    DaveKey(SendSlot, Option<Box<FrameEncryptor>>),
 }
 
 enum Returned {
@@ -250,7 +253,7 @@ enum Returned {
 }
 
 struct Call {
-    id: CallId,
+    id: SendSlot,
     #[cfg(target_os = "linux")]
     fd: std::os::fd::RawFd,
     // Keeps the descriptor open while the thread sends on it.
@@ -282,7 +285,7 @@ struct Outgoing {
 }
 
 impl Call {
-    fn build(config: CallConfig, id: CallId) -> Result<Box<Self>, SenderError> {
+    fn build(config: CallConfig, id: SendSlot) -> Result<Box<Self>, SenderError> {
         config
             .socket
             .peer_addr()
@@ -392,7 +395,7 @@ pub struct SenderCore {
     results: Vec<i32>,
     sent_at: Vec<Instant>,
     stats: Box<SenderStats>,
-    events: rtrb::Producer<SenderEvent>,
+    events: EventQueue,
     next_id: u64,
 }
 
@@ -428,7 +431,10 @@ impl SenderCore {
                 results: vec![0; max_calls],
                 sent_at: vec![now; max_calls],
                 stats: Box::new(SenderStats::new()),
-                events,
+                events: EventQueue {
+                    producer: events,
+                    pushed: 0,
+                },
                 next_id: 0,
             },
             events_rx,
@@ -446,11 +452,11 @@ impl SenderCore {
     }
 
     /// Adds a call directly (for benches and custom drivers; the thread uses commands).
-    pub fn add_call(&mut self, config: CallConfig) -> Result<CallId, SenderError> {
+    pub fn add_call(&mut self, config: CallConfig) -> Result<SendSlot, SenderError> {
         if self.calls.len() >= self.max_calls {
             return Err(SenderError::TooManyCalls(self.max_calls));
         }
-        let id = CallId(self.next_id);
+        let id = SendSlot(self.next_id);
         self.next_id += 1;
         self.calls.push(Call::build(config, id)?);
         Ok(id)
@@ -671,7 +677,7 @@ impl SenderCore {
     /// in use keeps its frame counter; a new one starts at nonce 1.
     pub fn set_dave_key(
         &mut self,
-        call: CallId,
+        call: SendSlot,
         key: Option<SenderKey>,
     ) -> Result<(), SenderError> {
         let encryptor = key.map(|key| Box::new(FrameEncryptor::new(key)));
@@ -686,7 +692,7 @@ impl SenderCore {
     #[allow(clippy::type_complexity)]
     fn install_dave(
         &mut self,
-        id: CallId,
+        id: SendSlot,
         encryptor: Option<Box<FrameEncryptor>>,
     ) -> Result<Option<Box<FrameEncryptor>>, Option<Box<FrameEncryptor>>> {
         let Some(call) = self.calls.iter_mut().find(|c| c.id == id) else {
@@ -717,8 +723,8 @@ impl SenderCore {
 /// Books the outcome of building a packet; true when there is a packet to send.
 fn book_seal(
     sealed: Result<bool, SealError>,
-    call: CallId,
-    events: &mut rtrb::Producer<SenderEvent>,
+    call: SendSlot,
+    events: &mut EventQueue,
     stats: &mut SenderStats,
 ) -> bool {
     match sealed {
@@ -737,13 +743,30 @@ fn book_seal(
     }
 }
 
-fn push_event(
-    events: &mut rtrb::Producer<SenderEvent>,
-    stats: &mut SenderStats,
-    event: SenderEvent,
-) {
-    if events.push(event).is_err() {
+/// The sender thread's end of the event queue, counting what it queued so the thread can wake
+/// the control side once per tick that produced events.
+struct EventQueue {
+    producer: rtrb::Producer<SenderEvent>,
+    pushed: u64,
+}
+
+fn push_event(events: &mut EventQueue, stats: &mut SenderStats, event: SenderEvent) {
+    if events.producer.push(event).is_err() {
         stats.events_dropped += 1;
+    } else {
+        events.pushed += 1;
+    }
+}
+
+/// Called on the sender thread after a tick that queued events, so whoever reads them wakes
+/// instead of polling (the `quaver` facade passes the control thread's waker: one `eventfd`
+/// write per such tick — speaking changes, errors — never per packet).
+#[derive(Clone)]
+pub struct EventNotifier(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for EventNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventNotifier")
     }
 }
 
@@ -760,7 +783,7 @@ pub struct Sender {
     backend: BackendKind,
     pacing: PacingMode,
     next_id: u64,
-    live: std::collections::HashSet<CallId>,
+    live: std::collections::HashSet<SendSlot>,
     max_calls: usize,
 }
 
@@ -824,6 +847,8 @@ impl Sender {
                     stop: thread_stop,
                     build_ahead: MIN_BUILD_AHEAD,
                     recent_build: Duration::ZERO,
+                    notify: config.notify.clone(),
+                    notified: 0,
                 };
                 if let Some(hook) = config.on_thread_start {
                     hook();
@@ -877,11 +902,11 @@ impl Sender {
     }
 
     /// Adds a call; its frames are sent from the next tick on. The socket must be connected.
-    pub fn add_call(&mut self, config: CallConfig) -> Result<CallId, SenderError> {
+    pub fn add_call(&mut self, config: CallConfig) -> Result<SendSlot, SenderError> {
         if self.live.len() >= self.max_calls {
             return Err(SenderError::TooManyCalls(self.max_calls));
         }
-        let id = CallId(self.next_id);
+        let id = SendSlot(self.next_id);
         let call = Call::build(config, id)?;
         self.command(Command::Add(call))?;
         self.next_id += 1;
@@ -890,7 +915,7 @@ impl Sender {
     }
 
     /// Removes a call (after the tick in progress); [`SenderEvent::CallRemoved`] confirms it.
-    pub fn remove_call(&mut self, call: CallId) -> Result<(), SenderError> {
+    pub fn remove_call(&mut self, call: SendSlot) -> Result<(), SenderError> {
         if !self.live.contains(&call) {
             return Err(SenderError::UnknownCall(call));
         }
@@ -904,7 +929,7 @@ impl Sender {
     /// new key.
     pub fn rekey(
         &mut self,
-        call: CallId,
+        call: SendSlot,
         mode: EncryptionMode,
         key: &SecretKey,
     ) -> Result<(), SenderError> {
@@ -922,7 +947,7 @@ impl Sender {
     /// counter (a new epoch's key starts at nonce 1).
     pub fn set_dave_key(
         &mut self,
-        call: CallId,
+        call: SendSlot,
         key: Option<SenderKey>,
     ) -> Result<(), SenderError> {
         if !self.live.contains(&call) {
@@ -989,6 +1014,9 @@ struct Worker {
     build_ahead: Duration,
     /// Recent worst build time (decaying), from which `build_ahead` follows.
     recent_build: Duration,
+    notify: Option<EventNotifier>,
+    /// `EventQueue::pushed` when the reader was last woken.
+    notified: u64,
 }
 
 /// Bounds of the build-ahead time; the mixer's lead (`EngineConfig::min_lead`, 6 ms by
@@ -1036,6 +1064,12 @@ impl Worker {
                 self.pacer.sleep_until(deadline);
             }
             self.core.stats.ticks += 1;
+            if self.core.events.pushed != self.notified
+                && let Some(notify) = &self.notify
+            {
+                self.notified = self.core.events.pushed;
+                (notify.0)();
+            }
             if self.core.stats.ticks >= STATS_EVERY_TICKS {
                 self.hand_over_stats();
             }
@@ -1072,7 +1106,7 @@ mod tests {
         rtrb::Consumer<SenderEvent>,
         rtrb::Producer<EncodedFrame>,
         UdpSocket,
-        CallId,
+        SendSlot,
     ) {
         let grid = Grid::new(Instant::now());
         let (mut core, events) = SenderCore::new(grid, BackendChoice::Portable, 4, 64).unwrap(); // invariant: the portable backend always builds
@@ -1271,8 +1305,8 @@ mod tests {
             ]
         );
         assert!(matches!(
-            core.set_dave_key(CallId(99), Some(key1)),
-            Err(SenderError::UnknownCall(CallId(99)))
+            core.set_dave_key(SendSlot(99), Some(key1)),
+            Err(SenderError::UnknownCall(SendSlot(99)))
         ));
     }
 

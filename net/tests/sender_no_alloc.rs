@@ -73,7 +73,7 @@ fn call(
     start: u64,
     frames: u64,
     end_of_stream: bool,
-) -> (quaver_net::CallId, rtrb::Producer<EncodedFrame>) {
+) -> (quaver_net::SendSlot, rtrb::Producer<EncodedFrame>) {
     let socket = UdpSocket::bind("127.0.0.1:0").expect("loopback bind");
     socket
         .connect(receiver.local_addr().expect("bound"))

@@ -20,7 +20,7 @@ use quaver::gateway::main_gateway::MainGatewayConfig;
 use quaver::gateway::protocol::{SpeakingFlags, Token};
 use quaver::gateway::voice::{VoiceConnectRequest, VoiceEvent};
 use quaver::net::BackendChoice;
-use quaver::{CallEvent, CallId, CallStatus, Config, Engine};
+use quaver::{CallEvent, CallId, CallStatus, Config, Engine, Event, JoinOptions};
 
 use crate::Error;
 use crate::baseline::BaselineSender;
@@ -106,7 +106,9 @@ impl Target {
                 channel_of(guild),
                 BOT_USER,
             ))?),
-            (Target::Remote { .. }, Some(bot)) => Ok(engine.join(bot, guild, channel_of(guild))?),
+            (Target::Remote { .. }, Some(bot)) => {
+                Ok(engine.join(bot, guild, channel_of(guild), JoinOptions::default())?)
+            }
             (Target::Remote { .. }, None) => Err(Error::Usage("no bot connection".into())),
         }
     }
@@ -424,22 +426,22 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
     drop(feeds);
     // Let the last frames and the forwarding settle. The sender hands its statistics over
     // about once a second, and only while the previous hand-over has been collected.
-    let _ = engine.sender_stats();
+    let _ = engine.stats();
     std::thread::sleep(SETTLE);
     let baseline_sent = baseline.map(BaselineSender::stop);
 
     let mut resumes = 0;
-    for event in engine.call_events().try_iter() {
-        if let CallEvent::Voice {
+    for event in engine.events().try_iter() {
+        if let Event::Call(CallEvent::Voice {
             event: VoiceEvent::Resuming { .. },
             ..
-        } = event
+        }) = event
         {
             resumes += 1;
         }
     }
-    let sender = engine.sender_stats();
-    let mixer = engine.stats();
+    let stats = engine.stats()?;
+    let (sender, mixer) = (stats.sender, stats.audio);
     let probe_arrivals = listener.as_ref().map(|(l, _)| l.take()).unwrap_or_default();
     let probe_ssrc = match &target {
         Target::Embedded(server) => server.ssrc_of(FIRST_GUILD, BOT_USER),
@@ -463,7 +465,7 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
         } else {
             "pre-encoded Opus, passthrough".into()
         },
-        sender: engine.sender_mode(),
+        sender: engine.sender_mode().to_string(),
         packets_sent: sender.packets_sent,
         send_lateness_us: Quantiles::of_ns(&sender.lateness_ns),
         late_frames: sender.late_frames,

@@ -11,7 +11,7 @@ use quaver::engine::FileOptions;
 use quaver::gateway::main_gateway::MainGatewayConfig;
 use quaver::gateway::protocol::Token;
 use quaver::net::SenderEvent;
-use quaver::{CallEvent, CallStatus, Config, Engine};
+use quaver::{CallEvent, CallStatus, Config, Engine, Event, JoinOptions};
 
 use crate::server::{Server, ServerConfig};
 use crate::{Error, Finished};
@@ -115,7 +115,7 @@ pub fn play(options: &PlayOptions, stop: &AtomicBool) -> Result<Finished, Error>
         ..Config::default()
     })?;
     let bot = engine.connect_bot(bot_config)?;
-    let call = engine.join(bot, guild, channel)?;
+    let call = engine.join(bot, guild, channel, JoinOptions::default())?;
     let give_up = Instant::now() + Duration::from_secs(20);
     while engine.call_status(call) != Some(CallStatus::Ready) {
         if stop.load(Ordering::Relaxed) {
@@ -176,13 +176,13 @@ pub fn play(options: &PlayOptions, stop: &AtomicBool) -> Result<Finished, Error>
     }
     let give_up = Instant::now() + Duration::from_millis(500);
     while Instant::now() < give_up {
-        let stopped = engine.call_events().try_iter().any(|event| {
+        let stopped = engine.events().try_iter().any(|event| {
             matches!(
                 event,
-                CallEvent::Sender {
+                Event::Call(CallEvent::Sender {
                     event: SenderEvent::SpeakingStopped { .. },
                     ..
-                }
+                })
             )
         });
         if stopped {

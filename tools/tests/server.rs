@@ -9,7 +9,6 @@ use audiopus::coder::Encoder;
 use audiopus::{Application, Channels, SampleRate};
 use quaver_gateway::control::{CallId, ControlConfig, ControlEvent, ControlThread};
 use quaver_gateway::main_gateway::{MainGatewayConfig, MainGatewayEvent};
-use quaver_gateway::manager::{BotVoiceStateSender, VoiceManager};
 use quaver_gateway::protocol::{SpeakingFlags, Token};
 use quaver_gateway::voice::{EndReason, VoiceConfig, VoiceEvent, VoiceSession};
 use quaver_net::crypto::{EncryptionMode, Sealer, SecretKey, TransportCipher};
@@ -19,6 +18,129 @@ use quaver_tools::server::{Faults, Server, ServerConfig, ServerStats};
 use tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(20);
+
+/// A bot's join flows over a bare control thread: just enough of a client for these tests to
+/// hold raw sessions (keys, SSRCs) and send hand-made packets. Programs use `quaver::Engine`.
+struct BotJoin {
+    control: Arc<ControlThread>,
+    bot: quaver_gateway::control::BotId,
+    user_id: u64,
+    flows: std::collections::HashMap<u64, (quaver_gateway::join::JoinFlow, Option<CallId>)>,
+    calls: std::collections::HashMap<CallId, u64>,
+}
+
+/// A voice event with its call.
+struct BotCallEvent {
+    call: CallId,
+    event: VoiceEvent,
+}
+
+impl BotJoin {
+    fn new(control: Arc<ControlThread>, bot: quaver_gateway::control::BotId, user_id: u64) -> Self {
+        Self {
+            control,
+            bot,
+            user_id,
+            flows: Default::default(),
+            calls: Default::default(),
+        }
+    }
+
+    fn call(&self, guild: u64) -> Option<CallId> {
+        self.flows.get(&guild).and_then(|(_, call)| *call)
+    }
+
+    fn join(&mut self, guild: u64, channel: u64) -> Result<(), quaver_gateway::Error> {
+        let user_id = self.user_id;
+        let (flow, _) = self
+            .flows
+            .entry(guild)
+            .or_insert_with(|| (quaver_gateway::join::JoinFlow::new(guild, user_id), None));
+        flow.join(channel, Default::default());
+        self.run(guild)
+    }
+
+    fn leave(&mut self, guild: u64) -> Result<(), quaver_gateway::Error> {
+        if let Some((flow, _)) = self.flows.get_mut(&guild) {
+            flow.leave();
+        }
+        self.run(guild)
+    }
+
+    fn run(&mut self, guild: u64) -> Result<(), quaver_gateway::Error> {
+        use quaver_gateway::join::JoinAction;
+        let Some((flow, current)) = self.flows.get_mut(&guild) else {
+            return Ok(());
+        };
+        while let Some(action) = flow.poll_action() {
+            match action {
+                JoinAction::SendVoiceStateUpdate(u) => {
+                    self.control.bot_send(self.bot, u.to_gateway_json())?
+                }
+                JoinAction::Connect(request) => {
+                    if let Some(old) = current.take() {
+                        self.control.disconnect(old)?;
+                    }
+                    let call = self.control.connect(request, VoiceConfig::default())?;
+                    self.calls.insert(call, guild);
+                    *current = Some(call);
+                }
+                JoinAction::Disconnect => {
+                    if let Some(old) = current.take() {
+                        self.control.disconnect(old)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_control_event(
+        &mut self,
+        event: ControlEvent,
+    ) -> Result<Option<BotCallEvent>, Box<ControlEvent>> {
+        match event {
+            ControlEvent::Voice { call, event } => {
+                let Some(&guild) = self.calls.get(&call) else {
+                    return Ok(None);
+                };
+                if let VoiceEvent::Ended(reason) = &event
+                    && let Some((flow, current)) = self.flows.get_mut(&guild)
+                    && *current == Some(call)
+                {
+                    *current = None;
+                    flow.handle_voice_ended(reason);
+                    let _ = self.run(guild);
+                }
+                Ok(Some(BotCallEvent { call, event }))
+            }
+            ControlEvent::MainGateway {
+                event: MainGatewayEvent::VoiceStateUpdate(u),
+                ..
+            } => {
+                if let Some(guild) = u.guild_id.map(|g| g.0)
+                    && let Some((flow, _)) = self.flows.get_mut(&guild)
+                {
+                    flow.handle_voice_state_update(&u);
+                    let _ = self.run(guild);
+                }
+                Ok(None)
+            }
+            ControlEvent::MainGateway {
+                event: MainGatewayEvent::VoiceServerUpdate(u),
+                ..
+            } => {
+                if let Some((flow, _)) = self.flows.get_mut(&u.guild_id.0) {
+                    flow.handle_voice_server_update(&u);
+                    let _ = self.run(u.guild_id.0);
+                }
+                Ok(None)
+            }
+            other => Err(Box::new(other)),
+        }
+    }
+}
 
 fn udp_socket() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").expect("bind loopback udp");
@@ -239,8 +361,7 @@ fn built_in_main_gateway_joins_and_audio_decodes_into_a_recording() {
             _ => continue,
         }
     };
-    let sender = BotVoiceStateSender::new(control.clone(), bot);
-    let mut mgr = VoiceManager::new(control.clone(), sender, user_id, VoiceConfig::default());
+    let mut mgr = BotJoin::new(control.clone(), bot, user_id);
     mgr.join(42, 43).expect("join");
     let udp = udp_socket();
     let deadline = Instant::now() + WAIT;
@@ -909,8 +1030,7 @@ fn quaver_serve_command_reports_a_call_and_stops_on_sigint() {
             break user_id;
         }
     };
-    let sender = BotVoiceStateSender::new(control.clone(), bot);
-    let mut mgr = VoiceManager::new(control.clone(), sender, user_id, VoiceConfig::default());
+    let mut mgr = BotJoin::new(control.clone(), bot, user_id);
     mgr.join(1, 2).expect("join");
     let udp = udp_socket();
     let session = loop {
@@ -1366,10 +1486,9 @@ fn moving_to_another_channel_leaves_the_old_call() {
             break user_id;
         }
     };
-    let sender = BotVoiceStateSender::new(control.clone(), bot);
-    let mut mgr = VoiceManager::new(control.clone(), sender, user_id, VoiceConfig::default());
+    let mut mgr = BotJoin::new(control.clone(), bot, user_id);
     let udp = udp_socket();
-    let ready_in = |mgr: &mut VoiceManager<BotVoiceStateSender>, channel: u64| -> u32 {
+    let ready_in = |mgr: &mut BotJoin, channel: u64| -> u32 {
         mgr.join(20, channel).expect("join");
         let deadline = Instant::now() + WAIT;
         loop {

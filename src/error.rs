@@ -1,0 +1,47 @@
+//! The facade's one error type, wrapping the crates' own.
+
+use std::time::Duration;
+
+use quaver_engine::CallId;
+use quaver_gateway::control::BotId;
+
+/// Everything that can go wrong at the front door.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The audio engine refused (limits, formats, files).
+    #[error(transparent)]
+    Engine(#[from] quaver_engine::Error),
+    /// UDP, RTP, transport or DAVE crypto failed.
+    #[error(transparent)]
+    Net(#[from] quaver_net::Error),
+    /// The sender thread refused a call or a key.
+    #[error(transparent)]
+    Sender(#[from] quaver_net::sender::SenderError),
+    /// The gateway side failed (URLs, certificates, websockets, the control thread).
+    #[error(transparent)]
+    Gateway(#[from] quaver_gateway::Error),
+    /// The call does not exist (any more).
+    #[error("no such call: {0}")]
+    NoSuchCall(CallId),
+    /// The bot connection does not exist, or has not received READY yet.
+    #[error("no ready bot connection {0:?}")]
+    UnknownBot(BotId),
+    /// A bot's main gateway sent no READY in time.
+    #[error("the main gateway sent no READY within {0:?}")]
+    BotNotReady(Duration),
+    /// The host library's shard could not send op 4 (Update Voice State): the join never left.
+    #[error("op 4 (Update Voice State) could not be sent: {0}")]
+    VoiceStateNotSent(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A thread could not be started.
+    #[error("could not start the {name} thread: {source}")]
+    Thread {
+        /// Which one.
+        name: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The control thread is gone, so no call can be driven.
+    #[error("the control thread has stopped")]
+    Stopped,
+}
