@@ -576,23 +576,20 @@ impl VoiceGateway {
         port: u16,
         _now: Instant,
     ) -> Result<(), VoiceError> {
-        let (ready, mode) = match std::mem::replace(&mut self.state, State::Ended) {
-            State::ExpectDiscovery { ready, mode } => (ready, mode),
-            other => {
-                self.state = other;
-                return Err(VoiceError::NoDiscoveryPending);
+        self.transition(|gw, state| match state {
+            State::ExpectDiscovery { ready, mode } => {
+                gw.send(&VoicePayload::SelectProtocol(SelectProtocol {
+                    protocol: "udp".into(),
+                    data: SelectProtocolData {
+                        address: ip,
+                        port,
+                        mode: mode.as_str().into(),
+                    },
+                }));
+                (State::ExpectSessionDescription { ready, mode }, Ok(()))
             }
-        };
-        self.send(&VoicePayload::SelectProtocol(SelectProtocol {
-            protocol: "udp".into(),
-            data: SelectProtocolData {
-                address: ip,
-                port,
-                mode: mode.as_str().into(),
-            },
-        }));
-        self.state = State::ExpectSessionDescription { ready, mode };
-        Ok(())
+            other => (other, Err(VoiceError::NoDiscoveryPending)),
+        })
     }
 
     /// Ask for Speaking on/off. Sent now if established, and re-sent after every resume.
@@ -635,19 +632,22 @@ impl VoiceGateway {
                     self.advance_handshake()?;
                 }
             }
-            VoicePayload::Ready(ready) => match std::mem::replace(&mut self.state, State::Ended) {
-                State::ExpectHelloReady { hello, ready: None } => {
-                    self.state = State::ExpectHelloReady {
-                        hello,
-                        ready: Some(ready),
-                    };
-                    self.advance_handshake()?;
-                }
-                other => {
-                    self.state = other;
+            VoicePayload::Ready(ready) => {
+                let accepted = self.transition(|_, state| match state {
+                    State::ExpectHelloReady { hello, ready: None } => (
+                        State::ExpectHelloReady {
+                            hello,
+                            ready: Some(ready),
+                        },
+                        true,
+                    ),
+                    other => (other, false),
+                });
+                if !accepted {
                     return Err(self.unexpected(2));
                 }
-            },
+                self.advance_handshake()?;
+            }
             VoicePayload::SessionDescription(desc) => self.on_session_description(desc)?,
             VoicePayload::HeartbeatAck(ack) => {
                 if let Some(h) = self.heartbeat.as_mut() {
@@ -706,41 +706,50 @@ impl VoiceGateway {
     }
 
     fn advance_handshake(&mut self) -> Result<(), crate::Error> {
-        let ready = match std::mem::replace(&mut self.state, State::Ended) {
+        self.transition(|gw, state| match state {
             State::ExpectHelloReady {
                 hello: true,
                 ready: Some(ready),
-            } => ready,
-            other => {
-                self.state = other;
-                return Ok(());
-            }
-        };
-        let Some(mode) = EncryptionMode::choose_current(ready.modes.iter().map(String::as_str))
-        else {
-            let err = VoiceError::NoSupportedMode {
-                offered: ready.modes.clone(),
-            };
-            self.out.push_back(Output::Close { code: 1000 });
-            self.end(EndReason::Failed(err.clone()));
-            return Err(err.into());
-        };
-        self.event(VoiceEvent::DiscoveryRequested {
-            ssrc: ready.ssrc,
-            ip: ready.ip.clone(),
-            port: ready.port,
-        });
-        self.state = State::ExpectDiscovery { ready, mode };
-        Ok(())
+            } => match EncryptionMode::choose_current(ready.modes.iter().map(String::as_str)) {
+                Some(mode) => {
+                    gw.event(VoiceEvent::DiscoveryRequested {
+                        ssrc: ready.ssrc,
+                        ip: ready.ip.clone(),
+                        port: ready.port,
+                    });
+                    (State::ExpectDiscovery { ready, mode }, Ok(()))
+                }
+                None => {
+                    let err = VoiceError::NoSupportedMode {
+                        offered: ready.modes.clone(),
+                    };
+                    gw.out.push_back(Output::Close { code: 1000 });
+                    gw.end(EndReason::Failed(err.clone()));
+                    (State::Ended, Err(err.into()))
+                }
+            },
+            other => (other, Ok(())),
+        })
+    }
+
+    /// Runs `step` on the current state, which it consumes; what it returns becomes the state
+    /// on every path, so no early exit can leave a placeholder behind.
+    fn transition<T>(&mut self, step: impl FnOnce(&mut Self, State) -> (State, T)) -> T {
+        let state = std::mem::replace(&mut self.state, State::Ended);
+        let (next, out) = step(self, state);
+        self.state = next;
+        out
     }
 
     fn on_session_description(&mut self, desc: SessionDescription) -> Result<(), crate::Error> {
-        let (ready, mode) = match std::mem::replace(&mut self.state, State::Ended) {
-            State::ExpectSessionDescription { ready, mode } => (ready, mode),
-            other => {
-                self.state = other;
-                return Err(self.unexpected(4));
+        let taken = self.transition(|_, state| match state {
+            State::ExpectSessionDescription { ready, mode } => {
+                (State::Established, Some((ready, mode)))
             }
+            other => (other, None),
+        });
+        let Some((ready, mode)) = taken else {
+            return Err(self.unexpected(4));
         };
         // Trust the server's choice if it is one we can do; otherwise keep ours.
         let mode = desc
@@ -749,7 +758,6 @@ impl VoiceGateway {
             .ok()
             .filter(|m| m.is_current())
             .unwrap_or(mode);
-        self.state = State::Established;
         self.handshake_deadline = None;
         self.backoff.reset();
         self.resumed_after_4009 = false;

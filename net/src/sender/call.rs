@@ -1,0 +1,131 @@
+//! One call's packet state: RTP, transport seal, DAVE, and its buffers.
+
+use std::net::UdpSocket;
+#[cfg(target_os = "linux")]
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use quaver_engine::FrameReceiver;
+
+use super::{CallConfig, SendSlot, SenderError};
+use crate::crypto::{SEAL_OVERHEAD, Sealer};
+use crate::dave::{self, FrameEncryptor};
+use crate::rtp::{HEADER_LEN, MAX_PACKET, RtpStream, SILENCE_FRAME, TIMESTAMP_STEP};
+
+pub(super) struct Call {
+    pub(super) id: SendSlot,
+    #[cfg(target_os = "linux")]
+    pub(super) fd: std::os::fd::RawFd,
+    // Keeps the descriptor open while the thread sends on it.
+    pub(super) _socket: Arc<UdpSocket>,
+    pub(super) frames: FrameReceiver,
+    pub(super) out: Outgoing,
+    pub(super) speaking: bool,
+    pub(super) silence_left: u8,
+    pub(super) stop_after_send: bool,
+    pub(super) packets: u64,
+    pub(super) send_errors: u64,
+}
+
+/// The packet being built for a call, apart from its frame queue so both can be borrowed at once.
+pub(super) struct Outgoing {
+    pub(super) rtp: RtpStream,
+    /// The grid tick and RTP timestamp of the call's first packet. Timestamps follow the grid
+    /// from there, so a gap (a stalled mixer, a pause between stretches of audio) shows as a
+    /// jump in the timestamp, as in any real-time RTP stream, instead of every later packet
+    /// looking late to the receiver's jitter buffer.
+    pub(super) anchor: Option<(u64, u32)>,
+    /// The tick of the last packet, so timestamps never go backwards.
+    pub(super) last_tick: Option<u64>,
+    pub(super) sealer: Box<Sealer>,
+    /// End-to-end encryption of the Opus frames, when DAVE is on.
+    pub(super) dave: Option<Box<FrameEncryptor>>,
+    pub(super) len: usize,
+    pub(super) buf: [u8; MAX_PACKET],
+}
+
+impl Call {
+    pub(super) fn build(config: CallConfig, id: SendSlot) -> Result<Box<Self>, SenderError> {
+        config
+            .socket
+            .peer_addr()
+            .map_err(SenderError::NotConnected)?;
+        // The blocking mode is left alone (the control side may read with timeouts): every send
+        // passes MSG_DONTWAIT instead.
+        Ok(Box::new(Self {
+            id,
+            #[cfg(target_os = "linux")]
+            fd: config.socket.as_raw_fd(),
+            _socket: config.socket,
+            frames: config.frames,
+            out: Outgoing {
+                rtp: RtpStream::new(config.ssrc),
+                anchor: None,
+                last_tick: None,
+                sealer: Box::new(Sealer::new(config.mode, &config.key)),
+                dave: None,
+                len: 0,
+                buf: [0; MAX_PACKET],
+            },
+            speaking: false,
+            silence_left: 0,
+            stop_after_send: false,
+            packets: 0,
+            send_errors: 0,
+        }))
+    }
+}
+
+/// Why a packet could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SealError {
+    /// The transport key has used all its nonces.
+    TransportExhausted,
+    /// DAVE encryption failed; the frame is dropped rather than sent unprotected.
+    Dave,
+}
+
+/// Largest payload copied into a packet: what fits between the header and the transport seal,
+/// less the DAVE frame overhead so that plain and end-to-end encrypted packets cut alike. Opus
+/// frames are at most 1,275 bytes (12 + 1,275 + 16 + 20 = 1,323 < 1,460), so nothing real is cut.
+pub(super) const MAX_PAYLOAD: usize = MAX_PACKET - HEADER_LEN - SEAL_OVERHEAD - dave::MAX_OVERHEAD;
+
+impl Outgoing {
+    /// Builds `payload` (`None`: a silence frame) as the packet of grid tick `tick` into `buf`:
+    /// header, then the Opus frame — DAVE-encrypted in place when a key is set — then the
+    /// transport seal. `Ok(true)` when the frame was DAVE-encrypted.
+    pub(super) fn seal(&mut self, payload: Option<&[u8]>, tick: u64) -> Result<bool, SealError> {
+        let tick = self.last_tick.map_or(tick, |last| tick.max(last + 1));
+        let (anchor_tick, anchor_timestamp) =
+            *self.anchor.get_or_insert((tick, self.rtp.timestamp));
+        let frames_since = (tick - anchor_tick) as u32;
+        let timestamp = anchor_timestamp.wrapping_add(frames_since.wrapping_mul(TIMESTAMP_STEP));
+        let payload = payload.unwrap_or(&SILENCE_FRAME);
+        // Longer input is cut rather than allowed to fail (see MAX_PAYLOAD).
+        let payload = &payload[..payload.len().min(MAX_PAYLOAD)];
+        let _ =
+            crate::rtp::write_header(&mut self.buf, self.rtp.sequence, timestamp, self.rtp.ssrc);
+        let body = &mut self.buf[HEADER_LEN..MAX_PACKET - SEAL_OVERHEAD];
+        // The silence frame is never wrapped (PROTOCOL.md §4, as davey and discord.js send it).
+        let (len, wrapped) = match self.dave.as_deref_mut() {
+            Some(encryptor) if payload != SILENCE_FRAME => (
+                encryptor
+                    .encrypt_into(payload, body)
+                    .map_err(|_| SealError::Dave)?,
+                true,
+            ),
+            _ => {
+                body[..payload.len()].copy_from_slice(payload);
+                (payload.len(), false)
+            }
+        };
+        let n = self
+            .sealer
+            .seal(&mut self.buf, HEADER_LEN, len)
+            .map_err(|_| SealError::TransportExhausted)?;
+        self.len = n;
+        self.rtp.sequence = self.rtp.sequence.wrapping_add(1);
+        self.last_tick = Some(tick);
+        Ok(wrapped)
+    }
+}

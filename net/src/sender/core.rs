@@ -1,0 +1,449 @@
+//! The sans-thread core: builds, seals and flushes each tick's packets; applies commands.
+
+use std::time::{Duration, Instant};
+
+use quaver_engine::{FrameKind, Grid};
+
+use super::call::{Call, SealError};
+use super::{CallConfig, Command, Returned, SendSlot, SenderError, SenderEvent};
+use crate::dave::{FrameEncryptor, SenderKey};
+use crate::rtp::SILENCE_FRAMES_AT_STOP;
+use crate::stats::SenderStats;
+use crate::transmit::{BackendChoice, BackendKind, Datagram, Transmitter};
+
+/// Where [`SenderCore::tick`] waits: the sender thread sleeps and spins to each deadline;
+/// tests and benches use [`NoWait`] and run the same order back to back.
+pub(super) trait Pace {
+    /// Whether the waits are real (so the wake-up lateness means something).
+    fn waits(&self) -> bool;
+    /// Before tick `n`'s frames are built.
+    fn until_build(&mut self, n: u64);
+    /// The frames are built (which took `build`): wait for the deadline; returns when sending
+    /// starts.
+    fn until_send(&mut self, n: u64, build: Duration) -> Instant;
+    /// Tick `n` has nothing to send.
+    fn idle(&mut self, n: u64);
+}
+
+/// No waiting at all.
+pub(super) struct NoWait;
+
+impl Pace for NoWait {
+    fn waits(&self) -> bool {
+        false
+    }
+    fn until_build(&mut self, _n: u64) {}
+    fn until_send(&mut self, _n: u64, _build: Duration) -> Instant {
+        Instant::now()
+    }
+    fn idle(&mut self, _n: u64) {}
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pass {
+    /// Only frames whose tick is before `n` (late ones).
+    Late,
+    /// One frame due at or before `n`, or a silence frame.
+    OnTime,
+}
+
+/// The sender's per-tick work without the thread and the clock: build, seal and send one batch.
+/// The thread drives it; benches drive it directly.
+pub struct SenderCore {
+    pub(super) grid: Grid,
+    // Boxed: a call's packet buffer must keep its address while io_uring reads it even when the
+    // table is reordered, and calls cross the command queues as one pointer.
+    #[allow(clippy::vec_box)]
+    pub(super) calls: Vec<Box<Call>>,
+    pub(super) max_calls: usize,
+    pub(super) tx: Transmitter,
+    pub(super) batch: Vec<Datagram>,
+    pub(super) batch_calls: Vec<u32>,
+    pub(super) batch_due: Vec<u64>,
+    pub(super) results: Vec<i32>,
+    pub(super) sent_at: Vec<Instant>,
+    pub(super) stats: Box<SenderStats>,
+    pub(super) events: EventQueue,
+    pub(super) next_id: u64,
+}
+
+impl std::fmt::Debug for SenderCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SenderCore")
+            .field("calls", &self.calls.len())
+            .field("backend", &self.tx.kind())
+            .finish()
+    }
+}
+
+impl SenderCore {
+    /// A core for up to `max_calls` calls on `grid`, with its event queue.
+    pub fn new(
+        grid: Grid,
+        backend: BackendChoice,
+        max_calls: usize,
+        event_capacity: usize,
+    ) -> Result<(Self, rtrb::Consumer<SenderEvent>), SenderError> {
+        let tx = Transmitter::new(backend, max_calls).map_err(SenderError::Backend)?;
+        let (events, events_rx) = rtrb::RingBuffer::new(event_capacity.max(1));
+        let now = Instant::now();
+        Ok((
+            Self {
+                grid,
+                calls: Vec::with_capacity(max_calls),
+                max_calls,
+                tx,
+                batch: Vec::with_capacity(max_calls),
+                batch_calls: Vec::with_capacity(max_calls),
+                batch_due: Vec::with_capacity(max_calls),
+                results: vec![0; max_calls],
+                sent_at: vec![now; max_calls],
+                stats: Box::new(SenderStats::new()),
+                events: EventQueue {
+                    producer: events,
+                    pushed: 0,
+                },
+                next_id: 0,
+            },
+            events_rx,
+        ))
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> BackendKind {
+        self.tx.kind()
+    }
+
+    /// Number of calls.
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Adds a call directly (for benches and custom drivers; the thread uses commands).
+    pub fn add_call(&mut self, config: CallConfig) -> Result<SendSlot, SenderError> {
+        if self.calls.len() >= self.max_calls {
+            return Err(SenderError::TooManyCalls(self.max_calls));
+        }
+        let id = SendSlot(self.next_id);
+        self.next_id += 1;
+        self.calls.push(Call::build(config, id)?);
+        Ok(id)
+    }
+
+    /// Statistics recorded so far.
+    pub fn stats(&self) -> &SenderStats {
+        &self.stats
+    }
+
+    /// Runs tick `n` in the sender thread's order, without its waiting (see [`Pace`]): late
+    /// frames, late frames again, the tick's frames built, then sent at once. Returns the packets
+    /// sent.
+    pub fn run_tick(&mut self, n: u64) -> usize {
+        self.tick(n, &mut NoWait)
+    }
+
+    /// Tick `n` in the one order every driver uses: frames already late go out first; `pace`
+    /// waits until build time; frames that became late meanwhile go out; the tick's frames are
+    /// built and sealed; `pace` waits for the deadline; the batch is sent.
+    pub(super) fn tick(&mut self, n: u64, pace: &mut impl Pace) -> usize {
+        let mut sent = self.send_late(n);
+        pace.until_build(n);
+        sent += self.send_late(n);
+        let started = Instant::now();
+        if self.build(n, Pass::OnTime) > 0 {
+            let build = started.elapsed();
+            let send_start = pace.until_send(n, build);
+            if pace.waits() {
+                let deadline = self.grid.deadline(n);
+                self.stats.wake_ns.saturating_record(
+                    send_start.saturating_duration_since(deadline).as_nanos() as u64,
+                );
+            }
+            // Booked time is build + send, without the wait in between.
+            sent += self.flush(send_start.checked_sub(build).unwrap_or(send_start));
+        } else {
+            pace.idle(n);
+        }
+        self.stats.ticks += 1;
+        sent
+    }
+
+    /// Sends frames whose tick is before `n`, in rounds of at most one per call, bounded so a
+    /// huge backlog cannot hold up tick `n` for long.
+    fn send_late(&mut self, n: u64) -> usize {
+        let mut sent = 0;
+        for _ in 0..4 {
+            let started = Instant::now();
+            if self.build(n, Pass::Late) == 0 {
+                break;
+            }
+            self.stats.late_frames += self.batch.len() as u64;
+            sent += self.flush(started);
+        }
+        sent
+    }
+
+    /// Fills the batch for tick `n`; returns its size.
+    fn build(&mut self, n: u64, pass: Pass) -> usize {
+        self.batch.clear();
+        self.batch_calls.clear();
+        self.batch_due.clear();
+        for (index, call) in self.calls.iter_mut().enumerate() {
+            let mut due = n;
+            let mut payload_ready = false;
+            let mut has_packet = false;
+            if let Ok(frame) = call.frames.peek() {
+                let take = match pass {
+                    Pass::Late => frame.tick < n,
+                    Pass::OnTime => frame.tick <= n,
+                };
+                if take {
+                    due = frame.tick;
+                    match frame.kind {
+                        FrameKind::Audio => payload_ready = true,
+                        FrameKind::EndOfStream => {
+                            if call.speaking {
+                                call.silence_left = SILENCE_FRAMES_AT_STOP;
+                            }
+                            let _ = call.frames.pop();
+                        }
+                    }
+                }
+            }
+            if payload_ready {
+                let Ok(chunk) = call.frames.read_chunk(1) else {
+                    continue;
+                };
+                let (first, second) = chunk.as_slices();
+                // Sealing copies the Opus bytes straight out of the ring slot: no frame copy.
+                let sealed = match first.first().or(second.first()) {
+                    Some(frame) => call.out.seal(Some(frame.opus()), due),
+                    None => Err(SealError::TransportExhausted),
+                };
+                chunk.commit_all();
+                if !book_seal(sealed, call.id, &mut self.events, &mut self.stats) {
+                    continue;
+                }
+                call.silence_left = 0;
+                call.stop_after_send = false;
+                if !call.speaking {
+                    call.speaking = true;
+                    push_event(
+                        &mut self.events,
+                        &mut self.stats,
+                        SenderEvent::SpeakingStarted { call: call.id },
+                    );
+                }
+                has_packet = true;
+            } else if pass == Pass::OnTime && call.silence_left > 0 {
+                let sealed = call.out.seal(None, n);
+                if book_seal(sealed, call.id, &mut self.events, &mut self.stats) {
+                    call.silence_left -= 1;
+                    if call.silence_left == 0 {
+                        call.speaking = false;
+                        call.stop_after_send = true;
+                    }
+                    has_packet = true;
+                } else {
+                    call.silence_left = 0;
+                }
+            }
+            if has_packet {
+                self.batch.push(Datagram {
+                    #[cfg(target_os = "linux")]
+                    fd: call.fd,
+                    ptr: call.out.buf.as_ptr(),
+                    len: call.out.len as u32,
+                });
+                self.batch_calls.push(index as u32);
+                self.batch_due.push(due);
+            }
+        }
+        self.batch.len()
+    }
+
+    /// Sends the batch now and books the results; `started` is when building began.
+    fn flush(&mut self, started: Instant) -> usize {
+        let count = self.batch.len();
+        if count == 0 {
+            return 0;
+        }
+        self.tx
+            .send(&self.batch, &mut self.results, &mut self.sent_at);
+        let mut sent = 0;
+        for i in 0..count {
+            let call = &mut self.calls[self.batch_calls[i] as usize];
+            let lateness =
+                self.sent_at[i].saturating_duration_since(self.grid.deadline(self.batch_due[i]));
+            self.stats
+                .lateness_ns
+                .saturating_record(lateness.as_nanos() as u64);
+            let r = self.results[i];
+            if r >= 0 {
+                call.packets += 1;
+                sent += 1;
+            } else {
+                call.send_errors += 1;
+                self.stats.send_errors += 1;
+                let event = SenderEvent::SendFailed {
+                    call: call.id,
+                    errno: -r,
+                    total: call.send_errors,
+                };
+                push_event(&mut self.events, &mut self.stats, event);
+            }
+            if call.stop_after_send {
+                call.stop_after_send = false;
+                push_event(
+                    &mut self.events,
+                    &mut self.stats,
+                    SenderEvent::SpeakingStopped { call: call.id },
+                );
+            }
+        }
+        self.stats.packets_sent += sent as u64;
+        self.stats.batch_size.saturating_record(count as u64);
+        self.stats
+            .tick_work_ns
+            .saturating_record(started.elapsed().as_nanos() as u64);
+        sent
+    }
+
+    pub(super) fn apply(&mut self, command: Command, garbage: &mut rtrb::Producer<Returned>) {
+        match command {
+            Command::Add(call) => {
+                let id = call.id;
+                if self.calls.len() < self.max_calls {
+                    self.calls.push(call);
+                    push_event(
+                        &mut self.events,
+                        &mut self.stats,
+                        SenderEvent::CallAdded { call: id },
+                    );
+                } else {
+                    // The control side checks the limit first; this only guards a race.
+                    let _ = garbage.push(Returned::Call(call));
+                }
+            }
+            Command::Remove(id) => {
+                if let Some(pos) = self.calls.iter().position(|c| c.id == id) {
+                    let call = self.calls.swap_remove(pos);
+                    let event = SenderEvent::CallRemoved {
+                        call: id,
+                        packets: call.packets,
+                        send_errors: call.send_errors,
+                    };
+                    let _ = garbage.push(Returned::Call(call));
+                    push_event(&mut self.events, &mut self.stats, event);
+                }
+            }
+            Command::Rekey(id, sealer) => {
+                if let Some(call) = self.calls.iter_mut().find(|c| c.id == id) {
+                    let old = std::mem::replace(&mut call.out.sealer, sealer);
+                    let _ = garbage.push(Returned::Sealer(old));
+                    push_event(
+                        &mut self.events,
+                        &mut self.stats,
+                        SenderEvent::Rekeyed { call: id },
+                    );
+                } else {
+                    let _ = garbage.push(Returned::Sealer(sealer));
+                }
+            }
+            Command::DaveKey(id, encryptor) => {
+                let discard = match self.install_dave(id, encryptor) {
+                    Ok(old) => old,
+                    Err(unused) => unused,
+                };
+                if let Some(encryptor) = discard {
+                    let _ = garbage.push(Returned::Encryptor(encryptor));
+                }
+            }
+        }
+    }
+
+    /// Sets a call's DAVE key directly (for benches and custom drivers; the thread uses
+    /// [`Sender::set_dave_key`]). `None` turns end-to-end encryption off. The same key as the one
+    /// in use keeps its frame counter; a new one starts at nonce 1.
+    pub fn set_dave_key(
+        &mut self,
+        call: SendSlot,
+        key: Option<SenderKey>,
+    ) -> Result<(), SenderError> {
+        let encryptor = key.map(|key| Box::new(FrameEncryptor::new(key)));
+        self.install_dave(call, encryptor)
+            .map(drop)
+            .map_err(|_| SenderError::UnknownCall(call))
+    }
+
+    /// Puts `encryptor` into call `id` and returns what is to be dropped (the old encryptor, or
+    /// the new one when it holds the key already in use); `Err` hands `encryptor` back when
+    /// there is no such call.
+    #[allow(clippy::type_complexity)]
+    fn install_dave(
+        &mut self,
+        id: SendSlot,
+        encryptor: Option<Box<FrameEncryptor>>,
+    ) -> Result<Option<Box<FrameEncryptor>>, Option<Box<FrameEncryptor>>> {
+        let Some(call) = self.calls.iter_mut().find(|c| c.id == id) else {
+            return Err(encryptor);
+        };
+        let (discard, event) = match encryptor {
+            None => (
+                call.out.dave.take(),
+                SenderEvent::DaveKeyRemoved { call: id },
+            ),
+            Some(new) => {
+                let event = SenderEvent::DaveKeyInstalled {
+                    call: id,
+                    epoch: new.epoch(),
+                };
+                match call.out.dave.as_deref() {
+                    // Restarting the counter under the same key would reuse nonces.
+                    Some(current) if current.same_key_as(&new) => (Some(new), event),
+                    _ => (call.out.dave.replace(new), event),
+                }
+            }
+        };
+        push_event(&mut self.events, &mut self.stats, event);
+        Ok(discard)
+    }
+}
+
+/// Books the outcome of building a packet; true when there is a packet to send.
+pub(super) fn book_seal(
+    sealed: Result<bool, SealError>,
+    call: SendSlot,
+    events: &mut EventQueue,
+    stats: &mut SenderStats,
+) -> bool {
+    match sealed {
+        Ok(wrapped) => {
+            stats.dave_frames += u64::from(wrapped);
+            true
+        }
+        Err(SealError::TransportExhausted) => {
+            push_event(events, stats, SenderEvent::NonceExhausted { call });
+            false
+        }
+        Err(SealError::Dave) => {
+            stats.dave_errors += 1;
+            false
+        }
+    }
+}
+
+/// The sender thread's end of the event queue, counting what it queued so the thread can wake
+/// the control side once per tick that produced events.
+pub(super) struct EventQueue {
+    pub(super) producer: rtrb::Producer<SenderEvent>,
+    pub(super) pushed: u64,
+}
+
+pub(super) fn push_event(events: &mut EventQueue, stats: &mut SenderStats, event: SenderEvent) {
+    if events.producer.push(event).is_err() {
+        stats.events_dropped += 1;
+    } else {
+        events.pushed += 1;
+    }
+}

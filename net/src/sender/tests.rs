@@ -1,0 +1,251 @@
+//! Unit tests of the sender core.
+
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::time::Instant;
+
+use quaver_engine::{EncodedFrame, FrameKind, Grid};
+
+use super::*;
+use crate::crypto::{EncryptionMode, SecretKey};
+use crate::dave::SenderKey;
+use crate::transmit::BackendChoice;
+
+fn core_with_call() -> (
+    SenderCore,
+    rtrb::Consumer<SenderEvent>,
+    rtrb::Producer<EncodedFrame>,
+    UdpSocket,
+    SendSlot,
+) {
+    let grid = Grid::new(Instant::now());
+    let (mut core, events) = SenderCore::new(grid, BackendChoice::Portable, 4, 64).unwrap(); // invariant: the portable backend always builds
+    let receiver = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
+    socket.connect(receiver.local_addr().unwrap()).unwrap(); // invariant: bound, loopback
+    let (tx, rx) = rtrb::RingBuffer::new(16);
+    let id = core
+        .add_call(CallConfig {
+            ssrc: 1,
+            socket: Arc::new(socket),
+            mode: EncryptionMode::Aes256GcmRtpSize,
+            key: SecretKey::new([0; 32]),
+            frames: rx,
+        })
+        .unwrap(); // invariant: below max_calls, socket connected
+    (core, events, tx, receiver, id)
+}
+
+fn drain(events: &mut rtrb::Consumer<SenderEvent>) -> Vec<SenderEvent> {
+    std::iter::from_fn(|| events.pop().ok()).collect()
+}
+
+#[test]
+fn ticks_frames_silence_and_speaking_events() {
+    let (mut core, mut events, mut tx, _rx, id) = core_with_call();
+    for t in [5, 6] {
+        tx.push(EncodedFrame::from_packet(t, b"abc").expect("small packet"))
+            .unwrap(); // invariant: small, room
+    }
+    tx.push(EncodedFrame::new(7, FrameKind::EndOfStream))
+        .unwrap(); // invariant: room
+    assert_eq!(core.run_tick(4), 0, "nothing due before tick 5");
+    assert_eq!(core.run_tick(5), 1);
+    assert_eq!(
+        drain(&mut events),
+        [SenderEvent::SpeakingStarted { call: id }]
+    );
+    assert_eq!(core.run_tick(6), 1);
+    for t in 7..12 {
+        assert_eq!(core.run_tick(t), 1, "silence frame at tick {t}");
+        let stopped = drain(&mut events).contains(&SenderEvent::SpeakingStopped { call: id });
+        assert_eq!(
+            stopped,
+            t == 11,
+            "speaking stops after the fifth silence frame"
+        );
+    }
+    assert_eq!(core.run_tick(12), 0, "idle after the silence");
+    assert_eq!(core.stats().packets_sent, 7);
+    assert_eq!(core.stats().late_frames, 0);
+}
+
+#[test]
+fn timestamps_follow_the_grid_across_gaps() {
+    let (mut core, _events, mut tx, receiver, _id) = core_with_call();
+    for t in [10, 11, 15] {
+        tx.push(EncodedFrame::from_packet(t, b"abc").expect("small packet"))
+            .unwrap(); // invariant: small, room
+    }
+    for t in 10..16 {
+        core.run_tick(t);
+    }
+    let mut buf = [0_u8; 256];
+    let mut stamps = Vec::new();
+    let mut sequences = Vec::new();
+    for _ in 0..3 {
+        let len = receiver.recv(&mut buf).unwrap(); // invariant: three packets were sent
+        let header = crate::rtp::RtpHeader::parse(&buf[..len]).unwrap(); // invariant: ours
+        stamps.push(header.timestamp);
+        sequences.push(header.sequence);
+    }
+    assert_eq!(stamps[1].wrapping_sub(stamps[0]), 960);
+    assert_eq!(
+        stamps[2].wrapping_sub(stamps[1]),
+        4 * 960,
+        "the gap of ticks 12–14 shows"
+    );
+    assert_eq!(sequences[1], sequences[0].wrapping_add(1));
+    assert_eq!(
+        sequences[2],
+        sequences[1].wrapping_add(1),
+        "sequence numbers stay contiguous"
+    );
+}
+
+#[test]
+fn late_frames_go_out_at_once_and_audio_cancels_silence() {
+    let (mut core, mut events, mut tx, _rx, id) = core_with_call();
+    for t in 1..=3 {
+        tx.push(EncodedFrame::from_packet(t, b"x").expect("small packet"))
+            .unwrap(); // invariant: room
+    }
+    assert_eq!(core.run_tick(3), 3, "two late frames plus the on-time one");
+    assert_eq!(core.stats().late_frames, 2);
+    tx.push(EncodedFrame::new(4, FrameKind::EndOfStream))
+        .unwrap(); // invariant: room
+    tx.push(EncodedFrame::from_packet(6, b"y").expect("small packet"))
+        .unwrap(); // invariant: room
+    assert_eq!(core.run_tick(4), 1); // silence 1
+    assert_eq!(core.run_tick(5), 1); // silence 2
+    assert_eq!(core.run_tick(6), 1); // audio again: silence cancelled
+    assert_eq!(core.run_tick(7), 0);
+    let ev = drain(&mut events);
+    assert_eq!(
+        ev,
+        [SenderEvent::SpeakingStarted { call: id }],
+        "no stop, no second start"
+    );
+}
+
+/// Receives one packet and returns the transport-opened payload (a DAVE or plain frame).
+fn receive_payload(receiver: &UdpSocket) -> Vec<u8> {
+    let cipher = crate::crypto::TransportCipher::new(
+        EncryptionMode::Aes256GcmRtpSize,
+        &SecretKey::new([0; 32]),
+    );
+    let mut buf = [0u8; 2048];
+    let mut out = [0u8; 2048];
+    let n = receiver.recv(&mut buf).unwrap(); // invariant: a packet was sent
+    let p = crate::receive::open_rtp(&cipher, &buf[..n], &mut out).unwrap(); // invariant: ours
+    p.payload.to_vec()
+}
+
+#[test]
+fn dave_keys_wrap_frames_keep_or_restart_the_counter_and_come_off() {
+    use crate::dave::{FrameDecryptor, parse_frame};
+    let (mut core, mut events, mut tx, receiver, id) = core_with_call();
+    let key1 = SenderKey::new(1, [0x11; 16]);
+    let key2 = SenderKey::new(2, [0x22; 16]);
+    let now = Instant::now();
+    let mut decryptor = FrameDecryptor::new();
+    decryptor.install_key(key1.clone(), now);
+
+    core.set_dave_key(id, Some(key1.clone())).unwrap(); // invariant: the call exists
+    assert_eq!(
+        drain(&mut events),
+        [SenderEvent::DaveKeyInstalled { call: id, epoch: 1 }]
+    );
+    let mut tick = 1;
+    let mut send = |core: &mut SenderCore, opus: &[u8]| {
+        tx.push(EncodedFrame::from_packet(tick, opus).expect("small packet"))
+            .unwrap(); // invariant: room
+        assert_eq!(core.run_tick(tick), 1);
+        tick += 1;
+        receive_payload(&receiver)
+    };
+    let mut nonces = Vec::new();
+    for i in 0..3u8 {
+        let opus = [i; 40];
+        let frame = send(&mut core, &opus);
+        nonces.push(parse_frame(&frame).unwrap().nonce); // invariant: DAVE frame
+        let mut plain = [0u8; 64];
+        let n = decryptor.decrypt_into(&frame, &mut plain, now).unwrap(); // invariant: key1
+        assert_eq!(plain[..n], opus);
+    }
+    // The same key again: the counter carries on.
+    core.set_dave_key(id, Some(key1.clone())).unwrap(); // invariant: the call exists
+    nonces.push(
+        parse_frame(&send(&mut core, b"same key frame"))
+            .unwrap()
+            .nonce,
+    ); // invariant: DAVE frame
+    assert_eq!(nonces, [1, 2, 3, 4]);
+    // The silence frame is never wrapped, even under a key.
+    let frame = send(&mut core, &crate::rtp::SILENCE_FRAME);
+    assert_eq!(frame, crate::rtp::SILENCE_FRAME);
+    // A new epoch starts at nonce 1.
+    core.set_dave_key(id, Some(key2.clone())).unwrap(); // invariant: the call exists
+    let frame = send(&mut core, b"epoch two frame");
+    assert_eq!(parse_frame(&frame).unwrap().nonce, 1); // invariant: DAVE frame
+    decryptor.install_key(key2, now);
+    let mut plain = [0u8; 64];
+    let n = decryptor.decrypt_into(&frame, &mut plain, now).unwrap(); // invariant: key2
+    assert_eq!(&plain[..n], b"epoch two frame");
+    // Off again: plain Opus.
+    core.set_dave_key(id, None).unwrap(); // invariant: the call exists
+    assert_eq!(send(&mut core, b"plain again"), b"plain again");
+    assert_eq!(core.stats().dave_frames, 5);
+    assert_eq!(core.stats().dave_errors, 0);
+    let dave_events: Vec<_> = drain(&mut events)
+        .into_iter()
+        .filter(|e| {
+            matches!(
+                e,
+                SenderEvent::DaveKeyInstalled { .. } | SenderEvent::DaveKeyRemoved { .. }
+            )
+        })
+        .collect();
+    assert_eq!(
+        dave_events,
+        [
+            SenderEvent::DaveKeyInstalled { call: id, epoch: 1 },
+            SenderEvent::DaveKeyInstalled { call: id, epoch: 2 },
+            SenderEvent::DaveKeyRemoved { call: id },
+        ]
+    );
+    assert!(matches!(
+        core.set_dave_key(SendSlot(99), Some(key1)),
+        Err(SenderError::UnknownCall(SendSlot(99)))
+    ));
+}
+
+#[test]
+fn largest_opus_frame_fits_under_dave() {
+    let (mut core, _events, mut tx, receiver, id) = core_with_call();
+    core.set_dave_key(id, Some(SenderKey::new(7, [7; 16])))
+        .unwrap(); // invariant: the call exists
+    let opus = [0x42u8; quaver_engine::MAX_OPUS_PACKET];
+    tx.push(EncodedFrame::from_packet(1, &opus).expect("maximal packet"))
+        .unwrap(); // invariant: room
+    assert_eq!(core.run_tick(1), 1);
+    let frame = receive_payload(&receiver);
+    let mut decryptor = crate::dave::FrameDecryptor::new();
+    decryptor.install_key(SenderKey::new(7, [7; 16]), Instant::now());
+    let mut plain = [0u8; 2048];
+    let n = decryptor
+        .decrypt_into(&frame, &mut plain, Instant::now())
+        .unwrap(); // invariant: key 7
+    assert_eq!(plain[..n], opus, "nothing cut");
+}
+
+#[test]
+fn end_of_stream_while_idle_sends_nothing() {
+    let (mut core, mut events, mut tx, _rx, _id) = core_with_call();
+    tx.push(EncodedFrame::new(1, FrameKind::EndOfStream))
+        .unwrap(); // invariant: room
+    for t in 1..8 {
+        assert_eq!(core.run_tick(t), 0);
+    }
+    assert!(drain(&mut events).is_empty());
+}
