@@ -343,3 +343,40 @@ fn joining_through_the_host_programs_own_main_gateway_library() {
     });
     engine.disconnect(call).unwrap();
 }
+
+#[test]
+fn connection_events_nobody_reads_are_bounded_and_counted() {
+    let server = server();
+    let mut config = Config::default();
+    config.engine.realtime_priority = false;
+    config.engine.event_queue = 16;
+    config.control = server.control_config();
+    let engine = Engine::new(config).unwrap();
+    // Each call reports discovery, its session, Speaking and the roster: far more than 16.
+    let calls: Vec<_> = (1..=10)
+        .map(|i| {
+            engine
+                .connect(server.voice_connect_request(i, 50 + i, 7))
+                .unwrap()
+        })
+        .collect();
+    wait_for("ten sessions", Duration::from_secs(20), || {
+        calls
+            .iter()
+            .all(|&c| engine.call_status(c) == Some(CallStatus::Ready))
+    });
+    let dropped = engine.stats().unwrap().events_dropped;
+    assert!(
+        dropped > 0,
+        "the queue overflowed, and the drops were counted"
+    );
+    let queued = engine
+        .events()
+        .try_iter()
+        .filter(|e| matches!(e, Event::Call(_)))
+        .count();
+    assert_eq!(
+        queued, 16,
+        "connection events stay bounded by the configured queue"
+    );
+}
