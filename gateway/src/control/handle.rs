@@ -180,7 +180,7 @@ impl ControlThread {
         Ok(CallId(id))
     }
 
-    /// Feed back the result of IP discovery requested by [`VoiceEvent::DiscoveryRequested`].
+    /// Feed back the result of IP discovery requested by [`crate::voice::VoiceEvent::DiscoveryRequested`].
     pub fn set_discovered_address(&self, call: CallId, ip: String, port: u16) -> Result<(), Error> {
         self.send(Command::Discovered {
             id: call.0,
@@ -189,7 +189,7 @@ impl ControlThread {
         })
     }
 
-    /// Ask for Speaking on or off ([`VoiceEvent::SpeakingSent`] confirms it went out).
+    /// Ask for Speaking on or off ([`crate::voice::VoiceEvent::SpeakingSent`] confirms it went out).
     pub fn set_speaking(&self, call: CallId, flags: SpeakingFlags) -> Result<(), Error> {
         self.send(Command::Speaking { id: call.0, flags })
     }

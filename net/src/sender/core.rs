@@ -135,7 +135,7 @@ impl SenderCore {
         &self.stats
     }
 
-    /// Runs tick `n` in the sender thread's order, without its waiting (see [`Pace`]): late
+    /// Runs tick `n` in the sender thread's order, without its waiting: late
     /// frames, late frames again, the tick's frames built, then sent at once. Returns the packets
     /// sent.
     pub fn run_tick(&mut self, n: u64) -> usize {
@@ -363,7 +363,7 @@ impl SenderCore {
     }
 
     /// Sets a call's DAVE key directly (for benches and custom drivers; the thread uses
-    /// [`Sender::set_dave_key`]). `None` turns end-to-end encryption off. The same key as the one
+    /// [`super::Sender::set_dave_key`]). `None` turns end-to-end encryption off. The same key as the one
     /// in use keeps its frame counter; a new one starts at nonce 1.
     pub fn set_dave_key(
         &mut self,

@@ -49,7 +49,7 @@ pub(super) const STATS_SPARES: usize = 3;
 
 impl Sender {
     /// Starts the sender thread. Fails when the requested backend is unavailable; with
-    /// [`BackendChoice::Auto`] it falls back to the portable path instead.
+    /// [`crate::transmit::BackendChoice::Auto`] it falls back to the portable path instead.
     pub fn spawn(config: SenderConfig) -> Result<Self, SenderError> {
         let (commands, commands_rx) = rtrb::RingBuffer::new(config.command_capacity.max(1));
         let (garbage_tx, garbage) = rtrb::RingBuffer::new(config.command_capacity.max(1));

@@ -1,10 +1,10 @@
 //! The sender: ONE thread serves every call. Each tick `n` it takes the frames due for `n` from
 //! every call's [`FrameReceiver`], builds and seals the packets into per-call preallocated
-//! buffers, waits for the absolute deadline `grid.deadline(n)` ([`Pacer`]) and sends the whole
-//! batch at once ([`BackendKind::IoUring`] or [`BackendKind::Portable`]).
+//! buffers, waits for the absolute deadline `grid.deadline(n)` ([`crate::pacer::Pacer`]) and sends the whole
+//! batch at once ([`crate::transmit::BackendKind::IoUring`] or [`crate::transmit::BackendKind::Portable`]).
 //!
 //! * Frames whose tick has already passed are sent at once (before waiting) and counted late.
-//! * An [`FrameKind::EndOfStream`] frame starts five `F8 FF FE` silence frames on consecutive ticks,
+//! * An [`quaver_engine::FrameKind::EndOfStream`] frame starts five `F8 FF FE` silence frames on consecutive ticks,
 //!   then [`SenderEvent::SpeakingStopped`]; the first audio frame after that (or ever) gives
 //!   [`SenderEvent::SpeakingStarted`] when it is built — up to one tick before it is sent.
 //! * Calls are added, removed and re-keyed through a bounded lock-free command queue. Everything is
