@@ -134,6 +134,45 @@ enum JoinState {
     ExpectServerUpdate,
 }
 
+/// Which of the two voice dispatches the flow still waits for before it connects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Awaiting {
+    /// Nothing: connect when the credentials are complete.
+    Neither,
+    /// VOICE_STATE_UPDATE (session ID, channel).
+    StateUpdate,
+    /// VOICE_SERVER_UPDATE (token, endpoint).
+    ServerUpdate,
+    /// Both, in either order (right after our op 4).
+    Both,
+}
+
+impl Awaiting {
+    fn got_state_update(self) -> Self {
+        match self {
+            Awaiting::Both => Awaiting::ServerUpdate,
+            Awaiting::StateUpdate => Awaiting::Neither,
+            other => other,
+        }
+    }
+
+    fn got_server_update(self) -> Self {
+        match self {
+            Awaiting::Both => Awaiting::StateUpdate,
+            Awaiting::ServerUpdate => Awaiting::Neither,
+            other => other,
+        }
+    }
+
+    fn and_server_update(self) -> Self {
+        match self {
+            Awaiting::Neither => Awaiting::ServerUpdate,
+            Awaiting::StateUpdate => Awaiting::Both,
+            other => other,
+        }
+    }
+}
+
 /// The join flow for one guild.
 #[derive(Debug)]
 pub struct JoinFlow {
@@ -148,8 +187,7 @@ pub struct JoinFlow {
     voice_state_retries: u32,
     /// After our op 4, wait for *both* dispatches before connecting, whatever their order: a
     /// move's new token must not be used with the old channel or vice versa.
-    awaiting_state: bool,
-    awaiting_server: bool,
+    awaiting: Awaiting,
     /// A server update arrived since the last connect: its token has not been used yet.
     fresh_token: bool,
 }
@@ -167,8 +205,7 @@ impl JoinFlow {
             server: None,
             out: VecDeque::new(),
             voice_state_retries: 0,
-            awaiting_state: false,
-            awaiting_server: false,
+            awaiting: Awaiting::Neither,
             fresh_token: false,
         }
     }
@@ -206,8 +243,7 @@ impl JoinFlow {
     }
 
     fn request_voice_state(&mut self, update: UpdateVoiceState) {
-        self.awaiting_state = true;
-        self.awaiting_server = true;
+        self.awaiting = Awaiting::Both;
         self.out.push_back(JoinAction::SendVoiceStateUpdate(update));
     }
 
@@ -239,11 +275,11 @@ impl JoinFlow {
         let moved = self.channel_id.is_some_and(|c| c != channel.0);
         self.channel_id = Some(channel.0);
         self.session_id = Some(u.session_id.clone());
-        self.awaiting_state = false;
+        self.awaiting = self.awaiting.got_state_update();
         if moved && self.state == JoinState::Connected && !self.fresh_token {
             // Moved by someone else: the token changes with a move, so wait for the new server
             // update (the old connection keeps running until then).
-            self.awaiting_server = true;
+            self.awaiting = self.awaiting.and_server_update();
         }
         self.try_connect();
     }
@@ -266,7 +302,7 @@ impl JoinFlow {
             Some(endpoint) => {
                 // Never reuse a token: every server update means a fresh voice session.
                 self.server = Some((u.token.clone(), endpoint.clone()));
-                self.awaiting_server = false;
+                self.awaiting = self.awaiting.got_server_update();
                 self.fresh_token = true;
                 self.try_connect();
             }
@@ -304,7 +340,7 @@ impl JoinFlow {
     }
 
     fn try_connect(&mut self) {
-        if self.awaiting_state || self.awaiting_server {
+        if self.awaiting != Awaiting::Neither {
             return;
         }
         if self.state == JoinState::Connected && !self.fresh_token {
@@ -340,8 +376,7 @@ impl JoinFlow {
         self.channel_id = None;
         self.server = None;
         self.requested = None;
-        self.awaiting_state = false;
-        self.awaiting_server = false;
+        self.awaiting = Awaiting::Neither;
         self.fresh_token = false;
         self.out.push_back(JoinAction::Left);
     }
