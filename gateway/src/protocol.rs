@@ -662,6 +662,32 @@ pub mod close_code {
     pub const RATE_LIMITED: u16 = 4021;
     /// Call terminated (channel deleted, voice server changed).
     pub const CALL_TERMINATED: u16 = 4022;
+
+    /// What a close code means, in a few words, for error messages.
+    pub fn describe(code: u16) -> &'static str {
+        match code {
+            UNKNOWN_OPCODE => "unknown opcode",
+            DECODE_FAILURE => "failed to decode payload",
+            NOT_AUTHENTICATED => "not authenticated",
+            AUTHENTICATION_FAILED => "authentication failed",
+            ALREADY_AUTHENTICATED => "already authenticated",
+            SESSION_INVALID => "session no longer valid",
+            SESSION_TIMEOUT => "session timeout",
+            SERVER_NOT_FOUND => "server not found",
+            UNKNOWN_PROTOCOL => "unknown protocol",
+            DISCONNECTED => "disconnected",
+            VOICE_SERVER_CRASHED => "voice server crashed",
+            UNKNOWN_ENCRYPTION_MODE => "unknown encryption mode",
+            DAVE_REQUIRED => "E2EE/DAVE protocol required",
+            BAD_REQUEST => "bad request",
+            RATE_LIMITED => "rate limited",
+            CALL_TERMINATED => "call terminated",
+            1000 => "normal closure",
+            1001 => "going away",
+            1006 => "abnormal closure",
+            _ => "unknown close code",
+        }
+    }
 }
 
 /// What to do after the voice websocket closes (PROTOCOL.md "Close codes").

@@ -184,6 +184,27 @@ pub enum EndReason {
     Failed(VoiceError),
 }
 
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = |f: &mut std::fmt::Formatter<'_>, code: u16| {
+            write!(
+                f,
+                "closed with {code} ({})",
+                crate::protocol::close_code::describe(code)
+            )
+        };
+        match self {
+            EndReason::Left => f.write_str("left"),
+            EndReason::NeedsNewVoiceState { code: c }
+            | EndReason::AwaitServerUpdate { code: c } => code(f, *c),
+            EndReason::GaveUp { code: Some(c) } => code(f, *c),
+            EndReason::GaveUp { code: None } => f.write_str("gave up"),
+            EndReason::RetriesExhausted => f.write_str("every reconnect attempt failed"),
+            EndReason::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 /// Events for the call's owner.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]

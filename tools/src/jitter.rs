@@ -20,7 +20,7 @@ use quaver::gateway::main_gateway::MainGatewayConfig;
 use quaver::gateway::protocol::{SpeakingFlags, Token};
 use quaver::gateway::voice::{VoiceConnectRequest, VoiceEvent};
 use quaver::net::BackendChoice;
-use quaver::{CallEvent, CallId, CallStatus, Config, Engine, Event, JoinOptions};
+use quaver::{CallEvent, CallId, Config, Engine, Event, JoinOptions};
 
 use crate::Error;
 use crate::baseline::BaselineSender;
@@ -274,28 +274,7 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
     let calls: Vec<CallId> = (0..total_calls as u64)
         .map(|i| target.connect(&engine, bot, FIRST_GUILD + i))
         .collect::<Result<_, _>>()?;
-    let give_up = Instant::now() + CONNECT_TIMEOUT;
-    while !calls
-        .iter()
-        .all(|&call| engine.call_status(call) == Some(CallStatus::Ready))
-    {
-        if stop.load(Ordering::Relaxed) {
-            return Err(Error::Interrupted {
-                stage: crate::Stage::Connecting,
-            });
-        }
-        if Instant::now() > give_up {
-            let ready = calls
-                .iter()
-                .filter(|&&c| engine.call_status(c) == Some(CallStatus::Ready))
-                .count();
-            return Err(Error::Usage(format!(
-                "only {ready} of {} calls connected",
-                calls.len()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::connect::until_ready(&engine, &calls, stop, CONNECT_TIMEOUT)?;
 
     // The listener (and the baseline) speak the gateway on a control thread of their own.
     let side_config = ControlConfig {

@@ -6,8 +6,10 @@
 
 pub mod args;
 pub mod baseline;
+pub mod connect;
 pub mod cpu;
 pub mod demo;
+pub mod idle;
 pub mod jitter;
 pub mod listener;
 pub mod media;
@@ -46,6 +48,24 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong with it.
         problem: media::MediaProblem,
+    },
+    /// The voice server ended a call before it was ready (for example 4017: DAVE required).
+    #[error("the voice server ended call {call}: {reason}")]
+    CallEnded {
+        /// The call.
+        call: quaver::CallId,
+        /// Why, with the close code.
+        reason: quaver::gateway::voice::EndReason,
+    },
+    /// Calls that did not connect in time.
+    #[error("only {ready} of {calls} calls connected within {waited:?}")]
+    NotConnected {
+        /// Calls ready.
+        ready: usize,
+        /// Calls started.
+        calls: usize,
+        /// How long the run waited.
+        waited: std::time::Duration,
     },
     /// Ctrl-C (or SIGTERM) arrived before there was anything to report.
     #[error("interrupted {stage}")]

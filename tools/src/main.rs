@@ -158,6 +158,9 @@ struct JitterArgs {
     /// Send path: auto, io-uring or portable.
     #[arg(long, default_value = "auto")]
     backend: String,
+    /// Join the calls but play nothing, and report what they cost (CPU of Quaver's threads).
+    #[arg(long, conflicts_with_all = ["encode", "baseline", "out"])]
+    idle: bool,
 }
 
 fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
@@ -171,6 +174,7 @@ fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
         server,
         ca_cert,
         backend,
+        idle,
     } = args;
     let backend = match backend.as_str() {
         "auto" => quaver::net::BackendChoice::Auto,
@@ -183,7 +187,8 @@ fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
         }
     };
     let announce = format!(
-        "quaver jitter: {calls} call(s) streaming for {} s (Ctrl-C stops early and reports)",
+        "quaver jitter: {calls} call(s) {} for {} s (Ctrl-C stops early and reports)",
+        if idle { "joined and idle" } else { "streaming" },
         seconds.as_secs_f64()
     );
     let options = quaver_tools::jitter::JitterOptions {
@@ -197,6 +202,22 @@ fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
         announce: Some(announce),
         ..Default::default()
     };
+    if idle {
+        let report = quaver_tools::idle::run(&options, &STOP)?;
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+        } else {
+            print!("{report}");
+        }
+        return Ok(if report.interrupted {
+            Finished::Interrupted
+        } else {
+            Finished::Completed
+        });
+    }
     let report = quaver_tools::jitter::run(&options, &STOP)?;
     if json {
         println!("{}", report.to_json());
