@@ -124,6 +124,7 @@ impl SourceHandle {
         Self { call, id, shared }
     }
 
+    /// The source's id (as in [`crate::Event::SourceEnded`]).
     pub fn id(&self) -> SourceId {
         self.id
     }
@@ -141,6 +142,7 @@ impl SourceHandle {
             .store(sanitize_volume(volume).to_bits(), Ordering::Relaxed);
     }
 
+    /// The volume last set (the target the mixer ramps to).
     pub fn volume(&self) -> f32 {
         self.shared.volume()
     }
@@ -155,6 +157,7 @@ impl SourceHandle {
         self.shared.paused.store(false, Ordering::Relaxed);
     }
 
+    /// Whether [`SourceHandle::pause`] is in effect.
     pub fn is_paused(&self) -> bool {
         self.shared.paused.load(Ordering::Relaxed)
     }
@@ -165,6 +168,7 @@ impl SourceHandle {
     }
 
     /// Whether the source has ended (finished, stopped, failed, or its call was removed).
+    /// Whether the source has ended; writes fail from then on.
     pub fn is_ended(&self) -> bool {
         self.shared.is_ended()
     }
@@ -182,6 +186,7 @@ impl SourceHandle {
         }
     }
 
+    /// The source's counters now.
     pub fn stats(&self) -> SourceStats {
         SourceStats {
             frames_mixed: self.shared.frames_mixed.load(Ordering::Relaxed),
@@ -213,6 +218,7 @@ impl std::fmt::Debug for PcmWriter {
 }
 
 impl PcmWriter {
+    /// The format the samples written here are read as.
     pub fn format(&self) -> PcmFormat {
         self.format
     }
@@ -282,6 +288,7 @@ impl PcmWriter {
         // Drop does the work, so finishing and dropping behave the same.
     }
 
+    /// Whether the source has ended; writes fail from then on.
     pub fn is_ended(&self) -> bool {
         self.shared.is_ended()
     }
@@ -389,6 +396,7 @@ impl OpusWriter {
     /// Ends the input: the source plays what is buffered, then ends with an event.
     pub fn finish(self) {}
 
+    /// Whether the source has ended; writes fail from then on.
     pub fn is_ended(&self) -> bool {
         self.shared.is_ended()
     }
