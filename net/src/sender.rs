@@ -57,7 +57,6 @@
 //! ```
 
 use std::net::UdpSocket;
-#[cfg(target_os = "linux")]
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -224,7 +223,6 @@ enum Returned {
 
 struct Call {
     id: CallId,
-    #[cfg(target_os = "linux")]
     fd: std::os::fd::RawFd,
     // Keeps the descriptor open while the thread sends on it.
     _socket: Arc<UdpSocket>,
@@ -262,7 +260,6 @@ impl Call {
         // passes MSG_DONTWAIT instead.
         Ok(Box::new(Self {
             id,
-            #[cfg(target_os = "linux")]
             fd: config.socket.as_raw_fd(),
             _socket: config.socket,
             frames: config.frames,
@@ -507,7 +504,6 @@ impl SenderCore {
             }
             if has_packet {
                 self.batch.push(Datagram {
-                    #[cfg(target_os = "linux")]
                     fd: call.fd,
                     ptr: call.out.buf.as_ptr(),
                     len: call.out.len as u32,
