@@ -272,6 +272,16 @@ fn mixer_ticks_allocate_nothing_while_calls_come_and_go() {
             engine.remove_call(call.id).unwrap();
             removed += 1;
         }
+        // Lone Opus sources leave and rejoin passthrough (the encoder is primed, the next
+        // packet decoded ahead) as their volume changes.
+        if tick % 10 == 3 {
+            let volume = if tick % 20 == 3 { 0.5 } else { 1.0 };
+            for call in &live {
+                if let [Producer::Opus(handle, ..)] = &call.producers[..] {
+                    handle.set_volume(volume);
+                }
+            }
+        }
         for call in live.iter_mut() {
             feed(&mut call.producers);
         }
