@@ -24,6 +24,7 @@ pub struct OpusConfig {
     pub bitrate: u32,
     /// 0 (fastest) to 10 (best). Default 10: ~110–130 µs per stereo frame here.
     pub complexity: u8,
+    /// What the encoder optimises for. Default [`OpusApplication::Music`].
     pub application: OpusApplication,
     /// In-band forward error correction (only used by the SILK/voice modes).
     pub inband_fec: bool,

@@ -262,6 +262,7 @@ impl Engine {
         self.inner.grid
     }
 
+    /// The configuration the engine was built with.
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
     }

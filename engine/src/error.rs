@@ -11,7 +11,12 @@ pub enum Error {
     UnsupportedFormat(String),
     /// A configured limit (calls per engine, sources per call) would be exceeded.
     #[error("limit reached: {what} (configured maximum {max})")]
-    LimitReached { what: &'static str, max: usize },
+    LimitReached {
+        /// Which limit (for example "calls").
+        what: &'static str,
+        /// The configured maximum.
+        max: usize,
+    },
     /// An [`crate::EngineConfig`] value that cannot work (for example a limit of zero).
     #[error("invalid engine configuration: {0}")]
     InvalidConfig(&'static str),
@@ -33,19 +38,28 @@ pub enum Error {
     /// A media file could not be opened or read.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the operating system reported.
         source: std::io::Error,
     },
     /// A media file is corrupt or in a format Quaver cannot decode.
     #[error("{path}: {reason}")]
-    UnsupportedMedia { path: PathBuf, reason: String },
+    UnsupportedMedia {
+        /// The file.
+        path: PathBuf,
+        /// What the decoder reported.
+        reason: String,
+    },
     /// The mixer thread is not running (the engine has shut down or its thread failed to start).
     #[error("the mixer has shut down")]
     MixerGone,
     /// A thread could not be spawned.
     #[error("could not start the {name} thread: {source}")]
     Thread {
+        /// The thread's role (for example "mixer").
         name: &'static str,
+        /// Why spawning failed.
         source: std::io::Error,
     },
 }

@@ -26,7 +26,9 @@ use crate::{CallId, SourceId};
 /// How a file is played.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FileOptions {
+    /// Initial linear gain (as [`crate::SourceHandle::set_volume`]).
     pub volume: f32,
+    /// Start paused.
     pub paused: bool,
     /// Start again from the beginning at the end, until stopped.
     pub looping: bool,

@@ -28,6 +28,7 @@ pub enum FrameKind {
 pub struct EncodedFrame {
     /// Grid index: the frame is due at `epoch + tick * 20 ms` (see [`Grid`]).
     pub tick: u64,
+    /// Audio, or the marker that ends a stretch of audio.
     pub kind: FrameKind,
     len: u16,
     data: [u8; MAX_OPUS_PACKET],
@@ -92,10 +93,12 @@ pub struct Grid {
 }
 
 impl Grid {
+    /// A grid whose tick 0 is due at `epoch`.
     pub fn new(epoch: Instant) -> Self {
         Self { epoch }
     }
 
+    /// When tick 0 is due.
     pub fn epoch(&self) -> Instant {
         self.epoch
     }

@@ -82,6 +82,12 @@ pub(crate) struct CallSlot {
     limiter: Limiter,
     /// Whether the last tick produced audio, to mark the end of a stretch of frames.
     producing: bool,
+    /// Whether the last tick's frame was passed through.
+    passed_through: bool,
+    /// How the encoder's output lines up with the source's packets.
+    timing: Timing,
+    /// The encoder's delay in 48 kHz sample frames (312 for libopus at 48 kHz).
+    lookahead: usize,
 }
 
 impl CallSlot {
@@ -92,6 +98,10 @@ impl CallSlot {
         frames: rtrb::Producer<EncodedFrame>,
         max_sources: usize,
     ) -> Box<Self> {
+        let lookahead = encoder
+            .lookahead()
+            .map_or(0, |samples| samples as usize)
+            .min(FRAME_SAMPLES / 2);
         Box::new(Self {
             id,
             shared,
@@ -104,6 +114,9 @@ impl CallSlot {
             master_gain: 1.0,
             limiter: Limiter::default(),
             producing: false,
+            passed_through: false,
+            timing: Timing::Aligned { settled: true },
+            lookahead,
         })
     }
 
@@ -113,14 +126,33 @@ impl CallSlot {
         }
         let master_target = self.shared.master_volume();
         // A lone pre-encoded source at unity gain is sent as it is: no decode, no re-encode.
-        let passthrough_possible = self.sources.len() == 1
+        let lone_opus_at_unity = self.sources.len() == 1
             && self.master_gain == 1.0
             && master_target == 1.0
             && self.sources[0].is_opus();
+        // Back from mixing, passthrough waits for one mixed frame at unity in the packets' own
+        // timing (see `Timing`), so the listener's decoder is close to where the original
+        // encoder was when its packets resume.
+        let passthrough_possible = lone_opus_at_unity
+            && (!self.producing
+                || matches!(
+                    self.timing,
+                    Timing::Aligned { settled: true } | Timing::Rejoin
+                ));
         let mut mixed_any = false;
         let mut passed_through = false;
+        // The gain a lone Opus source ends this frame with, and whether it played at unity.
+        let mut lone_gain = None;
+        let mut unity = false;
         self.mix.fill(0.0);
 
+        let lone = self.sources.len() == 1;
+        // Fed early, the encoder has already taken this frame's first `lookahead` samples at
+        // the previous tick's final gain; ramps start after them so the gain does not jump.
+        let ramp_start = match self.timing {
+            Timing::Aligned { .. } if lone => self.lookahead,
+            _ => 0,
+        };
         let mut index = 0;
         while index < self.sources.len() {
             let source = &mut self.sources[index];
@@ -137,24 +169,32 @@ impl CallSlot {
                         passed_through = true;
                     } else {
                         source.render(&mut self.scratch);
-                        mix_with_ramp(&mut self.mix, &self.scratch, from, to);
+                        mix_with_ramp(&mut self.mix, &self.scratch, from, to, ramp_start);
                         mixed_any = true;
+                        if lone && source.is_opus() {
+                            lone_gain = Some(to * master_target);
+                            unity = lone_opus_at_unity && SourceSlot::is_unity(step);
+                        }
                     }
                 }
             }
             index += 1;
         }
 
+        let was_passed_through = std::mem::replace(&mut self.passed_through, passed_through);
         if passed_through {
             self.frame.tick = tick;
             out.send_frame(&mut self.frames, &self.frame);
             MixerCounters::bump(&out.counters.frames_passed_through);
             self.producing = true;
+            self.timing = Timing::Aligned { settled: true };
         } else if mixed_any {
-            apply_ramp(&mut self.mix, self.master_gain, master_target);
+            apply_ramp(&mut self.mix, self.master_gain, master_target, ramp_start);
             self.master_gain = master_target;
             self.limiter.process(&mut self.mix);
             if encode {
+                let fresh = !self.producing;
+                self.choose_timing(fresh, was_passed_through, lone_gain, unity);
                 self.encode_and_send(tick, out);
             } else {
                 self.frame.set_len(0);
@@ -172,6 +212,114 @@ impl CallSlot {
         } else {
             self.master_gain = master_target;
         }
+    }
+
+    /// Prepares the encoder and this frame's input (`mix`) so the frame continues what the
+    /// listener heard last, and records the timing the frame leaves the stream in.
+    ///
+    /// The encoder delays its input by `lookahead` samples; passed-through packets are not
+    /// delayed. Switching between the two naively is heard (measured on a 400 Hz tone in the
+    /// mixing test `leaving_and_rejoining_passthrough_keeps_the_level_and_does_not_click`):
+    /// leaving passthrough, the first mixed frame started with 6.5 ms of whatever the encoder
+    /// last saw (silence for a fresh call) — a dip to 16 % of the level — and rejoining skipped
+    /// 6.5 ms ahead, a dip to 41 %. So while a lone Opus source is mixed (its volume ramps, or it pauses), the
+    /// encoder is fed `lookahead` samples early — the start of the next packet, decoded one tick
+    /// ahead — and its output keeps the packets' timing; gain ramps start where the early-fed
+    /// samples end, 6.5 ms into the frame. Leaving passthrough, the encoder is
+    /// first primed (two encodes, output discarded) with the audio of the last passed-through
+    /// packets, so its state matches what the listener's decoder played. Only when the next
+    /// packet is not queued yet (a producer writing just in time) or other sources join does
+    /// the call fall back to the delayed timing, crossfading into it over one frame (no click,
+    /// but two copies 6.5 ms apart can partly cancel: a 400 Hz tone dips to 31 %). Costs, once
+    /// per switch: two decodes and two encodes (an encode is ~120 µs here); on a steady mixed stretch the next
+    /// packet is decoded a tick early instead of on time, so nothing extra.
+    fn choose_timing(
+        &mut self,
+        fresh: bool,
+        was_passed_through: bool,
+        lone_gain: Option<f32>,
+        unity: bool,
+    ) {
+        let has_next = lone_gain.is_some()
+            && self
+                .sources
+                .first_mut()
+                .and_then(|s| s.decode_ahead())
+                .is_some();
+        if was_passed_through {
+            self.prime_encoder();
+        } else if fresh {
+            // A new stretch: nothing was heard that this frame has to continue, but its first
+            // `lookahead` samples must reach the encoder's delay line.
+            self.timing = if has_next {
+                self.prime_fresh_encoder();
+                Timing::Aligned { settled: false }
+            } else {
+                Timing::Delayed
+            };
+        }
+        let ahead = match lone_gain {
+            Some(gain) if has_next => self
+                .sources
+                .first()
+                .and_then(|s| s.ahead())
+                .map(|next| (next, gain)),
+            _ => None,
+        };
+        let lookahead = self.lookahead;
+        self.timing = match (self.timing, ahead) {
+            (Timing::Aligned { .. }, Some((next, gain))) => {
+                feed_early(&mut self.mix, lookahead, next, gain);
+                Timing::Aligned { settled: unity }
+            }
+            (Timing::Aligned { .. }, None) => {
+                crossfade_timing(&mut self.mix, lookahead, Shift::ToDelayed, None);
+                Timing::Delayed
+            }
+            (Timing::Delayed | Timing::Rejoin, Some((next, gain))) if unity => {
+                crossfade_timing(
+                    &mut self.mix,
+                    lookahead,
+                    Shift::ToAligned,
+                    Some((next, gain)),
+                );
+                Timing::Aligned { settled: false }
+            }
+            // Nothing queued ahead to crossfade with: passthrough resumes next tick, skipping
+            // `lookahead` samples ahead, rather than this call re-encoding forever.
+            (Timing::Delayed | Timing::Rejoin, None) if unity => Timing::Rejoin,
+            (Timing::Delayed | Timing::Rejoin, _) => Timing::Delayed,
+        };
+    }
+
+    /// Leaving passthrough: primes the encoder with the decoded audio of the last
+    /// passed-through packets, shifted `lookahead` samples early and ending with the start of
+    /// this frame, so its next output continues exactly where the last packet ended and its
+    /// inter-frame state (band energies, overlap) matches what the listener's decoder holds.
+    fn prime_encoder(&mut self) {
+        let Some((older, newest)) = self.sources.iter().find_map(|s| s.passthrough_tail()) else {
+            return;
+        };
+        let early = self.lookahead * 2;
+        let buffer = &mut self.frame.buffer_mut()[..];
+        let first = older.unwrap_or(newest);
+        self.scratch[..MIX_FRAME_LEN - early].copy_from_slice(&first[early..]);
+        self.scratch[MIX_FRAME_LEN - early..].copy_from_slice(&newest[..early]);
+        let _ = self.encoder.encode_float(&self.scratch[..], buffer);
+        self.scratch[..MIX_FRAME_LEN - early].copy_from_slice(&newest[early..]);
+        self.scratch[MIX_FRAME_LEN - early..].copy_from_slice(&self.mix[..early]);
+        let _ = self.encoder.encode_float(&self.scratch[..], buffer);
+    }
+
+    /// Starting a stretch fed early: the encoder's delay line gets silence, then the start of
+    /// this frame, which feeding early would otherwise skip.
+    fn prime_fresh_encoder(&mut self) {
+        let early = self.lookahead * 2;
+        self.scratch[..MIX_FRAME_LEN - early].fill(0.0);
+        self.scratch[MIX_FRAME_LEN - early..].copy_from_slice(&self.mix[..early]);
+        let _ = self
+            .encoder
+            .encode_float(&self.scratch[..], &mut self.frame.buffer_mut()[..]);
     }
 
     fn encode_and_send(&mut self, tick: u64, out: &mut Outboxes<'_>) {
@@ -195,34 +343,113 @@ impl CallSlot {
     }
 }
 
-/// Adds `input` scaled by a gain ramped linearly from `from` to `to` across the frame.
-fn mix_with_ramp(mix: &mut MixFrame, input: &MixFrame, from: f32, to: f32) {
+/// The gain at sample `i` of a frame ramping linearly from `from` to `to`, starting at sample
+/// `start` (before it the gain is `from`).
+fn ramp_gain(from: f32, to: f32, start: usize, i: usize) -> f32 {
+    if i < start {
+        from
+    } else {
+        from + (to - from) * (i - start) as f32 / (FRAME_SAMPLES - start) as f32
+    }
+}
+
+/// Adds `input` scaled by a gain ramped linearly from `from` to `to` across the frame from
+/// sample `start` on.
+fn mix_with_ramp(mix: &mut MixFrame, input: &MixFrame, from: f32, to: f32, start: usize) {
     if from == to {
         for (m, s) in mix.iter_mut().zip(input.iter()) {
             *m += s * to;
         }
         return;
     }
-    let step = (to - from) / FRAME_SAMPLES as f32;
     for (i, (m, s)) in mix
         .chunks_exact_mut(2)
         .zip(input.chunks_exact(2))
         .enumerate()
     {
-        let gain = from + step * i as f32;
+        let gain = ramp_gain(from, to, start, i);
         m[0] += s[0] * gain;
         m[1] += s[1] * gain;
     }
 }
 
-/// Scales `frame` in place by a gain ramped from `from` to `to`.
-fn apply_ramp(frame: &mut MixFrame, from: f32, to: f32) {
+/// How a call's encoded frames line up with its lone Opus source's packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timing {
+    /// The encoder is fed `lookahead` samples early, so its output keeps the packets' timing
+    /// and passthrough can resume seamlessly; `settled` while passing through and once a frame
+    /// was mixed at unity so.
+    Aligned { settled: bool },
+    /// The encoder's output is `lookahead` samples late (every frame of a multi-source mix).
+    Delayed,
+    /// Delayed, but the lone Opus source is back at unity with nothing queued ahead to realign
+    /// with: passthrough may resume (skipping `lookahead` samples ahead).
+    Rejoin,
+}
+
+/// Shifts the encoder's input `lookahead` samples early: the frame without its first
+/// `lookahead` samples, then the start of the next packet's audio (`next`, scaled by `gain`,
+/// the gain the next frame starts at).
+fn feed_early(mix: &mut MixFrame, lookahead: usize, next: &MixFrame, gain: f32) {
+    let early = lookahead * 2;
+    mix.copy_within(early.., 0);
+    for (m, n) in mix[MIX_FRAME_LEN - early..].iter_mut().zip(&next[..early]) {
+        *m = n * gain;
+    }
+}
+
+/// Which way [`crossfade_timing`] moves a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shift {
+    /// From the packets' timing to `lookahead` samples later.
+    ToDelayed,
+    /// From `lookahead` samples late back to the packets' timing.
+    ToAligned,
+}
+
+/// Rewrites the encoder's input `mix` so its output (delayed by `lookahead`) moves smoothly
+/// between the packets' timing and the delayed one. Output sample `lookahead + j` comes from
+/// input `j`; played aligned it should be `mix[j + lookahead]`, delayed `mix[j]`, so the frame
+/// crossfades between the two over its first `960 − lookahead` samples. The remaining input is
+/// only heard in the next frame: delayed audio, or for `ToAligned` (when the next frame is a
+/// passed-through packet) the start of that packet's audio (`next`) for the encoder's look-ahead.
+fn crossfade_timing(
+    mix: &mut MixFrame,
+    lookahead: usize,
+    shift: Shift,
+    next: Option<(&MixFrame, f32)>,
+) {
+    let span = FRAME_SAMPLES - lookahead;
+    if lookahead == 0 || span == 0 {
+        return;
+    }
+    // Ascending: `mix[j + lookahead]` is read before it is overwritten.
+    for j in 0..span {
+        let w = j as f32 / span as f32;
+        let aligned_weight = match shift {
+            Shift::ToDelayed => 1.0 - w,
+            Shift::ToAligned => w,
+        };
+        for c in 0..2 {
+            let aligned = mix[(j + lookahead) * 2 + c];
+            let delayed = mix[j * 2 + c];
+            mix[j * 2 + c] = aligned_weight * aligned + (1.0 - aligned_weight) * delayed;
+        }
+    }
+    if let (Shift::ToAligned, Some((next, gain))) = (shift, next) {
+        for (m, n) in mix[span * 2..].iter_mut().zip(&next[..lookahead * 2]) {
+            *m = n * gain;
+        }
+    }
+}
+
+/// Scales `frame` in place by a gain ramped from `from` to `to` from sample `start` on.
+fn apply_ramp(frame: &mut MixFrame, from: f32, to: f32, start: usize) {
     if from == 1.0 && to == 1.0 {
         return;
     }
-    let step = (to - from) / FRAME_SAMPLES as f32;
     for (i, pair) in frame.chunks_exact_mut(2).enumerate() {
-        let gain = from + step * i as f32;
+        let gain = ramp_gain(from, to, start, i);
         pair[0] *= gain;
         pair[1] *= gain;
     }
@@ -432,7 +659,7 @@ mod tests {
     fn ramps_are_linear_and_hit_their_end_points() {
         let mut mix = [0.0; MIX_FRAME_LEN];
         let input = [1.0; MIX_FRAME_LEN];
-        mix_with_ramp(&mut mix, &input, 0.0, 1.0);
+        mix_with_ramp(&mut mix, &input, 0.0, 1.0, 0);
         assert_eq!(mix[0], 0.0);
         assert_eq!(mix[0], mix[1]);
         let last = mix[MIX_FRAME_LEN - 1];
@@ -448,7 +675,7 @@ mod tests {
         assert!(largest_step <= 1.0 / FRAME_SAMPLES as f32 + 1e-6);
 
         let mut frame = [0.5; MIX_FRAME_LEN];
-        apply_ramp(&mut frame, 1.0, 0.0);
+        apply_ramp(&mut frame, 1.0, 0.0, 0);
         assert_eq!(frame[0], 0.5);
         assert!(frame[MIX_FRAME_LEN - 1] < 0.001);
     }

@@ -11,8 +11,11 @@ pub const DEFAULT_PRE_SKIP: u16 = 312;
 /// What the identification header (`OpusHead`) says about a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpusHead {
+    /// Channels of the stream (1 or 2 once parsed).
     pub channels: u8,
+    /// Samples at 48 kHz to discard from the start of the decoded audio.
     pub pre_skip: u16,
+    /// The original input's sample rate (informational; Opus always decodes at 48 kHz here).
     pub input_sample_rate: u32,
 }
 
@@ -20,12 +23,16 @@ pub struct OpusHead {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OggOpusError {
+    /// The stream is not Ogg Opus (missing or malformed headers).
     #[error("not an Ogg Opus stream: {0}")]
     NotOpus(&'static str),
+    /// Ogg Opus, but a variant Quaver does not play (version, channel mapping).
     #[error("unsupported Ogg Opus stream: {0}")]
     Unsupported(&'static str),
+    /// The Ogg container is corrupt.
     #[error("ogg: {0}")]
     Ogg(#[from] ogg::OggReadError),
+    /// Reading the stream failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -62,6 +69,7 @@ pub struct OggOpusReader<R: Read + Seek> {
 }
 
 impl<R: Read + Seek> OggOpusReader<R> {
+    /// Reads and checks the two header packets (`OpusHead`, `OpusTags`).
     pub fn new(reader: R) -> Result<Self, OggOpusError> {
         let mut packets = ogg::PacketReader::new(reader);
         let first = packets
@@ -82,6 +90,7 @@ impl<R: Read + Seek> OggOpusReader<R> {
         })
     }
 
+    /// The stream's identification header.
     pub fn head(&self) -> OpusHead {
         self.head
     }

@@ -47,10 +47,12 @@ impl PcmFormat {
         channels: 2,
     };
 
+    /// Frames per second.
     pub fn sample_rate(&self) -> u32 {
         self.sample_rate
     }
 
+    /// 1 (mono) or 2 (interleaved stereo).
     pub fn channels(&self) -> u8 {
         self.channels
     }

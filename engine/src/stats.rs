@@ -54,15 +54,22 @@ impl MixerHistograms {
 /// Percentiles of one histogram, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Summary {
+    /// Values recorded.
     pub count: u64,
+    /// Median.
     pub p50: u64,
+    /// 99th percentile.
     pub p99: u64,
+    /// 99.9th percentile.
     pub p999: u64,
+    /// Largest value recorded.
     pub max: u64,
+    /// Arithmetic mean.
     pub mean: f64,
 }
 
 impl Summary {
+    /// Summarises `histogram` (all zero when it is empty).
     pub fn of(histogram: &Histogram<u64>) -> Self {
         if histogram.is_empty() {
             return Self::default();
@@ -114,18 +121,23 @@ pub struct EngineStats {
     pub ticks: u64,
     /// Ticks skipped because the mixer thread was suspended or overloaded for a whole frame.
     pub skipped_ticks: u64,
+    /// Frames mixed and Opus-encoded.
     pub frames_encoded: u64,
     /// Frames sent without re-encoding (a lone pre-encoded Opus source at unity volume).
     pub frames_passed_through: u64,
     /// Frames dropped because a call's frame queue was full (nobody drained it).
     pub frames_dropped: u64,
+    /// Frames libopus failed to encode (dropped).
     pub encode_errors: u64,
     /// Events dropped because the event queue was full.
     pub events_dropped: u64,
     /// Whether the mixer thread runs at a real-time (SCHED_FIFO) priority.
     pub realtime_priority: bool,
+    /// Time the mixer spent per tick, all calls together (µs).
     pub tick: Summary,
+    /// Time one Opus encode took (µs).
     pub encode: Summary,
+    /// How late the mixer thread woke for its ticks (µs).
     pub lateness: Summary,
     /// The cumulative histograms behind the summaries.
     pub histograms: MixerHistograms,

@@ -1,5 +1,7 @@
 //! Proves the real-time rule: after start-up the mixer never allocates or frees heap memory,
-//! at full source count, with sources added, stopped and finished during the run.
+//! at full source count, with sources added, stopped and finished, and calls added, removed and
+//! given new frame queues during the run. The control side (the test thread) allocates freely;
+//! only the mixer's side is counted.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -18,9 +20,10 @@ struct CountingAllocator;
 /// so each counts into its own slot.
 const MANUAL: usize = 1;
 const THREADED: usize = 2;
+const CALL_CHURN: usize = 3;
 
-static REALTIME_ALLOCATIONS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
-static REALTIME_FREES: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+static REALTIME_ALLOCATIONS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+static REALTIME_FREES: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 
 thread_local! {
     static ON_REALTIME_PATH: Cell<usize> = const { Cell::new(0) };
@@ -212,10 +215,123 @@ fn mixer_ticks_allocate_nothing_while_sources_come_and_go() {
     assert_eq!(stats.encode_errors, 0);
 }
 
+/// One call of the churn test: its id, producers and the queue its frames come out of.
+struct LiveCall {
+    id: quaver_engine::CallId,
+    producers: Vec<Producer>,
+    queue: FrameReceiver,
+}
+
+#[test]
+fn mixer_ticks_allocate_nothing_while_calls_come_and_go() {
+    const MAX_CALLS: usize = 4;
+    let config = EngineConfig {
+        max_calls: MAX_CALLS,
+        max_sources_per_call: 4,
+        ..EngineConfig::default()
+    };
+    let (engine, mut mixer) = Engine::manual(config).unwrap();
+    let packet = opus_packet();
+    let mut live: Vec<LiveCall> = Vec::new();
+    let (mut created, mut removed, mut replaced) = (0, 0, 0);
+    let (mut removed_events, mut frames_after_replacement) = (0, 0);
+    let mut kinds = 0;
+    for tick in 0..1_500 {
+        // Control side, between ticks: a new call every 20 ticks (when a slot is free), alternately
+        // a lone Opus source (passthrough) and a mix of PCM and Opus sources.
+        if tick % 20 == 0
+            && live.len() < MAX_CALLS
+            && let Ok((id, queue)) = engine.create_call()
+        {
+            let producers = if created % 2 == 0 {
+                vec![add_source(&engine, id, 3, &packet)]
+            } else {
+                (0..4)
+                    .map(|n| {
+                        kinds += 1;
+                        add_source(&engine, id, kinds + n, &packet)
+                    })
+                    .collect()
+            };
+            live.push(LiveCall {
+                id,
+                producers,
+                queue,
+            });
+            created += 1;
+        }
+        // A voice reconnect: the oldest call's frames move to a new queue.
+        if tick % 20 == 7 && !live.is_empty() {
+            let call = &mut live[0];
+            call.queue = engine.replace_frame_queue(call.id).unwrap();
+            replaced += 1;
+        }
+        // Calls leave while others keep playing.
+        if tick % 20 == 13 && live.len() >= 3 {
+            let call = live.remove(0);
+            engine.remove_call(call.id).unwrap();
+            removed += 1;
+        }
+        // Lone Opus sources leave and rejoin passthrough (the encoder is primed, the next
+        // packet decoded ahead) as their volume changes.
+        if tick % 10 == 3 {
+            let volume = if tick % 20 == 3 { 0.5 } else { 1.0 };
+            for call in &live {
+                if let [Producer::Opus(handle, ..)] = &call.producers[..] {
+                    handle.set_volume(volume);
+                }
+            }
+        }
+        for call in live.iter_mut() {
+            feed(&mut call.producers);
+        }
+
+        ON_REALTIME_PATH.with(|path| path.set(CALL_CHURN));
+        mixer.tick();
+        ON_REALTIME_PATH.with(|path| path.set(0));
+
+        for call in live.iter_mut() {
+            let got = std::iter::from_fn(|| call.queue.pop().ok()).count();
+            if tick % 20 > 7 {
+                frames_after_replacement += got;
+            }
+        }
+        engine.housekeep();
+        removed_events += engine
+            .events()
+            .try_iter()
+            .filter(|e| matches!(e, Event::CallRemoved { .. }))
+            .count();
+    }
+
+    assert_eq!(
+        REALTIME_ALLOCATIONS[CALL_CHURN].load(Ordering::Relaxed),
+        0,
+        "the mixer allocated"
+    );
+    assert_eq!(
+        REALTIME_FREES[CALL_CHURN].load(Ordering::Relaxed),
+        0,
+        "the mixer freed memory"
+    );
+    // The run really did what it claims.
+    assert!(created >= 40, "only {created} calls were created");
+    assert!(removed >= 35, "only {removed} calls were removed");
+    assert!(replaced >= 70, "only {replaced} frame queues were replaced");
+    assert_eq!(removed_events, removed, "every removal reached the mixer");
+    assert!(
+        frames_after_replacement > replaced * 5,
+        "replaced queues got only {frames_after_replacement} frames"
+    );
+    let stats = engine.stats();
+    assert!(stats.frames_encoded > 0 && stats.frames_passed_through > 0);
+    assert_eq!(stats.encode_errors, 0);
+}
+
 #[test]
 fn the_mixer_thread_allocates_nothing_either() {
     let config = EngineConfig {
-        max_calls: 1,
+        max_calls: 2,
         max_sources_per_call: 4,
         on_mixer_thread_start: Some(mark_mixer_thread),
         ..EngineConfig::default()
@@ -227,7 +343,28 @@ fn the_mixer_thread_allocates_nothing_either() {
         .map(|n| add_source(&engine, call, n, &packet))
         .collect();
     let mut received = 0;
+    let mut second: Option<(quaver_engine::CallId, FrameReceiver, Vec<Producer>)> = None;
+    let mut second_frames = 0;
     for round in 0..60 {
+        // A second call comes and goes, and the first call's queue is replaced, while the
+        // mixer thread runs.
+        match round {
+            10 | 40 => {
+                let (id, queue) = engine.create_call().unwrap();
+                let producers = vec![add_source(&engine, id, 0, &packet)];
+                second = Some((id, queue, producers));
+            }
+            25 | 55 => {
+                let (id, ..) = second.take().unwrap();
+                engine.remove_call(id).unwrap();
+            }
+            30 => queue = engine.replace_frame_queue(call).unwrap(),
+            _ => {}
+        }
+        if let Some((_, queue, producers)) = second.as_mut() {
+            feed(producers);
+            second_frames += std::iter::from_fn(|| queue.pop().ok()).count();
+        }
         feed(&mut producers);
         std::thread::sleep(Duration::from_millis(10));
         received += std::iter::from_fn(|| queue.pop().ok()).count();
@@ -259,5 +396,9 @@ fn the_mixer_thread_allocates_nothing_either() {
         "the mixer thread freed memory"
     );
     assert!(received > 0, "the mixer thread produced no frames");
+    assert!(
+        second_frames > 0,
+        "the calls added mid-run produced no frames"
+    );
     assert!(engine.stats().ticks > 0);
 }

@@ -117,6 +117,8 @@ fn set_custom_slice(slice_ns: u64) -> bool {
 /// Waits for absolute deadlines given as [`Instant`]s: sleeps to `deadline − spin`, then spins.
 #[derive(Debug, Clone, Copy)]
 pub struct Pacer {
+    // Only the absolute-time sleep of Linux needs the Instant ↔ CLOCK_MONOTONIC mapping.
+    #[cfg(target_os = "linux")]
     anchor: Instant,
     #[cfg(target_os = "linux")]
     anchor_ns: u64,
@@ -126,9 +128,9 @@ pub struct Pacer {
 impl Pacer {
     /// A pacer with the given spin window.
     pub fn new(spin: Duration) -> Self {
-        let anchor = Instant::now();
         Self {
-            anchor,
+            #[cfg(target_os = "linux")]
+            anchor: Instant::now(),
             // `Instant` is CLOCK_MONOTONIC on Linux; reading both back to back maps one onto the
             // other to within the cost of a vDSO call.
             #[cfg(target_os = "linux")]

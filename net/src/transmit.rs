@@ -1,6 +1,6 @@
 //! How the sender thread puts a tick's datagrams on the wire: io_uring (all sends of a tick in one
-//! submission) or plain non-blocking sockets (`sendmmsg` for runs on one socket, else one `send`
-//! each). Both take the same batch and report one result per datagram.
+//! submission; Linux only) or plain non-blocking sockets (on Linux `sendmmsg` for runs on one
+//! socket, else — and on every other Unix — one `send` each). Both take the same batch and report one result per datagram.
 //!
 //! io_uring was chosen over tokio-uring: tokio-uring's timers are tokio's 1 ms wheel (every packet
 //! ~1.5 ms late), and the pacing here comes from `clock_nanosleep` + spin anyway, so only the
@@ -8,8 +8,13 @@
 //! does that without a runtime. The UDP stack costs ~1.3 µs per packet on these VMs, so batching
 //! saves at most ~16 %; the benches in `benches/sender.rs` show the actual split.
 
+// Sockets are driven through raw descriptors (`send`, `sendmmsg`, io_uring).
+#[cfg(not(unix))]
+compile_error!(
+    "quaver-net needs a Unix (Linux, macOS or a BSD): its sender writes to raw socket descriptors"
+);
+
 use std::io;
-#[cfg(target_os = "linux")]
 use std::os::fd::RawFd;
 use std::time::Instant;
 
@@ -37,7 +42,6 @@ pub enum BackendKind {
 /// One datagram of a batch; the buffer must stay valid and unmoved until the batch is sent.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Datagram {
-    #[cfg(target_os = "linux")]
     pub fd: RawFd,
     pub ptr: *const u8,
     pub len: u32,
@@ -179,7 +183,13 @@ impl UringTx {
 #[cfg(target_os = "linux")]
 const PENDING: i32 = i32::MIN;
 
+/// Plain non-blocking sockets. On Linux, runs of datagrams on one socket go out in one
+/// `sendmmsg`; elsewhere (macOS, the BSDs: no `sendmmsg` with Linux's semantics) every datagram is
+/// one `send`. Both modes report results and send instants the same way, so the sender cannot
+/// tell them apart.
 pub(crate) struct PortableTx {
+    #[cfg(target_os = "linux")]
+    batched: bool,
     #[cfg(target_os = "linux")]
     iovecs: Vec<libc::iovec>,
     #[cfg(target_os = "linux")]
@@ -192,6 +202,7 @@ impl PortableTx {
         {
             let capacity = capacity.max(1);
             Self {
+                batched: true,
                 iovecs: vec![
                     libc::iovec {
                         iov_base: std::ptr::null_mut(),
@@ -211,8 +222,27 @@ impl PortableTx {
         }
     }
 
-    #[cfg(target_os = "linux")]
+    /// The mode other Unixes run, so Linux tests can exercise it.
+    #[cfg(all(test, target_os = "linux"))]
+    fn per_datagram() -> Self {
+        Self {
+            batched: false,
+            iovecs: Vec::new(),
+            msgs: Vec::new(),
+        }
+    }
+
     fn send(&mut self, batch: &[Datagram], results: &mut [i32], sent_at: &mut [Instant]) {
+        #[cfg(target_os = "linux")]
+        if self.batched {
+            self.send_batched(batch, results, sent_at);
+            return;
+        }
+        send_each(batch, results, sent_at);
+    }
+
+    #[cfg(target_os = "linux")]
+    fn send_batched(&mut self, batch: &[Datagram], results: &mut [i32], sent_at: &mut [Instant]) {
         let mut start = 0;
         while start < batch.len() {
             let fd = batch[start].fd;
@@ -223,18 +253,7 @@ impl PortableTx {
             let mut i = start;
             while i < end {
                 if end - i == 1 {
-                    // SAFETY: `ptr`/`len` describe a live buffer (see `Datagram`); MSG_DONTWAIT
-                    // keeps the call non-blocking.
-                    let rc = unsafe {
-                        libc::send(
-                            fd,
-                            batch[i].ptr.cast(),
-                            batch[i].len as usize,
-                            libc::MSG_DONTWAIT,
-                        )
-                    };
-                    results[i] = if rc < 0 { -errno() } else { rc as i32 };
-                    sent_at[i] = Instant::now();
+                    send_each(&batch[i..=i], &mut results[i..=i], &mut sent_at[i..=i]);
                     i += 1;
                     continue;
                 }
@@ -279,17 +298,105 @@ impl PortableTx {
             start = end;
         }
     }
+}
 
-    #[cfg(not(target_os = "linux"))]
-    fn send(&mut self, batch: &[Datagram], results: &mut [i32], _sent_at: &mut [Instant]) {
-        let _ = batch;
-        results.fill(-1);
+/// One non-blocking `send` per datagram: the path of every Unix without `sendmmsg`, and of
+/// lone datagrams on Linux.
+fn send_each(batch: &[Datagram], results: &mut [i32], sent_at: &mut [Instant]) {
+    for ((d, result), at) in batch.iter().zip(results.iter_mut()).zip(sent_at.iter_mut()) {
+        // SAFETY: `ptr`/`len` describe a live buffer (see `Datagram`); MSG_DONTWAIT keeps the
+        // call non-blocking whatever the socket's own mode.
+        let rc = unsafe { libc::send(d.fd, d.ptr.cast(), d.len as usize, libc::MSG_DONTWAIT) };
+        *result = if rc < 0 { -errno() } else { rc as i32 };
+        *at = Instant::now();
     }
 }
 
-#[cfg(target_os = "linux")]
 fn errno() -> i32 {
     io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn datagram(socket: &UdpSocket, payload: &[u8]) -> Datagram {
+        Datagram {
+            fd: socket.as_raw_fd(),
+            ptr: payload.as_ptr(),
+            len: payload.len() as u32,
+        }
+    }
+
+    /// Sends a batch mixing two sockets and one bad descriptor, and checks the contract every
+    /// mode keeps: one result per datagram (bytes sent or `-errno`), one send instant per
+    /// datagram, every good datagram delivered in order.
+    fn check_contract(mut tx: PortableTx) {
+        let sink_a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sink_b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for sink in [&sink_a, &sink_b] {
+            sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        }
+        let to_a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        to_a.connect(sink_a.local_addr().unwrap()).unwrap();
+        let to_b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        to_b.connect(sink_b.local_addr().unwrap()).unwrap();
+
+        let payloads: [&[u8]; 5] = [b"a1", b"a2-longer", b"b1", b"bad", b"a3"];
+        let mut batch = [
+            datagram(&to_a, payloads[0]),
+            datagram(&to_a, payloads[1]),
+            datagram(&to_b, payloads[2]),
+            datagram(&to_b, payloads[3]),
+            datagram(&to_a, payloads[4]),
+        ];
+        batch[3].fd = -1;
+        let before = Instant::now();
+        let mut results = [i32::MIN; 5];
+        let mut sent_at = [before; 5];
+        tx.send(&batch, &mut results, &mut sent_at);
+
+        let lens: Vec<i32> = payloads.iter().map(|p| p.len() as i32).collect();
+        assert_eq!(
+            results,
+            [lens[0], lens[1], lens[2], -libc::EBADF, lens[4]],
+            "one result per datagram"
+        );
+        assert!(
+            sent_at.iter().all(|at| *at > before),
+            "every send instant set"
+        );
+        assert!(
+            sent_at.windows(2).all(|w| w[0] <= w[1]),
+            "instants in order"
+        );
+
+        let mut buf = [0_u8; 64];
+        for expected in [payloads[0], payloads[1], payloads[4]] {
+            let n = sink_a.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], expected);
+        }
+        let n = sink_b.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], payloads[2]);
+    }
+
+    #[test]
+    fn per_datagram_sends_keep_the_batch_contract() {
+        #[cfg(target_os = "linux")]
+        check_contract(PortableTx::per_datagram());
+        #[cfg(not(target_os = "linux"))]
+        check_contract(PortableTx::new(8));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn sendmmsg_sends_keep_the_batch_contract() {
+        check_contract(PortableTx::new(8));
+    }
 }

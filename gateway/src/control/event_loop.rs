@@ -763,6 +763,7 @@ impl EventLoop {
 }
 
 /// CPU time (user, system) of the calling thread.
+#[cfg(target_os = "linux")]
 pub(super) fn thread_cpu_time() -> (Duration, Duration) {
     // SAFETY: getrusage only writes into the zeroed struct we own.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -775,6 +776,24 @@ pub(super) fn thread_cpu_time() -> (Duration, Duration) {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
     };
     (tv(usage.ru_utime), tv(usage.ru_stime))
+}
+
+/// CPU time of the calling thread: no per-thread rusage outside Linux, so the thread CPU clock
+/// (macOS, the BSDs) gives user and system time together, reported as user time.
+#[cfg(not(target_os = "linux"))]
+pub(super) fn thread_cpu_time() -> (Duration, Duration) {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer for the duration of the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    (
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
+        Duration::ZERO,
+    )
 }
 
 /// What a [`ControlHandler`] can do to the control thread's connections, from inside its

@@ -1,7 +1,6 @@
 //! One call's packet state: RTP, transport seal, DAVE, and its buffers.
 
 use std::net::UdpSocket;
-#[cfg(target_os = "linux")]
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
@@ -14,7 +13,6 @@ use crate::rtp::{HEADER_LEN, MAX_PACKET, RtpStream, SILENCE_FRAME, TIMESTAMP_STE
 
 pub(super) struct Call {
     pub(super) id: SendSlot,
-    #[cfg(target_os = "linux")]
     pub(super) fd: std::os::fd::RawFd,
     // Keeps the descriptor open while the thread sends on it.
     pub(super) _socket: Arc<UdpSocket>,
@@ -54,7 +52,6 @@ impl Call {
         // passes MSG_DONTWAIT instead.
         Ok(Box::new(Self {
             id,
-            #[cfg(target_os = "linux")]
             fd: config.socket.as_raw_fd(),
             _socket: config.socket,
             frames: config.frames,

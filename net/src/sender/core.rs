@@ -250,7 +250,6 @@ impl SenderCore {
             }
             if has_packet {
                 self.batch.push(Datagram {
-                    #[cfg(target_os = "linux")]
                     fd: call.fd,
                     ptr: call.out.buf.as_ptr(),
                     len: call.out.len as u32,
