@@ -552,12 +552,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The mixer thread: builds tick `n` shortly before `grid.deadline(n)`, on absolute deadlines so
 /// a slow tick never shifts the ones after it.
 fn run_mixer_thread(mut mixer: Mixer, inner: &Inner, shutdown: &AtomicBool) {
-    let realtime = inner.config.realtime_priority && pacing::try_realtime_priority();
+    // Below the sender's priority (10): near a deadline the sender must preempt a mixer that is
+    // busy building later frames. No custom slice: the mixer's wake-ups are not that tight.
+    let mode = crate::pacer::configure_current_thread(crate::pacer::SchedulingRequest {
+        fifo_priority: inner.config.realtime_priority.then_some(5),
+        custom_slice: None,
+    });
+    let realtime = matches!(mode, crate::pacer::PacingMode::RealtimeFifo { .. });
     inner
         .counters
         .realtime_priority
         .store(realtime, Ordering::Relaxed);
-    pacing::tighten_timer_slack();
+    // Sleeps only (no spin): the mixer has `lead` of slack, and a spin would cost a core share.
+    let pacer = crate::pacer::Pacer::new(Duration::ZERO);
     if let Some(hook) = inner.config.on_mixer_thread_start {
         hook();
     }
@@ -574,10 +581,7 @@ fn run_mixer_thread(mut mixer: Mixer, inner: &Inner, shutdown: &AtomicBool) {
             .deadline(tick)
             .checked_sub(lead)
             .unwrap_or(grid.epoch());
-        let now = Instant::now();
-        if wake_at > now {
-            std::thread::sleep(wake_at - now);
-        }
+        pacer.sleep_until(wake_at);
         let started = Instant::now();
         mixer.record_lateness(started.saturating_duration_since(wake_at).as_micros() as u64);
         mixer.run_tick(tick);
@@ -600,34 +604,6 @@ fn run_mixer_thread(mut mixer: Mixer, inner: &Inner, shutdown: &AtomicBool) {
                 .skipped_ticks
                 .fetch_add(resume_at - tick, Ordering::Relaxed);
             tick = resume_at;
-        }
-    }
-}
-
-/// Scheduling knobs for the mixer thread.
-mod pacing {
-    /// Tries SCHED_FIFO (needs CAP_SYS_NICE or an RLIMIT_RTPRIO allowance); false when refused.
-    pub(super) fn try_realtime_priority() -> bool {
-        #[cfg(target_os = "linux")]
-        {
-            // Below the sender's priority (10): near a deadline the sender must preempt a mixer
-            // that is busy building later frames.
-            let param = libc::sched_param { sched_priority: 5 };
-            // SAFETY: plain syscall wrapper on the calling thread with a valid, initialised param.
-            unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 }
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            false
-        }
-    }
-
-    /// Asks for 1 ns timer slack so sleeps end when asked rather than up to 50 µs later.
-    pub(super) fn tighten_timer_slack() {
-        #[cfg(target_os = "linux")]
-        // SAFETY: PR_SET_TIMERSLACK takes an integer argument and affects only this thread.
-        unsafe {
-            libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
         }
     }
 }

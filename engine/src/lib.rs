@@ -28,6 +28,7 @@ pub mod frame;
 mod limiter;
 mod mixer;
 pub mod ogg_opus;
+pub mod pacer;
 mod pcm;
 mod resample;
 mod source;

@@ -45,7 +45,7 @@ pub mod dave;
 pub mod discovery;
 pub mod error;
 pub mod keepalive;
-pub mod pacer;
+pub use quaver_engine::pacer;
 pub mod receive;
 pub mod rtp;
 pub mod sender;

@@ -1,4 +1,7 @@
-//! Precise waiting for absolute deadlines on the sender thread.
+//! Precise waiting for absolute deadlines, for the two real-time threads: the mixer wakes at
+//! `deadline − lead` to build a frame, the sender (in `quaver-net`) waits for the deadline itself
+//! to send it. One module, so both get the same timer slack, the same absolute-time sleep and the
+//! same scheduling fallbacks.
 //!
 //! Measured on these 2-core VMs (receiver-side lateness, p50/p99): `clock_nanosleep(ABS)` with
 //! timer slack 1 ns alone ~120/200 µs; sleeping to deadline − 200 µs and spinning the rest
@@ -31,7 +34,7 @@ pub enum PacingMode {
     Normal,
 }
 
-/// What the sender thread asks of the scheduler.
+/// What a real-time thread asks of the scheduler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedulingRequest {
     /// Try `SCHED_FIFO` at this priority (1..=99); `None` skips it.
