@@ -9,7 +9,7 @@ use quaver::gateway::main_gateway::MainGatewayConfig;
 use quaver::gateway::protocol::Token;
 use quaver::gateway::voice::VoiceEvent;
 use quaver::{CallEvent, CallStatus, Config, Engine};
-use quaver_tools::server::{Faults, Server, ServerConfig};
+use quaver_tools::server::{DaveMode, Faults, Server, ServerConfig};
 
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let give_up = Instant::now() + timeout;
@@ -33,6 +33,8 @@ fn sine(rate: u32, channels: usize, freq: f64, seconds: f64) -> Vec<f32> {
 fn server() -> Server {
     Server::start(ServerConfig {
         keep_decoded_audio: true,
+        // Quaver's client does not offer DAVE yet: accept it with version 0.
+        dave: DaveMode::Optional,
         ..ServerConfig::default()
     })
     .unwrap()
@@ -41,6 +43,8 @@ fn server() -> Server {
 fn server_with(faults: Faults) -> Server {
     Server::start(ServerConfig {
         faults,
+        // Quaver's client does not offer DAVE yet: accept it with version 0.
+        dave: DaveMode::Optional,
         ..ServerConfig::default()
     })
     .unwrap()

@@ -156,6 +156,8 @@ pub fn run(options: &JitterOptions) -> Result<Report, Error> {
             record_dir: options.record.clone(),
             // Decoding every packet of 1,000 calls would measure the server, not Quaver.
             decode_audio: options.record.is_some() || options.calls <= 16,
+            // Optional: a client offering DAVE gets version 1, one without still connects.
+            dave: crate::server::DaveMode::Optional,
             ..ServerConfig::default()
         })?),
     };

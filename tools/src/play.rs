@@ -73,7 +73,10 @@ pub fn play(options: &PlayOptions, stop: &AtomicBool) -> Result<(), Error> {
             let url = match options.server {
                 Some(address) => format!("ws://{address}/?v=10&encoding=json"),
                 None => {
-                    let server = Server::start(ServerConfig::default())?;
+                    let server = Server::start(ServerConfig {
+                        dave: crate::server::DaveMode::Optional,
+                        ..ServerConfig::default()
+                    })?;
                     let url = server.main_gateway_url();
                     embedded = Some(server);
                     url

@@ -15,7 +15,7 @@ use quaver_gateway::voice::{EndReason, VoiceConfig, VoiceEvent, VoiceSession};
 use quaver_net::crypto::{EncryptionMode, Sealer, SecretKey, TransportCipher};
 use quaver_net::rtp::RtpStream;
 use quaver_net::{discovery, receive};
-use quaver_tools::server::{Faults, Server, ServerConfig, ServerStats};
+use quaver_tools::server::{DaveMode, Faults, Server, ServerConfig, ServerStats};
 use tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -100,6 +100,8 @@ struct DirectClient {
 fn server_with(faults: Faults) -> Server {
     Server::start(ServerConfig {
         faults,
+        // Quaver's client does not offer DAVE yet: accept it with version 0.
+        dave: DaveMode::Optional,
         ..ServerConfig::default()
     })
     .expect("server starts")
@@ -216,6 +218,8 @@ fn built_in_main_gateway_joins_and_audio_decodes_into_a_recording() {
         record_dir: Some(dir.clone()),
         keylog: Some(keylog.clone()),
         require_issued_tokens: true,
+        // Quaver's client does not offer DAVE yet: accept it with version 0.
+        dave: DaveMode::Optional,
         ..ServerConfig::default()
     })
     .expect("server starts");
@@ -359,6 +363,8 @@ fn identify_json(guild: u64, user: u64) -> String {
 fn garbage_from_clients_is_counted_and_a_good_client_keeps_streaming() {
     let server = Server::start(ServerConfig {
         max_message_size: 16 * 1024,
+        // Quaver's client does not offer DAVE yet: accept it with version 0.
+        dave: DaveMode::Optional,
         ..ServerConfig::default()
     })
     .expect("server starts");
@@ -482,7 +488,11 @@ fn garbage_from_clients_is_counted_and_a_good_client_keeps_streaming() {
 
 #[test]
 fn forwarding_reseals_for_each_receiver_and_relays_speaking() {
-    let server = Server::start(ServerConfig::default()).expect("server starts");
+    let server = Server::start(ServerConfig {
+        dave: DaveMode::Optional,
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
     let a = direct_client(&server, 5, 50, ControlConfig::default());
     let b = direct_client(&server, 5, 51, ControlConfig::default());
     assert_ne!(a.session.secret_key.expose(), b.session.secret_key.expose());
@@ -643,6 +653,8 @@ fn close_codes_produce_the_documented_client_behaviour() {
 fn tls_clients_connect_with_the_generated_certificate() {
     let server = Server::start(ServerConfig {
         tls: true,
+        // Quaver's client does not offer DAVE yet: accept it with version 0.
+        dave: DaveMode::Optional,
         ..ServerConfig::default()
     })
     .expect("server starts");
@@ -729,7 +741,11 @@ fn resume_json(guild: u64, user: u64, seq_ack: i64) -> String {
 
 #[test]
 fn resume_replays_what_the_client_missed_or_closes_4006() {
-    let server = Server::start(ServerConfig::default()).expect("server starts");
+    let server = Server::start(ServerConfig {
+        dave: DaveMode::Optional,
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
     let mut ws = raw_ws(&server);
     ws.send(Message::text(identify_json(4, 40))).expect("send");
     assert_eq!(read_op(&mut ws, 2)["seq"], 1);
@@ -756,6 +772,8 @@ fn resume_replays_what_the_client_missed_or_closes_4006() {
     // A replay buffer that no longer covers seq_ack: 4006.
     let server = Server::start(ServerConfig {
         replay_buffer: 1,
+        // Quaver's client does not offer DAVE yet: accept it with version 0.
+        dave: DaveMode::Optional,
         ..ServerConfig::default()
     })
     .expect("server starts");
@@ -775,6 +793,8 @@ fn a_silent_client_is_closed_with_4009() {
     let server = Server::start(ServerConfig {
         heartbeat_interval_ms: 50.0,
         heartbeat_timeout_intervals: Some(2.0),
+        // Quaver's client does not offer DAVE yet: accept it with version 0.
+        dave: DaveMode::Optional,
         ..ServerConfig::default()
     })
     .expect("server starts");
@@ -791,7 +811,14 @@ fn quaver_serve_command_reports_a_call_and_stops_on_sigint() {
     use std::io::BufRead;
     let dir = temp_dir("cli");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_quaver"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--record"])
+        .args([
+            "serve",
+            "--dave",
+            "optional",
+            "--listen",
+            "127.0.0.1:0",
+            "--record",
+        ])
         .arg(&dir)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -875,6 +902,8 @@ fn quaver_serve_command_reports_a_call_and_stops_on_sigint() {
 fn tokens_the_server_did_not_issue_close_4004_when_required() {
     let server = Server::start(ServerConfig {
         require_issued_tokens: true,
+        // Quaver's client does not offer DAVE yet: accept it with version 0.
+        dave: DaveMode::Optional,
         ..ServerConfig::default()
     })
     .expect("server starts");

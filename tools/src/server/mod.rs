@@ -51,6 +51,7 @@
 //! # Ok::<(), quaver_tools::server::ServerError>(())
 //! ```
 
+pub mod dave;
 mod main_ws;
 pub mod stats;
 mod tls;
@@ -70,6 +71,7 @@ use quaver_gateway::protocol::{Token, VoicePayload};
 use quaver_gateway::voice::VoiceConnectRequest;
 use quaver_net::crypto::{EncryptionMode, Sealer, TransportCipher};
 
+pub use dave::{DaveCallStats, DaveMode, OBSERVER_USER_ID};
 pub use stats::Percentiles;
 
 /// Errors starting the server.
@@ -170,6 +172,14 @@ pub struct ServerConfig {
     pub faults: Faults,
     /// First bot user ID handed out by the main gateway (each Identify gets the next one).
     pub first_user_id: u64,
+    /// DAVE negotiation (default [`DaveMode::Required`], as Discord; see [`dave`]).
+    pub dave: DaveMode,
+    /// A DAVE transition executes (op 22) when every member of the new roster sent op 23, or
+    /// after this long.
+    pub dave_transition_timeout: Duration,
+    /// Proposals nobody committed for this long are committed by the server's observer, or
+    /// the group restarts (op 24).
+    pub dave_commit_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -195,12 +205,15 @@ impl Default for ServerConfig {
             ws_poll_interval: Duration::from_millis(25),
             faults: Faults::default(),
             first_user_id: 100_000_000_000_000_001,
+            dave: DaveMode::default(),
+            dave_transition_timeout: Duration::from_secs(2),
+            dave_commit_timeout: Duration::from_secs(1),
         }
     }
 }
 
 /// Server-wide counters of bad input and notable events.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
     /// Websocket connections accepted (both gateways).
     pub ws_connections: u64,
@@ -216,7 +229,7 @@ pub struct Counters {
     pub unknown_opcodes: u64,
     /// Frames over the size limit.
     pub oversized_frames: u64,
-    /// Binary frames from clients (DAVE is not served; they are parsed and ignored).
+    /// Binary frames from clients (DAVE ops 26 and 28, or garbage).
     pub binary_frames: u64,
     /// Closes sent by the server, any code.
     pub closes_sent: u64,
@@ -249,10 +262,18 @@ pub struct Counters {
     /// RTP packets whose arrival time is a kernel receive timestamp (SO_TIMESTAMPNS); the rest
     /// fell back to reading CLOCK_REALTIME on receipt.
     pub kernel_timestamps: u64,
+    /// DAVE key packages (op 26) accepted.
+    pub dave_key_packages: u64,
+    /// DAVE commits (op 28) accepted.
+    pub dave_commits: u64,
+    /// DAVE commits ignored: stale, beaten by another member's, or not the expected proposals.
+    pub dave_ignored_commits: u64,
+    /// Undecodable DAVE binary frames (closed with 4002).
+    pub dave_bad_frames: u64,
 }
 
 /// Receive statistics of one SSRC.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct StreamStats {
     /// The sender's SSRC.
     pub ssrc: u32,
@@ -284,10 +305,14 @@ pub struct StreamStats {
     pub jitter_us: Percentiles,
     /// The WAV recording, when recording.
     pub recording: Option<PathBuf>,
+    /// DAVE (E2EE) frames the server's observer decrypted before decoding.
+    pub dave_frames: u64,
+    /// DAVE frames it could not decrypt (not decoded, not counted as decode errors).
+    pub dave_undecryptable: u64,
 }
 
 /// The streams of one call (all sessions of one guild, as a channel).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct CallStats {
     /// Guild ID.
     pub guild_id: u64,
@@ -295,10 +320,12 @@ pub struct CallStats {
     pub ended: bool,
     /// One entry per SSRC that sent audio.
     pub streams: Vec<StreamStats>,
+    /// The call's DAVE group, when DAVE was negotiated.
+    pub dave: Option<DaveCallStats>,
 }
 
 /// A snapshot of everything the server measured.
-#[derive(Clone, Debug, PartialEq, Default)]
+#[derive(Clone, Debug, PartialEq, Default, serde::Serialize)]
 pub struct ServerStats {
     /// Per call, ordered by guild ID.
     pub calls: Vec<CallStats>,
@@ -337,6 +364,8 @@ pub enum ServerEvent {
 /// Session Description carries the key.
 pub(crate) enum Outgoing {
     Text(String),
+    /// A server binary frame, seq prefix included.
+    Binary(Vec<u8>),
     Close(u16),
     /// Shut the TCP connection down without a close frame.
     Drop,
@@ -345,6 +374,10 @@ pub(crate) enum Outgoing {
 /// One voice session (one user in one guild), living across resumes.
 pub(crate) struct Session {
     pub guild_id: u64,
+    /// The voice channel (from the issued credentials; the guild ID when none were issued).
+    pub channel_id: u64,
+    /// Negotiated DAVE protocol version (0: none).
+    pub dave_version: u16,
     pub user_id: u64,
     pub session_id: String,
     pub token: Token,
@@ -355,7 +388,7 @@ pub(crate) struct Session {
     pub sealer: Option<Sealer>,
     pub udp_peer: Option<SocketAddr>,
     pub seq: i64,
-    pub replay: VecDeque<(i64, String)>,
+    pub replay: VecDeque<(i64, Replayed)>,
     /// The attached websocket thread, if any: its generation and queue.
     pub outbox: Option<(u64, crossbeam_channel::Sender<Outgoing>)>,
     pub detached_at: Option<Instant>,
@@ -374,12 +407,34 @@ impl Session {
         let text = payload
             .encode(Some(self.seq))
             .expect("server payloads encode");
-        self.replay.push_back((self.seq, text.clone()));
+        self.replay
+            .push_back((self.seq, Replayed::Text(text.clone())));
         while self.replay.len() > replay_cap {
             self.replay.pop_front();
         }
         if let Some((_, tx)) = &self.outbox {
             let _ = tx.send(Outgoing::Text(text));
+        }
+    }
+
+    /// Numbers a binary frame (`[seq u16 BE][op][payload]`, v8), keeps it for replay and
+    /// queues it.
+    pub fn push_binary(&mut self, op: u8, payload: &[u8], replay_cap: usize) {
+        self.seq += 1;
+        let bytes = quaver_gateway::protocol::BinaryFrame {
+            // The wire carries the low 16 bits of the session's sequence number.
+            seq: Some(self.seq as u16),
+            op,
+            payload,
+        }
+        .encode();
+        self.replay
+            .push_back((self.seq, Replayed::Binary(bytes.clone())));
+        while self.replay.len() > replay_cap {
+            self.replay.pop_front();
+        }
+        if let Some((_, tx)) = &self.outbox {
+            let _ = tx.send(Outgoing::Binary(bytes));
         }
     }
 
@@ -391,10 +446,26 @@ impl Session {
     }
 }
 
+/// A numbered server message kept for Resume.
+pub(crate) enum Replayed {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+impl Replayed {
+    pub fn outgoing(&self) -> Outgoing {
+        match self {
+            Replayed::Text(t) => Outgoing::Text(t.clone()),
+            Replayed::Binary(b) => Outgoing::Binary(b.clone()),
+        }
+    }
+}
+
 /// Credentials handed out by op 4 (or [`Server::voice_connect_request`]).
 pub(crate) struct Issued {
     pub session_id: String,
     pub token: Token,
+    pub channel_id: u64,
 }
 
 /// Everything shared between the server's threads.
@@ -414,6 +485,8 @@ pub(crate) struct Registry {
     pub streams: HashMap<u32, StreamRecord>,
     /// (guild, user) pairs already closed by the `close_code` fault.
     pub close_faulted: std::collections::HashSet<(u64, u64)>,
+    /// The last report of each (guild, channel) DAVE group.
+    pub dave_calls: HashMap<(u64, u64), DaveCallStats>,
 }
 
 pub(crate) struct StreamRecord {
@@ -424,6 +497,8 @@ pub(crate) struct StreamRecord {
     pub decoded_samples: u64,
     pub recording: Option<PathBuf>,
     pub decoded: Vec<i16>,
+    pub dave_frames: u64,
+    pub dave_undecryptable: u64,
 }
 
 impl StreamRecord {
@@ -444,6 +519,8 @@ impl StreamRecord {
             lateness_us: Percentiles::of(&self.meter.lateness()),
             jitter_us: Percentiles::of(&self.meter.jitter_us),
             recording: self.recording.clone(),
+            dave_frames: self.dave_frames,
+            dave_undecryptable: self.dave_undecryptable,
         }
     }
 }
@@ -469,10 +546,17 @@ impl Registry {
             .map(|(ssrc, r)| r.snapshot(*ssrc))
             .collect();
         streams.sort_by_key(|s| (s.user_id, s.ssrc));
+        let dave = self
+            .dave_calls
+            .iter()
+            .filter(|((g, _), _)| *g == guild_id)
+            .max_by_key(|(_, d)| (d.epoch, d.channel_id))
+            .map(|(_, d)| d.clone());
         CallStats {
             guild_id,
             ended: !self.sessions.values().any(|s| s.guild_id == guild_id),
             streams,
+            dave,
         }
     }
 
@@ -495,6 +579,9 @@ impl Registry {
             return;
         };
         self.by_ssrc.remove(&s.ssrc);
+        if s.dave_version > 0 {
+            dave::session_ended(shared, id, s.guild_id, s.channel_id);
+        }
         if let Some(members) = self.by_guild.get_mut(&s.guild_id) {
             members.retain(|k| *k != id);
             if members.is_empty() {
@@ -549,6 +636,7 @@ pub(crate) struct Shared {
     pub udp_addr: SocketAddr,
     pub udp: UdpSocket,
     pub ws_generation: AtomicU64,
+    pub dave: dave::Hub,
 }
 
 impl Shared {
@@ -572,13 +660,13 @@ impl Shared {
         }
     }
 
-    /// Issues voice credentials for a user; the channel is implied by the guild (one call per
-    /// guild).
+    /// Issues voice credentials for a user; the call is the guild's (one call per guild), the
+    /// channel names its DAVE group.
     pub fn issue(
         &self,
         reg: &mut Registry,
         guild_id: u64,
-        _channel_id: u64,
+        channel_id: u64,
         user_id: u64,
     ) -> (String, Token) {
         let session_id = random_hex(16);
@@ -588,6 +676,7 @@ impl Shared {
             Issued {
                 session_id: session_id.clone(),
                 token: token.clone(),
+                channel_id,
             },
         );
         (session_id, token)
@@ -674,6 +763,7 @@ impl Server {
                 counters: Counters::default(),
                 streams: HashMap::new(),
                 close_faulted: Default::default(),
+                dave_calls: HashMap::new(),
             }),
             config,
             stop: AtomicBool::new(false),
@@ -684,6 +774,7 @@ impl Server {
             udp_addr,
             udp,
             ws_generation: AtomicU64::new(0),
+            dave: dave::Hub::default(),
         });
         let mut threads = Vec::new();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -957,6 +1048,25 @@ impl std::fmt::Display for CallStats {
             if self.ended { " ended" } else { "" },
             self.streams.len()
         )?;
+        if let Some(d) = &self.dave {
+            writeln!(
+                f,
+                "  E2EE: DAVE v{}, epoch {}, {} members (observer at epoch {}), {} commits, \
+                 {} ignored, {} transitions, {} resets, {} undecryptable",
+                d.protocol_version,
+                d.epoch,
+                d.members,
+                d.observer_epoch,
+                d.commits,
+                d.ignored_commits,
+                d.transitions,
+                d.resets,
+                self.streams
+                    .iter()
+                    .map(|s| s.dave_undecryptable)
+                    .sum::<u64>()
+            )?;
+        }
         for s in &self.streams {
             writeln!(
                 f,
@@ -983,6 +1093,13 @@ impl std::fmt::Display for CallStats {
                 s.jitter_us.p99,
                 s.jitter_us.max
             )?;
+            if s.dave_frames + s.dave_undecryptable > 0 {
+                writeln!(
+                    f,
+                    "    E2EE: {} DAVE frames decrypted, {} undecryptable",
+                    s.dave_frames, s.dave_undecryptable
+                )?;
+            }
             if let Some(p) = &s.recording {
                 writeln!(f, "    recording: {}", p.display())?;
             }

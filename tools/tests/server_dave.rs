@@ -1,0 +1,702 @@
+//! DAVE on the local server: real websockets on loopback, real MLS (davey clients against the
+//! server's openmls external sender), real AES-GCM, real Opus. No wall-clock timing asserts.
+
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::num::NonZeroU16;
+use std::time::{Duration, Instant};
+
+use audiopus::coder::Encoder;
+use audiopus::{Application, Channels, SampleRate};
+use davey::{DaveSession, MediaType, ProposalsOperationType};
+use quaver_gateway::protocol::{
+    BinaryFrame, DEFAULT_MAX_FRAME_LEN, DaveTransition, Identify, Resume, SelectProtocol,
+    SelectProtocolData, Snowflake, Token, VoicePayload, op,
+};
+use quaver_net::crypto::{EncryptionMode, Sealer, SecretKey, TransportCipher};
+use quaver_net::receive;
+use quaver_net::rtp::RtpStream;
+use quaver_tools::server::{DaveMode, OBSERVER_USER_ID, Server, ServerConfig, ServerStats};
+use tungstenite::Message;
+use tungstenite::stream::MaybeTlsStream;
+
+const WAIT: Duration = Duration::from_secs(30);
+const GUILD: u64 = 7;
+const CHANNEL: u64 = 7_000_000_000_000_007;
+
+type Ws = tungstenite::WebSocket<MaybeTlsStream<TcpStream>>;
+
+fn trace() {
+    if std::env::var_os("SERVER_DAVE_TRACE").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("quaver_tools=debug")
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+fn server(mode: DaveMode) -> Server {
+    trace();
+    Server::start(ServerConfig {
+        dave: mode,
+        heartbeat_timeout_intervals: None,
+        ..ServerConfig::default()
+    })
+    .expect("server starts")
+}
+
+fn connect_ws(server: &Server) -> Ws {
+    let (ws, _) = tungstenite::connect(server.voice_gateway_url()).expect("ws connect");
+    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_millis(5)))
+            .expect("timeout");
+    }
+    ws
+}
+
+/// A DAVE voice client made of davey's `DaveSession` and the gateway crate's protocol types.
+struct Client {
+    ws: Ws,
+    user: u64,
+    session_id: String,
+    token: Token,
+    udp: UdpSocket,
+    /// Highest seq seen (−1: none).
+    seq: i64,
+    ssrc: u32,
+    key: Option<[u8; 32]>,
+    mode: Option<EncryptionMode>,
+    dave_version: Option<u16>,
+    dave: Option<DaveSession>,
+    known: Vec<u64>,
+    executed: Vec<u16>,
+    /// A transition prepared from op 29/30 and not executed yet.
+    pending_transition: Option<u16>,
+    binary_seqs: Vec<u16>,
+    proposal_errors: u32,
+    /// Answer proposals with commits (off: a member that never commits).
+    commits: bool,
+    closed: Option<Option<u16>>,
+    got_external_sender: bool,
+    failures: u32,
+}
+
+impl Client {
+    fn join(server: &Server, user: u64, offer: u16) -> Client {
+        let req = server.voice_connect_request(GUILD, CHANNEL, user);
+        let mut c = Client {
+            ws: connect_ws(server),
+            user,
+            session_id: req.session_id,
+            token: req.token,
+            udp: UdpSocket::bind("127.0.0.1:0").expect("udp"),
+            seq: -1,
+            ssrc: 0,
+            key: None,
+            mode: None,
+            dave_version: None,
+            dave: None,
+            known: Vec::new(),
+            executed: Vec::new(),
+            pending_transition: None,
+            binary_seqs: Vec::new(),
+            proposal_errors: 0,
+            commits: true,
+            closed: None,
+            got_external_sender: false,
+            failures: 0,
+        };
+        c.send_json(&VoicePayload::Identify(Identify {
+            server_id: Snowflake(GUILD),
+            user_id: Snowflake(user),
+            session_id: c.session_id.clone(),
+            token: c.token.clone(),
+            max_dave_protocol_version: offer,
+        }));
+        c
+    }
+
+    fn send_json(&mut self, p: &VoicePayload) {
+        let text = p.encode(None).expect("encodes");
+        let _ = self.ws.send(Message::text(text));
+    }
+
+    fn send_binary(&mut self, op: u8, payload: &[u8]) {
+        let frame = BinaryFrame {
+            seq: None,
+            op,
+            payload,
+        };
+        let _ = self.ws.send(Message::binary(frame.encode()));
+    }
+
+    fn recognized(&self) -> Vec<u64> {
+        let mut ids = self.known.clone();
+        ids.push(self.user);
+        ids
+    }
+
+    fn send_key_package(&mut self) {
+        let kp = self
+            .dave
+            .as_mut()
+            .expect("session")
+            .create_key_package()
+            .expect("key package");
+        self.send_binary(op::DAVE_MLS_KEY_PACKAGE, &kp);
+    }
+
+    /// Like a client that failed a commit or welcome: op 31, reset, new key package.
+    fn fail_and_rejoin(&mut self, transition_id: u16) {
+        self.failures += 1;
+        self.send_json(&VoicePayload::DaveMlsInvalidCommitWelcome(DaveTransition {
+            transition_id,
+        }));
+        let dave = self.dave.as_mut().expect("session");
+        dave.reinit(NonZeroU16::MIN, self.user, CHANNEL, None)
+            .expect("reinit");
+        self.send_key_package();
+    }
+
+    /// Reads and handles whatever arrived; false once the socket is gone.
+    fn pump(&mut self) -> bool {
+        if self.closed.is_some() {
+            return false;
+        }
+        for _ in 0..50 {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => self.on_text(t.as_str()),
+                Ok(Message::Binary(b)) => self.on_binary(&b),
+                Ok(Message::Close(f)) => {
+                    self.closed = Some(f.map(|f| u16::from(f.code)));
+                    return false;
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return true;
+                }
+                Err(_) => {
+                    self.closed = Some(None);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn on_text(&mut self, text: &str) {
+        let f = VoicePayload::decode(text, DEFAULT_MAX_FRAME_LEN).expect("server JSON decodes");
+        if let Some(s) = f.seq {
+            self.seq = self.seq.max(s);
+        }
+        match f.payload {
+            VoicePayload::Ready(r) => {
+                self.ssrc = r.ssrc;
+                let port = self.udp.local_addr().expect("bound").port();
+                self.send_json(&VoicePayload::SelectProtocol(SelectProtocol {
+                    protocol: "udp".into(),
+                    data: SelectProtocolData {
+                        address: "127.0.0.1".into(),
+                        port,
+                        mode: "aead_aes256_gcm_rtpsize".into(),
+                    },
+                }));
+            }
+            VoicePayload::SessionDescription(d) => {
+                self.key = Some(*d.secret_key.expose());
+                self.mode = d.mode.parse().ok();
+                self.dave_version = Some(d.dave_protocol_version);
+                if d.dave_protocol_version > 0 {
+                    self.dave = Some(
+                        DaveSession::new(NonZeroU16::MIN, self.user, CHANNEL, None)
+                            .expect("dave session"),
+                    );
+                    self.send_key_package();
+                }
+            }
+            VoicePayload::ClientsConnect(c) => self.known.extend(c.user_ids.iter().map(|u| u.0)),
+            VoicePayload::ClientDisconnect(c) => self.known.retain(|u| *u != c.user_id.0),
+            VoicePayload::DavePrepareTransition(t) => {
+                let dave = self.dave.as_mut().expect("DAVE op without a session");
+                dave.prepare_transition(t.transition_id, t.protocol_version)
+                    .expect("prepare");
+                if t.transition_id != 0 {
+                    self.send_json(&VoicePayload::DaveTransitionReady(DaveTransition {
+                        transition_id: t.transition_id,
+                    }));
+                }
+            }
+            VoicePayload::DaveExecuteTransition(t) => {
+                let dave = self.dave.as_mut().expect("DAVE op without a session");
+                dave.execute_transition(t.transition_id).expect("execute");
+                self.executed.push(t.transition_id);
+                if self.pending_transition == Some(t.transition_id) {
+                    self.pending_transition = None;
+                }
+            }
+            VoicePayload::DavePrepareEpoch(e) if e.epoch == 1 => {
+                let dave = self.dave.as_mut().expect("DAVE op without a session");
+                dave.reinit(NonZeroU16::MIN, self.user, CHANNEL, None)
+                    .expect("reinit");
+                self.send_key_package();
+            }
+            _ => {}
+        }
+    }
+
+    fn on_binary(&mut self, bytes: &[u8]) {
+        let f = BinaryFrame::parse_server(bytes, DEFAULT_MAX_FRAME_LEN).expect("v8 binary frame");
+        let seq = f.seq.expect("server binary frames carry a seq");
+        self.binary_seqs.push(seq);
+        // The wire carries the low 16 bits; these tests stay far below 65536 messages.
+        self.seq = self.seq.max(i64::from(seq));
+        let recognized = self.recognized();
+        let dave = self
+            .dave
+            .as_mut()
+            .expect("binary DAVE op without a session");
+        match f.op {
+            op::DAVE_MLS_EXTERNAL_SENDER => {
+                dave.set_external_sender(f.payload)
+                    .expect("external sender parses");
+                self.got_external_sender = true;
+            }
+            op::DAVE_MLS_PROPOSALS => {
+                let kind = match f.payload[0] {
+                    0 => ProposalsOperationType::APPEND,
+                    _ => ProposalsOperationType::REVOKE,
+                };
+                // Like a real client, a member that just reset (op 31) may still get proposals
+                // for the group it left; those fail and are dropped.
+                let cw = match dave.process_proposals(kind, &f.payload[1..], Some(&recognized)) {
+                    Ok(cw) => cw,
+                    Err(e) => {
+                        eprintln!("user {}: proposals dropped: {e}", self.user);
+                        self.proposal_errors += 1;
+                        None
+                    }
+                };
+                if let Some(cw) = cw
+                    && self.commits
+                {
+                    let mut bytes = cw.commit;
+                    bytes.extend(cw.welcome.unwrap_or_default());
+                    self.send_binary(op::DAVE_MLS_COMMIT_WELCOME, &bytes);
+                }
+            }
+            op::DAVE_MLS_ANNOUNCE_COMMIT_TRANSITION | op::DAVE_MLS_WELCOME => {
+                let id = u16::from_be_bytes([f.payload[0], f.payload[1]]);
+                let ok = if f.op == op::DAVE_MLS_WELCOME {
+                    dave.process_welcome(&f.payload[2..], Some(&recognized))
+                        .map(|()| true)
+                        .map_err(|e| e.to_string())
+                } else {
+                    dave.process_commit(&f.payload[2..])
+                        .map_err(|e| e.to_string())
+                };
+                match ok {
+                    Ok(true) => {
+                        dave.prepare_transition(id, 1).expect("prepare");
+                        self.pending_transition = Some(id);
+                        self.send_json(&VoicePayload::DaveTransitionReady(DaveTransition {
+                            transition_id: id,
+                        }));
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        eprintln!("user {}: commit/welcome failed: {e}", self.user);
+                        self.fail_and_rejoin(id);
+                    }
+                }
+            }
+            other => panic!("unexpected server binary op {other}"),
+        }
+    }
+
+    fn epoch(&self) -> u64 {
+        self.dave
+            .as_ref()
+            .and_then(|d| d.epoch())
+            .map_or(0, |e| e.as_u64())
+    }
+
+    fn members(&self) -> Vec<u64> {
+        let mut ids = self
+            .dave
+            .as_ref()
+            .and_then(|d| d.get_user_ids())
+            .unwrap_or_default();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn can_encrypt(&self) -> bool {
+        self.dave.as_ref().is_some_and(|d| d.can_encrypt())
+    }
+}
+
+/// Pumps every client until `done` holds.
+fn pump_until(
+    server: &Server,
+    clients: &mut [&mut Client],
+    what: &str,
+    mut done: impl FnMut(&[&mut Client], &ServerStats) -> bool,
+) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        for c in clients.iter_mut() {
+            c.pump();
+        }
+        let stats = server.stats();
+        if done(clients, &stats) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: epochs {:?}, server {:?}, counters {:?}",
+            clients.iter().map(|c| c.epoch()).collect::<Vec<_>>(),
+            stats
+                .calls
+                .iter()
+                .map(|c| c.dave.clone())
+                .collect::<Vec<_>>(),
+            stats.counters
+        );
+    }
+}
+
+fn dave_epoch(stats: &ServerStats) -> u64 {
+    stats
+        .calls
+        .iter()
+        .find(|c| c.guild_id == GUILD)
+        .and_then(|c| c.dave.as_ref())
+        .map_or(0, |d| d.epoch)
+}
+
+/// Every client and the server's observer agree on one epoch, the server counts `members`
+/// (the observer included), and every client executed a transition into it.
+fn converged(clients: &[&mut Client], stats: &ServerStats, members: usize) -> bool {
+    let Some(d) = stats
+        .calls
+        .iter()
+        .find(|c| c.guild_id == GUILD)
+        .and_then(|c| c.dave.clone())
+    else {
+        return false;
+    };
+    let mut expected: Vec<u64> = clients.iter().map(|c| c.user).collect();
+    expected.push(OBSERVER_USER_ID);
+    expected.sort_unstable();
+    d.epoch > 0
+        && d.members == members
+        && d.observer_epoch == d.epoch
+        && clients.iter().all(|c| {
+            c.epoch() == d.epoch
+                && c.pending_transition.is_none()
+                && c.can_encrypt()
+                && c.members() == expected
+        })
+}
+
+fn form(server: &Server, clients: &mut [&mut Client]) {
+    let n = clients.len() + 1;
+    pump_until(server, clients, "the group to converge", |c, s| {
+        converged(c, s, n)
+    });
+}
+
+#[test]
+fn two_then_three_members_reach_one_epoch_and_execute_transitions() {
+    let server = server(DaveMode::Required);
+    let mut a = Client::join(&server, 11, 1);
+    form(&server, &mut [&mut a]);
+    assert_eq!(a.dave_version, Some(1));
+    assert!(
+        a.known.contains(&OBSERVER_USER_ID),
+        "observer announced in op 11"
+    );
+    let first = dave_epoch(&server.stats());
+    assert_eq!(first, 1, "the first commit creates epoch 1");
+    assert!(!a.executed.is_empty(), "op 22 executed");
+
+    let mut b = Client::join(&server, 12, 1);
+    form(&server, &mut [&mut a, &mut b]);
+    let mut c = Client::join(&server, 13, 1);
+    form(&server, &mut [&mut a, &mut b, &mut c]);
+    let stats = server.stats();
+    let d = stats.calls[0].dave.clone().expect("dave stats");
+    assert_eq!(d.epoch, 3, "one commit per join");
+    assert_eq!((d.members, d.protocol_version), (4, 1));
+    assert_eq!(d.commits, 3);
+    assert_eq!(stats.counters.dave_commits, 3);
+    assert!(stats.counters.dave_key_packages >= 3);
+    for cl in [&a, &b, &c] {
+        assert!(cl.got_external_sender);
+        assert!(cl.binary_seqs.windows(2).all(|w| w[0] < w[1]), "seqs rise");
+    }
+    // Every client holds the same group: the same epoch authenticator.
+    let auth = |c: &Client| {
+        c.dave
+            .as_ref()
+            .and_then(|d| d.get_epoch_authenticator())
+            .map(|a| a.as_slice().to_vec())
+    };
+    assert_eq!(auth(&a), auth(&b));
+    assert_eq!(auth(&b), auth(&c));
+    assert!(format!("{}", stats.calls[0]).contains("E2EE: DAVE v1, epoch 3"));
+    for cl in [&a, &b, &c] {
+        assert_eq!(
+            (cl.failures, cl.proposal_errors),
+            (0, 0),
+            "user {}",
+            cl.user
+        );
+    }
+}
+
+#[test]
+fn the_observer_commits_when_no_client_does() {
+    trace();
+    let server = Server::start(ServerConfig {
+        dave_commit_timeout: Duration::from_millis(200),
+        heartbeat_timeout_intervals: None,
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
+    let mut a = Client::join(&server, 101, 1);
+    a.commits = false;
+    form(&server, &mut [&mut a]);
+    let mut b = Client::join(&server, 102, 1);
+    b.commits = false;
+    form(&server, &mut [&mut a, &mut b]);
+    let stats = server.stats();
+    assert_eq!(stats.counters.dave_commits, 0, "no client committed");
+    let d = stats.calls[0].dave.clone().expect("dave stats");
+    assert_eq!((d.epoch, d.commits, d.resets), (2, 2, 0));
+}
+
+#[test]
+fn a_member_leaving_is_removed_in_a_new_epoch() {
+    let server = server(DaveMode::Required);
+    let mut a = Client::join(&server, 21, 1);
+    let mut b = Client::join(&server, 22, 1);
+    let mut c = Client::join(&server, 23, 1);
+    form(&server, &mut [&mut a, &mut b, &mut c]);
+    let before = dave_epoch(&server.stats());
+    c.ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    }))
+    .expect("close");
+    let _ = c.ws.flush();
+    pump_until(
+        &server,
+        &mut [&mut a, &mut b],
+        "the remove commit",
+        |cl, s| dave_epoch(s) > before && converged(cl, s, 3),
+    );
+    assert!(!a.members().contains(&23));
+    assert_eq!(dave_epoch(&server.stats()), before + 1);
+}
+
+#[test]
+fn op31_removes_the_member_and_adds_it_back() {
+    let server = server(DaveMode::Required);
+    let mut a = Client::join(&server, 31, 1);
+    let mut b = Client::join(&server, 32, 1);
+    form(&server, &mut [&mut a, &mut b]);
+    let before = dave_epoch(&server.stats());
+    b.fail_and_rejoin(0);
+    pump_until(&server, &mut [&mut a, &mut b], "the re-add", |cl, s| {
+        dave_epoch(s) > before && converged(cl, s, 3)
+    });
+    assert_eq!(b.failures, 1);
+    assert!(a.members().contains(&32));
+}
+
+#[test]
+fn clients_without_dave_are_closed_4017_when_required_and_accepted_when_optional() {
+    let required = server(DaveMode::Required);
+    let mut plain = Client::join(&required, 41, 0);
+    while plain.pump() {}
+    assert_eq!(plain.closed, Some(Some(4017)));
+    assert_eq!(required.stats().counters.identifies, 0);
+
+    let optional = server(DaveMode::Optional);
+    let mut plain = Client::join(&optional, 42, 0);
+    let mut e2ee = Client::join(&optional, 43, 1);
+    pump_until(
+        &optional,
+        &mut [&mut plain, &mut e2ee],
+        "both sessions",
+        |c, _| c.iter().all(|c| c.dave_version.is_some()),
+    );
+    assert_eq!(plain.dave_version, Some(0));
+    assert_eq!(e2ee.dave_version, Some(1));
+    form(&optional, &mut [&mut e2ee]);
+    plain.pump();
+    assert!(plain.dave.is_none() && plain.binary_seqs.is_empty());
+
+    let off = server(DaveMode::Off);
+    let mut c = Client::join(&off, 44, 1);
+    pump_until(&off, &mut [&mut c], "session description", |c, _| {
+        c[0].dave_version.is_some()
+    });
+    assert_eq!(c.dave_version, Some(0), "off behaves like a stage channel");
+    assert!(!c.known.contains(&OBSERVER_USER_ID));
+}
+
+#[test]
+fn garbage_binary_frames_close_4002_and_the_server_keeps_serving() {
+    // Closed sessions stay resumable (and in the group) only briefly here.
+    trace();
+    let server = Server::start(ServerConfig {
+        resume_window: Duration::from_millis(100),
+        heartbeat_timeout_intervals: None,
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![op::DAVE_MLS_KEY_PACKAGE, 0, 1, 2, 3],
+        vec![op::DAVE_MLS_COMMIT_WELCOME, 0, 1, 0, 1, 0xff],
+        vec![],
+        vec![op::DAVE_MLS_EXTERNAL_SENDER, 1, 2],
+    ];
+    for (i, g) in garbage.iter().enumerate() {
+        let mut c = Client::join(&server, 50 + i as u64, 1);
+        pump_until(&server, &mut [&mut c], "external sender", |c, _| {
+            c[0].got_external_sender
+        });
+        let _ = c.ws.send(Message::binary(g.clone()));
+        while c.pump() {}
+        assert_eq!(c.closed, Some(Some(4002)), "frame {g:?}");
+    }
+    // A key package for somebody else is refused too.
+    let mut c = Client::join(&server, 60, 1);
+    pump_until(&server, &mut [&mut c], "external sender", |c, _| {
+        c[0].got_external_sender
+    });
+    let mut other = DaveSession::new(NonZeroU16::MIN, 61, CHANNEL, None).expect("session");
+    let kp = other.create_key_package().expect("kp");
+    c.send_binary(op::DAVE_MLS_KEY_PACKAGE, &kp);
+    while c.pump() {}
+    assert_eq!(c.closed, Some(Some(4002)));
+    assert_eq!(server.stats().counters.dave_bad_frames, 5);
+
+    let mut a = Client::join(&server, 70, 1);
+    let mut b = Client::join(&server, 71, 1);
+    form(&server, &mut [&mut a, &mut b]);
+}
+
+#[test]
+fn resume_mid_epoch_replays_binary_frames_and_keeps_membership() {
+    let server = server(DaveMode::Required);
+    let mut a = Client::join(&server, 81, 1);
+    let mut b = Client::join(&server, 82, 1);
+    form(&server, &mut [&mut a, &mut b]);
+    let before = dave_epoch(&server.stats());
+    // B's connection drops without a close frame; C joins meanwhile.
+    let seq_ack = b.seq;
+    if let MaybeTlsStream::Plain(s) = b.ws.get_ref() {
+        s.shutdown(std::net::Shutdown::Both).expect("shutdown");
+    }
+    b.closed = Some(None);
+    let mut c = Client::join(&server, 83, 1);
+    pump_until(&server, &mut [&mut a, &mut c], "C's commit", |_, s| {
+        dave_epoch(s) > before
+    });
+    b.ws = connect_ws(&server);
+    b.closed = None;
+    b.binary_seqs.clear();
+    b.send_json(&VoicePayload::Resume(Resume {
+        server_id: Snowflake(GUILD),
+        session_id: b.session_id.clone(),
+        token: b.token.clone(),
+        seq_ack,
+    }));
+    form(&server, &mut [&mut a, &mut b, &mut c]);
+    assert_eq!(server.stats().counters.resumes, 1);
+    let first = *b.binary_seqs.first().expect("replayed binary frames");
+    assert!(i64::from(first) > seq_ack, "only what B missed is replayed");
+    assert_eq!(dave_epoch(&server.stats()), before + 1);
+}
+
+#[test]
+fn e2ee_audio_is_decrypted_by_the_observer_and_forwarded_unchanged() {
+    let server = server(DaveMode::Required);
+    let mut a = Client::join(&server, 91, 1);
+    let mut b = Client::join(&server, 92, 1);
+    form(&server, &mut [&mut a, &mut b]);
+    let mode = a.mode.expect("mode");
+    let mut sealer = Sealer::new(mode, &SecretKey::new(a.key.expect("key")));
+    let mut rtp = RtpStream::new(a.ssrc);
+    let enc = Encoder::new(SampleRate::Hz48000, Channels::Stereo, Application::Audio)
+        .expect("opus encoder");
+    let to: SocketAddr = server.udp_addr();
+    let frames = 50;
+    let mut sent_opus = Vec::new();
+    let mut pcm = [0i16; 960 * 2];
+    let mut opus = [0u8; 1400];
+    let mut buf = [0u8; 1500];
+    for f in 0..frames {
+        for i in 0..960 {
+            let t = (f * 960 + i) as f64 / 48_000.0;
+            let v = (0.4 * (2.0 * std::f64::consts::PI * 440.0 * t).sin() * 32767.0) as i16;
+            pcm[2 * i] = v;
+            pcm[2 * i + 1] = v;
+        }
+        let n = enc.encode(&pcm, &mut opus).expect("opus");
+        let e2ee = a
+            .dave
+            .as_mut()
+            .expect("session")
+            .encrypt_opus(&opus[..n])
+            .expect("DAVE encrypt")
+            .into_owned();
+        assert_eq!(&e2ee[e2ee.len() - 2..], &[0xFA, 0xFA]);
+        sent_opus.push(opus[..n].to_vec());
+        let h = rtp.write_next(&mut buf).expect("header");
+        buf[h..h + e2ee.len()].copy_from_slice(&e2ee);
+        let len = sealer.seal(&mut buf, h, e2ee.len()).expect("seal");
+        a.udp.send_to(&buf[..len], to).expect("send");
+        // A little pacing so the loopback buffer never overflows.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let deadline = Instant::now() + WAIT;
+    let s = loop {
+        if let Some(s) = server.stream_stats(a.ssrc)
+            && s.dave_frames + s.dave_undecryptable >= frames as u64
+        {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "stats: {:?}", server.stats());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!((s.dave_frames, s.dave_undecryptable), (frames as u64, 0));
+    assert_eq!((s.packets, s.lost, s.decode_errors), (frames as u64, 0, 0));
+    assert_eq!(s.decoded_samples, frames as u64 * 960);
+
+    // B gets the E2EE frames unchanged (re-sealed for B) and opens them with its own session.
+    let cipher = TransportCipher::new(b.mode.expect("mode"), &SecretKey::new(b.key.expect("key")));
+    b.udp
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut out = [0u8; 2048];
+    for expected in &sent_opus {
+        let (n, _) = b.udp.recv_from(&mut buf).expect("forwarded packet");
+        let r = receive::open_rtp(&cipher, &buf[..n], &mut out).expect("sealed for B");
+        assert_eq!(r.ssrc, a.ssrc);
+        let plain = b
+            .dave
+            .as_mut()
+            .expect("session")
+            .decrypt(91, MediaType::AUDIO, r.payload)
+            .expect("B decrypts A's frame");
+        assert_eq!(&plain, expected);
+    }
+}
