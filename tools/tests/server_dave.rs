@@ -73,6 +73,8 @@ struct Client {
     pending_transition: Option<u16>,
     binary_seqs: Vec<u16>,
     proposal_errors: u32,
+    /// Every op 28 payload sent.
+    sent_commits: Vec<Vec<u8>>,
     /// Answer proposals with commits (off: a member that never commits).
     commits: bool,
     closed: Option<Option<u16>>,
@@ -100,6 +102,7 @@ impl Client {
             pending_transition: None,
             binary_seqs: Vec::new(),
             proposal_errors: 0,
+            sent_commits: Vec::new(),
             commits: true,
             closed: None,
             got_external_sender: false,
@@ -286,6 +289,7 @@ impl Client {
                     let mut bytes = cw.commit;
                     bytes.extend(cw.welcome.unwrap_or_default());
                     self.send_binary(op::DAVE_MLS_COMMIT_WELCOME, &bytes);
+                    self.sent_commits.push(bytes);
                 }
             }
             op::DAVE_MLS_ANNOUNCE_COMMIT_TRANSITION | op::DAVE_MLS_WELCOME => {
@@ -488,12 +492,7 @@ fn a_member_leaving_is_removed_in_a_new_epoch() {
     let mut c = Client::join(&server, 23, 1);
     form(&server, &mut [&mut a, &mut b, &mut c]);
     let before = dave_epoch(&server.stats());
-    c.ws.close(Some(tungstenite::protocol::CloseFrame {
-        code: tungstenite::protocol::frame::coding::CloseCode::Normal,
-        reason: "".into(),
-    }))
-    .expect("close");
-    let _ = c.ws.flush();
+    leave(&mut c);
     pump_until(
         &server,
         &mut [&mut a, &mut b],
@@ -502,6 +501,41 @@ fn a_member_leaving_is_removed_in_a_new_epoch() {
     );
     assert!(!a.members().contains(&23));
     assert_eq!(dave_epoch(&server.stats()), before + 1);
+}
+
+fn leave(c: &mut Client) {
+    c.ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    }))
+    .expect("close");
+    let _ = c.ws.flush();
+}
+
+#[test]
+fn a_blank_leaf_is_reused_and_its_new_holder_removed_correctly() {
+    let server = server(DaveMode::Required);
+    let mut a = Client::join(&server, 24, 1);
+    let mut b = Client::join(&server, 25, 1);
+    let mut c = Client::join(&server, 26, 1);
+    form(&server, &mut [&mut a, &mut b, &mut c]);
+    let start = dave_epoch(&server.stats());
+    // A member leaves, a newcomer takes the blank leaf and leaves in turn, and another
+    // one comes: every Remove must name the right leaf, or the clients' rosters would differ
+    // from the server's.
+    for newcomer in [27u64, 28] {
+        leave(&mut b);
+        form(&server, &mut [&mut a, &mut c]);
+        b = Client::join(&server, newcomer, 1);
+        form(&server, &mut [&mut a, &mut b, &mut c]);
+    }
+    assert!(a.members().contains(&28) && !a.members().contains(&27));
+    let d = server.stats().calls[0].dave.clone().expect("dave stats");
+    assert_eq!(
+        (d.members, d.epoch),
+        (4, start + 4),
+        "one commit per leave and per join"
+    );
 }
 
 #[test]
@@ -698,5 +732,68 @@ fn e2ee_audio_is_decrypted_by_the_observer_and_forwarded_unchanged() {
             .decrypt(91, MediaType::AUDIO, r.payload)
             .expect("B decrypts A's frame");
         assert_eq!(&plain, expected);
+    }
+}
+
+/// Mutated and truncated real op 26 / op 28 payloads: errors, never panics.
+#[test]
+fn key_package_and_commit_parsers_survive_mutations() {
+    use quaver_tools::server::dave::{parse_commit_welcome, parse_key_package};
+    let server = server(DaveMode::Required);
+    let mut a = Client::join(&server, 111, 1);
+    let mut b = Client::join(&server, 112, 1);
+    form(&server, &mut [&mut a, &mut b]);
+    let commit = a
+        .sent_commits
+        .iter()
+        .chain(&b.sent_commits)
+        .find(|c| parse_commit_welcome(c).is_ok_and(|cw| cw.welcome.is_some()))
+        .expect("a real commit with a welcome")
+        .clone();
+    let cw = parse_commit_welcome(&commit).expect("parses");
+    assert_eq!(cw.parsed.group_id, CHANNEL.to_be_bytes());
+    assert!(!cw.parsed.refs.is_empty());
+    let kp = a
+        .dave
+        .as_mut()
+        .expect("session")
+        .create_key_package()
+        .expect("kp");
+    assert!(parse_key_package(&kp, 111).is_ok());
+    assert!(
+        parse_key_package(&kp, 112).is_err(),
+        "someone else's identity"
+    );
+
+    for n in 0..commit.len() {
+        let _ = parse_commit_welcome(&commit[..n]);
+    }
+    for n in 0..kp.len() {
+        assert!(
+            parse_key_package(&kp[..n], 111).is_err(),
+            "truncated at {n}"
+        );
+    }
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..3000 {
+        let mut c = commit.clone();
+        let mut k = kp.clone();
+        for _ in 0..1 + next() % 3 {
+            let i = next() as usize % c.len();
+            c[i] = next() as u8;
+            let j = next() as usize % k.len();
+            k[j] = next() as u8;
+        }
+        let _ = parse_commit_welcome(&c);
+        // A key package is signed: any change to it must be refused.
+        if k != kp {
+            assert!(parse_key_package(&k, 111).is_err());
+        }
     }
 }

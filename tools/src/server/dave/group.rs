@@ -604,3 +604,58 @@ impl Group {
             .is_some_and(|t| now.saturating_duration_since(t) >= commit_timeout)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU16;
+
+    use super::*;
+    use crate::server::dave::parse_key_package;
+
+    const CHANNEL: u64 = 5;
+
+    fn key_package(user: u64) -> KeyPackage {
+        let mut s = davey::DaveSession::new(NonZeroU16::MIN, user, CHANNEL, None).expect("session");
+        let kp = s.create_key_package().expect("kp");
+        parse_key_package(&kp, user).expect("valid")
+    }
+
+    fn ops_to(out: &[Out], who: Who) -> Vec<(u8, Option<u8>)> {
+        out.iter()
+            .filter(|o| o.to == who)
+            .map(|o| match &o.frame {
+                ToClient::Binary { op, payload } => (*op, payload.first().copied()),
+                ToClient::Json(p) => (u8::try_from(p.op()).unwrap_or(u8::MAX), None),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn forming_routes_adds_to_the_other_pending_members_and_revokes_on_leave() {
+        let now = Instant::now();
+        let mut g = Group::new(CHANNEL, Duration::from_secs(2)).expect("group");
+        g.join(1, 10);
+        g.join(2, 20);
+        assert_eq!(ops_to(&g.out, 1).len(), 1);
+        assert_eq!(ops_to(&g.out, 1)[0].0, op::DAVE_MLS_EXTERNAL_SENDER);
+        g.out.clear();
+        g.key_package(1, key_package(10), now).expect("add 10");
+        assert!(g.out.is_empty(), "nobody else is pending yet");
+        g.key_package(2, key_package(20), now).expect("add 20");
+        // 20 gets 10's Add, 10 gets 20's Add: both appends.
+        assert_eq!(ops_to(&g.out, 2), vec![(27, Some(0))]);
+        assert_eq!(ops_to(&g.out, 1), vec![(27, Some(0))]);
+        g.out.clear();
+        g.leave(2, now).expect("leave");
+        assert_eq!(ops_to(&g.out, 1), vec![(27, Some(1))], "20's Add revoked");
+        g.out.clear();
+        assert!(!g.tick(now + Duration::from_millis(500), Duration::from_secs(1)));
+        assert!(
+            g.tick(now + Duration::from_secs(2), Duration::from_secs(1)),
+            "stalled"
+        );
+        g.reset();
+        assert_eq!(ops_to(&g.out, 1), vec![(24, None), (21, None)]);
+        assert_eq!((g.epoch(), g.member_count(), g.counters.resets), (0, 0, 1));
+    }
+}
