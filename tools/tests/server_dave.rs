@@ -45,7 +45,11 @@ fn server(mode: DaveMode) -> Server {
 }
 
 fn connect_ws(server: &Server) -> Ws {
-    let (ws, _) = tungstenite::connect(server.voice_gateway_url()).expect("ws connect");
+    connect_url(&server.voice_gateway_url())
+}
+
+fn connect_url(url: &str) -> Ws {
+    let (ws, _) = tungstenite::connect(url).expect("ws connect");
     if let MaybeTlsStream::Plain(s) = ws.get_ref() {
         s.set_read_timeout(Some(Duration::from_millis(5)))
             .expect("timeout");
@@ -57,12 +61,16 @@ fn connect_ws(server: &Server) -> Ws {
 struct Client {
     ws: Ws,
     user: u64,
+    /// The MLS group: the channel the credentials were issued for.
+    channel: u64,
     session_id: String,
     token: Token,
     udp: UdpSocket,
     /// Highest seq seen (−1: none).
     seq: i64,
     ssrc: u32,
+    /// The UDP address from Ready.
+    server_udp: Option<SocketAddr>,
     key: Option<[u8; 32]>,
     mode: Option<EncryptionMode>,
     dave_version: Option<u16>,
@@ -85,14 +93,34 @@ struct Client {
 impl Client {
     fn join(server: &Server, user: u64, offer: u16) -> Client {
         let req = server.voice_connect_request(GUILD, CHANNEL, user);
-        let mut c = Client {
-            ws: connect_ws(server),
+        Client::connect(
+            connect_ws(server),
             user,
-            session_id: req.session_id,
-            token: req.token,
+            CHANNEL,
+            req.session_id,
+            req.token,
+            offer,
+        )
+    }
+
+    fn connect(
+        ws: Ws,
+        user: u64,
+        channel: u64,
+        session_id: String,
+        token: Token,
+        offer: u16,
+    ) -> Client {
+        let mut c = Client {
+            ws,
+            user,
+            channel,
+            session_id,
+            token,
             udp: UdpSocket::bind("127.0.0.1:0").expect("udp"),
             seq: -1,
             ssrc: 0,
+            server_udp: None,
             key: None,
             mode: None,
             dave_version: None,
@@ -155,7 +183,7 @@ impl Client {
             transition_id,
         }));
         let dave = self.dave.as_mut().expect("session");
-        dave.reinit(NonZeroU16::MIN, self.user, CHANNEL, None)
+        dave.reinit(NonZeroU16::MIN, self.user, self.channel, None)
             .expect("reinit");
         self.send_key_package();
     }
@@ -199,6 +227,7 @@ impl Client {
         match f.payload {
             VoicePayload::Ready(r) => {
                 self.ssrc = r.ssrc;
+                self.server_udp = format!("{}:{}", r.ip, r.port).parse().ok();
                 let port = self.udp.local_addr().expect("bound").port();
                 self.send_json(&VoicePayload::SelectProtocol(SelectProtocol {
                     protocol: "udp".into(),
@@ -215,7 +244,7 @@ impl Client {
                 self.dave_version = Some(d.dave_protocol_version);
                 if d.dave_protocol_version > 0 {
                     self.dave = Some(
-                        DaveSession::new(NonZeroU16::MIN, self.user, CHANNEL, None)
+                        DaveSession::new(NonZeroU16::MIN, self.user, self.channel, None)
                             .expect("dave session"),
                     );
                     self.send_key_package();
@@ -243,7 +272,7 @@ impl Client {
             }
             VoicePayload::DavePrepareEpoch(e) if e.epoch == 1 => {
                 let dave = self.dave.as_mut().expect("DAVE op without a session");
-                dave.reinit(NonZeroU16::MIN, self.user, CHANNEL, None)
+                dave.reinit(NonZeroU16::MIN, self.user, self.channel, None)
                     .expect("reinit");
                 self.send_key_package();
             }
@@ -796,4 +825,101 @@ fn key_package_and_commit_parsers_survive_mutations() {
             assert!(parse_key_package(&k, 111).is_err());
         }
     }
+}
+
+/// `quaver serve --json` (default: DAVE required) reports the DAVE group and the decrypted
+/// frames; credentials it did not issue put the session in the guild's channel.
+#[test]
+fn quaver_serve_json_reports_dave() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_quaver"))
+        .args(["serve", "--json", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn quaver serve");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, lines) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let next_line = || lines.recv_timeout(WAIT).expect("a line from quaver serve");
+    next_line();
+    let voice = next_line();
+    let url = voice
+        .trim()
+        .strip_prefix("voice gateway ")
+        .expect("second line names the voice gateway")
+        .to_string();
+    let join = |user: u64| {
+        Client::connect(
+            connect_url(&url),
+            user,
+            GUILD,
+            format!("s{user}"),
+            Token::new("t"),
+            1,
+        )
+    };
+    let mut a = join(121);
+    let mut b = join(122);
+    let deadline = Instant::now() + WAIT;
+    while !(a.can_encrypt()
+        && b.can_encrypt()
+        && a.epoch() == b.epoch()
+        && a.pending_transition.is_none()
+        && b.pending_transition.is_none()
+        && a.members().len() == 3)
+    {
+        a.pump();
+        b.pump();
+        assert!(Instant::now() < deadline, "group formed");
+    }
+    let epoch = a.epoch();
+    let mode = a.mode.expect("mode");
+    let mut sealer = Sealer::new(mode, &SecretKey::new(a.key.expect("key")));
+    let mut rtp = RtpStream::new(a.ssrc);
+    let server_udp = a.server_udp.expect("Ready's address");
+    let mut buf = [0u8; 1500];
+    for _ in 0..10 {
+        // A valid Opus packet: one 20 ms CELT silence frame code.
+        let e2ee = a
+            .dave
+            .as_mut()
+            .expect("session")
+            .encrypt_opus(&[0xFC, 0xFF, 0xFE, 0x00])
+            .expect("encrypt")
+            .into_owned();
+        let h = rtp.write_next(&mut buf).expect("header");
+        buf[h..h + e2ee.len()].copy_from_slice(&e2ee);
+        let len = sealer.seal(&mut buf, h, e2ee.len()).expect("seal");
+        a.udp.send_to(&buf[..len], server_udp).expect("send");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    leave(&mut a);
+    leave(&mut b);
+    let report: serde_json::Value = loop {
+        let line = next_line();
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v["ended"] == true
+        {
+            break v;
+        }
+    };
+    let dave = &report["dave"];
+    assert_eq!(dave["channel_id"], GUILD);
+    assert_eq!(dave["protocol_version"], 1);
+    assert_eq!(dave["epoch"], epoch);
+    let stream = &report["streams"][0];
+    assert_eq!(stream["dave_frames"], 10);
+    assert_eq!(stream["dave_undecryptable"], 0);
+    // SAFETY: kill(2) on the child this test spawned.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert!(child.wait().expect("exits").success());
 }

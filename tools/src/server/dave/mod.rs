@@ -12,7 +12,11 @@
 //! # The delivery service
 //!
 //! One group per voice channel, keyed by (guild, channel) with the channel snowflake (big
-//! endian) as the MLS group ID, with its own P-256 external sender (ciphersuite 2):
+//! endian) as the MLS group ID, with its own P-256 external sender (ciphersuite 2). The
+//! channel is the one the server issued the session's credentials for (op 4 on the main
+//! gateway, or [`Server::voice_connect_request`]); a session whose credentials the server did
+//! not issue (allowed unless `require_issued_tokens`) uses its guild ID as the channel.
+//!
 //!
 //! * op 25 goes to each DAVE session right after its op 4;
 //! * op 26 is validated (signature, MLS 1.0, ciphersuite 2, basic credential whose 8-byte
@@ -30,9 +34,12 @@
 //! * op 29 (`transition_id ‖ commit`) goes to the members that stay, the committer included,
 //!   op 30 (`transition_id ‖ welcome`) to the added; op 22 follows once every member of the new
 //!   roster sent op 23, or after [`ServerConfig::dave_transition_timeout`];
-//! * a group left with a single participant restarts for it (op 24 epoch 1 + op 21 transition 0),
-//!   as does a group whose proposals stay uncommitted past
-//!   [`ServerConfig::dave_commit_timeout`] when the observer cannot commit them either.
+//! * a group whose proposals stay uncommitted past [`ServerConfig::dave_commit_timeout`], when
+//!   the observer cannot commit them either, restarts: op 24 (epoch 1) and op 21 (transition 0)
+//!   to everyone, who then send new key packages. Discord does the same for a member left alone
+//!   in its group ("sole member reset"); here the observer is always a second member, so that
+//!   happens only if the observer could not be created. When the last client leaves, the
+//!   group is dropped and the next join starts a new one.
 //!
 //! Binary server frames carry the v8 seq prefix and go into the replay buffer like JSON ones,
 //! so a resumed session keeps its membership and gets what it missed.
@@ -54,6 +61,7 @@
 //! [`StreamStats::dave_undecryptable`]. Forwarding sends the E2EE frame on unchanged
 //! (re-sealed with each receiver's transport key).
 //!
+//! [`Server::voice_connect_request`]: super::Server::voice_connect_request
 //! [`Counters::dave_ignored_commits`]: super::Counters::dave_ignored_commits
 //! [`ServerConfig::dave_transition_timeout`]: super::ServerConfig::dave_transition_timeout
 //! [`ServerConfig::dave_commit_timeout`]: super::ServerConfig::dave_commit_timeout
