@@ -428,6 +428,7 @@ fn converged(clients: &[&mut Client], stats: &ServerStats, members: usize) -> bo
     d.epoch > 0
         && d.members == members
         && d.observer_epoch == d.epoch
+        && d.roster_matches_observer == Some(true)
         && clients.iter().all(|c| {
             c.epoch() == d.epoch
                 && c.pending_transition.is_none()

@@ -155,6 +155,18 @@ impl Group {
         self.participants.keys().filter(|w| **w != OBSERVER).count()
     }
 
+    /// (leaf, user) of every member, the way the server placed them.
+    pub fn roster(&self) -> Vec<(u32, u64)> {
+        self.leaves
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| {
+                let user = self.participants.get(w.as_ref()?)?.user;
+                Some((u32::try_from(i).ok()?, user))
+            })
+            .collect()
+    }
+
     pub fn is_participant(&self, who: Who) -> bool {
         self.participants.contains_key(&who)
     }

@@ -212,6 +212,9 @@ pub struct DaveCallStats {
     pub transitions: u64,
     /// Group restarts (op 24 epoch 1).
     pub resets: u64,
+    /// Whether the server's leaf bookkeeping equals the observer's MLS tree (leaf index and
+    /// user of every member); `None` while the observer is not at the server's epoch.
+    pub roster_matches_observer: Option<bool>,
 }
 
 /// Result of opening one RTP payload.
@@ -401,6 +404,12 @@ impl Channel {
 
     fn snapshot(&self) -> DaveCallStats {
         let c = self.group.counters;
+        let roster_matches_observer = self
+            .observer
+            .as_ref()
+            .and_then(Observer::roster)
+            .filter(|(epoch, _)| *epoch == self.group.epoch())
+            .map(|(_, members)| members == self.group.roster());
         DaveCallStats {
             channel_id: self.channel_id,
             protocol_version: 1,
@@ -411,6 +420,7 @@ impl Channel {
             ignored_commits: c.ignored_commits,
             transitions: c.transitions,
             resets: c.resets,
+            roster_matches_observer,
         }
     }
 }

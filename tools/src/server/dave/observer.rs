@@ -56,6 +56,24 @@ impl Observer {
         self.session.epoch().map_or(0, |e| e.as_u64())
     }
 
+    /// (leaf, user) of every member of the observer's established group, and its epoch.
+    pub fn roster(&self) -> Option<(u64, Vec<(u32, u64)>)> {
+        let group = self.session.group()?;
+        let epoch = group.epoch().as_u64();
+        if epoch == 0 {
+            return None;
+        }
+        let mut members: Vec<(u32, u64)> = group
+            .members()
+            .filter_map(|m| {
+                let id: [u8; 8] = m.credential.serialized_content().try_into().ok()?;
+                Some((m.index.u32(), u64::from_be_bytes(id)))
+            })
+            .collect();
+        members.sort_unstable();
+        Some((epoch, members))
+    }
+
     fn reinit(&mut self) -> Vec<Reply> {
         if let Err(e) = self
             .session
