@@ -77,6 +77,8 @@ struct Client {
     dave: Option<DaveSession>,
     known: Vec<u64>,
     executed: Vec<u16>,
+    /// Op 24 (epoch 1) received: group restarts.
+    restarts: u32,
     /// A transition prepared from op 29/30 and not executed yet.
     pending_transition: Option<u16>,
     binary_seqs: Vec<u16>,
@@ -127,6 +129,7 @@ impl Client {
             dave: None,
             known: Vec::new(),
             executed: Vec::new(),
+            restarts: 0,
             pending_transition: None,
             binary_seqs: Vec::new(),
             proposal_errors: 0,
@@ -271,6 +274,7 @@ impl Client {
                 }
             }
             VoicePayload::DavePrepareEpoch(e) if e.epoch == 1 => {
+                self.restarts += 1;
                 let dave = self.dave.as_mut().expect("DAVE op without a session");
                 dave.reinit(NonZeroU16::MIN, self.user, self.channel, None)
                     .expect("reinit");
@@ -923,4 +927,43 @@ fn quaver_serve_json_reports_dave() {
     // SAFETY: kill(2) on the child this test spawned.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     assert!(child.wait().expect("exits").success());
+}
+
+/// Without the observer, the clients keep the group alone; a member left alone gets the sole
+/// member reset (op 24 epoch 1 + op 21 transition 0) and forms a new group with the next one.
+#[test]
+fn without_observer_a_sole_member_is_reset_and_regroups() {
+    trace();
+    let server = Server::start(ServerConfig {
+        dave_observer: false,
+        heartbeat_timeout_intervals: None,
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
+    let mut a = Client::join(&server, 131, 1);
+    let mut b = Client::join(&server, 132, 1);
+    let pair = |cl: &[&mut Client], s: &ServerStats, users: [u64; 2]| {
+        let d = s.calls.first().and_then(|c| c.dave.clone());
+        d.is_some_and(|d| d.epoch > 0 && d.members == 2 && d.roster_matches_observer.is_none())
+            && cl.iter().all(|c| {
+                c.epoch() == dave_epoch(s)
+                    && c.pending_transition.is_none()
+                    && c.can_encrypt()
+                    && c.members() == users.to_vec()
+            })
+    };
+    pump_until(&server, &mut [&mut a, &mut b], "a group of two", |cl, s| {
+        pair(cl, s, [131, 132])
+    });
+    assert!(!a.known.contains(&OBSERVER_USER_ID));
+    leave(&mut b);
+    pump_until(&server, &mut [&mut a], "the sole member reset", |cl, s| {
+        cl[0].restarts == 1 && dave_epoch(s) == 0
+    });
+    let mut c = Client::join(&server, 133, 1);
+    pump_until(&server, &mut [&mut a, &mut c], "a new group", |cl, s| {
+        pair(cl, s, [131, 133])
+    });
+    let d = server.stats().calls[0].dave.clone().expect("dave stats");
+    assert_eq!((d.epoch, d.resets), (1, 1));
 }

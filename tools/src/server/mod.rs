@@ -180,6 +180,11 @@ pub struct ServerConfig {
     /// Proposals nobody committed for this long are committed by the server's observer, or
     /// the group restarts (op 24).
     pub dave_commit_timeout: Duration,
+    /// Keep a member of the server's own (user [`OBSERVER_USER_ID`]) in every DAVE group, so
+    /// E2EE audio is decrypted, decoded, recorded and measured. Off, E2EE frames are only
+    /// counted ([`StreamStats::dave_undecryptable`]) and forwarded; the MLS work per channel
+    /// and the decryption per packet go away.
+    pub dave_observer: bool,
 }
 
 impl Default for ServerConfig {
@@ -208,6 +213,7 @@ impl Default for ServerConfig {
             dave: DaveMode::default(),
             dave_transition_timeout: Duration::from_secs(2),
             dave_commit_timeout: Duration::from_secs(1),
+            dave_observer: true,
         }
     }
 }

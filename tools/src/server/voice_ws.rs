@@ -407,7 +407,7 @@ fn identify(ws: &mut Ws, c: &mut Conn<'_>, id: Identify) {
             }
         }
     }
-    if dave_version > 0 {
+    if dave_version > 0 && shared.config.dave_observer {
         // The server's own group member, announced like a user so DAVE clients accept its Add.
         session.push(
             &VoicePayload::ClientsConnect(ClientsConnect {

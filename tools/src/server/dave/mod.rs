@@ -38,7 +38,7 @@
 //!   the observer cannot commit them either, restarts: op 24 (epoch 1) and op 21 (transition 0)
 //!   to everyone, who then send new key packages. Discord does the same for a member left alone
 //!   in its group ("sole member reset"); here the observer is always a second member, so that
-//!   happens only if the observer could not be created. When the last client leaves, the
+//!   happens only without an observer. When the last client leaves, the
 //!   group is dropped and the next join starts a new one.
 //!
 //! Binary server frames carry the v8 seq prefix and go into the replay buffer like JSON ones,
@@ -55,6 +55,9 @@
 //! go through the same op 28 validation as a client's, only when no other member can commit
 //! or nobody committed within the commit timeout, so clients normally win the race.
 //!
+//! Turning it off ([`ServerConfig::dave_observer`]) leaves the groups to the clients alone; E2EE
+//! frames are then counted as undecryptable and not decoded.
+//!
 //! The UDP side opens each E2EE frame with the observer's session
 //! (`decrypt(user_id, Audio, frame)`, the sender's user from the server's own SSRC
 //! bookkeeping) before the Opus decode, and counts [`StreamStats::dave_frames`] and
@@ -63,6 +66,7 @@
 //!
 //! [`Server::voice_connect_request`]: super::Server::voice_connect_request
 //! [`Counters::dave_ignored_commits`]: super::Counters::dave_ignored_commits
+//! [`ServerConfig::dave_observer`]: super::ServerConfig::dave_observer
 //! [`ServerConfig::dave_transition_timeout`]: super::ServerConfig::dave_transition_timeout
 //! [`ServerConfig::dave_commit_timeout`]: super::ServerConfig::dave_commit_timeout
 //! [`StreamStats::dave_frames`]: super::StreamStats::dave_frames
@@ -307,7 +311,11 @@ fn session_info(shared: &Shared, key: u64) -> Option<SessionInfo> {
 impl Channel {
     fn new(shared: &Shared, guild_id: u64, channel_id: u64) -> Result<Self, DaveError> {
         let mut group = Group::new(channel_id, shared.config.dave_transition_timeout)?;
-        let observer = Observer::new(OBSERVER_USER_ID, channel_id);
+        let observer = if shared.config.dave_observer {
+            Observer::new(OBSERVER_USER_ID, channel_id)
+        } else {
+            None
+        };
         if observer.is_some() {
             group.join(OBSERVER, OBSERVER_USER_ID);
         }
