@@ -39,6 +39,8 @@ fn server(mode: DaveMode) -> Server {
     Server::start(ServerConfig {
         dave: mode,
         heartbeat_timeout_intervals: None,
+        // Plain ws:// for the raw test clients (TLS may become the default).
+        tls: false,
         ..ServerConfig::default()
     })
     .expect("server starts")
@@ -503,6 +505,8 @@ fn the_observer_commits_when_no_client_does() {
     let server = Server::start(ServerConfig {
         dave_commit_timeout: Duration::from_millis(200),
         heartbeat_timeout_intervals: None,
+        // Plain ws:// for the raw test clients (TLS may become the default).
+        tls: false,
         ..ServerConfig::default()
     })
     .expect("server starts");
@@ -626,6 +630,8 @@ fn garbage_binary_frames_close_4002_and_the_server_keeps_serving() {
     let server = Server::start(ServerConfig {
         resume_window: Duration::from_millis(100),
         heartbeat_timeout_intervals: None,
+        // Plain ws:// for the raw test clients (TLS may become the default).
+        tls: false,
         ..ServerConfig::default()
     })
     .expect("server starts");
@@ -937,6 +943,8 @@ fn without_observer_a_sole_member_is_reset_and_regroups() {
     let server = Server::start(ServerConfig {
         dave_observer: false,
         heartbeat_timeout_intervals: None,
+        // Plain ws:// for the raw test clients (TLS may become the default).
+        tls: false,
         ..ServerConfig::default()
     })
     .expect("server starts");
