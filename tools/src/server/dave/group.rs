@@ -612,8 +612,15 @@ impl Group {
         {
             self.execute(t.id);
         }
+        // Proposals no present participant received (the first Add of a forming group) wait
+        // for company, not for a commit.
         self.proposals_since
             .is_some_and(|t| now.saturating_duration_since(t) >= commit_timeout)
+            && self.proposals.iter().any(|p| {
+                p.recipients
+                    .iter()
+                    .any(|w| self.participants.contains_key(w))
+            })
     }
 }
 
@@ -661,6 +668,13 @@ mod tests {
         g.leave(2, now).expect("leave");
         assert_eq!(ops_to(&g.out, 1), vec![(27, Some(1))], "20's Add revoked");
         g.out.clear();
+        assert!(
+            !g.tick(now + Duration::from_secs(2), Duration::from_secs(1)),
+            "10's Add alone reached nobody: nothing to commit yet"
+        );
+        g.join(3, 30);
+        g.key_package(3, key_package(30), now).expect("add 30");
+        g.out.clear();
         assert!(!g.tick(now + Duration::from_millis(500), Duration::from_secs(1)));
         assert!(
             g.tick(now + Duration::from_secs(2), Duration::from_secs(1)),
@@ -668,6 +682,7 @@ mod tests {
         );
         g.reset();
         assert_eq!(ops_to(&g.out, 1), vec![(24, None), (21, None)]);
+        assert_eq!(ops_to(&g.out, 3), vec![(24, None), (21, None)]);
         assert_eq!((g.epoch(), g.member_count(), g.counters.resets), (0, 0, 1));
     }
 }
