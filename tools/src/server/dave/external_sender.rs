@@ -100,8 +100,9 @@ impl ExternalSenderKeys {
 }
 
 /// Checks an op 26 payload: a bare KeyPackage, correctly signed, for MLS 1.0 and ciphersuite
-/// 2, with a basic credential naming `user_id` (8 bytes big-endian) and DAVE's lifetime
-/// (not_before 0, not_after 2^64−1).
+/// 2, with a basic credential naming `user_id` (8 bytes big-endian), leaf capabilities that
+/// include MLS 1.0, ciphersuite 2 and basic credentials, and DAVE's lifetime (not_before 0,
+/// not_after 2^64−1).
 pub fn parse_key_package(payload: &[u8], user_id: u64) -> Result<KeyPackage, DaveError> {
     let provider = OpenMlsRustCrypto::default();
     let key_package = KeyPackageIn::tls_deserialize_exact_bytes(payload)
@@ -125,6 +126,14 @@ pub fn parse_key_package(payload: &[u8], user_id: u64) -> Result<KeyPackage, Dav
             expected: user_id,
             claimed,
         });
+    }
+    // DAVE's leaf capabilities: MLS 1.0, ciphersuite 2, basic credentials.
+    let caps = key_package.leaf_node().capabilities();
+    if !caps.versions().contains(&ProtocolVersion::Mls10)
+        || !caps.ciphersuites().contains(&CIPHERSUITE.into())
+        || !caps.credentials().contains(&CredentialType::Basic)
+    {
+        return Err(DaveError::MissingCapabilities);
     }
     let lifetime = key_package.life_time();
     if lifetime.not_before() != 0 || lifetime.not_after() != u64::MAX {

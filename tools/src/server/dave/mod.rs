@@ -181,6 +181,9 @@ pub enum DaveError {
         /// The identity in the key package.
         claimed: u64,
     },
+    /// The leaf does not advertise MLS 1.0, ciphersuite 2 and basic credentials.
+    #[error("key package leaf lacks DAVE's capabilities")]
+    MissingCapabilities,
     /// The lifetime is not DAVE's 0..2^64−1.
     #[error("key package lifetime is not 0..2^64-1")]
     BadLifetime,
