@@ -542,16 +542,24 @@ pub(crate) fn on_established(shared: &Shared, key: u64) {
     if info.version == 0 {
         return;
     }
-    let Some(slot) = shared
-        .dave
-        .slot(shared, info.guild_id, info.channel_id, true)
-    else {
+    // A channel whose last client just left is retired under its own lock: join a live one.
+    for _ in 0..3 {
+        let Some(slot) = shared
+            .dave
+            .slot(shared, info.guild_id, info.channel_id, true)
+        else {
+            return;
+        };
+        let mut ch = slot.lock();
+        if slot.dead.load(Ordering::Acquire) {
+            continue;
+        }
+        tracing::debug!(session = key, user = info.user_id, "DAVE join");
+        ch.group.join(key, info.user_id);
+        flush(shared, &mut ch, now);
         return;
-    };
-    let mut ch = slot.lock();
-    tracing::debug!(session = key, user = info.user_id, "DAVE join");
-    ch.group.join(key, info.user_id);
-    flush(shared, &mut ch, now);
+    }
+    tracing::warn!(session = key, "could not join a DAVE group");
 }
 
 /// A binary frame from a client. An error means the frame was malformed: close with 4002.
