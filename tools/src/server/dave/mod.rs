@@ -17,10 +17,9 @@
 //! gateway, or [`Server::voice_connect_request`]); a session whose credentials the server did
 //! not issue (allowed unless `require_issued_tokens`) uses its guild ID as the channel.
 //!
-//!
 //! * op 25 goes to each DAVE session right after its op 4;
 //! * op 26 is validated (signature, MLS 1.0, ciphersuite 2, basic credential whose 8-byte
-//!   identity is the authenticated user, lifetime 0..2^64−1) and answered with an external
+//!   identity is the authenticated user, leaf capabilities, lifetime 0..2^64−1) and answered with an external
 //!   Add in op 27; a member leaving, dropping for good or sending op 31 gets a Remove, and an
 //!   Add that was never committed is revoked;
 //! * while the group forms (epoch 0) each pending member gets the other members' Adds; once it
@@ -33,13 +32,14 @@
 //!   frames close the websocket with 4002;
 //! * op 29 (`transition_id ‖ commit`) goes to the members that stay, the committer included,
 //!   op 30 (`transition_id ‖ welcome`) to the added; op 22 follows once every member of the new
-//!   roster sent op 23, or after [`ServerConfig::dave_transition_timeout`];
+//!   roster sent op 23, or after [`ServerConfig::dave_transition_timeout`]. Commits need no
+//!   op 21: their transition ID travels in op 29/30, as libdave and davey expect;
 //! * a group whose proposals stay uncommitted past [`ServerConfig::dave_commit_timeout`], when
 //!   the observer cannot commit them either, restarts: op 24 (epoch 1) and op 21 (transition 0)
 //!   to everyone, who then send new key packages. Discord does the same for a member left alone
 //!   in its group ("sole member reset"); here the observer is always a second member, so that
-//!   happens only without an observer. When the last client leaves, the
-//!   group is dropped and the next join starts a new one.
+//!   happens only without an observer. When the last client leaves, the group is dropped and
+//!   the next join starts a new one.
 //!
 //! Binary server frames carry the v8 seq prefix and go into the replay buffer like JSON ones,
 //! so a resumed session keeps its membership and gets what it missed.
@@ -52,8 +52,10 @@
 //! audio). It is a real davey `DaveSession` driven in-process through the same frames a client
 //! gets: it makes a key package, is added by the server's proposals, processes commits and
 //! welcomes, answers op 23 and executes transitions. Its own commits are kept as a fallback and
-//! go through the same op 28 validation as a client's, only when no other member can commit
-//! or nobody committed within the commit timeout, so clients normally win the race.
+//! go through the same op 28 validation as a client's, and only when no other member can commit
+//! or nobody committed within the commit timeout, so clients normally win the race. Each report
+//! says whether the server's own leaf bookkeeping equals the observer's MLS tree
+//! ([`DaveCallStats::roster_matches_observer`]).
 //!
 //! Turning it off ([`ServerConfig::dave_observer`]) leaves the groups to the clients alone; E2EE
 //! frames are then counted as undecryptable and not decoded.
