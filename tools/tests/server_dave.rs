@@ -975,3 +975,105 @@ fn without_observer_a_sole_member_is_reset_and_regroups() {
     let d = server.stats().calls[0].dave.clone().expect("dave stats");
     assert_eq!((d.epoch, d.resets), (1, 1));
 }
+
+/// A commit replayed in a later epoch is ignored (counted), never fatal.
+#[test]
+fn stale_commits_are_ignored_and_counted() {
+    let server = server(DaveMode::Required);
+    let mut a = Client::join(&server, 141, 1);
+    let mut b = Client::join(&server, 142, 1);
+    form(&server, &mut [&mut a, &mut b]);
+    let sent: Vec<Vec<u8>> = a
+        .sent_commits
+        .iter()
+        .chain(&b.sent_commits)
+        .cloned()
+        .collect();
+    assert!(!sent.is_empty(), "clients committed");
+    let before = server.stats();
+    for c in &sent {
+        a.send_binary(op::DAVE_MLS_COMMIT_WELCOME, c);
+    }
+    let epoch = dave_epoch(&before);
+    pump_until(
+        &server,
+        &mut [&mut a, &mut b],
+        "the replays counted",
+        |_, s| {
+            s.counters.dave_ignored_commits
+                >= before.counters.dave_ignored_commits + sent.len() as u64
+        },
+    );
+    let after = server.stats();
+    assert_eq!(dave_epoch(&after), epoch);
+    assert_eq!(after.counters.dave_commits, before.counters.dave_commits);
+    assert!(
+        a.closed.is_none(),
+        "a stale commit is not a reason to close"
+    );
+}
+
+/// Optional mode: E2EE frames reach DAVE receivers only; plain Opus reaches everyone.
+#[test]
+fn optional_mode_keeps_e2ee_frames_from_receivers_without_dave() {
+    let server = server(DaveMode::Optional);
+    let mut a = Client::join(&server, 151, 1);
+    let mut b = Client::join(&server, 152, 1);
+    let mut plain = Client::join(&server, 153, 0);
+    form(&server, &mut [&mut a, &mut b]);
+    pump_until(&server, &mut [&mut plain], "plain session", |c, _| {
+        c[0].dave_version == Some(0)
+    });
+    let mode = a.mode.expect("mode");
+    let mut sealer = Sealer::new(mode, &SecretKey::new(a.key.expect("key")));
+    let mut rtp = RtpStream::new(a.ssrc);
+    let to = a.server_udp.expect("Ready's address");
+    let mut buf = [0u8; 1500];
+    let opus = [0xFCu8, 0xFF, 0xFE, 0x01];
+    for i in 0..10 {
+        let frame = if i % 2 == 0 {
+            a.dave
+                .as_mut()
+                .expect("session")
+                .encrypt_opus(&opus)
+                .expect("encrypt")
+                .into_owned()
+        } else {
+            opus.to_vec()
+        };
+        let h = rtp.write_next(&mut buf).expect("header");
+        buf[h..h + frame.len()].copy_from_slice(&frame);
+        let len = sealer.seal(&mut buf, h, frame.len()).expect("seal");
+        a.udp.send_to(&buf[..len], to).expect("send");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let count = |c: &Client, want: usize| {
+        let cipher =
+            TransportCipher::new(c.mode.expect("mode"), &SecretKey::new(c.key.expect("key")));
+        c.udp
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let (mut b, mut out) = ([0u8; 2048], [0u8; 2048]);
+        let mut got = Vec::new();
+        while got.len() < want {
+            let Ok((n, _)) = c.udp.recv_from(&mut b) else {
+                break;
+            };
+            let r = receive::open_rtp(&cipher, &b[..n], &mut out).expect("sealed for us");
+            got.push(r.payload.len() > opus.len());
+        }
+        got
+    };
+    let to_b = count(&b, 10);
+    assert_eq!(
+        to_b.iter().filter(|e| **e).count(),
+        5,
+        "B gets the E2EE frames"
+    );
+    assert_eq!(to_b.len(), 10);
+    // The plain client gets the 5 plain frames and nothing else (a short wait for strays).
+    let to_plain = count(&plain, 6);
+    assert_eq!(to_plain, vec![false; 5]);
+    let s = server.stream_stats(a.ssrc).expect("stream");
+    assert_eq!((s.dave_frames, s.dave_undecryptable), (5, 0));
+}
