@@ -14,7 +14,7 @@ use quaver_gateway::voice::{EndReason, VoiceConfig, VoiceEvent, VoiceSession};
 use quaver_net::crypto::{EncryptionMode, Sealer, SecretKey, TransportCipher};
 use quaver_net::rtp::RtpStream;
 use quaver_net::{discovery, receive};
-use quaver_tools::server::{Faults, Server, ServerConfig, ServerStats};
+use quaver_tools::server::{DaveMode, Faults, Server, ServerConfig, ServerStats};
 use tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -519,6 +519,8 @@ fn identify_json(guild: u64, user: u64) -> String {
 fn garbage_from_clients_is_counted_and_a_good_client_keeps_streaming() {
     let server = Server::start(ServerConfig {
         max_message_size: 16 * 1024,
+        // Hand-crafted raw clients identify without DAVE (version 0): Optional admits them.
+        dave: DaveMode::Optional,
         ..ServerConfig::default()
     })
     .expect("server starts");
@@ -923,7 +925,12 @@ fn resume_json(guild: u64, user: u64, seq_ack: i64) -> String {
 
 #[test]
 fn resume_replays_what_the_client_missed_or_closes_4006() {
-    let server = Server::start(ServerConfig::default()).expect("server starts");
+    let server = Server::start(ServerConfig {
+        // Hand-crafted raw clients identify without DAVE (version 0): Optional admits them.
+        dave: DaveMode::Optional,
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
     let mut ws = raw_ws(&server);
     ws.send(Message::text(identify_json(4, 40))).expect("send");
     assert_eq!(read_op(&mut ws, 2)["seq"], 1);
@@ -950,6 +957,8 @@ fn resume_replays_what_the_client_missed_or_closes_4006() {
     // A replay buffer that no longer covers seq_ack: 4006.
     let server = Server::start(ServerConfig {
         replay_buffer: 1,
+        // Hand-crafted raw clients identify without DAVE (version 0): Optional admits them.
+        dave: DaveMode::Optional,
         ..ServerConfig::default()
     })
     .expect("server starts");
@@ -969,6 +978,8 @@ fn a_silent_client_is_closed_with_4009() {
     let server = Server::start(ServerConfig {
         heartbeat_interval_ms: 50.0,
         heartbeat_timeout_intervals: Some(2.0),
+        // Hand-crafted raw clients identify without DAVE (version 0): Optional admits them.
+        dave: DaveMode::Optional,
         ..ServerConfig::default()
     })
     .expect("server starts");
@@ -1220,7 +1231,12 @@ fn next_json(ws: &mut RawWs) -> serde_json::Value {
 
 #[test]
 fn voice_gateway_v4_is_served_with_its_own_framing() {
-    let server = Server::start(ServerConfig::default()).expect("server starts");
+    let server = Server::start(ServerConfig {
+        // Hand-crafted raw clients identify without DAVE (version 0): Optional admits them.
+        dave: DaveMode::Optional,
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
     let mut ws = raw_voice(&server, 4);
     let hello = next_json(&mut ws);
     assert_eq!(hello["op"], 8);
@@ -1434,7 +1450,12 @@ fn note_speaker(speakers: &mut std::collections::HashMap<u32, u64>, v: &serde_js
 
 #[test]
 fn op_5_reaches_a_receiver_before_any_packet_of_its_ssrc() {
-    let server = Server::start(ServerConfig::default()).expect("server starts");
+    let server = Server::start(ServerConfig {
+        // Hand-crafted raw clients identify without DAVE (version 0): Optional admits them.
+        dave: DaveMode::Optional,
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
     let mut receiver = RawMember::join(&server, 12, 120);
     // A sender that never sends op 5: the server makes one up at its first packet.
     let mut silent = RawMember::join(&server, 12, 121);
