@@ -428,6 +428,7 @@ const MAX_HELD_PER_SSRC: usize = 50;
 /// One voice session (one user in one voice channel), living across resumes.
 pub(crate) struct Session {
     pub guild_id: u64,
+    /// The voice channel (from the issued credentials; 0 when none were issued).
     pub channel_id: u64,
     /// Negotiated DAVE protocol version (0: none).
     pub dave_version: u16,
