@@ -102,6 +102,13 @@ fn two_tones_mixed_arrive_decoded_at_the_right_frequencies_without_loss() {
     assert_eq!(stats.timestamp_step_errors, 0, "{stats:?}");
     assert_eq!(stats.decode_errors, 0);
     assert!(stats.packets >= 70, "{stats:?}");
+    // The server requires DAVE (its default, as Discord): the engine negotiated it, and the
+    // server's own group member decrypted the E2EE frames it decoded.
+    let e2ee = engine.e2ee_status(call).expect("a live call");
+    assert_eq!(e2ee.protocol_version, 1, "{e2ee:?}");
+    assert!(e2ee.epoch >= 1, "{e2ee:?}");
+    assert_eq!(stats.dave_undecryptable, 0, "{stats:?}");
+    assert!(stats.dave_frames > 0, "{stats:?}");
 
     let left = decoded_left(&server, ssrc);
     let middle = &left[9_600..48_000];

@@ -285,17 +285,24 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
         Target::Embedded(server) => server.trusted(side_config),
         Target::Remote { .. } => side_config,
     };
+    // The listener has a control thread to itself: its events (DAVE keys) are read by it alone.
+    let listener_control = ControlThread::spawn(ControlConfig {
+        thread_name: "jitter-listener-control".into(),
+        ..side_config.clone()
+    })
+    .map_err(quaver::Error::from)?;
     let side_control = ControlThread::spawn(side_config).map_err(quaver::Error::from)?;
     let listener = match target.participant_request(FIRST_GUILD, LISTENER_USER) {
         Ok(request) => {
             let session = RawSession::open(
-                &side_control,
+                &listener_control,
                 request,
                 SpeakingFlags::NONE,
                 Duration::from_secs(10),
             )?;
             Some((
-                Listener::start(&session).map_err(|e| Error::Usage(format!("listener: {e}")))?,
+                Listener::start(&session, listener_control.events().clone(), BOT_USER)
+                    .map_err(|e| Error::Usage(format!("listener: {e}")))?,
                 session,
             ))
         }
@@ -459,6 +466,13 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
         ..Report::default()
     };
     report.cpu_percent_per_call = report.cpu_percent / options.calls as f64;
+    let e2ee: Vec<_> = calls.iter().map(|&c| engine.e2ee_status(c)).collect();
+    report.dave_protocol_version = e2ee
+        .iter()
+        .map(|s| s.map_or(0, |s| s.protocol_version))
+        .min()
+        .unwrap_or(0);
+    report.dave_epoch = e2ee.first().copied().flatten().map_or(0, |s| s.epoch);
 
     match &target {
         Target::Embedded(server) => {
@@ -495,7 +509,7 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
         let _ = engine.disconnect(call);
     }
     if let Some((_, session)) = listener {
-        let _ = side_control.disconnect(session.gateway);
+        let _ = listener_control.disconnect(session.gateway);
     }
     Ok(report)
 }

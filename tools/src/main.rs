@@ -106,6 +106,13 @@ struct ServeArgs {
     /// Duplicate PCT % of forwarded packets.
     #[arg(long, value_name = "PCT", default_value_t = 0.0, value_parser = quaver_tools::args::percent, allow_negative_numbers = true)]
     udp_duplicate: f64,
+    /// DAVE (E2EE) negotiation: required (clients without DAVE are closed with 4017, as on
+    /// Discord), optional, or off (version 0 for everyone, like a stage channel).
+    #[arg(long, value_name = "MODE", default_value = "required")]
+    dave: quaver_tools::server::DaveMode,
+    /// Print each call report (and the final statistics) as one JSON line.
+    #[arg(long)]
+    json: bool,
 }
 
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -268,6 +275,7 @@ fn serve(args: ServeArgs) -> Result<(), quaver_tools::Error> {
         keylog: args.keylog.clone(),
         forward: !args.no_forward,
         require_issued_tokens: args.require_tokens,
+        dave: args.dave,
         faults: Faults {
             drop_ws_after: args.drop_ws_after,
             close_code: args.close_code,
@@ -314,6 +322,9 @@ fn serve(args: ServeArgs) -> Result<(), quaver_tools::Error> {
             .events()
             .recv_timeout(std::time::Duration::from_millis(100))
         {
+            Ok(ServerEvent::CallEnded(call)) if args.json => {
+                println!("{}", serde_json::to_string(&call).unwrap_or_default())
+            }
             Ok(ServerEvent::CallEnded(call)) => print!("{call}"),
             Ok(ServerEvent::SessionEstablished {
                 guild_id,
@@ -327,6 +338,14 @@ fn serve(args: ServeArgs) -> Result<(), quaver_tools::Error> {
         }
     }
     println!("stopping");
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&server.stats()).unwrap_or_default()
+        );
+        server.stop();
+        return Ok(());
+    }
     for call in server.stats().calls.iter().filter(|c| !c.ended) {
         print!("{call}");
     }

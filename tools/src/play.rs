@@ -150,7 +150,24 @@ pub fn play(options: &PlayOptions, stop: &AtomicBool) -> Result<Finished, Error>
         );
         tracks.push((name, handle));
     }
+    // DAVE keys arrive once the MLS group has formed, usually just after the join: each change
+    // of the keys in force is shown as it happens.
+    let mut e2ee_shown = None;
     while !stop.load(Ordering::Relaxed) && tracks.iter().any(|(_, h)| !h.is_ended()) {
+        let e2ee = engine
+            .e2ee_status(call)
+            .filter(|s| s.transitions > 0)
+            .map(|s| (s.protocol_version, s.epoch));
+        if e2ee.is_some() && e2ee != e2ee_shown {
+            e2ee_shown = e2ee;
+            match e2ee {
+                Some((0, _)) => {
+                    eprintln!("\rE2EE: none (DAVE version 0: transport encryption only)")
+                }
+                Some((version, epoch)) => eprintln!("\rE2EE: DAVE v{version}, epoch {epoch}"),
+                None => {}
+            }
+        }
         let line: Vec<String> = tracks
             .iter()
             .map(|(name, handle)| {
@@ -195,8 +212,12 @@ pub fn play(options: &PlayOptions, stop: &AtomicBool) -> Result<Finished, Error>
         for call in server.stats().calls {
             for stream in call.streams {
                 eprintln!(
-                    "local server received {} packets from ssrc {} ({} lost)",
-                    stream.unique_packets, stream.ssrc, stream.lost
+                    "local server received {} packets from ssrc {} ({} lost; {} DAVE frames decrypted, {} undecryptable)",
+                    stream.unique_packets,
+                    stream.ssrc,
+                    stream.lost,
+                    stream.dave_frames,
+                    stream.dave_undecryptable
                 );
             }
         }

@@ -113,6 +113,15 @@ pub struct Report {
     pub duplicates: u64,
     pub reordered: u64,
     pub decode_errors: u64,
+    /// The DAVE (E2EE) protocol version every call negotiated (the lowest among them; 0 when
+    /// some call runs without E2EE), from the engine.
+    pub dave_protocol_version: u16,
+    /// The MLS epoch of the first call's key in use, from the engine (0 without DAVE).
+    pub dave_epoch: u64,
+    /// DAVE frames the server's own group member decrypted before decoding.
+    pub dave_frames: u64,
+    /// DAVE frames the server could not decrypt (with working E2EE: none).
+    pub dave_undecryptable: u64,
     /// When each packet's send returned, against its deadline, at the sender.
     pub send_lateness_us: Quantiles,
     /// Frames that reached the sender after their tick had passed.
@@ -157,8 +166,30 @@ impl Report {
         self.duplicates = streams.iter().map(|s| s.duplicates).sum();
         self.reordered = streams.iter().map(|s| s.reordered).sum();
         self.decode_errors = streams.iter().map(|s| s.decode_errors).sum();
+        self.dave_frames = streams.iter().map(|s| s.dave_frames).sum();
+        self.dave_undecryptable = streams.iter().map(|s| s.dave_undecryptable).sum();
         self.recv_lateness_us = Quantiles::combine(streams.iter().map(|s| s.lateness_us));
         self.interarrival_jitter_us = Quantiles::combine(streams.iter().map(|s| s.jitter_us));
+    }
+
+    /// What the run says about end-to-end encryption: the engine's side (version, epoch) and,
+    /// when the server is in-process, whether it could decrypt what arrived.
+    fn e2ee_line(&self, measured_at_receiver: bool) -> String {
+        if self.dave_protocol_version == 0 {
+            return "E2EE: none (DAVE not negotiated; transport encryption only)".into();
+        }
+        let mut line = format!(
+            "E2EE: DAVE v{}, epoch {}",
+            self.dave_protocol_version, self.dave_epoch
+        );
+        if measured_at_receiver {
+            let _ = write!(
+                line,
+                ", {} frames decrypted by the server, {} undecryptable",
+                self.dave_frames, self.dave_undecryptable
+            );
+        }
+        line
     }
 
     pub fn to_json(&self) -> String {
@@ -204,6 +235,7 @@ impl Report {
         } else {
             let _ = writeln!(out, "  packets sent {}", self.packets_sent);
         }
+        let _ = writeln!(out, "  {}", self.e2ee_line(measured_at_receiver));
         row(
             &mut out,
             "send lateness (sender)",

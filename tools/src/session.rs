@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quaver::gateway::control::{CallId, ControlEvent, ControlThread};
+use quaver::gateway::dave::{DaveEvent, DaveKeys};
 use quaver::gateway::protocol::SpeakingFlags;
 use quaver::gateway::voice::{VoiceConfig, VoiceConnectRequest, VoiceEvent};
 use quaver::net::crypto::{EncryptionMode, SecretKey};
@@ -18,6 +19,9 @@ pub struct RawSession {
     pub ssrc: u32,
     pub mode: EncryptionMode,
     pub key: SecretKey,
+    /// The DAVE keys last installed while the session was being opened (a group that formed
+    /// at once); later ones arrive as events on the control thread.
+    pub dave_keys: Option<DaveKeys>,
 }
 
 impl std::fmt::Debug for RawSession {
@@ -47,6 +51,7 @@ impl RawSession {
             .map_err(quaver::Error::from)?;
         let give_up = Instant::now() + timeout;
         let mut socket = None;
+        let mut dave_keys = None;
         while let Some(left) = give_up.checked_duration_since(Instant::now()) {
             let Ok(event) = control.events().recv_timeout(left) else {
                 break;
@@ -97,8 +102,10 @@ impl RawSession {
                         ssrc: session.ssrc,
                         mode,
                         key,
+                        dave_keys,
                     });
                 }
+                VoiceEvent::Dave(DaveEvent::KeysChanged(keys)) => dave_keys = Some(keys),
                 VoiceEvent::Ended(reason) => {
                     return Err(crate::Error::Usage(format!(
                         "voice connection ended: {reason:?}"

@@ -55,6 +55,8 @@ fn jitter_reports_every_documented_key_as_json_and_draws_a_picture() {
         }
     }
     assert_eq!(report["calls"], 2);
+    assert_eq!(report["dave_protocol_version"], 1, "{json}");
+    assert_eq!(report["dave_undecryptable"], 0, "{json}");
     // Two calls for 1.5 s: 150 packets at least, none lost on loopback.
     assert!(
         report["packets_received"].as_u64().unwrap() >= 140,
@@ -94,6 +96,29 @@ fn demo_plays_the_bundled_tracks_and_writes_a_recording() {
     // 48 kHz stereo 16-bit: 192,000 bytes a second.
     assert!(wav.len() > 192_000, "recording is only {} bytes", wav.len());
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// The local server requires DAVE, as Discord does: the engine negotiates it, and the server's
+/// own group member decrypts every E2EE frame the engine sends.
+#[test]
+fn demo_negotiates_dave_and_the_server_decrypts_every_frame() {
+    let dir = std::env::temp_dir().join(format!("quaver-demo-dave-{}", std::process::id()));
+    let json = quaver(&[
+        "demo",
+        "--seconds",
+        "1",
+        "--json",
+        "--record",
+        dir.to_str().unwrap(),
+    ]);
+    std::fs::remove_dir_all(dir).ok();
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["dave_protocol_version"], 1, "{json}");
+    assert!(report["dave_epoch"].as_u64().unwrap() >= 1, "{json}");
+    assert_eq!(report["dave_undecryptable"], 0, "{json}");
+    // Frames sent before the group formed go out as plain Opus; the rest are E2EE.
+    assert!(report["dave_frames"].as_u64().unwrap() > 0, "{json}");
+    assert_eq!(report["decode_errors"], 0, "{json}");
 }
 
 #[test]

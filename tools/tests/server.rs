@@ -14,7 +14,7 @@ use quaver_gateway::voice::{EndReason, VoiceConfig, VoiceEvent, VoiceSession};
 use quaver_net::crypto::{EncryptionMode, Sealer, SecretKey, TransportCipher};
 use quaver_net::rtp::RtpStream;
 use quaver_net::{discovery, receive};
-use quaver_tools::server::{Faults, Server, ServerConfig, ServerStats};
+use quaver_tools::server::{DaveMode, Faults, OBSERVER_USER_ID, Server, ServerConfig, ServerStats};
 use tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -381,7 +381,8 @@ fn built_in_main_gateway_joins_and_audio_decodes_into_a_recording() {
             _ => {}
         }
     };
-    assert_eq!(session.dave_protocol_version, 0);
+    // DAVE is required by default, and Quaver's client offers it.
+    assert_eq!(session.dave_protocol_version, 1);
     assert_eq!(session.mode.as_str(), "aead_aes256_gcm_rtpsize");
     assert_eq!(server.ssrc_of(42, user_id), Some(session.ssrc));
 
@@ -519,6 +520,8 @@ fn identify_json(guild: u64, user: u64) -> String {
 fn garbage_from_clients_is_counted_and_a_good_client_keeps_streaming() {
     let server = Server::start(ServerConfig {
         max_message_size: 16 * 1024,
+        // Hand-crafted raw clients identify without DAVE (version 0): Optional admits them.
+        dave: DaveMode::Optional,
         ..ServerConfig::default()
     })
     .expect("server starts");
@@ -923,7 +926,12 @@ fn resume_json(guild: u64, user: u64, seq_ack: i64) -> String {
 
 #[test]
 fn resume_replays_what_the_client_missed_or_closes_4006() {
-    let server = Server::start(ServerConfig::default()).expect("server starts");
+    let server = Server::start(ServerConfig {
+        // Hand-crafted raw clients identify without DAVE (version 0): Optional admits them.
+        dave: DaveMode::Optional,
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
     let mut ws = raw_ws(&server);
     ws.send(Message::text(identify_json(4, 40))).expect("send");
     assert_eq!(read_op(&mut ws, 2)["seq"], 1);
@@ -950,6 +958,8 @@ fn resume_replays_what_the_client_missed_or_closes_4006() {
     // A replay buffer that no longer covers seq_ack: 4006.
     let server = Server::start(ServerConfig {
         replay_buffer: 1,
+        // Hand-crafted raw clients identify without DAVE (version 0): Optional admits them.
+        dave: DaveMode::Optional,
         ..ServerConfig::default()
     })
     .expect("server starts");
@@ -969,6 +979,8 @@ fn a_silent_client_is_closed_with_4009() {
     let server = Server::start(ServerConfig {
         heartbeat_interval_ms: 50.0,
         heartbeat_timeout_intervals: Some(2.0),
+        // Hand-crafted raw clients identify without DAVE (version 0): Optional admits them.
+        dave: DaveMode::Optional,
         ..ServerConfig::default()
     })
     .expect("server starts");
@@ -1121,10 +1133,12 @@ fn two_channels_of_a_guild_do_not_hear_each_other() {
     // B hears that A is there; C and D only hear each other.
     assert!(b.early.contains(&VoiceEvent::ClientsConnected(vec![101])));
     assert!(d.early.contains(&VoiceEvent::ClientsConnected(vec![103])));
+    // (The server's own DAVE group member is announced to every DAVE session.)
     assert!(
-        !c.early
-            .iter()
-            .any(|e| matches!(e, VoiceEvent::ClientsConnected(_))),
+        !c.early.iter().any(|e| matches!(
+            e,
+            VoiceEvent::ClientsConnected(u) if u.iter().any(|u| *u != OBSERVER_USER_ID)
+        )),
         "{:?}",
         c.early
     );
@@ -1220,7 +1234,12 @@ fn next_json(ws: &mut RawWs) -> serde_json::Value {
 
 #[test]
 fn voice_gateway_v4_is_served_with_its_own_framing() {
-    let server = Server::start(ServerConfig::default()).expect("server starts");
+    let server = Server::start(ServerConfig {
+        // Hand-crafted raw clients identify without DAVE (version 0): Optional admits them.
+        dave: DaveMode::Optional,
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
     let mut ws = raw_voice(&server, 4);
     let hello = next_json(&mut ws);
     assert_eq!(hello["op"], 8);
@@ -1434,7 +1453,12 @@ fn note_speaker(speakers: &mut std::collections::HashMap<u32, u64>, v: &serde_js
 
 #[test]
 fn op_5_reaches_a_receiver_before_any_packet_of_its_ssrc() {
-    let server = Server::start(ServerConfig::default()).expect("server starts");
+    let server = Server::start(ServerConfig {
+        // Hand-crafted raw clients identify without DAVE (version 0): Optional admits them.
+        dave: DaveMode::Optional,
+        ..ServerConfig::default()
+    })
+    .expect("server starts");
     let mut receiver = RawMember::join(&server, 12, 120);
     // A sender that never sends op 5: the server makes one up at its first packet.
     let mut silent = RawMember::join(&server, 12, 121);

@@ -74,6 +74,7 @@
 //! # Ok::<(), quaver_tools::server::ServerError>(())
 //! ```
 
+pub mod dave;
 mod framing;
 mod main_ws;
 pub mod stats;
@@ -95,6 +96,7 @@ use quaver_gateway::protocol::{Speaking, Token, VoicePayload};
 use quaver_gateway::voice::VoiceConnectRequest;
 use quaver_net::crypto::{EncryptionMode, Sealer, TransportCipher};
 
+pub use dave::{DaveCallStats, DaveMode, OBSERVER_USER_ID};
 pub use stats::Percentiles;
 
 /// Errors starting the server.
@@ -197,6 +199,19 @@ pub struct ServerConfig {
     pub faults: Faults,
     /// First bot user ID handed out by the main gateway (each Identify gets the next one).
     pub first_user_id: u64,
+    /// DAVE negotiation (default [`DaveMode::Required`], as Discord; see [`dave`]).
+    pub dave: DaveMode,
+    /// A DAVE transition executes (op 22) when every member of the new roster sent op 23, or
+    /// after this long.
+    pub dave_transition_timeout: Duration,
+    /// Proposals nobody committed for this long are committed by the server's observer, or
+    /// the group restarts (op 24).
+    pub dave_commit_timeout: Duration,
+    /// Keep a member of the server's own (user [`OBSERVER_USER_ID`]) in every DAVE group, so
+    /// E2EE audio is decrypted, decoded, recorded and measured. Off, E2EE frames are only
+    /// counted ([`StreamStats::dave_undecryptable`]) and forwarded; the MLS work per channel
+    /// and the decryption per packet go away.
+    pub dave_observer: bool,
 }
 
 impl Default for ServerConfig {
@@ -222,12 +237,16 @@ impl Default for ServerConfig {
             ws_poll_interval: Duration::from_millis(25),
             faults: Faults::default(),
             first_user_id: 100_000_000_000_000_001,
+            dave: DaveMode::default(),
+            dave_transition_timeout: Duration::from_secs(2),
+            dave_commit_timeout: Duration::from_secs(1),
+            dave_observer: true,
         }
     }
 }
 
 /// Server-wide counters of bad input and notable events.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
     /// Websocket connections accepted (both gateways).
     pub ws_connections: u64,
@@ -243,7 +262,7 @@ pub struct Counters {
     pub unknown_opcodes: u64,
     /// Frames over the size limit.
     pub oversized_frames: u64,
-    /// Binary frames from clients (DAVE is not served; they are parsed and ignored).
+    /// Binary frames from clients (DAVE ops 26 and 28, or garbage).
     pub binary_frames: u64,
     /// Closes sent by the server, any code.
     pub closes_sent: u64,
@@ -276,10 +295,18 @@ pub struct Counters {
     /// RTP packets whose arrival time is a kernel receive timestamp (SO_TIMESTAMPNS); the rest
     /// fell back to reading CLOCK_REALTIME on receipt.
     pub kernel_timestamps: u64,
+    /// DAVE key packages (op 26) accepted.
+    pub dave_key_packages: u64,
+    /// DAVE commits (op 28) accepted.
+    pub dave_commits: u64,
+    /// DAVE commits ignored: stale, beaten by another member's, or not the expected proposals.
+    pub dave_ignored_commits: u64,
+    /// Undecodable DAVE binary frames (closed with 4002).
+    pub dave_bad_frames: u64,
 }
 
 /// Receive statistics of one SSRC.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct StreamStats {
     /// The sender's SSRC.
     pub ssrc: u32,
@@ -313,10 +340,14 @@ pub struct StreamStats {
     pub jitter_us: Percentiles,
     /// The WAV recording, when recording.
     pub recording: Option<PathBuf>,
+    /// DAVE (E2EE) frames the server's observer decrypted before decoding.
+    pub dave_frames: u64,
+    /// DAVE frames it could not decrypt (not decoded, not counted as decode errors).
+    pub dave_undecryptable: u64,
 }
 
 /// The streams of one call (the sessions of one voice channel).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct CallStats {
     /// Guild ID.
     pub guild_id: u64,
@@ -326,10 +357,12 @@ pub struct CallStats {
     pub ended: bool,
     /// One entry per SSRC that sent audio.
     pub streams: Vec<StreamStats>,
+    /// The call's DAVE group, when DAVE was negotiated.
+    pub dave: Option<DaveCallStats>,
 }
 
 /// A snapshot of everything the server measured.
-#[derive(Clone, Debug, PartialEq, Default)]
+#[derive(Clone, Debug, PartialEq, Default, serde::Serialize)]
 pub struct ServerStats {
     /// Per call, ordered by guild and channel ID.
     pub calls: Vec<CallStats>,
@@ -395,7 +428,10 @@ const MAX_HELD_PER_SSRC: usize = 50;
 /// One voice session (one user in one voice channel), living across resumes.
 pub(crate) struct Session {
     pub guild_id: u64,
+    /// The voice channel (from the issued credentials; 0 when none were issued).
     pub channel_id: u64,
+    /// Negotiated DAVE protocol version (0: none).
+    pub dave_version: u16,
     pub user_id: u64,
     /// How the attached (last) websocket frames messages.
     pub framing: framing::Framing,
@@ -443,8 +479,6 @@ impl Session {
 
     /// A server binary frame (DAVE ops 25, 27, 29, 30), framed for the session's version and
     /// numbered like the text messages.
-    // The DAVE side of the server sends its binary frames through this.
-    #[allow(dead_code)]
     pub fn push_binary(&mut self, op: u8, payload: &[u8], replay_cap: usize) {
         self.seq += 1;
         let frame = Outgoing::Binary(self.framing.binary(self.seq, op, payload));
@@ -537,6 +571,8 @@ pub(crate) struct Registry {
     pub streams: HashMap<u32, StreamRecord>,
     /// (guild, user) pairs already closed by the `close_code` fault.
     pub close_faulted: std::collections::HashSet<(u64, u64)>,
+    /// The last report of each (guild, channel) DAVE group.
+    pub dave_calls: HashMap<(u64, u64), DaveCallStats>,
 }
 
 pub(crate) struct StreamRecord {
@@ -548,6 +584,8 @@ pub(crate) struct StreamRecord {
     pub decoded_samples: u64,
     pub recording: Option<PathBuf>,
     pub decoded: Vec<i16>,
+    pub dave_frames: u64,
+    pub dave_undecryptable: u64,
 }
 
 impl StreamRecord {
@@ -569,6 +607,8 @@ impl StreamRecord {
             lateness_us: Percentiles::of(&self.meter.lateness()),
             jitter_us: Percentiles::of(&self.meter.jitter_us),
             recording: self.recording.clone(),
+            dave_frames: self.dave_frames,
+            dave_undecryptable: self.dave_undecryptable,
         }
     }
 }
@@ -599,11 +639,16 @@ impl Registry {
             .map(|(ssrc, r)| r.snapshot(*ssrc))
             .collect();
         streams.sort_by_key(|s| (s.user_id, s.ssrc));
+        let dave = self
+            .dave_calls
+            .get(&(call.guild_id, call.channel_id))
+            .cloned();
         CallStats {
             guild_id: call.guild_id,
             channel_id: call.channel_id,
             ended: !self.by_call.contains_key(&call),
             streams,
+            dave,
         }
     }
 
@@ -627,6 +672,9 @@ impl Registry {
         };
         self.by_ssrc.remove(&s.ssrc);
         let call = s.key();
+        if s.dave_version > 0 {
+            dave::session_ended(shared, id, s.guild_id, s.channel_id);
+        }
         if let Some(members) = self.by_call.get_mut(&call) {
             members.retain(|k| *k != id);
             if members.is_empty() {
@@ -683,6 +731,7 @@ pub(crate) struct Shared {
     pub udp_addr: SocketAddr,
     pub udp: UdpSocket,
     pub ws_generation: AtomicU64,
+    pub dave: dave::Hub,
 }
 
 impl Shared {
@@ -810,6 +859,7 @@ impl Server {
                 counters: Counters::default(),
                 streams: HashMap::new(),
                 close_faulted: Default::default(),
+                dave_calls: HashMap::new(),
             }),
             config,
             stop: AtomicBool::new(false),
@@ -820,6 +870,7 @@ impl Server {
             udp_addr,
             udp,
             ws_generation: AtomicU64::new(0),
+            dave: dave::Hub::default(),
         });
         let mut threads = Vec::new();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -1124,6 +1175,25 @@ impl std::fmt::Display for CallStats {
             if self.ended { " ended" } else { "" },
             self.streams.len()
         )?;
+        if let Some(d) = &self.dave {
+            writeln!(
+                f,
+                "  E2EE: DAVE v{}, epoch {}, {} members (observer at epoch {}), {} commits, \
+                 {} ignored, {} transitions, {} resets, {} undecryptable",
+                d.protocol_version,
+                d.epoch,
+                d.members,
+                d.observer_epoch,
+                d.commits,
+                d.ignored_commits,
+                d.transitions,
+                d.resets,
+                self.streams
+                    .iter()
+                    .map(|s| s.dave_undecryptable)
+                    .sum::<u64>()
+            )?;
+        }
         for s in &self.streams {
             writeln!(
                 f,
@@ -1150,6 +1220,13 @@ impl std::fmt::Display for CallStats {
                 s.jitter_us.p99,
                 s.jitter_us.max
             )?;
+            if s.dave_frames + s.dave_undecryptable > 0 {
+                writeln!(
+                    f,
+                    "    E2EE: {} DAVE frames decrypted, {} undecryptable",
+                    s.dave_frames, s.dave_undecryptable
+                )?;
+            }
             if let Some(p) = &s.recording {
                 writeln!(f, "    recording: {}", p.display())?;
             }

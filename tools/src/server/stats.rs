@@ -19,7 +19,7 @@ const STRETCH_MAX: usize = 30_000;
 const HIST_MAX_US: u64 = 60_000_000;
 
 /// p50/p99/p99.9/max (and min, mean) of one metric, in µs.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Percentiles {
     /// Samples recorded.
     pub count: u64,

@@ -278,6 +278,7 @@ impl Udp<'_> {
         session.udp_peer = Some(d.from);
         let (call, user, ssrc) = (session.key(), session.user_id, session.ssrc);
         let announcement = session.speaking_announcement();
+        let dave = session.dave_version > 0;
         let (seq, ts, marker) = (opened.sequence, opened.timestamp, opened.marker);
         let payload_len = opened.payload.len();
         // `payload` is a sub-slice of `self.open` (open_rtp decrypts into it), so this offset
@@ -297,6 +298,8 @@ impl Udp<'_> {
                 ))
             }),
             decoded: Vec::new(),
+            dave_frames: 0,
+            dave_undecryptable: 0,
         });
         let arrival = record.meter.on_packet(seq, ts, payload_len, d.at_ns);
         let recording = record.recording.clone();
@@ -315,10 +318,35 @@ impl Udp<'_> {
             );
         }
         drop(reg);
+        let mut payload = None;
+        if dave && arrival != Arrival::Duplicate {
+            // E2EE frames are opened with the server's own group member before decoding
+            // (the DAVE decryptor would refuse a duplicate's nonce, so those are skipped).
+            let frame = &self.open[payload_at..payload_at + payload_len];
+            let (decrypted, failed) = match super::dave::open(shared, guild, channel, user, frame) {
+                super::dave::Opened::Plain => (0, 0),
+                super::dave::Opened::Decrypted(plain) => {
+                    payload = Some(plain);
+                    (1, 0)
+                }
+                super::dave::Opened::Undecryptable => (0, 1),
+            };
+            if decrypted + failed > 0 {
+                let mut reg = shared.lock();
+                if let Some(r) = reg.streams.get_mut(&ssrc) {
+                    r.dave_frames += decrypted;
+                    r.dave_undecryptable += failed;
+                }
+                if failed > 0 {
+                    return;
+                }
+            }
+        }
         if let Arrival::InOrder { gap } = arrival
             && (config.decode_audio || config.record_dir.is_some() || config.keep_decoded_audio)
         {
-            let payload = self.open[payload_at..payload_at + payload_len].to_vec();
+            let payload =
+                payload.unwrap_or_else(|| self.open[payload_at..payload_at + payload_len].to_vec());
             self.decode(ssrc, gap, &payload, recording);
         }
     }
@@ -384,6 +412,7 @@ impl Udp<'_> {
 
     fn housekeeping(&mut self) {
         let shared = self.shared;
+        super::dave::tick(shared, Instant::now());
         let mut reg = shared.lock();
         let window = shared.config.resume_window;
         let expired: Vec<u64> = reg
@@ -445,6 +474,10 @@ fn forward(
             continue;
         };
         if s.ssrc == ssrc {
+            continue;
+        }
+        // Like Discord's SFU: E2EE frames are not sent to a receiver without DAVE.
+        if s.dave_version == 0 && super::dave::is_protocol_frame(payload) {
             continue;
         }
         let (Some(peer), Some(sealer)) = (s.udp_peer, s.sealer.as_mut()) else {

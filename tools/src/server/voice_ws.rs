@@ -88,10 +88,10 @@ fn run(ws: &mut Ws, c: &mut Conn<'_>) {
                 }
             }
             Ok(Message::Binary(bytes)) => {
-                // DAVE is a later issue: parse (so garbage is told apart) and ignore.
-                let ok = protocol::BinaryFrame::parse_client(&bytes, usize::MAX).is_ok();
                 c.shared.lock().counters.binary_frames += 1;
-                tracing::debug!(len = bytes.len(), ok, "binary frame from client ignored");
+                if c.closing_since.is_none() {
+                    on_binary(ws, c, &bytes);
+                }
             }
             Ok(Message::Close(frame)) => {
                 let code = frame.map(|f| u16::from(f.code));
@@ -318,8 +318,12 @@ fn on_text(ws: &mut Ws, c: &mut Conn<'_>, text: &str) {
         }
         VoicePayload::SelectProtocol(sp) => select_protocol(ws, c, sp),
         VoicePayload::Speaking(s) => speaking(c, s),
-        // DAVE JSON ops from a client: no DAVE here (dave_protocol_version 0), ignore.
-        VoicePayload::DaveTransitionReady(_) | VoicePayload::DaveMlsInvalidCommitWelcome(_) => {}
+        p @ (VoicePayload::DaveTransitionReady(_)
+        | VoicePayload::DaveMlsInvalidCommitWelcome(_)) => {
+            if let Some(key) = c.session {
+                super::dave::on_json(c.shared, key, &p);
+            }
+        }
         other => {
             tracing::debug!(op = other.op(), "unexpected opcode from a client");
             c.shared.lock().counters.unknown_opcodes += 1;
@@ -356,6 +360,19 @@ fn identify(ws: &mut Ws, c: &mut Conn<'_>, id: Identify) {
         );
         return start_close(ws, c, close_code::AUTHENTICATION_FAILED);
     }
+    let dave_version =
+        match super::dave::negotiate(shared.config.dave, id.max_dave_protocol_version) {
+            Ok(v) => v,
+            Err(code) => {
+                drop(reg);
+                tracing::info!(
+                    guild,
+                    user,
+                    "voice identify without DAVE; closing with {code}"
+                );
+                return start_close(ws, c, code);
+            }
+        };
     reg.counters.identifies += 1;
     // The channel is the one the credentials were issued for (op 4); credentials the server
     // did not issue (allowed unless `require_issued_tokens`) land in channel 0.
@@ -382,6 +399,7 @@ fn identify(ws: &mut Ws, c: &mut Conn<'_>, id: Identify) {
         guild_id: guild,
         channel_id: channel,
         framing: c.framing,
+        dave_version,
         user_id: user,
         session_id: id.session_id.clone(),
         token: id.token.clone(),
@@ -436,6 +454,15 @@ fn identify(ws: &mut Ws, c: &mut Conn<'_>, id: Identify) {
                 );
             }
         }
+    }
+    if dave_version > 0 && shared.config.dave_observer {
+        // The server's own group member, announced like a user so DAVE clients accept its Add.
+        session.push(
+            &VoicePayload::ClientsConnect(ClientsConnect {
+                user_ids: vec![super::dave::OBSERVER_USER_ID.into()],
+            }),
+            cap,
+        );
     }
     let joined = VoicePayload::ClientsConnect(ClientsConnect {
         user_ids: vec![user.into()],
@@ -566,12 +593,13 @@ fn select_protocol(ws: &mut Ws, c: &mut Conn<'_>, sp: SelectProtocol) {
         &VoicePayload::SessionDescription(SessionDescription {
             mode: mode.as_str().to_string(),
             secret_key: protocol::SecretKey::new(key),
-            dave_protocol_version: 0,
+            dave_protocol_version: s.dave_version,
         }),
         shared.config.replay_buffer,
     );
     key.zeroize();
     s.established_at = Some(Instant::now());
+    let dave = s.dave_version > 0;
     let event = ServerEvent::SessionEstablished {
         guild_id: s.guild_id,
         channel_id: s.channel_id,
@@ -586,6 +614,31 @@ fn select_protocol(ws: &mut Ws, c: &mut Conn<'_>, sp: SelectProtocol) {
         "voice session established"
     );
     let _ = shared.events_tx.send(event);
+    drop(reg);
+    if dave {
+        // Op 25 right after op 4.
+        super::dave::on_established(shared, key_id);
+    }
+}
+
+/// A binary frame from the client: DAVE ops 26 and 28. Undecodable ones close with 4002; on a
+/// session without DAVE they are ignored, as before DAVE existed.
+fn on_binary(ws: &mut Ws, c: &mut Conn<'_>, bytes: &[u8]) {
+    let Some(key) = c.session else {
+        tracing::debug!(len = bytes.len(), "binary frame before identify ignored");
+        return;
+    };
+    match super::dave::on_binary(c.shared, key, bytes) {
+        Ok(()) => {}
+        Err(super::dave::DaveError::NotNegotiated) => {
+            tracing::debug!(len = bytes.len(), "binary frame outside DAVE ignored");
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "undecodable DAVE frame; closing with 4002");
+            c.shared.lock().counters.dave_bad_frames += 1;
+            start_close(ws, c, close_code::DECODE_FAILURE);
+        }
+    }
 }
 
 fn speaking(c: &mut Conn<'_>, sp: Speaking) {
