@@ -216,6 +216,13 @@ fn a_websocket_dropped_mid_stream_resumes_while_audio_keeps_flowing() {
         stats.lost, 0,
         "audio must keep flowing through the resume: {stats:?}"
     );
+    // A resume keeps the DAVE session: frames stay end-to-end encrypted and all open.
+    assert!(stats.dave_frames > 0, "{stats:?}");
+    assert_eq!(stats.dave_undecryptable, 0, "{stats:?}");
+    assert_eq!(
+        engine.e2ee_status(call).map(|s| s.protocol_version),
+        Some(1)
+    );
     assert_eq!(engine.call_status(call), Some(CallStatus::Ready));
 }
 

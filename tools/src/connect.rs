@@ -17,7 +17,20 @@ pub fn until_ready(
     timeout: Duration,
 ) -> Result<(), Error> {
     let give_up = Instant::now() + timeout;
+    let ended = |event: Event| match event {
+        Event::Call(CallEvent::Ended { call, reason }) if calls.contains(&call) => {
+            Some(Error::CallEnded { call, reason })
+        }
+        _ => None,
+    };
     loop {
+        // A thousand calls report several events each: read what is queued in one go, so the
+        // readiness scan below runs once per batch, not once per event.
+        for event in engine.events().try_iter() {
+            if let Some(error) = ended(event) {
+                return Err(error);
+            }
+        }
         let ready = calls
             .iter()
             .filter(|&&c| engine.call_status(c) == Some(CallStatus::Ready))
@@ -37,11 +50,12 @@ pub fn until_ready(
                 waited: timeout,
             });
         }
-        if let Some(Event::Call(CallEvent::Ended { call, reason })) =
-            engine.events().recv_timeout(Duration::from_millis(20))
-            && calls.contains(&call)
+        if let Some(error) = engine
+            .events()
+            .recv_timeout(Duration::from_millis(20))
+            .and_then(ended)
         {
-            return Err(Error::CallEnded { call, reason });
+            return Err(error);
         }
     }
 }

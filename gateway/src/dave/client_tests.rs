@@ -380,3 +380,52 @@ fn debug_shows_no_key_material() {
         "{shown}"
     );
 }
+
+/// The fuzz target's input format (fuzz/fuzz_targets/dave_client.rs), fed seeded random records
+/// and mutated real messages, so every test run exercises it too.
+#[test]
+fn random_and_mutated_ops_never_panic() {
+    let gateway = Gateway::new();
+    let (_, kp_b) = joined(&gateway, 2, &[1]);
+    let real: Vec<(u8, Vec<u8>)> = vec![
+        (op::DAVE_MLS_EXTERNAL_SENDER, gateway.op25.clone()),
+        (op::DAVE_MLS_PROPOSALS, gateway.add_proposal(&kp_b, 0)),
+    ];
+    let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..300 {
+        let (mut client, _) = joined(&gateway, 1, &[2]);
+        let mut out = DaveOutbox::default();
+        for _ in 0..4 {
+            let (op, mut bytes) = if round % 2 == 0 {
+                let (op, b) = &real[(next() % real.len() as u64) as usize];
+                (*op, b.clone())
+            } else {
+                let len = (next() % 64) as usize;
+                let op = [25, 27, 29, 30, 99][(next() % 5) as usize];
+                (op, (0..len).map(|_| next() as u8).collect())
+            };
+            if !bytes.is_empty() {
+                for _ in 0..(next() % 4) {
+                    let i = (next() % bytes.len() as u64) as usize;
+                    bytes[i] ^= 1 << (next() % 8);
+                }
+                if next() % 3 == 0 {
+                    bytes.truncate((next() % bytes.len() as u64) as usize);
+                }
+            }
+            client.on_binary(op, &bytes, &mut out);
+        }
+        client.on_json(
+            &VoicePayload::DaveExecuteTransition(DaveTransition {
+                transition_id: (next() % 4) as u16,
+            }),
+            &mut out,
+        );
+    }
+}
