@@ -90,7 +90,6 @@ mod udp;
 mod voice_ws;
 pub mod wav;
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -174,20 +173,7 @@ impl Server {
         udp::configure(&udp).map_err(io_err("udp options"))?;
         let (events_tx, events) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
-            registry: Mutex::new(Registry {
-                sessions: HashMap::new(),
-                by_ssrc: HashMap::new(),
-                by_call: HashMap::new(),
-                issued: HashMap::new(),
-                main_sessions: HashMap::new(),
-                next_session: 0,
-                next_ssrc: rand::random::<u32>() >> 1,
-                next_user: config.first_user_id,
-                counters: Counters::default(),
-                streams: HashMap::new(),
-                close_faulted: Default::default(),
-                dave_calls: HashMap::new(),
-            }),
+            registry: Mutex::new(Registry::new(config.first_user_id)),
             config,
             stop: AtomicBool::new(false),
             events_tx,

@@ -1,5 +1,6 @@
-//! The state the server's threads share: sessions indexed by SSRC and by call, issued
-//! credentials, per-SSRC receive records and counters.
+//! The state the server's threads share: the [`Registry`] (sessions indexed by SSRC and by
+//! call, issued credentials, per-SSRC receive records, counters) and [`Shared`], which holds it
+//! beside the configuration and the sockets' addresses.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -90,6 +91,25 @@ impl StreamRecord {
 }
 
 impl Registry {
+    /// An empty registry: SSRCs are handed out from a random point below 2³¹, main-gateway
+    /// user IDs from `first_user_id`.
+    pub fn new(first_user_id: u64) -> Self {
+        Registry {
+            sessions: HashMap::new(),
+            by_ssrc: HashMap::new(),
+            by_call: HashMap::new(),
+            issued: HashMap::new(),
+            main_sessions: HashMap::new(),
+            next_session: 0,
+            next_ssrc: rand::random::<u32>() >> 1,
+            next_user: first_user_id,
+            counters: Counters::default(),
+            streams: HashMap::new(),
+            close_faulted: Default::default(),
+            dave_calls: HashMap::new(),
+        }
+    }
+
     /// Adds a session to the indexes.
     pub fn insert_session(&mut self, key: u64, session: Session) {
         self.by_ssrc.insert(session.ssrc, key);
@@ -185,6 +205,7 @@ impl Registry {
         }
     }
 
+    /// The next SSRC no live session owns (never 0).
     pub fn fresh_ssrc(&mut self) -> u32 {
         loop {
             self.next_ssrc = self.next_ssrc.wrapping_add(1);
