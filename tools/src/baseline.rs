@@ -19,6 +19,8 @@ pub struct BaselineSender {
 }
 
 impl BaselineSender {
+    /// Starts the sending thread: every 20 ms, the next of `packets` (cycling through them) on
+    /// every session.
     pub fn start(sessions: Vec<RawSession>, packets: Arc<Vec<Vec<u8>>>) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {

@@ -59,6 +59,7 @@ pub struct JitterOptions {
     pub ca_cert: Option<PathBuf>,
     /// Also run the sleep-paced baseline sender with as many calls, in the same run.
     pub baseline: bool,
+    /// The transmit backend of the engine's sender (io_uring or the portable path).
     pub backend: BackendChoice,
     /// Where the embedded server records each stream as WAV.
     pub record: Option<PathBuf>,

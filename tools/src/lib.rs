@@ -26,16 +26,21 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The audio engine failed (a source, the mixer, the encoder).
     #[error(transparent)]
     Engine(#[from] quaver::engine::Error),
     /// The voice side (sender, gateway, sessions) failed.
     #[error(transparent)]
     Voice(#[from] quaver::Error),
+    /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The cause.
         source: std::io::Error,
     },
+    /// The options given cannot work together (the message says why).
     #[error("{0}")]
     Usage(String),
     /// The local server failed to start.

@@ -24,8 +24,11 @@ use crate::session::RawSession;
 /// One received audio packet.
 #[derive(Debug, Clone)]
 pub struct Arrival {
+    /// When the listener's thread got it back from `recv` (user space, not a kernel timestamp).
     pub at: Instant,
+    /// The sender's RTP SSRC.
     pub ssrc: u32,
+    /// Its RTP sequence number.
     pub sequence: u16,
     /// The decrypted payload: the Opus frame (DAVE frames of the watched sender opened too).
     pub payload: Vec<u8>,

@@ -12,9 +12,13 @@ use quaver::engine::{
 /// A finished render.
 #[derive(Debug, Clone)]
 pub struct RenderReport {
+    /// The Ogg Opus file written.
     pub output: PathBuf,
+    /// Opus packets written, one per 20 ms frame.
     pub frames: u64,
+    /// Length of the audio written, in seconds (`frames` × 20 ms).
     pub seconds: f64,
+    /// Size of the file, in bytes (0 if it could not be read back).
     pub bytes: u64,
 }
 

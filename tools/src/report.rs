@@ -18,10 +18,15 @@ pub fn new_histogram() -> Histogram<u64> {
 /// The percentiles a report shows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Quantiles {
+    /// Median, in the unit the field holding these quantiles names (µs or ms).
     pub p50: f64,
+    /// 99th percentile: one value in a hundred was higher.
     pub p99: f64,
+    /// 99.9th percentile: one value in a thousand was higher.
     pub p999: f64,
+    /// Largest value recorded.
     pub max: f64,
+    /// Number of values recorded (0: nothing measured, and every quantile is 0).
     pub count: u64,
 }
 
@@ -76,14 +81,22 @@ impl Quantiles {
 /// The baseline sender's numbers from the same run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BaselineReport {
+    /// RTP packets the baseline sender handed to the kernel.
     pub packets_sent: u64,
+    /// Distinct packets the server received from it (duplicates not counted).
     pub packets_received: u64,
+    /// Sequence numbers missing inside the ranges the server received, over its streams.
     pub lost: u64,
+    /// Arrival at the server (kernel timestamp) against each stream's ideal 20 ms grid, in µs;
+    /// the median of the streams' medians and the worst stream's tail.
     pub recv_lateness_us: Quantiles,
+    /// RFC 3550 inter-arrival jitter at the server, in µs, combined over streams the same way.
     pub interarrival_jitter_us: Quantiles,
 }
 
 impl BaselineReport {
+    /// The baseline's figures from the `sent` count and the server's statistics of the
+    /// baseline's streams.
     pub fn from_streams(sent: u64, streams: &[&StreamStats]) -> Self {
         Self {
             packets_sent: sent,
@@ -98,6 +111,8 @@ impl BaselineReport {
 /// Everything a run measured. Lateness and jitter in µs, latency in ms.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
+    /// Concurrent calls the engine streamed to (the listening probe and the baseline not
+    /// counted).
     pub calls: usize,
     /// How long the calls streamed.
     pub seconds: f64,
@@ -105,13 +120,22 @@ pub struct Report {
     pub planned_seconds: f64,
     /// Ctrl-C (or SIGTERM) stopped the run before `planned_seconds`.
     pub interrupted: bool,
+    /// What fed the engine: pre-encoded Opus passed through, a PCM source mixed and encoded,
+    /// or media files.
     pub mode: String,
+    /// The engine's send path and pacing mode, as it describes them.
     pub sender: String,
+    /// RTP packets the engine's sender sent, over all calls.
     pub packets_sent: u64,
+    /// Distinct packets the server received from the engine (duplicates not counted).
     pub packets_received: u64,
+    /// Sequence numbers the server never saw inside the ranges it received.
     pub lost: u64,
+    /// Packets the server received more than once.
     pub duplicates: u64,
+    /// Packets that reached the server after a later-numbered one.
     pub reordered: u64,
+    /// Packets the server's Opus decoder rejected.
     pub decode_errors: u64,
     /// The DAVE (E2EE) protocol version every call negotiated (the lowest among them; 0 when
     /// some call runs without E2EE), from the engine.
@@ -128,6 +152,7 @@ pub struct Report {
     pub late_frames: u64,
     /// How late the mixer thread woke against its plan, and how long its ticks took.
     pub mixer_wake_lateness_us: Quantiles,
+    /// Time the mixer spent on one tick (mixing and encoding every call's frame), in µs.
     pub mixer_tick_us: Quantiles,
     /// Ticks the mixer skipped because it could not run for over a frame.
     pub skipped_ticks: u64,
@@ -141,12 +166,18 @@ pub struct Report {
     pub latency_ms: Quantiles,
     /// From the first push to the first packet at the listening client.
     pub first_packet_ms: Option<f64>,
+    /// Voice connections the engine resumed during the run (each a dropped voice websocket).
     pub resumes: u64,
     /// CPU of Quaver's threads, in percent of one core.
     pub cpu_percent: f64,
+    /// `cpu_percent` divided by the number of calls.
     pub cpu_percent_per_call: f64,
+    /// The naive sender run alongside for comparison, when it was.
     pub baseline: Option<BaselineReport>,
+    /// WAV files the in-process server recorded of the engine's streams.
     pub recordings: Vec<PathBuf>,
+    /// Why the receiving side's figures are missing (set when the server is not in-process;
+    /// the receive fields are then zero).
     pub receiver_note: Option<String>,
 }
 
@@ -160,6 +191,7 @@ impl Report {
         }
     }
 
+    /// Fills the receiving side's figures from the server's statistics of the engine's streams.
     pub fn fill_receiver(&mut self, streams: &[&StreamStats]) {
         self.packets_received = streams.iter().map(|s| s.unique_packets).sum();
         self.lost = streams.iter().map(|s| s.lost).sum();
@@ -192,6 +224,7 @@ impl Report {
         line
     }
 
+    /// The report as pretty-printed JSON (every field, units as the field names say).
     pub fn to_json(&self) -> String {
         // Invariant: the report is plain data (numbers, strings, paths) and always serialises.
         serde_json::to_string_pretty(self).expect("reports serialise")

@@ -14,10 +14,15 @@ use quaver::net::crypto::{EncryptionMode, SecretKey};
 
 /// An established session: the socket is connected to the voice server, the key is known.
 pub struct RawSession {
+    /// The control thread's handle of the voice connection, to disconnect it.
     pub gateway: CallId,
+    /// The UDP socket, connected to the voice server's address from Ready.
     pub socket: Arc<UdpSocket>,
+    /// The SSRC the server assigned in Ready.
     pub ssrc: u32,
+    /// The transport encryption mode selected.
     pub mode: EncryptionMode,
+    /// The transport key from Session Description (redacted from `Debug`).
     pub key: SecretKey,
     /// The DAVE keys last installed while the session was being opened (a group that formed
     /// at once); later ones arrive as events on the control thread.

@@ -1,0 +1,212 @@
+//! The public measurement snapshots ([`ServerStats`] and what it holds) and their human report.
+
+use std::path::PathBuf;
+
+use super::dave::DaveCallStats;
+use super::stats::Percentiles;
+
+/// Server-wide counters of bad input and notable events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    /// Websocket connections accepted (both gateways).
+    pub ws_connections: u64,
+    /// Voice Identify handled.
+    pub identifies: u64,
+    /// Voice Resume handled successfully.
+    pub resumes: u64,
+    /// Voice Resume rejected (4006).
+    pub failed_resumes: u64,
+    /// Text frames that were not valid JSON payloads (closed with 4002).
+    pub bad_json: u64,
+    /// Unknown or misdirected opcodes (closed with 4001).
+    pub unknown_opcodes: u64,
+    /// Frames over the size limit.
+    pub oversized_frames: u64,
+    /// Binary frames from clients (DAVE ops 26 and 28, or garbage).
+    pub binary_frames: u64,
+    /// Closes sent by the server, any code.
+    pub closes_sent: u64,
+    /// Voice websockets closed with 4009 for missing heartbeats.
+    pub heartbeat_timeouts: u64,
+    /// Websockets dropped on purpose (fault injection).
+    pub injected_drops: u64,
+    /// IP discovery requests answered.
+    pub discovery_requests: u64,
+    /// Datagrams that were neither discovery, RTP, RTCP nor keepalive.
+    pub garbage_datagrams: u64,
+    /// RTP for an SSRC no session owns (or whose session has no key yet).
+    pub unknown_ssrc: u64,
+    /// RTP that failed authentication or decryption.
+    pub auth_failures: u64,
+    /// RTP with a broken header or non-Opus payload type.
+    pub malformed_rtp: u64,
+    /// RTCP packets (ignored).
+    pub rtcp: u64,
+    /// Keepalive datagrams.
+    pub keepalives: u64,
+    /// Packets forwarded to receivers (after fault injection).
+    pub forwarded: u64,
+    /// Forwarded packets dropped / duplicated / reordered by fault injection.
+    pub injected_udp_loss: u64,
+    /// See `injected_udp_loss`.
+    pub injected_udp_duplicates: u64,
+    /// See `injected_udp_loss`.
+    pub injected_udp_reorders: u64,
+    /// RTP packets whose arrival time is a kernel receive timestamp (SO_TIMESTAMPNS); the rest
+    /// fell back to reading CLOCK_REALTIME on receipt.
+    pub kernel_timestamps: u64,
+    /// DAVE key packages (op 26) accepted.
+    pub dave_key_packages: u64,
+    /// DAVE commits (op 28) accepted.
+    pub dave_commits: u64,
+    /// DAVE commits ignored: stale, beaten by another member's, or not the expected proposals.
+    pub dave_ignored_commits: u64,
+    /// Undecodable DAVE binary frames (closed with 4002).
+    pub dave_bad_frames: u64,
+}
+
+/// Receive statistics of one SSRC.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct StreamStats {
+    /// The sender's SSRC.
+    pub ssrc: u32,
+    /// Its user ID.
+    pub user_id: u64,
+    /// Its guild.
+    pub guild_id: u64,
+    /// Its voice channel.
+    pub channel_id: u64,
+    /// Packets accepted (decrypted), duplicates included.
+    pub packets: u64,
+    /// Distinct packets.
+    pub unique_packets: u64,
+    /// Payload bytes (after decryption).
+    pub bytes: u64,
+    /// Sequence numbers never seen within the range received.
+    pub lost: u64,
+    /// Packets that arrived after a later one.
+    pub reordered: u64,
+    /// Packets seen twice.
+    pub duplicates: u64,
+    /// Consecutive packets whose timestamps did not differ by 960.
+    pub timestamp_step_errors: u64,
+    /// Opus packets that failed to decode.
+    pub decode_errors: u64,
+    /// Samples per channel decoded (48 kHz).
+    pub decoded_samples: u64,
+    /// Arrival minus ideal arrival on the sender's 20 ms grid, anchored at its best packet (µs).
+    pub lateness_us: Percentiles,
+    /// RFC 3550 inter-arrival jitter after each packet (µs).
+    pub jitter_us: Percentiles,
+    /// The WAV recording, when recording.
+    pub recording: Option<PathBuf>,
+    /// DAVE (E2EE) frames the server's observer decrypted before decoding.
+    pub dave_frames: u64,
+    /// DAVE frames it could not decrypt (not decoded, not counted as decode errors).
+    pub dave_undecryptable: u64,
+}
+
+/// The streams of one call (the sessions of one voice channel).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CallStats {
+    /// Guild ID.
+    pub guild_id: u64,
+    /// Voice channel ID.
+    pub channel_id: u64,
+    /// Whether every session of the call has ended.
+    pub ended: bool,
+    /// One entry per SSRC that sent audio.
+    pub streams: Vec<StreamStats>,
+    /// The call's DAVE group, when DAVE was negotiated.
+    pub dave: Option<DaveCallStats>,
+}
+
+/// A snapshot of everything the server measured.
+#[derive(Clone, Debug, PartialEq, Default, serde::Serialize)]
+pub struct ServerStats {
+    /// Per call, ordered by guild and channel ID.
+    pub calls: Vec<CallStats>,
+    /// Counters.
+    pub counters: Counters,
+}
+
+impl ServerStats {
+    /// The stream of `ssrc`, if it sent anything.
+    pub fn stream(&self, ssrc: u32) -> Option<&StreamStats> {
+        self.calls
+            .iter()
+            .flat_map(|c| c.streams.iter())
+            .find(|s| s.ssrc == ssrc)
+    }
+}
+
+impl std::fmt::Display for CallStats {
+    /// A short human report: one line for the call, one per stream.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "call in guild {} channel {}{}: {} stream(s)",
+            self.guild_id,
+            self.channel_id,
+            if self.ended { " ended" } else { "" },
+            self.streams.len()
+        )?;
+        if let Some(d) = &self.dave {
+            writeln!(
+                f,
+                "  E2EE: DAVE v{}, epoch {}, {} members (observer at epoch {}), {} commits, \
+                 {} ignored, {} transitions, {} resets, {} undecryptable",
+                d.protocol_version,
+                d.epoch,
+                d.members,
+                d.observer_epoch,
+                d.commits,
+                d.ignored_commits,
+                d.transitions,
+                d.resets,
+                self.streams
+                    .iter()
+                    .map(|s| s.dave_undecryptable)
+                    .sum::<u64>()
+            )?;
+        }
+        for s in &self.streams {
+            writeln!(
+                f,
+                "  ssrc {} (user {}): {} packets, {} lost, {} reordered, {} duplicates, \
+                 {} timestamp-step errors, {} decode errors, {:.2} s decoded",
+                s.ssrc,
+                s.user_id,
+                s.packets,
+                s.lost,
+                s.reordered,
+                s.duplicates,
+                s.timestamp_step_errors,
+                s.decode_errors,
+                s.decoded_samples as f64 / 48_000.0
+            )?;
+            writeln!(
+                f,
+                "    lateness µs p50 {} p99 {} p99.9 {} max {}; jitter µs p50 {} p99 {} max {}",
+                s.lateness_us.p50,
+                s.lateness_us.p99,
+                s.lateness_us.p999,
+                s.lateness_us.max,
+                s.jitter_us.p50,
+                s.jitter_us.p99,
+                s.jitter_us.max
+            )?;
+            if s.dave_frames + s.dave_undecryptable > 0 {
+                writeln!(
+                    f,
+                    "    E2EE: {} DAVE frames decrypted, {} undecryptable",
+                    s.dave_frames, s.dave_undecryptable
+                )?;
+            }
+            if let Some(p) = &s.recording {
+                writeln!(f, "    recording: {}", p.display())?;
+            }
+        }
+        Ok(())
+    }
+}
