@@ -91,6 +91,9 @@ pub struct Config {
     pub control: ControlConfig,
     /// Which UDP send path: io_uring, the portable fallback, or automatic.
     pub backend: BackendChoice,
+    /// Commands (add, remove, re-key) queued to the sender thread between two ticks. A full
+    /// queue never loses a call: the driver tries again a moment later.
+    pub sender_commands: usize,
 }
 
 impl Default for Config {
@@ -100,6 +103,7 @@ impl Default for Config {
             voice: VoiceConfig::default(),
             control: ControlConfig::default(),
             backend: BackendChoice::Auto,
+            sender_commands: 256,
         }
     }
 }
@@ -119,6 +123,15 @@ pub struct Stats {
 }
 
 /// The whole engine: audio, sender, gateway; see the crate docs.
+///
+/// The control thread's own event queue is not reachable from here: the connection driver reads
+/// it, and a second reader would steal its events and stall calls.
+///
+/// ```compile_fail
+/// # fn f(engine: &quaver::Engine) {
+/// let _ = engine.control();
+/// # }
+/// ```
 pub struct Engine {
     audio: Arc<quaver_engine::Engine>,
     requests: crossbeam_channel::Sender<Request>,
@@ -150,6 +163,7 @@ impl Engine {
         let mut sender_config = SenderConfig::new(audio.grid());
         sender_config.backend = config.backend;
         sender_config.max_calls = config.engine.max_calls;
+        sender_config.command_capacity = config.sender_commands.max(1);
         sender_config.notify = Some(EventNotifier(Arc::new({
             let slot = Arc::clone(&waker_slot);
             move || {

@@ -394,3 +394,42 @@ fn connection_events_nobody_reads_are_bounded_and_counted() {
         "connection events stay bounded by the configured queue"
     );
 }
+
+#[test]
+fn a_full_sender_queue_delays_calls_but_never_strands_them() {
+    let server = server();
+    let mut config = Config::default();
+    config.engine.realtime_priority = false;
+    config.control = server.control_config();
+    // One command per tick: calls whose sessions arrive together find the queue full.
+    config.sender_commands = 1;
+    let engine = Engine::new(config).unwrap();
+    let calls: Vec<_> = (1..=8)
+        .map(|i| {
+            engine
+                .connect(server.voice_connect_request(60 + i, 600 + i, 8))
+                .unwrap()
+        })
+        .collect();
+    wait_for("every call ready", Duration::from_secs(20), || {
+        calls
+            .iter()
+            .all(|&c| engine.call_status(c) == Some(CallStatus::Ready))
+    });
+    // And each of them sends: a tone from every call reaches the server.
+    let feeds: Vec<_> = calls
+        .iter()
+        .map(|&c| stream_tone(&engine, c, 0.4))
+        .collect();
+    for f in feeds {
+        f.join().unwrap();
+    }
+    wait_for("packets from all eight", Duration::from_secs(10), || {
+        (1..=8).all(|i| {
+            server
+                .ssrc_of(60 + i, 8)
+                .and_then(|ssrc| server.stream_stats(ssrc))
+                .is_some_and(|s| s.packets >= 10)
+        })
+    });
+}

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{ScriptedServer, ServerOptions};
-use quaver_gateway::control::{CallId, ControlConfig, ControlEvent, ControlThread};
+use quaver_gateway::control::{ConnectionId, ControlConfig, ControlEvent, ControlThread};
 use quaver_gateway::protocol::{EncryptionMode, Token};
 use quaver_gateway::voice::{VoiceConfig, VoiceConnectRequest, VoiceEvent};
 
@@ -26,7 +26,7 @@ fn request(endpoint: String, guild: u64) -> VoiceConnectRequest {
 fn pump(
     ctl: &ControlThread,
     limit: Duration,
-    mut done: impl FnMut(CallId, &VoiceEvent) -> bool,
+    mut done: impl FnMut(ConnectionId, &VoiceEvent) -> bool,
 ) -> bool {
     let deadline = Instant::now() + limit;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use quaver_engine::{CallId, FrameReceiver};
-use quaver_gateway::control::{BotId, CallId as GatewayCall};
+use quaver_gateway::control::{BotId, ConnectionId as GatewayCall};
 use quaver_gateway::join::{JoinFlow, UpdateVoiceState, VoiceStateSender};
 use quaver_net::keepalive::Keepalive;
 

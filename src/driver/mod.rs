@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender as Reply};
 use quaver_engine::{CallId, FrameReceiver};
 use quaver_gateway::control::{
-    BotId, CallId as GatewayCall, ControlContext, ControlEvent, ControlHandler, ControlStats,
+    BotId, ConnectionId as GatewayCall, ControlContext, ControlEvent, ControlHandler, ControlStats,
 };
 use quaver_gateway::dave::{DaveEvent, DaveKeys};
 use quaver_gateway::join::{JoinAction, JoinFlow, VoiceServerUpdate, VoiceStateUpdate};

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quaver::gateway::control::{CallId, ControlEvent, ControlThread};
+use quaver::gateway::control::{ConnectionId, ControlEvent, ControlThread};
 use quaver::gateway::dave::{DaveEvent, DaveKeys};
 use quaver::gateway::protocol::SpeakingFlags;
 use quaver::gateway::voice::{VoiceConfig, VoiceConnectRequest, VoiceEvent};
@@ -15,7 +15,7 @@ use quaver::net::crypto::{EncryptionMode, SecretKey};
 /// An established session: the socket is connected to the voice server, the key is known.
 pub struct RawSession {
     /// The control thread's handle of the voice connection, to disconnect it.
-    pub gateway: CallId,
+    pub gateway: ConnectionId,
     /// The UDP socket, connected to the voice server's address from Ready.
     pub socket: Arc<UdpSocket>,
     /// The SSRC the server assigned in Ready.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use audiopus::coder::Encoder;
 use audiopus::{Application, Channels, SampleRate};
-use quaver_gateway::control::{CallId, ControlConfig, ControlEvent, ControlThread};
+use quaver_gateway::control::{ConnectionId, ControlConfig, ControlEvent, ControlThread};
 use quaver_gateway::main_gateway::{MainGatewayConfig, MainGatewayEvent};
 use quaver_gateway::protocol::{SpeakingFlags, Token};
 use quaver_gateway::voice::{EndReason, VoiceConfig, VoiceEvent, VoiceSession};
@@ -25,13 +25,13 @@ struct BotJoin {
     control: Arc<ControlThread>,
     bot: quaver_gateway::control::BotId,
     user_id: u64,
-    flows: std::collections::HashMap<u64, (quaver_gateway::join::JoinFlow, Option<CallId>)>,
-    calls: std::collections::HashMap<CallId, u64>,
+    flows: std::collections::HashMap<u64, (quaver_gateway::join::JoinFlow, Option<ConnectionId>)>,
+    calls: std::collections::HashMap<ConnectionId, u64>,
 }
 
 /// A voice event with its call.
 struct BotCallEvent {
-    call: CallId,
+    call: ConnectionId,
     event: VoiceEvent,
 }
 
@@ -46,7 +46,7 @@ impl BotJoin {
         }
     }
 
-    fn call(&self, guild: u64) -> Option<CallId> {
+    fn call(&self, guild: u64) -> Option<ConnectionId> {
         self.flows.get(&guild).and_then(|(_, call)| *call)
     }
 
@@ -152,7 +152,7 @@ fn udp_socket() -> UdpSocket {
 /// Handles IP discovery for a call with a real exchange over `udp`.
 fn discover(
     control: &ControlThread,
-    call: CallId,
+    call: ConnectionId,
     udp: &UdpSocket,
     ssrc: u32,
     ip: &str,
@@ -174,7 +174,7 @@ fn discover(
 /// Waits for an event of `call` matching `done`, doing IP discovery on the way.
 fn wait_for(
     control: &ControlThread,
-    call: CallId,
+    call: ConnectionId,
     udp: &UdpSocket,
     mut done: impl FnMut(&VoiceEvent) -> bool,
 ) -> VoiceEvent {
@@ -211,7 +211,7 @@ fn session_of(ev: VoiceEvent) -> VoiceSession {
 
 struct DirectClient {
     control: Arc<ControlThread>,
-    call: CallId,
+    call: ConnectionId,
     udp: UdpSocket,
     session: VoiceSession,
     /// Events that arrived before SessionReady (ops 11/5 may precede Session Description).

@@ -20,8 +20,8 @@ use super::handle::Command;
 use super::resolver::Resolver;
 use super::socket::{Socket, Stream, Target, close_socket, deregister, parse_url, tls_config};
 use super::{
-    BotId, CallId, ControlConfig, ControlEvent, ControlHandler, ControlStats, HANDLER_TOKEN_BASE,
-    WAKER,
+    BotId, ConnectionId, ControlConfig, ControlEvent, ControlHandler, ControlStats,
+    HANDLER_TOKEN_BASE, WAKER,
 };
 use crate::Error;
 use crate::backoff::SplitMixJitter;
@@ -96,7 +96,7 @@ impl Machine {
                 Output::Send(f) => Io::Send(f),
                 Output::Close { code } => Io::Close(code),
                 Output::Event(event) => Io::Event(ControlEvent::Voice {
-                    call: CallId(id),
+                    call: ConnectionId(id),
                     event,
                 }),
             }),
@@ -812,16 +812,16 @@ impl std::fmt::Debug for ControlContext<'_> {
 
 impl ControlContext<'_> {
     /// Start a voice connection (DAVE as `config` says); its events carry the returned ID.
-    pub fn connect(&mut self, request: VoiceConnectRequest, config: VoiceConfig) -> CallId {
+    pub fn connect(&mut self, request: VoiceConnectRequest, config: VoiceConfig) -> ConnectionId {
         let id = self.lp.fresh_id();
         self.lp.connect_voice(id, request, config, None);
-        CallId(id)
+        ConnectionId(id)
     }
 
     /// Feed back the result of IP discovery; an error when the call is gone or asked for none.
     pub fn set_discovered_address(
         &mut self,
-        call: CallId,
+        call: ConnectionId,
         ip: String,
         port: u16,
     ) -> Result<(), Error> {
@@ -829,12 +829,12 @@ impl ControlContext<'_> {
     }
 
     /// Ask for Speaking on or off.
-    pub fn set_speaking(&mut self, call: CallId, flags: SpeakingFlags) {
+    pub fn set_speaking(&mut self, call: ConnectionId, flags: SpeakingFlags) {
         self.lp.speaking(call.0, flags);
     }
 
     /// Close a call's voice connection (it ends with [`crate::voice::EndReason::Left`]).
-    pub fn disconnect(&mut self, call: CallId) {
+    pub fn disconnect(&mut self, call: ConnectionId) {
         self.lp.disconnect(call.0);
     }
 

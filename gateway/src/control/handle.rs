@@ -13,7 +13,7 @@ use mio::{Poll, Waker};
 use super::event_loop::EventLoop;
 use super::resolver::Resolver;
 use super::{
-    BotId, COMMAND_QUEUE, CallId, ControlConfig, ControlEvent, ControlHandler, ControlStats,
+    BotId, COMMAND_QUEUE, ConnectionId, ControlConfig, ControlEvent, ControlHandler, ControlStats,
     EVENT_QUEUE, WAKER,
 };
 use crate::Error;
@@ -144,12 +144,12 @@ impl ControlThread {
         &self.events
     }
 
-    /// Start a voice connection. Events for it carry the returned [`CallId`].
+    /// Start a voice connection. Events for it carry the returned [`ConnectionId`].
     pub fn connect(
         &self,
         request: VoiceConnectRequest,
         config: VoiceConfig,
-    ) -> Result<CallId, Error> {
+    ) -> Result<ConnectionId, Error> {
         self.connect_inner(request, config, None)
     }
 
@@ -160,7 +160,7 @@ impl ControlThread {
         request: VoiceConnectRequest,
         config: VoiceConfig,
         dave: Box<dyn DaveExtension>,
-    ) -> Result<CallId, Error> {
+    ) -> Result<ConnectionId, Error> {
         self.connect_inner(request, config, Some(dave))
     }
 
@@ -169,7 +169,7 @@ impl ControlThread {
         request: VoiceConnectRequest,
         config: VoiceConfig,
         dave: Option<Box<dyn DaveExtension>>,
-    ) -> Result<CallId, Error> {
+    ) -> Result<ConnectionId, Error> {
         let id = self.fresh_id();
         self.send(Command::Connect {
             id,
@@ -177,11 +177,16 @@ impl ControlThread {
             config: Box::new(config),
             dave,
         })?;
-        Ok(CallId(id))
+        Ok(ConnectionId(id))
     }
 
     /// Feed back the result of IP discovery requested by [`crate::voice::VoiceEvent::DiscoveryRequested`].
-    pub fn set_discovered_address(&self, call: CallId, ip: String, port: u16) -> Result<(), Error> {
+    pub fn set_discovered_address(
+        &self,
+        call: ConnectionId,
+        ip: String,
+        port: u16,
+    ) -> Result<(), Error> {
         self.send(Command::Discovered {
             id: call.0,
             ip,
@@ -190,12 +195,12 @@ impl ControlThread {
     }
 
     /// Ask for Speaking on or off ([`crate::voice::VoiceEvent::SpeakingSent`] confirms it went out).
-    pub fn set_speaking(&self, call: CallId, flags: SpeakingFlags) -> Result<(), Error> {
+    pub fn set_speaking(&self, call: ConnectionId, flags: SpeakingFlags) -> Result<(), Error> {
         self.send(Command::Speaking { id: call.0, flags })
     }
 
     /// Close a call's voice connection; it ends with [`crate::voice::EndReason::Left`].
-    pub fn disconnect(&self, call: CallId) -> Result<(), Error> {
+    pub fn disconnect(&self, call: ConnectionId) -> Result<(), Error> {
         self.send(Command::Disconnect { id: call.0 })
     }
 

@@ -58,9 +58,10 @@ pub trait ControlHandler: Send + 'static {
     fn on_timeout(&mut self, now: Instant, ctl: &mut ControlContext<'_>);
 }
 
-/// Identifies one call (one voice connection) on a control thread.
+/// Identifies one voice connection on a control thread (a call gets a new one for every fresh
+/// voice session: moves, endpoint changes). Not the user's `quaver::CallId`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CallId(pub u64);
+pub struct ConnectionId(pub u64);
 
 /// Identifies one built-in main-gateway connection on a control thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,7 +74,7 @@ pub enum ControlEvent {
     /// Something happened on a call's voice connection.
     Voice {
         /// Which call.
-        call: CallId,
+        call: ConnectionId,
         /// What happened.
         event: VoiceEvent,
     },
@@ -86,7 +87,7 @@ pub enum ControlEvent {
     },
     /// A socket-level problem worth knowing about (the machines recover on their own).
     SocketError {
-        /// The connection's numeric ID (a `CallId` or `BotId` value).
+        /// The connection's numeric ID (a `ConnectionId` or `BotId` value).
         id: u64,
         /// Description.
         error: String,
