@@ -5,6 +5,12 @@ use std::time::Duration;
 use quaver_engine::CallId;
 use quaver_gateway::control::BotId;
 
+impl From<quaver_net::sender::SenderError> for Error {
+    fn from(e: quaver_net::sender::SenderError) -> Self {
+        Error::Net(e.into())
+    }
+}
+
 /// Everything that can go wrong at the front door.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -12,12 +18,9 @@ pub enum Error {
     /// The audio engine refused (limits, formats, files).
     #[error(transparent)]
     Engine(#[from] quaver_engine::Error),
-    /// UDP, RTP, transport or DAVE crypto failed.
+    /// UDP, RTP, transport or DAVE crypto failed, or the sender thread refused a call or a key.
     #[error(transparent)]
     Net(#[from] quaver_net::Error),
-    /// The sender thread refused a call or a key.
-    #[error(transparent)]
-    Sender(#[from] quaver_net::sender::SenderError),
     /// The gateway side failed (URLs, certificates, websockets, the control thread).
     #[error(transparent)]
     Gateway(#[from] quaver_gateway::Error),

@@ -537,7 +537,9 @@ impl Driver {
     fn start_sending(&mut self, call: CallId, session: VoiceSession) {
         match self.try_start_sending(call, &session) {
             Ok(()) => self.set_status(call, CallStatus::Ready),
-            Err(Error::Sender(quaver_net::sender::SenderError::QueueFull)) => {
+            Err(Error::Net(quaver_net::Error::Sender(
+                quaver_net::sender::SenderError::QueueFull,
+            ))) => {
                 // The call must not stay Connecting forever: try again shortly.
                 self.unadded.push((call, session));
                 self.retry_at = Some(Instant::now() + RETRY);
