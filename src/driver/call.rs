@@ -2,7 +2,6 @@
 
 use std::net::UdpSocket;
 use std::sync::Arc;
-use std::time::Instant;
 
 use quaver_engine::{CallId, FrameReceiver};
 use quaver_gateway::control::{BotId, ConnectionId as GatewayCall};
@@ -70,9 +69,7 @@ impl Call {
         id: CallId,
         frames: FrameReceiver,
         join: Option<(JoinVia, JoinFlow)>,
-        now: Instant,
     ) -> Self {
-        let _ = now;
         Self {
             id,
             frames: Some(frames),

@@ -164,14 +164,13 @@ impl Driver {
     }
 
     fn on_request(&mut self, request: Request, ctl: &mut ControlContext<'_>) {
-        let now = Instant::now();
         match request {
             Request::Connect {
                 call,
                 frames,
                 request,
             } => {
-                let mut c = Call::new(call, frames, None, now);
+                let mut c = Call::new(call, frames, None);
                 let gateway = ctl.connect(*request, self.voice.clone());
                 c.gateway = Some(gateway);
                 self.by_gateway.insert(gateway, call);
@@ -197,6 +196,7 @@ impl Driver {
                             return;
                         }
                     },
+                    // `join_with` always passes the host's bot user ID.
                     (JoinVia::Host(_), None) => {
                         let _ = reply.send(Err(Error::Stopped));
                         return;
@@ -211,7 +211,7 @@ impl Driver {
                 };
                 match send_voice_state(&via, &update, ctl) {
                     Ok(()) => {
-                        let c = Call::new(call, frames, Some((via, flow)), now);
+                        let c = Call::new(call, frames, Some((via, flow)));
                         self.publish(&c);
                         self.calls.insert(call, c);
                         let _ = reply.send(Ok(()));
