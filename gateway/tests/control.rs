@@ -254,7 +254,10 @@ fn untrusted_certificate_is_refused() {
             .expect("no TLS error reported")
         {
             ControlEvent::SocketError { error, .. } => {
-                assert!(error.to_lowercase().contains("certificate"), "{error}");
+                assert!(
+                    error.to_string().to_lowercase().contains("certificate"),
+                    "{error}"
+                );
                 break;
             }
             ControlEvent::Voice { event, .. } => {

@@ -827,7 +827,10 @@ fn tls_is_the_default_and_clients_trust_the_generated_ca() {
             _ => continue,
         }
     };
-    assert!(refused.to_lowercase().contains("certificate"), "{refused}");
+    assert!(
+        refused.to_string().to_lowercase().contains("certificate"),
+        "{refused}"
+    );
     assert_eq!(server.ssrc_of(9, 90), None);
 
     // With the CA as PEM (what `--cert-out` writes), the real client gets a session.

@@ -21,7 +21,7 @@ use super::resolver::Resolver;
 use super::socket::{Socket, Stream, Target, close_socket, deregister, parse_url, tls_config};
 use super::{
     BotId, ConnectionId, ControlConfig, ControlEvent, ControlHandler, ControlStats,
-    HANDLER_TOKEN_BASE, WAKER,
+    HANDLER_TOKEN_BASE, SocketFailure, WAKER,
 };
 use crate::Error;
 use crate::backoff::SplitMixJitter;
@@ -135,14 +135,14 @@ pub(super) struct Conn {
 
 /// Flush a socket's queued frames, keeping WRITABLE interest only while data is pending, so idle
 /// sockets don't wake the loop each time an ACK frees send-buffer space.
-pub(super) fn flush_open(poll: &Poll, id: u64, conn: &mut Conn) -> Result<(), String> {
+pub(super) fn flush_open(poll: &Poll, id: u64, conn: &mut Conn) -> Result<(), SocketFailure> {
     let Some(Socket::Open(ws)) = conn.socket.as_mut() else {
         return Ok(());
     };
     let pending = match ws.flush() {
         Ok(()) => false,
         Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => true,
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(SocketFailure::WebSocket(Box::new(e))),
     };
     if pending != conn.write_interest {
         let interest = if pending {
@@ -152,7 +152,7 @@ pub(super) fn flush_open(poll: &Poll, id: u64, conn: &mut Conn) -> Result<(), St
         };
         poll.registry()
             .reregister(ws.get_mut().tcp(), Token(id as usize), interest)
-            .map_err(|e| e.to_string())?;
+            .map_err(SocketFailure::Connect)?;
         conn.write_interest = pending;
     }
     Ok(())
@@ -476,7 +476,11 @@ impl EventLoop {
                         Some(Socket::Open(ws)) => {
                             self.frames_out += 1;
                             if let Err(e) = ws.write(msg) {
-                                self.fail_socket(id, e.to_string(), None);
+                                self.fail_socket(
+                                    id,
+                                    Some(SocketFailure::WebSocket(Box::new(e))),
+                                    None,
+                                );
                                 continue;
                             }
                         }
@@ -512,7 +516,7 @@ impl EventLoop {
                                 conn.socket = Some(Socket::Resolving(target));
                             }
                         },
-                        Err(e) => self.fail_socket(id, e.to_string(), None),
+                        Err(e) => self.fail_socket(id, Some(SocketFailure::Url(Box::new(e))), None),
                     }
                 }
             }
@@ -521,7 +525,7 @@ impl EventLoop {
             return;
         };
         if let Err(e) = flush_open(&self.poll, id, conn) {
-            return self.fail_socket(id, e, None);
+            return self.fail_socket(id, Some(e), None);
         }
         if conn.machine.is_ended() {
             if let Some(s) = conn.socket.take() {
@@ -551,20 +555,23 @@ impl EventLoop {
         };
         match result {
             Ok(addrs) => self.connect_next(id, target, addrs),
-            Err(e) => self.fail_socket(id, format!("resolving {}: {e}", target.host), None),
+            Err(source) => {
+                let host = target.host;
+                self.fail_socket(id, Some(SocketFailure::Resolve { host, source }), None)
+            }
         }
     }
 
     /// Start a TCP connect to the first of `addrs` that accepts one; the rest are kept for
     /// when it fails.
     fn connect_next(&mut self, id: u64, target: Target, mut addrs: Vec<SocketAddr>) {
-        let mut last_error = String::from("no address to connect to");
+        let mut last_error = SocketFailure::NoAddress;
         while !addrs.is_empty() {
             let addr = addrs.remove(0);
             let mut stream = match TcpStream::connect(addr) {
                 Ok(s) => s,
                 Err(e) => {
-                    last_error = format!("connect {addr}: {e}");
+                    last_error = SocketFailure::Connect(e);
                     continue;
                 }
             };
@@ -574,7 +581,7 @@ impl EventLoop {
                 .registry()
                 .register(&mut stream, Token(id as usize), interest)
             {
-                last_error = e.to_string();
+                last_error = SocketFailure::Connect(e);
                 continue;
             }
             let Some(conn) = self.conns.get_mut(&id) else {
@@ -584,7 +591,7 @@ impl EventLoop {
             conn.write_interest = true;
             return;
         }
-        self.fail_socket(id, last_error, None)
+        self.fail_socket(id, Some(last_error), None)
     }
 
     fn on_socket_ready(&mut self, id: u64) {
@@ -610,7 +617,7 @@ impl EventLoop {
                 if let Some(e) = failed {
                     deregister(&self.poll, stream);
                     if rest.is_empty() {
-                        return self.fail_socket(id, format!("connect: {e}"), None);
+                        return self.fail_socket(id, Some(SocketFailure::Connect(e)), None);
                     }
                     return self.connect_next(id, target, rest);
                 }
@@ -620,7 +627,11 @@ impl EventLoop {
                         Ok(s) => s,
                         Err((e, stream)) => {
                             deregister(&self.poll, stream);
-                            return self.fail_socket(id, e.to_string(), None);
+                            return self.fail_socket(
+                                id,
+                                Some(SocketFailure::Tls(Box::new(e))),
+                                None,
+                            );
                         }
                     }
                 } else {
@@ -674,7 +685,7 @@ impl EventLoop {
             Err(HandshakeError::Failure(e)) => {
                 // The stream is owned by the failed handshake and is dropped with it; mio
                 // deregisters closed sockets from epoll automatically.
-                self.fail_socket(id, format!("handshake: {e}"), None);
+                self.fail_socket(id, Some(SocketFailure::Handshake(Box::new(e))), None);
             }
         }
     }
@@ -708,24 +719,24 @@ impl EventLoop {
                         Ok(()) => {}
                         Err(e) => {
                             let code = conn.close_code;
-                            self.fail_socket(id, e, code)
+                            self.fail_socket(id, Some(e), code)
                         }
                     };
                 }
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                     let code = conn.close_code;
-                    return self.fail_socket(id, String::new(), code);
+                    return self.fail_socket(id, None, code);
                 }
                 Err(e) => {
                     let code = conn.close_code;
-                    return self.fail_socket(id, e.to_string(), code);
+                    return self.fail_socket(id, Some(SocketFailure::WebSocket(Box::new(e))), code);
                 }
             }
         }
     }
 
     /// The socket is gone: tell the machine (with the close code if the server sent one).
-    fn fail_socket(&mut self, id: u64, error: String, code: Option<u16>) {
+    fn fail_socket(&mut self, id: u64, error: Option<SocketFailure>, code: Option<u16>) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -733,7 +744,7 @@ impl EventLoop {
             close_socket(&self.poll, s, 1000);
         }
         conn.machine.closed(code, Instant::now());
-        if !error.is_empty() {
+        if let Some(error) = error {
             tracing::debug!(id, %error, "gateway socket failed");
             self.emit(ControlEvent::SocketError { id, error });
         }

@@ -89,9 +89,42 @@ pub enum ControlEvent {
     SocketError {
         /// The connection's numeric ID (a `ConnectionId` or `BotId` value).
         id: u64,
-        /// Description.
-        error: String,
+        /// What failed.
+        error: SocketFailure,
     },
+}
+
+/// Why a gateway socket failed (the connection's machine decides whether to resume,
+/// reconnect or give up).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SocketFailure {
+    /// The URL could not be used.
+    #[error("bad url: {0}")]
+    Url(Box<Error>),
+    /// The host name did not resolve.
+    #[error("resolving {host}: {source}")]
+    Resolve {
+        /// The host.
+        host: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The host resolved to no address at all.
+    #[error("no address to connect to")]
+    NoAddress,
+    /// The TCP connection could not be made (the last address tried).
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    /// TLS could not start.
+    #[error("tls: {0}")]
+    Tls(Box<Error>),
+    /// The websocket upgrade failed.
+    #[error("handshake: {0}")]
+    Handshake(Box<tungstenite::Error>),
+    /// Reading or writing the open websocket failed.
+    #[error("websocket: {0}")]
+    WebSocket(Box<tungstenite::Error>),
 }
 
 /// Control-thread tuning.
