@@ -167,8 +167,10 @@ impl Engine {
         sender_config.notify = Some(EventNotifier(Arc::new({
             let slot = Arc::clone(&waker_slot);
             move || {
+                // An eventfd write that fails would mean the control thread is gone; the
+                // driver then cannot act on the event anyway.
                 if let Some(waker) = slot.get() {
-                    waker.wake();
+                    let _ = waker.wake();
                 }
             }
         })));
@@ -213,8 +215,7 @@ impl Engine {
 
     fn request(&self, request: Request) -> Result<(), Error> {
         self.requests.send(request).map_err(|_| Error::Stopped)?;
-        self.waker.wake();
-        Ok(())
+        self.waker.wake().map_err(|_| Error::Stopped)
     }
 
     fn ask<T>(
@@ -277,7 +278,7 @@ impl Engine {
         channel_id: u64,
         options: JoinOptions,
     ) -> Result<CallId, Error> {
-        self.start_join(JoinVia::Bot(bot), None, guild_id, channel_id, options)
+        self.start_join(JoinVia::Bot(bot), guild_id, channel_id, options)
     }
 
     /// Joins a voice channel through the main-gateway library your bot already runs (twilight,
@@ -292,19 +293,16 @@ impl Engine {
         channel_id: u64,
         options: JoinOptions,
     ) -> Result<CallId, Error> {
-        self.start_join(
-            JoinVia::Host(host),
-            Some(bot_user_id),
-            guild_id,
-            channel_id,
-            options,
-        )
+        let via = JoinVia::Host {
+            shard: host,
+            user_id: bot_user_id,
+        };
+        self.start_join(via, guild_id, channel_id, options)
     }
 
     fn start_join(
         &self,
         via: JoinVia,
-        user_id: Option<u64>,
         guild_id: u64,
         channel_id: u64,
         options: JoinOptions,
@@ -314,7 +312,6 @@ impl Engine {
             call,
             frames,
             via,
-            user_id,
             guild_id,
             channel_id,
             options,

@@ -2,6 +2,9 @@
 //! own davey member decrypts what they send, so the server can decode and measure it), on
 //! loopback, with real Opus, AES-GCM and MLS.
 
+mod common;
+use common::{decoded_left, sine, wait_for};
+
 use std::time::{Duration, Instant};
 
 use quaver::engine::PcmFormat;
@@ -12,24 +15,6 @@ use quaver_tools::server::{Server, ServerConfig};
 
 const GUILD: u64 = 31;
 const CHANNEL: u64 = 3100;
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let give_up = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < give_up, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn sine(freq: f64, seconds: f64) -> Vec<f32> {
-    let frames = (48_000.0 * seconds) as usize;
-    (0..frames)
-        .flat_map(|i| {
-            let v = (2.0 * std::f64::consts::PI * freq * i as f64 / 48_000.0).sin() as f32 * 0.3;
-            [v, v]
-        })
-        .collect()
-}
 
 fn server() -> Server {
     // The default is Discord's: DAVE required, 4017 for a client that offers none.
@@ -51,7 +36,7 @@ fn engine(server: &Server, max_dave: u16) -> Engine {
 /// Streams a tone into `call` in real time from a producer thread.
 fn stream(engine: &Engine, call: CallId, freq: f64, seconds: f64) -> std::thread::JoinHandle<()> {
     let (_source, mut writer) = engine.push_source(call, PcmFormat::STEREO_48K).unwrap();
-    let tone = sine(freq, seconds);
+    let tone = sine(48_000, 2, freq, seconds);
     std::thread::spawn(move || {
         for chunk in tone.chunks(1_920) {
             if writer.write_all_f32(chunk).is_err() {
@@ -67,14 +52,6 @@ fn e2ee_epoch(engine: &Engine, call: CallId) -> Option<u64> {
         .filter(|s| s.protocol_version == 1)
         .map(|s| s.epoch)
         .filter(|&e| e > 0)
-}
-
-fn decoded_left(server: &Server, ssrc: u32) -> Vec<f32> {
-    server
-        .decoded_audio(ssrc)
-        .chunks_exact(2)
-        .map(|pair| f32::from(pair[0]) / 32_768.0)
-        .collect()
 }
 
 #[test]
@@ -155,7 +132,7 @@ fn pre_encoded_opus_passthrough_is_encrypted_too() {
         audiopus::Application::Audio,
     )
     .unwrap();
-    let tone = sine(660.0, 3.0);
+    let tone = sine(48_000, 2, 660.0, 3.0);
     let packets: Vec<Vec<u8>> = tone
         .chunks_exact(1_920)
         .map(|pcm| {

@@ -1,6 +1,9 @@
 //! The whole chain on loopback: `quaver::Engine` (mixer → sender, control thread) against the
 //! local Discord-compatible server from `tools`, with real websockets, UDP, Opus and AEAD.
 
+mod common;
+use common::{decoded_left, sine, wait_for};
+
 use std::time::{Duration, Instant};
 
 use quaver::engine::PcmFormat;
@@ -10,25 +13,6 @@ use quaver::gateway::protocol::Token;
 use quaver::gateway::voice::VoiceEvent;
 use quaver::{CallEvent, CallStatus, Config, Engine, Event, JoinOptions};
 use quaver_tools::server::{Faults, Server, ServerConfig};
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let give_up = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < give_up, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn sine(rate: u32, channels: usize, freq: f64, seconds: f64) -> Vec<f32> {
-    let frames = (f64::from(rate) * seconds) as usize;
-    (0..frames)
-        .flat_map(|i| {
-            let v =
-                (2.0 * std::f64::consts::PI * freq * i as f64 / f64::from(rate)).sin() as f32 * 0.3;
-            std::iter::repeat_n(v, channels)
-        })
-        .collect()
-}
 
 fn server() -> Server {
     Server::start(ServerConfig {
@@ -53,15 +37,6 @@ fn engine(server: &Server) -> Engine {
     config.engine.realtime_priority = false;
     config.control = server.control_config();
     Engine::new(config).unwrap()
-}
-
-/// Left channel of the server's decoded audio for `ssrc`, as f32.
-fn decoded_left(server: &Server, ssrc: u32) -> Vec<f32> {
-    server
-        .decoded_audio(ssrc)
-        .chunks_exact(2)
-        .map(|pair| f32::from(pair[0]) / 32_768.0)
-        .collect()
 }
 
 #[test]

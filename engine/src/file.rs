@@ -278,22 +278,30 @@ struct DecodedStream {
     decoded_since_rewind: bool,
 }
 
+/// Opens `file`'s container with symphonia, using `path`'s extension as the hint: the one probe
+/// both playback and the tools' up-front media check use.
+pub fn probe_container(
+    path: &Path,
+    file: File,
+) -> std::result::Result<Box<dyn FormatReader>, MediaError> {
+    let stream = MediaSourceStream::new(Box::new(file), Default::default());
+    let mut hint = Hint::new();
+    if let Some(extension) = path.extension().and_then(|e| e.to_str()) {
+        hint.with_extension(extension);
+    }
+    symphonia::default::get_probe().probe(
+        &hint,
+        stream,
+        FormatOptions::default(),
+        MetadataOptions::default(),
+    )
+}
+
 impl DecodedStream {
     fn open(path: &Path, options: &FileOptions) -> Result<Self> {
         let file = File::open(path).map_err(|e| io_error(path, e))?;
-        let stream = MediaSourceStream::new(Box::new(file), Default::default());
-        let mut hint = Hint::new();
-        if let Some(extension) = path.extension().and_then(|e| e.to_str()) {
-            hint.with_extension(extension);
-        }
-        let mut reader = symphonia::default::get_probe()
-            .probe(
-                &hint,
-                stream,
-                FormatOptions::default(),
-                MetadataOptions::default(),
-            )
-            .map_err(|e| unsupported(path, e.to_string()))?;
+        let mut reader =
+            probe_container(path, file).map_err(|e| unsupported(path, e.to_string()))?;
         let track = reader
             .default_track(TrackType::Audio)
             .ok_or_else(|| unsupported(path, "no audio track".into()))?;

@@ -38,7 +38,7 @@ pub use codec::{OpusApplication, OpusConfig};
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, Result};
 pub use event::Event;
-pub use file::FileOptions;
+pub use file::{FileOptions, probe_container};
 pub use frame::{
     EncodedFrame, FRAME_DURATION, FRAME_SAMPLES, FrameKind, FrameReceiver, Grid, MAX_OPUS_PACKET,
 };

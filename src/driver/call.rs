@@ -17,12 +17,17 @@ pub(crate) enum JoinVia {
     /// The built-in client, on the control thread.
     Bot(BotId),
     /// The host program's own library (twilight, serenity …); it hands us the dispatches.
-    Host(Arc<dyn VoiceStateSender + Sync>),
+    Host {
+        /// Sends op 4 on the host's shard.
+        shard: Arc<dyn VoiceStateSender + Sync>,
+        /// The bot's user ID (the built-in client learns it from READY instead).
+        user_id: u64,
+    },
 }
 
 impl JoinVia {
     pub(crate) fn is_host(&self) -> bool {
-        matches!(self, JoinVia::Host(_))
+        matches!(self, JoinVia::Host { .. })
     }
 
     pub(crate) fn is_bot(&self, bot: BotId) -> bool {
@@ -103,7 +108,7 @@ pub(crate) fn send_voice_state(
         JoinVia::Bot(bot) => ctl
             .bot_send(*bot, update.to_gateway_json())
             .map_err(|_| crate::Error::UnknownBot(*bot)),
-        JoinVia::Host(host) => host
+        JoinVia::Host { shard, .. } => shard
             .send_voice_state_update(update)
             .map_err(crate::Error::VoiceStateNotSent),
     }

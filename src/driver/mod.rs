@@ -50,8 +50,6 @@ pub(crate) enum Request {
         call: CallId,
         frames: FrameReceiver,
         via: JoinVia,
-        /// The bot's user ID; `None` for the built-in client, which learned it from READY.
-        user_id: Option<u64>,
         guild_id: u64,
         channel_id: u64,
         options: JoinOptions,
@@ -181,26 +179,20 @@ impl Driver {
                 call,
                 frames,
                 via,
-                user_id,
                 guild_id,
                 channel_id,
                 options,
                 reply,
             } => {
-                let user_id = match (&via, user_id) {
-                    (_, Some(id)) => id,
-                    (JoinVia::Bot(bot), None) => match self.bots.get(bot) {
+                let user_id = match &via {
+                    JoinVia::Host { user_id, .. } => *user_id,
+                    JoinVia::Bot(bot) => match self.bots.get(bot) {
                         Some(&id) => id,
                         None => {
                             let _ = reply.send(Err(Error::UnknownBot(*bot)));
                             return;
                         }
                     },
-                    // `join_with` always passes the host's bot user ID.
-                    (JoinVia::Host(_), None) => {
-                        let _ = reply.send(Err(Error::Stopped));
-                        return;
-                    }
                 };
                 let mut flow = JoinFlow::new(guild_id, user_id);
                 flow.join(channel_id, options);

@@ -10,10 +10,8 @@ use std::path::Path;
 
 use symphonia::core::codecs::audio::AudioDecoderOptions;
 use symphonia::core::errors::Error as SymphoniaError;
-use symphonia::core::formats::probe::Hint;
-use symphonia::core::formats::{FormatOptions, TrackType};
-use symphonia::core::io::{MediaSourceStream, ReadBytes as _};
-use symphonia::core::meta::MetadataOptions;
+use symphonia::core::formats::TrackType;
+use symphonia::core::io::ReadBytes as _;
 use symphonia::core::units::{Duration as Ticks, TimeBase};
 
 /// Why a file cannot be played.
@@ -150,24 +148,12 @@ fn check_ogg_pages(file: &mut (impl Read + Seek), bytes: u64) -> Result<(), Medi
 /// Probes the container, checks its audio track has a decoder, and reads every packet: a
 /// stream that ends inside a packet, or before the length its header declares, is truncated.
 fn demux_to_end(path: &Path, file: File, bytes: u64) -> Result<(), MediaProblem> {
-    let stream = MediaSourceStream::new(Box::new(file), Default::default());
-    let mut hint = Hint::new();
-    if let Some(extension) = path.extension().and_then(|e| e.to_str()) {
-        hint.with_extension(extension);
-    }
-    let mut reader = symphonia::default::get_probe()
-        .probe(
-            &hint,
-            stream,
-            FormatOptions::default(),
-            MetadataOptions::default(),
-        )
-        .map_err(|error| match error {
-            SymphoniaError::IoError(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => {
-                MediaProblem::Unreadable(e)
-            }
-            _ => MediaProblem::NotAudio,
-        })?;
+    let mut reader = quaver::engine::probe_container(path, file).map_err(|error| match error {
+        SymphoniaError::IoError(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => {
+            MediaProblem::Unreadable(e)
+        }
+        _ => MediaProblem::NotAudio,
+    })?;
     let track = reader
         .default_track(TrackType::Audio)
         .ok_or(MediaProblem::NoPlayableTrack)?;

@@ -73,11 +73,10 @@ pub struct ControlThread {
 pub struct ControlWaker(Arc<Waker>);
 
 impl ControlWaker {
-    /// Wake the loop; [`ControlHandler::on_wake`] runs soon after.
-    pub fn wake(&self) {
-        if let Err(e) = self.0.wake() {
-            tracing::debug!(error = %e, "could not wake the control thread");
-        }
+    /// Wake the loop; [`ControlHandler::on_wake`] runs soon after. Nothing is logged here:
+    /// the sender thread calls it, and real-time threads do not log.
+    pub fn wake(&self) -> std::io::Result<()> {
+        self.0.wake()
     }
 }
 
