@@ -46,6 +46,7 @@ pub mod discovery;
 pub mod error;
 pub mod keepalive;
 pub use quaver_engine::pacer;
+pub mod playout;
 pub mod receive;
 pub mod rtp;
 pub mod sender;
