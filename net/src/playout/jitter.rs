@@ -11,7 +11,6 @@ const FRAME_UNITS: i64 = 20_000_000 * 3;
 const UNITS_PER_SAMPLE: i64 = 62_500;
 
 /// Relative transit times of the last [`RING`] packets.
-#[derive(Debug)]
 pub(super) struct Jitter {
     ring: [i64; RING],
     scratch: [i64; RING],

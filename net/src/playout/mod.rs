@@ -236,7 +236,8 @@ pub struct PlayoutStats {
     pub rejected: u64,
     /// Sequence numbers that never played (lost, late or refused).
     pub lost: u64,
-    /// Frames concealed with PLC (from [`Playout::count`]).
+    /// Frames concealed with PLC, including packets that failed to decode (from
+    /// [`Playout::count`]).
     pub concealed: u64,
     /// Frames rebuilt from in-band FEC (from [`Playout::count`]).
     pub fec_recovered: u64,

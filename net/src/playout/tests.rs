@@ -626,3 +626,78 @@ fn reset_stops_speaking_and_starts_over() {
     assert_eq!(playout.pull(base), Next::Idle);
     assert_eq!(playout.push(base, 40_000, 0, SILENCE), Pushed::Buffered);
 }
+
+#[test]
+fn arbitrary_push_pull_sequences_never_panic_and_play_what_was_pushed() {
+    let mut decoder = StreamDecoder::new().expect("decoder");
+    let mut out = [0i16; PCM_SAMPLES];
+    for seed in 1..=300u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let config = PlayoutConfig {
+            min_delay: (rng.next() % 4) as u8,
+            max_delay: (rng.next() % 16) as u8,
+            capacity: (rng.next() % 200) as u16,
+            pause_after: (rng.next() % 8) as u8,
+        };
+        let mut playout = Playout::new(&config);
+        let base = Instant::now();
+        let mut now = base;
+        // What each sequence number was last accepted with.
+        let mut accepted: std::collections::HashMap<u16, (u32, Vec<u8>)> = Default::default();
+        let mut sequence = (rng.next() % 65_536) as u16;
+        for _ in 0..400 {
+            match rng.next() % 8 {
+                0..=3 => {
+                    // Mostly near the last sequence number, sometimes anywhere.
+                    let jump = match rng.next() % 16 {
+                        0 => rng.next() as u16,
+                        1..=3 => ((rng.next() % 9) as u16).wrapping_sub(4),
+                        _ => 1,
+                    };
+                    sequence = sequence.wrapping_add(jump);
+                    let timestamp = rng.next() as u32;
+                    let len = (rng.next() % 40) as usize;
+                    let mut opus: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                    if let Some(toc) = opus.first_mut().filter(|_| rng.chance(80)) {
+                        // A 20 ms CELT or SILK code-0 TOC, so most packets are accepted.
+                        *toc = if rng.chance(50) { 0xF8 } else { 0x48 } | (*toc & 4);
+                    }
+                    let pushed = playout.push(now, sequence, timestamp, &opus);
+                    if matches!(pushed, Pushed::Buffered | Pushed::Restarted) {
+                        accepted.insert(sequence, (timestamp, opus));
+                    }
+                }
+                4 | 5 => {
+                    let next = playout.pull(now);
+                    if let Next::Packet {
+                        sequence,
+                        timestamp,
+                        opus,
+                    } = next
+                    {
+                        let (ts, bytes) = &accepted[&sequence];
+                        assert_eq!((*ts, bytes.as_slice()), (timestamp, opus), "seed {seed}");
+                    }
+                    let rendered = decoder.render(&next, &mut out);
+                    playout.count(rendered);
+                    let _ = playout.take_edge();
+                }
+                6 => now += Duration::from_millis(rng.next() % 60),
+                _ => {
+                    if rng.chance(5) {
+                        playout.reset();
+                        decoder.reset();
+                        accepted.clear();
+                    }
+                }
+            }
+        }
+        let s = playout.stats();
+        assert!(s.played + s.skipped <= s.received, "seed {seed}: {s:?}");
+        let highest = config.max_delay.max(config.min_delay).max(1);
+        assert!(
+            (1..=highest).contains(&s.target_delay_frames),
+            "seed {seed}: {s:?}"
+        );
+    }
+}
