@@ -24,6 +24,12 @@ pub enum Error {
     /// The gateway side failed (URLs, certificates, websockets, the control thread).
     #[error(transparent)]
     Gateway(#[from] quaver_gateway::Error),
+    /// The receive side refused (its thread, a full table, a stream's decoder).
+    #[error("receive: {0}")]
+    Receive(#[source] quaver_net::receiver::ReceiverError),
+    /// [`Engine::listen`](crate::Engine::listen) was called twice for one call.
+    #[error("{0} already has a listener")]
+    AlreadyListening(CallId),
     /// The call does not exist (any more).
     #[error("no such call: {0}")]
     NoSuchCall(CallId),

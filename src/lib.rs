@@ -36,8 +36,11 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Threads after start-up: the mixer thread(s), the sender, the control thread (with its host
-//! name resolver) and the file decoder — never one per call.
+//! Hear a call with [`Engine::listen`]: each other member's audio arrives per user, decrypted,
+//! reordered by a playout buffer, decoded with loss concealment ([`UserAudio`]).
+//!
+//! Threads after start-up: the mixer thread(s), the sender, the receive thread, the control
+//! thread (with its host name resolver) and the file decoder — never one per call.
 //!
 //! The crates behind it: [`engine`] (audio, mixing, Opus, the mixer thread), [`net`] (RTP,
 //! transport and DAVE frame encryption, the sender), [`gateway`] (voice gateway v8, DAVE's MLS
@@ -46,6 +49,7 @@
 mod driver;
 mod error;
 mod event;
+mod listen;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -59,12 +63,17 @@ pub use quaver_net as net;
 
 pub use error::Error;
 pub use event::{CallEvent, CallStatus, E2eeStatus, Event, Events};
+pub use listen::{ListenEvent, Listener, ReceiveOptions};
 pub use quaver_engine::{
     CallId, EngineConfig, FileOptions, OpusWriter, PcmFormat, PcmWriter, SourceHandle,
     SourceOptions,
 };
 pub use quaver_gateway::control::BotId;
 pub use quaver_gateway::join::JoinOptions;
+pub use quaver_net::receiver::{
+    CallReceiveStats, FrameOrigin, ReceiveMode, ReceivedFrame, StreamOptions, StreamStats,
+    UserAudio,
+};
 
 use driver::{Driver, JoinVia, Outbox, Request};
 use quaver_engine::EngineStats;
@@ -72,7 +81,8 @@ use quaver_gateway::control::{ControlConfig, ControlStats, ControlThread, Contro
 use quaver_gateway::join::{VoiceServerUpdate, VoiceStateSender, VoiceStateUpdate};
 use quaver_gateway::main_gateway::MainGatewayConfig;
 use quaver_gateway::voice::{VoiceConfig, VoiceConnectRequest};
-use quaver_net::{BackendChoice, EventNotifier, Sender, SenderConfig, SenderStats};
+use quaver_net::receiver::ReceiverConfig;
+use quaver_net::{BackendChoice, EventNotifier, Receiver, Sender, SenderConfig, SenderStats};
 
 /// How long [`Engine::connect_bot`] waits for READY.
 const BOT_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -164,7 +174,7 @@ impl Engine {
         sender_config.backend = config.backend;
         sender_config.max_calls = config.engine.max_calls;
         sender_config.command_capacity = config.sender_commands.max(1);
-        sender_config.notify = Some(EventNotifier(Arc::new({
+        let notify = EventNotifier(Arc::new({
             let slot = Arc::clone(&waker_slot);
             move || {
                 // An eventfd write that fails would mean the control thread is gone; the
@@ -173,8 +183,13 @@ impl Engine {
                     let _ = waker.wake();
                 }
             }
-        })));
+        }));
+        sender_config.notify = Some(notify.clone());
         let sender = Sender::spawn(sender_config)?;
+        let mut receiver_config = ReceiverConfig::new(audio.grid());
+        receiver_config.max_calls = config.engine.max_calls;
+        receiver_config.notify = Some(notify);
+        let receiver = Receiver::spawn(receiver_config).map_err(Error::Receive)?;
         let sender_mode = format!(
             "{:?} backend, {:?} pacing",
             sender.backend(),
@@ -189,6 +204,7 @@ impl Engine {
         let driver = Driver::new(
             Arc::clone(&audio),
             sender,
+            receiver,
             requests_rx,
             Outbox {
                 tx: events_tx,
@@ -398,6 +414,27 @@ impl Engine {
         options: FileOptions,
     ) -> Result<SourceHandle, Error> {
         Ok(self.audio.play_file(call, path, options)?)
+    }
+
+    /// Hears a call: every other member's audio, per user, decrypted (transport and DAVE),
+    /// reordered and de-duplicated by a playout buffer, and — with [`ReceiveMode::Decode`], the
+    /// default — decoded to 48 kHz stereo with loss concealed (in-band FEC, else PLC). Users
+    /// arrive as [`ListenEvent::User`] once their SSRC is announced; packets that overtake
+    /// the announcement are held and played. Calls nobody listens to cost the receive thread
+    /// nothing. One listener per call; dropping it stops receiving.
+    pub fn listen(&self, call: CallId, options: ReceiveOptions) -> Result<Listener, Error> {
+        let (events, counters) = self.ask(|reply| Request::Listen {
+            call,
+            options,
+            reply,
+        })??;
+        Ok(Listener {
+            call,
+            events,
+            counters,
+            requests: self.requests.clone(),
+            waker: self.waker.clone(),
+        })
     }
 
     /// Sets a call's master volume (ramped over one frame).

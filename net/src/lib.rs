@@ -48,6 +48,7 @@ pub mod keepalive;
 pub use quaver_engine::pacer;
 pub mod playout;
 pub mod receive;
+pub mod receiver;
 pub mod rtp;
 pub mod sender;
 pub mod stats;
@@ -55,6 +56,7 @@ pub mod transmit;
 
 pub use error::{Error, Result};
 pub use pacer::PacingMode;
+pub use receiver::{ListenSlot, Receiver, ReceiverConfig, ReceiverEvent, UserAudio};
 pub use sender::{
     CallConfig, EventNotifier, SendSlot, Sender, SenderConfig, SenderCore, SenderEvent,
 };

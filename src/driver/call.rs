@@ -8,7 +8,10 @@ use quaver_gateway::control::{BotId, ConnectionId as GatewayCall};
 use quaver_gateway::join::{JoinFlow, UpdateVoiceState, VoiceStateSender};
 use quaver_net::keepalive::Keepalive;
 
+use quaver_net::crypto::{EncryptionMode, SecretKey};
+
 use super::discovery::Discovery;
+use super::listen::{Listening, Members};
 use crate::event::{CallStatus, E2eeStatus};
 
 /// Whose main-gateway connection sends op 4 for a call and receives its voice dispatches.
@@ -51,6 +54,10 @@ pub(crate) enum Link {
 pub(crate) struct Sending {
     pub(crate) socket: Arc<UdpSocket>,
     pub(crate) slot: quaver_net::SendSlot,
+    /// The session's SSRC, mode and key, which the receive side needs too.
+    pub(crate) ssrc: u32,
+    pub(crate) mode: EncryptionMode,
+    pub(crate) key: SecretKey,
     /// Whether the sender last reported audio (keepalives only while silent).
     pub(crate) speaking: bool,
     pub(crate) keepalive: Keepalive,
@@ -67,6 +74,8 @@ pub(crate) struct Call {
     pub(crate) link: Link,
     pub(crate) status: CallStatus,
     pub(crate) e2ee: E2eeStatus,
+    pub(crate) members: Members,
+    pub(crate) listen: Option<Listening>,
 }
 
 impl Call {
@@ -87,6 +96,8 @@ impl Call {
             gateway: None,
             link: Link::Down,
             e2ee: E2eeStatus::default(),
+            members: Members::default(),
+            listen: None,
         }
     }
 

@@ -5,6 +5,7 @@
 
 mod call;
 mod discovery;
+mod listen;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -34,6 +35,7 @@ use call::{Call, Link, Sending, send_voice_state};
 use discovery::{Discovery, Progress};
 
 use crate::event::{CallEvent, CallStatus, E2eeStatus};
+use crate::listen::ReceiveOptions;
 use crate::{Error, JoinOptions};
 
 /// How soon a sender command that found the queue full is tried again.
@@ -67,7 +69,19 @@ pub(crate) enum Request {
         reply: Reply<Result<(), Error>>,
     },
     Stats(Reply<(SenderStats, ControlStats)>),
+    Listen {
+        call: CallId,
+        options: ReceiveOptions,
+        reply: Reply<Result<ListenReply, Error>>,
+    },
+    Unlisten(CallId),
 }
+
+/// What [`Request::Listen`] answers: the listener's event channel and counters.
+pub(crate) type ListenReply = (
+    crossbeam_channel::Receiver<crate::listen::ListenEvent>,
+    Arc<quaver_net::receiver::CallCounters>,
+);
 
 /// What user threads may read without asking: each call's status.
 pub(crate) type Board = RwLock<HashMap<CallId, (CallStatus, E2eeStatus)>>;
@@ -90,6 +104,7 @@ impl Outbox {
 pub(crate) struct Driver {
     audio: Arc<quaver_engine::Engine>,
     sender: Sender,
+    receiver: quaver_net::Receiver,
     requests: Receiver<Request>,
     out: Outbox,
     board: Arc<Board>,
@@ -118,6 +133,7 @@ impl Driver {
     pub(crate) fn new(
         audio: Arc<quaver_engine::Engine>,
         sender: Sender,
+        receiver: quaver_net::Receiver,
         requests: Receiver<Request>,
         out: Outbox,
         board: Arc<Board>,
@@ -126,6 +142,7 @@ impl Driver {
         Self {
             audio,
             sender,
+            receiver,
             requests,
             out,
             board,
@@ -239,6 +256,12 @@ impl Driver {
             Request::Stats(reply) => {
                 let _ = reply.send((self.sender.stats().clone(), ctl.stats()));
             }
+            Request::Listen {
+                call,
+                options,
+                reply,
+            } => self.listen(call, options, reply),
+            Request::Unlisten(call) => self.unlisten(call),
         }
     }
 
@@ -281,6 +304,7 @@ impl Driver {
             Link::Sending(s) => {
                 self.by_slot.remove(&s.slot);
                 self.remove_slot(s.slot);
+                listen::release(&mut self.receiver, c);
             }
         }
     }
@@ -392,7 +416,14 @@ impl Driver {
                 self.stop_link(call, ctl);
                 self.set_status(call, CallStatus::Connecting);
             }
-            VoiceEvent::Dave(DaveEvent::KeysChanged(keys)) => self.install_keys(call, keys),
+            VoiceEvent::Dave(DaveEvent::KeysChanged(keys)) => {
+                self.install_keys(call, keys);
+                self.on_member_keys(call, keys);
+            }
+            VoiceEvent::UserSpeaking { user_id, ssrc, .. } => {
+                self.on_user_ssrc(call, *user_id, *ssrc)
+            }
+            VoiceEvent::ClientDisconnected(user_id) => self.on_user_left(call, *user_id),
             VoiceEvent::Dave(DaveEvent::Failed { step, .. }) => {
                 if let Some(c) = self.calls.get_mut(&call) {
                     c.e2ee.failures += 1;
@@ -550,6 +581,7 @@ impl Driver {
                     tracing::debug!(error = %e, "sender slot removal deferred");
                     self.unremoved.push(s.slot);
                 }
+                listen::release(&mut self.receiver, c);
                 Link::ExpectSession(s.socket)
             }
             other => other,
@@ -583,6 +615,9 @@ impl Driver {
         c.link = Link::Sending(Sending {
             socket,
             slot,
+            ssrc: session.ssrc,
+            mode: session.mode,
+            key: session.secret_key.clone(),
             // Speaking went out with the session description; the first audio frame would
             // otherwise say so again.
             speaking: true,
@@ -590,6 +625,7 @@ impl Driver {
         });
         c.e2ee = E2eeStatus::default();
         self.by_slot.insert(slot, call);
+        self.start_listening(call);
         Ok(())
     }
 
@@ -729,6 +765,7 @@ impl ControlHandler for Driver {
             self.on_request(request, ctl);
         }
         self.drain_sender(ctl);
+        self.drain_receiver();
     }
 
     fn on_readable(&mut self, key: usize, ctl: &mut ControlContext<'_>) {
@@ -773,5 +810,6 @@ impl ControlHandler for Driver {
         }
         // Speaking changes are rare; catching any that arrived with no wake-up costs nothing.
         self.drain_sender(ctl);
+        self.drain_receiver();
     }
 }

@@ -26,7 +26,7 @@ use crate::Error;
 use crate::baseline::BaselineSender;
 use crate::listener::{Arrival, Listener};
 use crate::report::{BaselineReport, Quantiles, Report};
-use crate::server::{Server, ServerConfig};
+use crate::server::{Faults, Server, ServerConfig};
 use crate::session::RawSession;
 
 /// The guild every run's first call uses; the listener joins its channel.
@@ -35,6 +35,8 @@ const FIRST_GUILD: u64 = 1;
 const BASELINE_GUILD_OFFSET: u64 = 1_000_000;
 const BOT_USER: u64 = 4_242;
 const LISTENER_USER: u64 = 4_343;
+/// The user of the engine that hears the probe call through Quaver's receive path.
+const HEARING_USER: u64 = 4_545;
 const BASELINE_USER: u64 = 4_444;
 /// Wait after streaming before reading the statistics.
 const SETTLE: Duration = Duration::from_millis(1_200);
@@ -67,6 +69,9 @@ pub struct JitterOptions {
     pub realtime: bool,
     /// A line for stderr once every call is connected and streaming starts.
     pub announce: Option<String>,
+    /// Loss, reordering and duplication the embedded server applies to forwarded packets (what
+    /// the listeners, Quaver's own receiver among them, get).
+    pub faults: Faults,
 }
 
 impl Default for JitterOptions {
@@ -83,6 +88,7 @@ impl Default for JitterOptions {
             record: None,
             realtime: true,
             announce: None,
+            faults: Faults::default(),
         }
     }
 }
@@ -247,6 +253,7 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
             record_dir: options.record.clone(),
             // Decoding every packet of 1,000 calls would measure the server, not Quaver.
             decode_audio: options.record.is_some() || options.calls <= 16,
+            faults: options.faults.clone(),
             ..ServerConfig::default()
         })?),
     };
@@ -308,6 +315,18 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
             ))
         }
         Err(_) => None,
+    };
+    // Quaver's own receiver, a second engine in the probe's channel.
+    let hearing = match (
+        &target,
+        target.participant_request(FIRST_GUILD, HEARING_USER),
+    ) {
+        (Target::Embedded(server), Ok(request)) => Some(crate::hearing::Hearing::start(
+            request,
+            server.control_config(),
+            BOT_USER,
+        )?),
+        _ => None,
     };
 
     let loop_packets = Arc::new(encode_tone_packets(50, 440.0));
@@ -439,6 +458,7 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
         .filter(|a| Some(a.ssrc) == probe_ssrc)
         .collect();
     let (latency, first_packet_ms) = latency_of(&probe_pushes, &probe_clicks, &probe, first_push);
+    let heard = hearing.map(|h| h.finish(&probe_pushes, &probe_clicks));
 
     let mut report = Report {
         calls: options.calls,
@@ -464,6 +484,7 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
         first_packet_ms,
         resumes,
         cpu_percent: cpu.as_secs_f64() / wall.as_secs_f64() * 100.0,
+        heard,
         ..Report::default()
     };
     report.cpu_percent_per_call = report.cpu_percent / options.calls as f64;

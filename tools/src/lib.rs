@@ -6,14 +6,17 @@
 
 pub mod args;
 pub mod baseline;
+pub mod channel;
 pub mod connect;
 pub mod cpu;
 pub mod demo;
+pub mod hearing;
 pub mod idle;
 pub mod jitter;
 pub mod listener;
 pub mod media;
 pub mod play;
+pub mod record;
 pub mod remote;
 pub mod render;
 pub mod report;

@@ -28,6 +28,9 @@ enum Command {
     /// The music bot: play files mixed together in a voice channel, against the local server by
     /// default or a real Discord guild with --token, --guild and --channel.
     Play(quaver_tools::play::PlayOptions),
+    /// Join a voice channel and record every other member into one file each (Ogg Opus, or WAV
+    /// with --wav), time-aligned so they mix back; Ctrl-C finishes the files cleanly.
+    Record(quaver_tools::record::RecordOptions),
     /// Mix audio files (wav, flac, mp3, ogg vorbis, ogg opus), all starting together, into an
     /// Ogg Opus file, offline and as fast as possible.
     Render {
@@ -168,6 +171,16 @@ struct JitterArgs {
     /// Join the calls but play nothing, and report what they cost (CPU of Quaver's threads).
     #[arg(long, conflicts_with_all = ["encode", "baseline", "out"])]
     idle: bool,
+    /// The embedded server drops PCT % of the packets it forwards to listeners (Quaver's
+    /// receiver among them, which conceals them).
+    #[arg(long, value_name = "PCT", default_value_t = 0.0, value_parser = quaver_tools::args::percent, allow_negative_numbers = true, conflicts_with = "server")]
+    udp_loss: f64,
+    /// The embedded server reorders PCT % of forwarded packets.
+    #[arg(long, value_name = "PCT", default_value_t = 0.0, value_parser = quaver_tools::args::percent, allow_negative_numbers = true, conflicts_with = "server")]
+    udp_reorder: f64,
+    /// The embedded server duplicates PCT % of forwarded packets.
+    #[arg(long, value_name = "PCT", default_value_t = 0.0, value_parser = quaver_tools::args::percent, allow_negative_numbers = true, conflicts_with = "server")]
+    udp_duplicate: f64,
 }
 
 fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
@@ -182,7 +195,16 @@ fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
         ca_cert,
         backend,
         idle,
+        udp_loss,
+        udp_reorder,
+        udp_duplicate,
     } = args;
+    let faults = quaver_tools::server::Faults {
+        udp_loss_pct: udp_loss,
+        udp_reorder_pct: udp_reorder,
+        udp_duplicate_pct: udp_duplicate,
+        ..quaver_tools::server::Faults::default()
+    };
     let backend = match backend.as_str() {
         "auto" => quaver::net::BackendChoice::Auto,
         "io-uring" | "io_uring" => quaver::net::BackendChoice::IoUring,
@@ -207,6 +229,7 @@ fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
         ca_cert,
         backend,
         announce: Some(announce),
+        faults,
         ..Default::default()
     };
     if idle {
@@ -407,10 +430,22 @@ fn main() -> ExitCode {
         }
         Command::Play(mut options) => {
             install_signal_handlers();
-            options.token = options
+            options.at.token = options
+                .at
                 .token
                 .or_else(|| std::env::var("DISCORD_TOKEN").ok());
             quaver_tools::play::play(&options, &STOP)
+        }
+        Command::Record(mut options) => {
+            install_signal_handlers();
+            options.at.token = options
+                .at
+                .token
+                .or_else(|| std::env::var("DISCORD_TOKEN").ok());
+            quaver_tools::record::record(&options, &STOP).map(|report| {
+                println!("{report}");
+                report.finished
+            })
         }
     };
     match result {

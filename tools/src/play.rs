@@ -8,12 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use quaver::engine::FileOptions;
-use quaver::gateway::main_gateway::MainGatewayConfig;
-use quaver::gateway::protocol::Token;
 use quaver::net::SenderEvent;
-use quaver::{CallEvent, CallStatus, Config, Engine, Event, JoinOptions};
+use quaver::{CallEvent, Event};
 
-use crate::server::{Server, ServerConfig};
 use crate::{Error, Finished};
 
 /// What to play where (also the `quaver play` command line).
@@ -25,22 +22,9 @@ pub struct PlayOptions {
     /// Per-file volume (linear, 0 to 16, 1.0 = unchanged), in the order of the files.
     #[arg(long, value_delimiter = ',', value_parser = crate::args::volume, allow_negative_numbers = true)]
     pub volume: Vec<f32>,
-    /// Bot token (default: $DISCORD_TOKEN). Without one, plays on the local server.
-    #[arg(long)]
-    pub token: Option<String>,
-    /// Guild to join (needed with --token; 1 on a local server).
-    #[arg(long)]
-    pub guild: Option<u64>,
-    /// Voice channel to join (needed with --token; 1 on a local server).
-    #[arg(long)]
-    pub channel: Option<u64>,
-    /// A running `quaver serve`: its main-gateway `host:port` (TLS, the default), or
-    /// `ws://host:port` for one started with `--plain`.
-    #[arg(long, value_name = "ADDR|URL")]
-    pub server: Option<String>,
-    /// With --server: the CA certificate (PEM) that `quaver serve --cert-out` wrote.
-    #[arg(long, value_name = "FILE", requires = "server")]
-    pub ca_cert: Option<PathBuf>,
+    /// Where to play.
+    #[command(flatten)]
+    pub at: crate::channel::ChannelArgs,
 }
 
 impl std::fmt::Debug for PlayOptions {
@@ -49,11 +33,7 @@ impl std::fmt::Debug for PlayOptions {
         f.debug_struct("PlayOptions")
             .field("files", &self.files)
             .field("volume", &self.volume)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("guild", &self.guild)
-            .field("channel", &self.channel)
-            .field("server", &self.server)
-            .field("ca_cert", &self.ca_cert)
+            .field("at", &self.at)
             .finish()
     }
 }
@@ -72,66 +52,12 @@ pub fn play(options: &PlayOptions, stop: &AtomicBool) -> Result<Finished, Error>
             crate::args::MAX_VOLUME
         )));
     }
-    let mut embedded = None;
-    let mut control = quaver::gateway::control::ControlConfig::default();
-    let (bot_config, guild, channel) = match &options.token {
-        Some(token) => {
-            let (Some(guild), Some(channel)) = (options.guild, options.channel) else {
-                return Err(Error::Usage(
-                    "playing on Discord needs --guild and --channel".into(),
-                ));
-            };
-            (
-                MainGatewayConfig::new(Token::new(token.clone())),
-                guild,
-                channel,
-            )
-        }
-        None => {
-            let url = match &options.server {
-                Some(server) => {
-                    control = crate::remote::control_config(options.ca_cert.as_deref())?;
-                    crate::remote::main_gateway_url(server)
-                }
-                None => {
-                    let server = Server::start(ServerConfig::default())?;
-                    let url = server.main_gateway_url();
-                    control = server.control_config();
-                    embedded = Some(server);
-                    url
-                }
-            };
-            let mut config = MainGatewayConfig::new(Token::new("quaver-play"));
-            config.url = url;
-            (
-                config,
-                options.guild.unwrap_or(1),
-                options.channel.unwrap_or(1),
-            )
-        }
-    };
-    let engine = Engine::new(Config {
-        control,
-        ..Config::default()
-    })?;
-    let bot = engine.connect_bot(bot_config)?;
-    let call = engine.join(bot, guild, channel, JoinOptions::default())?;
-    let give_up = Instant::now() + Duration::from_secs(20);
-    while engine.call_status(call) != Some(CallStatus::Ready) {
-        if stop.load(Ordering::Relaxed) {
-            return Err(Error::Interrupted {
-                stage: crate::Stage::Connecting,
-            });
-        }
-        if Instant::now() > give_up {
-            return Err(Error::Usage("could not join the voice channel".into()));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    eprintln!(
-        "joined guild {guild} channel {channel} ({})",
-        engine.sender_mode()
-    );
+    let crate::channel::Joined {
+        engine,
+        call,
+        embedded,
+        ..
+    } = crate::channel::join(&options.at, "quaver-play", stop)?;
 
     let mut tracks = Vec::new();
     for (index, file) in options.files.iter().enumerate() {

@@ -179,6 +179,9 @@ pub struct Report {
     /// Why the receiving side's figures are missing (set when the server is not in-process;
     /// the receive fields are then zero).
     pub receiver_note: Option<String>,
+    /// What a second Quaver engine in the probe's channel heard through its receive path
+    /// (in-process server only).
+    pub heard: Option<crate::hearing::HeardReport>,
 }
 
 impl Report {
@@ -296,6 +299,33 @@ impl Report {
                 "µs",
             );
             row(&mut out, "latency push → listener", &self.latency_ms, "ms");
+        }
+        if let Some(heard) = &self.heard {
+            let _ = writeln!(
+                out,
+                "  Quaver receiver: {} of {} frames played as audio ({:.2} %): lost {}, concealed {}, FEC {}, late {}, duplicates {}, undecryptable {}",
+                heard.frames_played,
+                heard.frames_expected,
+                heard.delivered_percent,
+                heard.lost,
+                heard.concealed,
+                heard.fec_recovered,
+                heard.late,
+                heard.duplicates,
+                heard.undecryptable
+            );
+            row(
+                &mut out,
+                "Quaver rx buffer delay",
+                &heard.buffer_delay_ms,
+                "ms",
+            );
+            row(
+                &mut out,
+                "Quaver rx mouth to ear",
+                &heard.mouth_to_ear_ms,
+                "ms",
+            );
         }
         if let Some(first) = self.first_packet_ms {
             let _ = writeln!(

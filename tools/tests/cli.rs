@@ -124,7 +124,10 @@ fn demo_negotiates_dave_and_the_server_decrypts_every_frame() {
 #[test]
 fn play_options_never_show_the_token_in_debug_output() {
     let options = quaver_tools::play::PlayOptions {
-        token: Some("very-secret-bot-token".into()),
+        at: quaver_tools::channel::ChannelArgs {
+            token: Some("very-secret-bot-token".into()),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let shown = format!("{options:?}");

@@ -46,10 +46,16 @@ pub enum Passthrough {
 /// * `F8 FF FE` always passes through; other non-DAVE frames only while [`Passthrough`] allows.
 ///
 /// Keys of generations the ratchet jumped over are not kept: at 50 frames/s a generation lasts
-/// 93 hours, so a frame from one is either that late or forged. Decrypting allocates nothing;
-/// installing a key allocates its missing-nonce window (8 KB).
+/// 93 hours, so a frame from one is either that late or forged. Decrypting allocates and frees
+/// nothing (expired epochs are skipped, not dropped); installing a key allocates its
+/// missing-nonce window (8 KB). A real-time thread installs keys made elsewhere with
+/// [`PreparedKey::new`] and [`install_prepared`](Self::install_prepared), which hands back the
+/// epoch it displaced so that it is freed off that thread.
 pub struct FrameDecryptor {
-    epochs: Vec<EpochKeys>,
+    // Boxed: an epoch crosses the receive thread's queues as one pointer (`PreparedKey`) and
+    // must move in and out of this table without allocating.
+    #[allow(clippy::vec_box)]
+    epochs: Vec<Box<EpochKeys>>,
     passthrough: Passthrough,
 }
 
@@ -82,16 +88,33 @@ impl FrameDecryptor {
     /// from `now` (or earlier, if they were due earlier). Returns `false`, changing nothing, when
     /// this key is already installed and live.
     pub fn install_key(&mut self, key: SenderKey, now: Instant) -> bool {
-        self.drop_expired(now);
-        if self.epochs.iter().any(|e| e.key.same_key(&key)) {
-            return false;
+        matches!(
+            self.install_prepared(PreparedKey::new(key, now), now),
+            Installed::Fresh(_)
+        )
+    }
+
+    /// As [`install_key`](Self::install_key) with a key made beforehand, without allocating or
+    /// freeing: what the key replaced (an expired or the oldest epoch), or the key itself when
+    /// it was already live, comes back to be dropped by the caller — elsewhere, on a real-time
+    /// thread.
+    pub fn install_prepared(&mut self, key: PreparedKey, now: Instant) -> Installed {
+        if self
+            .epochs
+            .iter()
+            .any(|e| !e.expired(now) && e.key.same_key(&key.0.key))
+        {
+            return Installed::AlreadyLive(key);
         }
         self.expire_keys(now);
-        if self.epochs.len() == MAX_EPOCHS {
-            self.epochs.remove(0);
-        }
-        self.epochs.push(EpochKeys::new(key, now));
-        true
+        let displaced = match self.epochs.iter().position(|e| e.expired(now)) {
+            Some(i) => Some(self.epochs.remove(i)),
+            None if self.epochs.len() == MAX_EPOCHS => Some(self.epochs.remove(0)),
+            None => None,
+        };
+        // Capacity is MAX_EPOCHS and one slot is free now: no allocation.
+        self.epochs.push(key.0);
+        Installed::Fresh(displaced.map(PreparedKey))
     }
 
     /// Lets every installed key expire [`KEY_OVERLAP`] from `now` (a downgrade to protocol
@@ -125,10 +148,6 @@ impl FrameDecryptor {
             .map(|e| e.key.epoch())
     }
 
-    fn drop_expired(&mut self, now: Instant) {
-        self.epochs.retain(|e| !e.expired(now));
-    }
-
     /// Decrypts `frame` into `out` and returns the plaintext length (the silence frame and
     /// allowed plaintext are copied as they are). Errors: a frame that fails the protocol-frame
     /// check while passthrough is off gets that check's error; otherwise [`DaveError::NoKey`],
@@ -143,7 +162,6 @@ impl FrameDecryptor {
         if frame == SILENCE_FRAME {
             return copy_through(frame, out);
         }
-        self.drop_expired(now);
         let parsed = match parse_frame(frame) {
             Ok(p) => p,
             Err(_) if self.passthrough_allowed(now) => return copy_through(frame, out),
@@ -158,7 +176,7 @@ impl FrameDecryptor {
             .get_mut(..len)
             .ok_or(DaveError::BufferTooSmall { needed: len, have })?;
         let mut first_error = None;
-        for epoch in self.epochs.iter_mut().rev() {
+        for epoch in self.epochs.iter_mut().rev().filter(|e| !e.expired(now)) {
             match epoch.decrypt(&parsed, body, now) {
                 Ok(()) => return Ok(len),
                 Err(e) => {
@@ -168,6 +186,41 @@ impl FrameDecryptor {
         }
         Err(first_error.unwrap_or(DaveError::NoKey))
     }
+}
+
+/// A sender's key for one epoch with its receive state allocated, ready for
+/// [`FrameDecryptor::install_prepared`]. `Debug` shows the epoch only.
+pub struct PreparedKey(Box<EpochKeys>);
+
+impl PreparedKey {
+    /// Allocates the receive state of `key` (its missing-nonce window); `now` starts the clock
+    /// of libdave's reachable-generation check.
+    pub fn new(key: SenderKey, now: Instant) -> Self {
+        Self(Box::new(EpochKeys::new(key, now)))
+    }
+
+    /// The epoch the key belongs to.
+    pub fn epoch(&self) -> u64 {
+        self.0.key.epoch()
+    }
+}
+
+impl fmt::Debug for PreparedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedKey")
+            .field("epoch", &self.epoch())
+            .finish()
+    }
+}
+
+/// What [`FrameDecryptor::install_prepared`] did.
+#[derive(Debug)]
+#[must_use = "what comes back must be dropped, off a real-time thread"]
+pub enum Installed {
+    /// Installed; holds the epoch it displaced, if any.
+    Fresh(Option<PreparedKey>),
+    /// The same key was live already (it keeps its replay window); the new one comes back.
+    AlreadyLive(PreparedKey),
 }
 
 fn copy_through(frame: &[u8], out: &mut [u8]) -> Result<usize, DaveError> {

@@ -26,7 +26,7 @@ use std::fmt;
 use thiserror::Error;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-pub use decryptor::{FrameDecryptor, Passthrough};
+pub use decryptor::{FrameDecryptor, Installed, Passthrough, PreparedKey};
 pub use encryptor::FrameEncryptor;
 pub use frame::{MARKER, MAX_OVERHEAD, MIN_SUPPLEMENTAL, ParsedFrame, TAG_LEN, parse_frame};
 

@@ -1,0 +1,212 @@
+//! A second Quaver engine in the probe call's channel that hears it through `Engine::listen`,
+//! as a receiving bot would: the jitter tool's end-to-end view through Quaver's own receive
+//! path (transport and DAVE decryption, the playout buffer, libopus with FEC and concealment).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use quaver::gateway::control::ControlConfig;
+use quaver::gateway::voice::VoiceConnectRequest;
+use quaver::{
+    Config, Engine, FrameOrigin, ListenEvent, ReceiveOptions, ReceivedFrame, StreamStats,
+};
+use serde::Serialize;
+
+use crate::Error;
+use crate::report::{Quantiles, new_histogram};
+
+/// What Quaver's receiver heard of the probe call.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HeardReport {
+    /// Frames played out (decoded, FEC-recovered or concealed).
+    pub frames_played: u64,
+    /// Frames between the first and the last sequence number played (what a perfect network
+    /// would have delivered in that span).
+    pub frames_expected: u64,
+    /// `frames_played` of `frames_expected`, in percent: every frame delivered as audio.
+    pub delivered_percent: f64,
+    /// Packets that never arrived.
+    pub lost: u64,
+    /// Frames libopus concealed (lost without FEC).
+    pub concealed: u64,
+    /// Frames recovered from in-band FEC.
+    pub fec_recovered: u64,
+    /// Packets that came after their turn (dropped).
+    pub late: u64,
+    /// Packets that came twice.
+    pub duplicates: u64,
+    /// DAVE frames that would not decrypt (during a key change, before the keys arrive).
+    pub undecryptable: u64,
+    /// From a packet's arrival to its play-out, in ms.
+    pub buffer_delay_ms: Quantiles,
+    /// From the push into the sending engine to the play-out at the receiving engine, in ms.
+    pub mouth_to_ear_ms: Quantiles,
+}
+
+/// One frame as the hearing thread saw it.
+struct Frame {
+    at: Instant,
+    sequence: u16,
+    buffered: Option<Duration>,
+    opus: Option<Vec<u8>>,
+    /// Whether a click starts in it (encode-mode probe).
+    onset: bool,
+}
+
+/// The hearing engine and the thread reading its listener.
+pub struct Hearing {
+    engine: Engine,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<(Vec<Frame>, StreamStats)>>,
+}
+
+impl Hearing {
+    /// Joins with `request` (another user in the probe's channel) and hears `speaker`.
+    pub fn start(
+        request: VoiceConnectRequest,
+        control: ControlConfig,
+        speaker: u64,
+    ) -> Result<Self, Error> {
+        let mut config = Config::default();
+        config.engine.realtime_priority = false;
+        config.engine.max_calls = 1;
+        config.control = control;
+        let engine = Engine::new(config)?;
+        let call = engine.connect(request)?;
+        let listener = engine.listen(call, ReceiveOptions::default())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("jitter-hearing".into())
+            .spawn(move || {
+                let mut frames = Vec::new();
+                let mut audio = None;
+                let mut quiet = 0usize;
+                loop {
+                    let stopping = thread_stop.load(Ordering::Relaxed);
+                    while let Some(event) = listener.try_event() {
+                        if let ListenEvent::User(a) = event
+                            && a.user_id() == speaker
+                        {
+                            audio = Some(a);
+                        }
+                    }
+                    if let Some(a) = audio.as_mut() {
+                        while let Some(f) = a.pop() {
+                            frames.push(observe(&f, &mut quiet));
+                        }
+                    }
+                    if stopping {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let stats = audio.map(|a| a.stats()).unwrap_or_default();
+                (frames, stats)
+            })
+            .map_err(|e| Error::Usage(format!("hearing thread: {e}")))?;
+        Ok(Self {
+            engine,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops hearing and reports; `pushes` (passthrough probe payloads) and `clicks` (encode
+    /// probe) date each frame's push, for the mouth-to-ear figure.
+    pub fn finish(mut self, pushes: &HashMap<Vec<u8>, Instant>, clicks: &[Instant]) -> HeardReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let (frames, stats) = self
+            .thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
+        drop(self.engine);
+        summarise(&frames, &stats, pushes, clicks)
+    }
+}
+
+fn observe(f: &ReceivedFrame, quiet: &mut usize) -> Frame {
+    let mut onset = false;
+    if let Some(pcm) = f.pcm() {
+        for pair in pcm.chunks_exact(2) {
+            // The same rule as the raw listener's: loud after 100 ms of quiet.
+            if f32::from(pair[0]).abs() / 32_768.0 > 0.25 {
+                if *quiet > 4_800 {
+                    onset = true;
+                }
+                *quiet = 0;
+            } else {
+                *quiet += 1;
+            }
+        }
+    }
+    Frame {
+        at: f.at,
+        sequence: f.sequence,
+        buffered: f.arrived.map(|a| f.at.saturating_duration_since(a)),
+        opus: (f.origin == FrameOrigin::Packet)
+            .then(|| f.opus().map(<[u8]>::to_vec))
+            .flatten(),
+        onset,
+    }
+}
+
+fn summarise(
+    frames: &[Frame],
+    stats: &StreamStats,
+    pushes: &HashMap<Vec<u8>, Instant>,
+    clicks: &[Instant],
+) -> HeardReport {
+    let mut buffer = new_histogram();
+    let mut mouth = new_histogram();
+    for f in frames {
+        if let Some(b) = f.buffered {
+            buffer.saturating_record(b.as_micros() as u64);
+        }
+        if let Some(at) = f.opus.as_ref().and_then(|o| pushes.get(o)) {
+            mouth.saturating_record(f.at.saturating_duration_since(*at).as_micros() as u64);
+        }
+    }
+    // Clicks are 200 ms apart and latency far below that: the n-th onset is the n-th click
+    // that could have been pushed by then.
+    let mut next_click = 0;
+    for f in frames.iter().filter(|f| f.onset) {
+        while next_click + 1 < clicks.len() && clicks[next_click + 1] <= f.at {
+            next_click += 1;
+        }
+        if let Some(click) = clicks.get(next_click) {
+            mouth.saturating_record(f.at.saturating_duration_since(*click).as_micros() as u64);
+            next_click += 1;
+        }
+    }
+    // Sequence numbers run on through a sender's pauses, so the frames never played are the
+    // gaps between consecutive played ones (counted this way, wrap-around is harmless).
+    let played = frames.len() as u64;
+    let skipped: u64 = frames
+        .windows(2)
+        .map(|w| u64::from(w[1].sequence.wrapping_sub(w[0].sequence).saturating_sub(1)))
+        .filter(|&gap| gap < 1_000)
+        .sum();
+    let expected = played + skipped;
+    HeardReport {
+        frames_played: played,
+        frames_expected: expected,
+        delivered_percent: if expected == 0 {
+            0.0
+        } else {
+            played.min(expected) as f64 / expected as f64 * 100.0
+        },
+        lost: stats.lost,
+        concealed: stats.concealed,
+        fec_recovered: stats.fec_recovered,
+        late: stats.late,
+        duplicates: stats.duplicates,
+        undecryptable: stats.undecryptable,
+        buffer_delay_ms: Quantiles::of_us_as_ms(&buffer),
+        mouth_to_ear_ms: Quantiles::of_us_as_ms(&mouth),
+    }
+}
