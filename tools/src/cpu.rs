@@ -4,17 +4,45 @@
 use std::time::Duration;
 
 /// User plus system time of every thread whose name starts with `quaver-` (the mixer, engine
-/// worker, sender, driver, control and discovery threads), except the embedded server's
-/// `quaver-serve…` threads. Zero where `/proc` is unavailable.
+/// worker, sender, receive, driver, control and discovery threads), except the embedded
+/// server's `quaver-serve…` threads. Zero where `/proc` is unavailable.
 pub fn quaver_thread_time() -> Duration {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Duration::ZERO;
-    };
+    quaver_thread_time_where(|_| true)
+}
+
+/// As [`quaver_thread_time`], for the threads whose IDs `include` accepts.
+pub fn quaver_thread_time_where(include: impl Fn(u32) -> bool) -> Duration {
     // SAFETY: sysconf has no preconditions.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let mut ticks = 0_u64;
+    let ticks: u64 = quaver_threads()
+        .into_iter()
+        .filter(|(tid, _)| include(*tid))
+        .map(|(_, ticks)| ticks)
+        .sum();
+    Duration::from_nanos(ticks.saturating_mul(1_000_000_000 / ticks_per_second))
+}
+
+/// The IDs of the process's `quaver-` threads (the embedded server's excepted) now: what a
+/// second engine started afterwards adds can be told apart.
+pub fn quaver_thread_ids() -> Vec<u32> {
+    quaver_threads().into_iter().map(|(tid, _)| tid).collect()
+}
+
+/// Each `quaver-` thread's ID and CPU time in clock ticks.
+fn quaver_threads() -> Vec<(u32, u64)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut threads = Vec::new();
     for task in tasks.flatten() {
         let path = task.path();
+        let Some(tid) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
         let Ok(name) = std::fs::read_to_string(path.join("comm")) else {
             continue;
         };
@@ -36,9 +64,9 @@ pub fn quaver_thread_time() -> Duration {
                 .and_then(|f| f.parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        ticks += field(11) + field(12);
+        threads.push((tid, field(11) + field(12)));
     }
-    Duration::from_nanos(ticks.saturating_mul(1_000_000_000 / ticks_per_second))
+    threads
 }
 
 /// Jiffies the whole machine spent in each state, from the first line of `/proc/stat`.

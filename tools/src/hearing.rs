@@ -44,6 +44,9 @@ pub struct HeardReport {
     pub buffer_delay_ms: Quantiles,
     /// From the push into the sending engine to the play-out at the receiving engine, in ms.
     pub mouth_to_ear_ms: Quantiles,
+    /// CPU of the receiving engine's threads while the calls streamed, in percent of one core
+    /// (not included in the report's own CPU figure).
+    pub cpu_percent: f64,
 }
 
 /// One frame as the hearing thread saw it.
@@ -208,5 +211,6 @@ fn summarise(
         undecryptable: stats.undecryptable,
         buffer_delay_ms: Quantiles::of_us_as_ms(&buffer),
         mouth_to_ear_ms: Quantiles::of_us_as_ms(&mouth),
+        cpu_percent: 0.0,
     }
 }

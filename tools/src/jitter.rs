@@ -316,7 +316,9 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
         }
         Err(_) => None,
     };
-    // Quaver's own receiver, a second engine in the probe's channel.
+    // Quaver's own receiver, a second engine in the probe's channel. Its threads are told
+    // apart from the measured engine's so that each one's CPU is reported on its own.
+    let threads_before = crate::cpu::quaver_thread_ids();
     let hearing = match (
         &target,
         target.participant_request(FIRST_GUILD, HEARING_USER),
@@ -328,6 +330,13 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
         )?),
         _ => None,
     };
+
+    let hearing_threads: Vec<u32> = crate::cpu::quaver_thread_ids()
+        .into_iter()
+        .filter(|tid| !threads_before.contains(tid))
+        .collect();
+    let measured = |tid: u32| !hearing_threads.contains(&tid);
+    let heard_by = |tid: u32| hearing_threads.contains(&tid);
 
     let loop_packets = Arc::new(encode_tone_packets(50, 440.0));
     let baseline = if options.baseline {
@@ -402,7 +411,8 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
         feeds.push(feed);
     }
 
-    let cpu_before = crate::cpu::quaver_thread_time();
+    let cpu_before = crate::cpu::quaver_thread_time_where(measured);
+    let hearing_cpu_before = crate::cpu::quaver_thread_time_where(heard_by);
     let machine_before = crate::cpu::MachineTimes::now();
     if let Some(line) = &options.announce {
         eprintln!("{line}");
@@ -424,7 +434,9 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
         }
     }
     let wall = started.elapsed();
-    let cpu = crate::cpu::quaver_thread_time().saturating_sub(cpu_before);
+    let cpu = crate::cpu::quaver_thread_time_where(measured).saturating_sub(cpu_before);
+    let hearing_cpu =
+        crate::cpu::quaver_thread_time_where(heard_by).saturating_sub(hearing_cpu_before);
     let steal_percent = crate::cpu::MachineTimes::now().steal_percent_since(&machine_before);
     // The producers are done: dropping the writers lets every stream end (five silence frames,
     // Speaking off) instead of underrunning into silence.
@@ -458,7 +470,11 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
         .filter(|a| Some(a.ssrc) == probe_ssrc)
         .collect();
     let (latency, first_packet_ms) = latency_of(&probe_pushes, &probe_clicks, &probe, first_push);
-    let heard = hearing.map(|h| h.finish(&probe_pushes, &probe_clicks));
+    let heard = hearing.map(|h| {
+        let mut heard = h.finish(&probe_pushes, &probe_clicks);
+        heard.cpu_percent = hearing_cpu.as_secs_f64() / wall.as_secs_f64() * 100.0;
+        heard
+    });
 
     let mut report = Report {
         calls: options.calls,

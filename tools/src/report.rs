@@ -303,7 +303,7 @@ impl Report {
         if let Some(heard) = &self.heard {
             let _ = writeln!(
                 out,
-                "  Quaver receiver: {} of {} frames played as audio ({:.2} %): lost {}, concealed {}, FEC {}, late {}, duplicates {}, undecryptable {}",
+                "  Quaver receiver: {} of {} frames played as audio ({:.2} %): lost {}, concealed {}, FEC {}, late {}, duplicates {}, undecryptable {}; its CPU {:.2} % (not in the figure below)",
                 heard.frames_played,
                 heard.frames_expected,
                 heard.delivered_percent,
@@ -312,7 +312,8 @@ impl Report {
                 heard.fec_recovered,
                 heard.late,
                 heard.duplicates,
-                heard.undecryptable
+                heard.undecryptable,
+                heard.cpu_percent
             );
             row(
                 &mut out,
