@@ -3,23 +3,27 @@
 //! hands back, and forwards events.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use crate::codec::OpusConfig;
+use crate::decode::Decoder;
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::file::{FileDecoder, FileOptions};
+use crate::file::FileOptions;
 use crate::frame::{FRAME_DURATION, FrameReceiver, Grid};
+use crate::input::InputError;
 use crate::mixer::{CallShared, CallSlot, Command, Garbage, Mixer};
 use crate::pcm::PcmFormat;
 use crate::source::{OpusWriter, PcmWriter, SourceHandle, SourceOptions, SourceSlot};
 use crate::stats::{
     EngineStats, MixerCounters, MixerHistograms, StatsCollector, Summary, stats_channel,
 };
+use crate::stream::{Feed, Running};
 use crate::{CallId, SourceId};
 
 /// Engine-wide settings and limits, fixed at start-up.
@@ -105,12 +109,16 @@ struct MixerLink {
     outlet: Mutex<Outlet>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     config: EngineConfig,
     grid: Grid,
     mixers: Vec<MixerLink>,
     table: Mutex<CallTable>,
-    decoders: Mutex<Vec<FileDecoder>>,
+    decoders: Mutex<Vec<Decoder>>,
+    /// Inputs decoded on threads of their own (child processes, HTTP streams).
+    streams: Mutex<Vec<Running>>,
+    /// The worker thread, woken early when a file source is asked to seek.
+    worker: OnceLock<Thread>,
     event_tx: crossbeam_channel::Sender<Event>,
     counters: Arc<MixerCounters>,
     next_source_id: AtomicU64,
@@ -131,7 +139,7 @@ struct Inner {
 /// # Ok::<(), quaver_engine::Error>(())
 /// ```
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     events: crossbeam_channel::Receiver<Event>,
     shutdown: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -171,13 +179,15 @@ impl Engine {
             .spawn(move || {
                 while !shutdown.load(Ordering::Relaxed) {
                     inner.housekeep();
-                    std::thread::sleep(HOUSEKEEPING_PERIOD);
+                    // Parked rather than asleep, so a seek can wake it at once.
+                    std::thread::park_timeout(HOUSEKEEPING_PERIOD);
                 }
             })
             .map_err(|source| Error::Thread {
                 name: "engine worker",
                 source,
             })?;
+        let _ = engine.inner.worker.set(worker.thread().clone());
         engine.threads.push(worker);
         Ok(engine)
     }
@@ -243,6 +253,8 @@ impl Engine {
                 next_id: 1,
             }),
             decoders: Mutex::new(Vec::new()),
+            streams: Mutex::new(Vec::new()),
+            worker: OnceLock::new(),
             event_tx,
             counters,
             next_source_id: AtomicU64::new(1),
@@ -390,7 +402,11 @@ impl Engine {
         options: FileOptions,
     ) -> Result<SourceHandle> {
         let id = self.inner.next_source_id();
-        let opened = FileDecoder::open(call, id, path.as_ref(), &options)?;
+        let opened = crate::file::open_file(call, id, path.as_ref(), &options)?;
+        opened.shared.set_seekable();
+        if let Some(worker) = self.inner.worker.get() {
+            opened.shared.set_decoder_thread(worker.clone());
+        }
         self.inner.add_source(call, opened.slot)?;
         lock(&self.inner.decoders).push(opened.decoder);
         Ok(SourceHandle::new(call, id, opened.shared))
@@ -436,6 +452,9 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        for stream in lock(&self.inner.streams).iter_mut() {
+            stream.shut_down();
+        }
         self.shutdown.store(true, Ordering::Relaxed);
         for thread in self.threads.drain(..) {
             let _ = thread.join();
@@ -444,11 +463,44 @@ impl Drop for Engine {
 }
 
 impl Inner {
-    fn next_source_id(&self) -> SourceId {
+    pub(crate) fn next_source_id(&self) -> SourceId {
         SourceId(self.next_source_id.fetch_add(1, Ordering::Relaxed))
     }
 
-    fn add_source(&self, call: CallId, slot: Box<SourceSlot>) -> Result<()> {
+    /// Adds an opened input decoded on a thread of its own; `abort` unblocks its reads once
+    /// the source has ended.
+    pub(crate) fn start_stream(
+        &self,
+        call: CallId,
+        opened: crate::decode::Opened,
+        feed: Box<dyn Feed>,
+        abort: Box<dyn Fn() + Send>,
+    ) -> Result<SourceHandle> {
+        let shared = Arc::clone(&opened.shared);
+        let id = opened.decoder.source();
+        if let Err(error) = self.add_source(call, opened.slot) {
+            abort();
+            return Err(error);
+        }
+        let events = self.event_tx.clone();
+        let counters = Arc::clone(&self.counters);
+        let report = Box::new(move |event| {
+            if events.try_send(event).is_err() {
+                MixerCounters::bump(&counters.events_dropped);
+            }
+        });
+        let running =
+            crate::stream::spawn(opened.decoder, feed, abort, report).map_err(|source| {
+                Error::Thread {
+                    name: "input",
+                    source,
+                }
+            })?;
+        lock(&self.streams).push(running);
+        Ok(SourceHandle::new(call, id, shared))
+    }
+
+    pub(crate) fn add_source(&self, call: CallId, slot: Box<SourceSlot>) -> Result<()> {
         let max = self.config.max_sources_per_call;
         let mut table = lock(&self.table);
         let entry = table.calls.get_mut(&call).ok_or(Error::NoSuchCall(call))?;
@@ -520,24 +572,42 @@ impl Inner {
         drop(freed);
 
         let mut decoders = lock(&self.decoders);
-        decoders.retain_mut(|decoder| match decoder.pump() {
-            Ok(true) => true,
-            Ok(false) => false,
-            Err(message) => {
-                self.forward(Event::SourceError {
-                    call: decoder.call(),
-                    source: decoder.source(),
-                    message,
+        decoders.retain_mut(|decoder| {
+            // One decoder's bug (symphonia on a hostile file) must not stop every other
+            // call's files: the panic ends that source only, as a failure with an event.
+            let pumped = std::panic::catch_unwind(AssertUnwindSafe(|| decoder.pump()))
+                .unwrap_or_else(|_| {
+                    decoder.fail();
+                    Err(InputError::DecoderPanicked)
                 });
-                false
+            match pumped {
+                Ok(more) => more,
+                Err(error) => {
+                    self.forward(source_error(decoder, error));
+                    false
+                }
             }
         });
+        drop(decoders);
+        lock(&self.streams).retain_mut(Running::check);
     }
 
-    fn forward(&self, event: Event) {
+    pub(crate) fn forward(&self, event: Event) {
         if self.event_tx.try_send(event).is_err() {
             MixerCounters::bump(&self.counters.events_dropped);
         }
+    }
+}
+
+/// The event for a decoder that failed with `error`.
+pub(crate) fn source_error(decoder: &Decoder, error: InputError) -> Event {
+    Event::SourceError {
+        call: decoder.call(),
+        source: decoder.source(),
+        error: Arc::new(Error::Input {
+            input: decoder.name().clone(),
+            error,
+        }),
     }
 }
 

@@ -19,22 +19,31 @@
 //! what the mixer is done with is handed back to be dropped elsewhere.
 
 pub mod analysis;
+mod child;
 mod codec;
+mod decode;
 mod engine;
 mod error;
 mod event;
 mod file;
 pub mod frame;
+pub mod http;
+mod http_stream;
+mod input;
 mod limiter;
 mod mixer;
 pub mod ogg_opus;
 pub mod pacer;
 mod pcm;
 mod resample;
+mod seek;
 mod source;
 mod stats;
+mod stream;
 
+pub use child::{CommandOptions, STDERR_TAIL};
 pub use codec::{OpusApplication, OpusConfig};
+pub use decode::{InputFormat, SampleEncoding};
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, Result};
 pub use event::Event;
@@ -42,6 +51,9 @@ pub use file::{FileOptions, probe_container};
 pub use frame::{
     EncodedFrame, FRAME_DURATION, FRAME_SAMPLES, FrameKind, FrameReceiver, Grid, MAX_OPUS_PACKET,
 };
+pub use http::HttpError;
+pub use http_stream::HttpOptions;
+pub use input::{InputError, InputName};
 pub use mixer::Mixer;
 pub use pcm::{MIX_RATE, PcmFormat};
 pub use source::{

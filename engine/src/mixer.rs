@@ -163,6 +163,8 @@ impl CallSlot {
                     continue;
                 }
                 Step::Silent => {}
+                // A seeking source keeps the call's stream going with silence.
+                Step::Gap => mixed_any = true,
                 step @ Step::Render { from, to } => {
                     if passthrough_possible && SourceSlot::is_unity(step) {
                         source.render_passthrough(&mut self.frame);

@@ -1,14 +1,16 @@
 //! Sources: the producer ends users write into ([`PcmWriter`], [`OpusWriter`]), the handle that
 //! controls a playing source ([`SourceHandle`]), and the mixer-side slot that reads them.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::frame::{EncodedFrame, FRAME_SAMPLES, FrameKind, MAX_OPUS_PACKET};
 use crate::pcm::{MixFrame, PcmFormat, i16_to_f32};
 use crate::resample::SourceResampler;
+use crate::seek::{SeekCursor, SeekShared};
 use crate::{CallId, SourceId};
 
 /// How long a blocking write sleeps when the ring is full before trying again. The mixer drains
@@ -38,6 +40,15 @@ pub(crate) struct SourceShared {
     underruns: AtomicU64,
     /// Length of the input in milliseconds when known (files), else `u64::MAX`.
     duration_ms: AtomicU64,
+    /// The decoder can reposition (files, HTTP with range requests).
+    seekable: AtomicBool,
+    /// The input starts again at its end (for the position).
+    looping: AtomicBool,
+    pub(crate) seek: SeekShared,
+    /// The thread that decodes the input, woken when a seek is asked for.
+    decoder_thread: OnceLock<Thread>,
+    /// The child process's id, for child-process inputs (0 otherwise).
+    process_id: AtomicU32,
 }
 
 impl SourceShared {
@@ -52,7 +63,34 @@ impl SourceShared {
             frames_mixed: AtomicU64::new(0),
             underruns: AtomicU64::new(0),
             duration_ms: AtomicU64::new(u64::MAX),
+            seekable: AtomicBool::new(false),
+            looping: AtomicBool::new(false),
+            seek: SeekShared::new(Duration::ZERO),
+            decoder_thread: OnceLock::new(),
+            process_id: AtomicU32::new(0),
         }
+    }
+
+    /// Makes [`SourceHandle::seek`] available.
+    pub(crate) fn set_seekable(&self) {
+        self.seekable.store(true, Ordering::Release);
+    }
+
+    /// The thread that decodes the input, woken when a seek is asked for.
+    pub(crate) fn set_decoder_thread(&self, thread: Thread) {
+        let _ = self.decoder_thread.set(thread);
+    }
+
+    pub(crate) fn set_looping(&self, looping: bool) {
+        self.looping.store(looping, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_process_id(&self, id: u32) {
+        self.process_id.store(id, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stop_requested(&self) -> bool {
+        self.stop_requested.load(Ordering::Relaxed)
     }
 
     fn volume(&self) -> f32 {
@@ -65,6 +103,19 @@ impl SourceShared {
 
     pub(crate) fn finish(&self) {
         self.finished.store(true, Ordering::Release);
+    }
+
+    /// A seek after the end of a seekable input: more input comes after all. (If the mixer
+    /// already ended the source, this changes nothing.)
+    pub(crate) fn unfinish(&self) {
+        self.finished.store(false, Ordering::Release);
+    }
+
+    pub(crate) fn duration(&self) -> Option<Duration> {
+        match self.duration_ms.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
     }
 
     pub(crate) fn set_duration(&self, duration: Duration) {
@@ -168,22 +219,62 @@ impl SourceHandle {
     }
 
     /// Whether the source has ended (finished, stopped, failed, or its call was removed).
-    /// Whether the source has ended; writes fail from then on.
     pub fn is_ended(&self) -> bool {
         self.shared.is_ended()
     }
 
-    /// How much of the source has been played (20 ms per mixed frame).
+    /// Where playback is in the input: the start position plus 20 ms per mixed frame, moved by
+    /// seeks (and wrapped at the end of a looping input of known length).
     pub fn position(&self) -> Duration {
-        crate::frame::FRAME_DURATION * self.shared.frames_mixed.load(Ordering::Relaxed) as u32
+        let position = self.shared.seek.position();
+        match self.duration() {
+            Some(duration)
+                if self.shared.looping.load(Ordering::Relaxed) && !duration.is_zero() =>
+            {
+                Duration::from_micros(
+                    (position.as_micros() % duration.as_micros())
+                        .try_into()
+                        .unwrap_or(0),
+                )
+            }
+            _ => position,
+        }
+    }
+
+    /// Moves playback to `to` while the call keeps playing: the decoder repositions and
+    /// refills, and the mixer drops what was buffered before, so the next audio heard is from
+    /// `to` (faded in over one frame). Past the end, the source finishes. Only inputs that can
+    /// reposition support it (files, and HTTP streams whose server accepts range requests).
+    pub fn seek(&self, to: Duration) -> Result<()> {
+        if !self.is_seekable() {
+            return Err(Error::NotSeekable(self.id));
+        }
+        if self.is_ended() {
+            return Err(Error::SourceEnded);
+        }
+        self.shared.seek.request(to);
+        if let Some(thread) = self.shared.decoder_thread.get() {
+            thread.unpark();
+        }
+        Ok(())
+    }
+
+    /// Whether [`SourceHandle::seek`] is available for this source.
+    pub fn is_seekable(&self) -> bool {
+        self.shared.seekable.load(Ordering::Acquire)
+    }
+
+    /// The child process's id, for a source playing a command's output.
+    pub fn process_id(&self) -> Option<u32> {
+        match self.shared.process_id.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(id),
+        }
     }
 
     /// The input's length, when known (files whose container states it).
     pub fn duration(&self) -> Option<Duration> {
-        match self.shared.duration_ms.load(Ordering::Relaxed) {
-            u64::MAX => None,
-            ms => Some(Duration::from_millis(ms)),
-        }
+        self.shared.duration()
     }
 
     /// The source's counters now.
@@ -206,6 +297,8 @@ pub struct PcmWriter {
     ring: rtrb::Producer<f32>,
     format: PcmFormat,
     shared: Arc<SourceShared>,
+    /// Samples written so far, for seek marks.
+    written: u64,
 }
 
 impl std::fmt::Debug for PcmWriter {
@@ -237,6 +330,7 @@ impl PcmWriter {
             .free_samples()
             .min(whole_frames(samples.len(), self.format));
         let (written, _) = self.ring.push_partial_slice(&samples[..count]);
+        self.written += written.len() as u64;
         Ok(written.len())
     }
 
@@ -253,7 +347,9 @@ impl PcmWriter {
             .ring
             .write_chunk_uninit(count)
             .map_err(|_| Error::SourceEnded)?;
-        Ok(chunk.fill_from_iter(samples[..count].iter().copied().map(i16_to_f32)))
+        let written = chunk.fill_from_iter(samples[..count].iter().copied().map(i16_to_f32));
+        self.written += written as u64;
+        Ok(written)
     }
 
     /// Writes every whole frame of `samples`, waiting for room while the ring is full.
@@ -291,6 +387,11 @@ impl PcmWriter {
     /// Whether the source has ended; writes fail from then on.
     pub fn is_ended(&self) -> bool {
         self.shared.is_ended()
+    }
+
+    /// Samples written so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
     }
 
     fn check_alive(&self) -> Result<()> {
@@ -351,6 +452,8 @@ pub fn validate_opus_packet(packet: &[u8]) -> Result<()> {
 pub struct OpusWriter {
     ring: rtrb::Producer<OpusPacket>,
     shared: Arc<SourceShared>,
+    /// Packets written so far, for seek marks.
+    written: u64,
 }
 
 impl std::fmt::Debug for OpusWriter {
@@ -377,7 +480,9 @@ impl OpusWriter {
             data: [0; MAX_OPUS_PACKET],
         };
         slot.data[..packet.len()].copy_from_slice(packet);
-        Ok(self.ring.push(slot).is_ok())
+        let pushed = self.ring.push(slot).is_ok();
+        self.written += u64::from(pushed);
+        Ok(pushed)
     }
 
     /// Queues one packet, waiting while the ring is full.
@@ -400,6 +505,11 @@ impl OpusWriter {
     pub fn is_ended(&self) -> bool {
         self.shared.is_ended()
     }
+
+    /// Packets written so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
 }
 
 impl Drop for OpusWriter {
@@ -418,7 +528,8 @@ pub enum EndReason {
     Stopped,
     /// Its call was removed.
     CallRemoved,
-    /// Its file could not be decoded any further (an [`crate::Event::SourceError`] came first).
+    /// Its input could not be read or decoded any further (an [`crate::Event::SourceError`]
+    /// came first).
     Failed,
 }
 
@@ -482,6 +593,40 @@ impl Input {
             Input::Opus { .. } => FRAME_SAMPLES,
         }
     }
+
+    /// Drops up to `items` buffered samples or packets (stale after a seek) and the state
+    /// built from them. Returns how many were dropped.
+    fn discard(&mut self, items: u64) -> usize {
+        match self {
+            Input::Pcm { ring, resampler } => {
+                let count = ring
+                    .slots()
+                    .min(usize::try_from(items).unwrap_or(usize::MAX));
+                if let Ok(chunk) = ring.read_chunk(count) {
+                    chunk.commit_all();
+                }
+                resampler.reset();
+                count
+            }
+            Input::Opus {
+                ring,
+                decoder,
+                resync,
+            } => {
+                let count = ring
+                    .slots()
+                    .min(usize::try_from(items).unwrap_or(usize::MAX));
+                if let Ok(chunk) = ring.read_chunk(count) {
+                    chunk.commit_all();
+                }
+                let _ = audiopus::coder::GenericCtl::reset_state(decoder);
+                resync.recent_len = 0;
+                resync.decoded = 0;
+                resync.ahead_ready = false;
+                count
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -499,6 +644,8 @@ pub(crate) enum Step {
     Render { from: f32, to: f32 },
     /// Contribute nothing this tick (prebuffering or paused).
     Silent,
+    /// Keep the call's stream going with silence: the source is refilling after a seek.
+    Gap,
     /// Leave the call.
     Ended(EndReason),
 }
@@ -515,6 +662,10 @@ pub(crate) struct SourceSlot {
     /// Zero-input ticks still to render after the producer finished, so the resampler's delay
     /// line is flushed and the end of the audio is not cut off.
     tail_ticks: u32,
+    /// What was read from the ring, to apply seek marks.
+    cursor: SeekCursor,
+    /// A seek dropped the buffered input; silence until a whole frame of new input is there.
+    refilling: bool,
 }
 
 /// Everything created for a new PCM source: the slot for the mixer and the user's ends.
@@ -576,11 +727,14 @@ impl SourceSlot {
             gain: 0.0,
             phase: Phase::Prebuffering,
             tail_ticks,
+            cursor: SeekCursor::default(),
+            refilling: false,
         });
         let writer = PcmWriter {
             ring: producer,
             format,
             shared: Arc::clone(&shared),
+            written: 0,
         };
         Ok(NewPcmSource {
             slot,
@@ -619,10 +773,13 @@ impl SourceSlot {
             gain: 0.0,
             phase: Phase::Prebuffering,
             tail_ticks: 0,
+            cursor: SeekCursor::default(),
+            refilling: false,
         });
         let writer = OpusWriter {
             ring: producer,
             shared: Arc::clone(&shared),
+            written: 0,
         };
         Ok(NewOpusSource {
             slot,
@@ -641,6 +798,13 @@ impl SourceSlot {
         let shared = &self.shared;
         let stop = shared.stop_requested.load(Ordering::Relaxed);
         let paused = shared.paused.load(Ordering::Relaxed);
+        if let Some(stale) = self.cursor.poll(&shared.seek) {
+            let dropped = self.input.discard(stale);
+            self.cursor.consumed(dropped);
+            self.refilling = true;
+            // The new position fades in over a frame instead of jumping mid-waveform.
+            self.gain = 0.0;
+        }
         // Acquire before reading the fill level: samples written before `finish` are visible.
         let finished = shared.finished.load(Ordering::Acquire);
         let available = self.input.available_frames();
@@ -648,6 +812,16 @@ impl SourceSlot {
 
         if stop && (self.gain == 0.0 || self.phase == Phase::Prebuffering) {
             return Step::Ended(EndReason::Stopped);
+        }
+        if self.refilling {
+            if available < needed && !finished {
+                return if self.phase == Phase::Playing {
+                    Step::Gap
+                } else {
+                    Step::Silent
+                };
+            }
+            self.refilling = false;
         }
         if self.phase == Phase::Prebuffering {
             if available == 0 && finished {
@@ -675,6 +849,7 @@ impl SourceSlot {
         let target = if stop || paused { 0.0 } else { shared.volume() };
         let from = std::mem::replace(&mut self.gain, target);
         shared.frames_mixed.fetch_add(1, Ordering::Relaxed);
+        shared.seek.advance(crate::frame::FRAME_DURATION);
         Step::Render { from, to: target }
     }
 
@@ -682,7 +857,10 @@ impl SourceSlot {
     /// and filling any shortfall with silence.
     pub(crate) fn render(&mut self, out: &mut MixFrame) {
         match &mut self.input {
-            Input::Pcm { ring, resampler } => resampler.render(ring, out),
+            Input::Pcm { ring, resampler } => {
+                let read = resampler.render(ring, out);
+                self.cursor.consumed(read);
+            }
             Input::Opus {
                 ring,
                 decoder,
@@ -704,11 +882,14 @@ impl SourceSlot {
                 if resync.ahead_ready {
                     // Decoded last tick already (see `decode_ahead`): only consume it.
                     resync.ahead_ready = false;
-                    let _ = ring.pop();
+                    if ring.pop().is_ok() {
+                        self.cursor.consumed(1);
+                    }
                     out.copy_from_slice(&resync.ahead);
                     return;
                 }
                 let packet = ring.pop().ok();
+                self.cursor.consumed(usize::from(packet.is_some()));
                 // A missing packet (`None`): libopus conceals the gap.
                 decode_into(decoder, packet.as_ref().map(OpusPacket::bytes), out);
             }
@@ -764,6 +945,7 @@ impl SourceSlot {
             return;
         };
         let packet = ring.pop();
+        self.cursor.consumed(usize::from(packet.is_ok()));
         resync.decoded = 0;
         if resync.ahead_ready {
             // The decoder has seen this packet already.
