@@ -155,6 +155,16 @@ impl Decoder {
         };
         match format {
             InputFormat::Raw { format, encoding } => {
+                let mut bytes = bytes;
+                let mut carry = Vec::with_capacity(RAW_CHUNK);
+                let mut pending = Vec::with_capacity(RAW_CHUNK);
+                // As for containers: the first audio is read before the source exists, so an
+                // input that ends at once is an error for the caller.
+                if !read_raw(&mut bytes, encoding, format, &mut carry, &mut pending)
+                    .map_err(fail)?
+                {
+                    return Err(fail(InputError::NoAudio));
+                }
                 let built = SourceSlot::new_pcm(source, format, &options.source)?;
                 Ok(Self::finish_open(
                     call,
@@ -167,8 +177,8 @@ impl Decoder {
                         bytes,
                         encoding,
                         writer: built.writer,
-                        carry: Vec::with_capacity(RAW_CHUNK),
-                        pending: Vec::with_capacity(RAW_CHUNK),
+                        carry,
+                        pending,
                         written: 0,
                     },
                 ))

@@ -677,3 +677,88 @@ fn run_mixer_thread(mut mixer: Mixer, inner: &Inner, shutdown: &AtomicBool) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EndReason;
+
+    /// One second of a 48 kHz mono 16-bit tone as a WAV file.
+    fn write_tone(path: &Path) {
+        let samples: Vec<i16> = (0..48_000)
+            .map(|i| ((i as f32 * 0.05).sin() * 8_000.0) as i16)
+            .collect();
+        let data = (samples.len() * 2) as u32;
+        let mut bytes = Vec::new();
+        for part in [
+            &b"RIFF"[..],
+            &(36 + data).to_le_bytes(),
+            b"WAVEfmt ",
+            &16_u32.to_le_bytes(),
+        ] {
+            bytes.extend_from_slice(part);
+        }
+        for part in [1_u16, 1] {
+            bytes.extend_from_slice(&part.to_le_bytes());
+        }
+        bytes.extend_from_slice(&48_000_u32.to_le_bytes());
+        bytes.extend_from_slice(&96_000_u32.to_le_bytes());
+        for part in [2_u16, 16] {
+            bytes.extend_from_slice(&part.to_le_bytes());
+        }
+        bytes.extend_from_slice(b"data");
+        bytes.extend_from_slice(&data.to_le_bytes());
+        for sample in samples {
+            bytes.extend_from_slice(&sample.to_le_bytes());
+        }
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_panicking_decoder_ends_only_its_own_source() {
+        let dir = std::env::temp_dir().join(format!("quaver-panic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tone.wav");
+        write_tone(&path);
+        let (engine, mut mixer) = Engine::manual(EngineConfig::default()).unwrap();
+        let (broken_call, mut broken_frames) = engine.create_call().unwrap();
+        let (call, mut frames) = engine.create_call().unwrap();
+        let options = FileOptions {
+            read_ahead: Duration::from_millis(200),
+            ..FileOptions::default()
+        };
+        let broken = engine.play_file(broken_call, &path, options).unwrap();
+        let healthy = engine.play_file(call, &path, options).unwrap();
+        // The first decoder's next pump panics, as a decoder bug on a hostile file would.
+        lock(&engine.inner.decoders)[0].panic_on_pump = true;
+        let mut events = Vec::new();
+        for _ in 0..70 {
+            engine.housekeep();
+            mixer.tick();
+            while broken_frames.pop().is_ok() {}
+            while frames.pop().is_ok() {}
+            events.extend(engine.events().try_iter());
+        }
+        let reported = events.iter().any(|event| {
+            matches!(event, Event::SourceError { source, error, .. }
+                if *source == broken.id()
+                    && matches!(**error, Error::Input { error: InputError::DecoderPanicked, .. }))
+        });
+        assert!(reported, "{events:?}");
+        assert!(events.contains(&Event::SourceEnded {
+            call: broken_call,
+            source: broken.id(),
+            reason: EndReason::Failed,
+        }));
+        // The other call's file played to its end, its decoder pumped all along on the same
+        // worker (its 200 ms read-ahead needed refilling throughout).
+        assert!(events.contains(&Event::SourceEnded {
+            call,
+            source: healthy.id(),
+            reason: EndReason::Finished,
+        }));
+        assert_eq!(healthy.stats().frames_mixed, 50);
+        assert_eq!(healthy.stats().underruns, 0);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
