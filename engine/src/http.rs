@@ -180,7 +180,10 @@ pub struct Head {
 
 /// Reads and parses a response head (status line and headers, up to the empty line).
 pub fn read_head(reader: &mut impl BufRead) -> Result<Head, HttpError> {
-    let status_line = read_line(reader)?.ok_or(HttpError::Malformed)?;
+    // A connection closed before any answer is a dropped connection (worth a retry), not a
+    // malformed answer.
+    let status_line = read_line(reader)?
+        .ok_or_else(|| HttpError::Connect(std::io::ErrorKind::UnexpectedEof.into()))?;
     let mut parts = status_line.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();
     let status = parts.next().unwrap_or_default();
@@ -403,15 +406,17 @@ enum Framing {
     UntilClose,
 }
 
-/// A response body: reads the payload whatever the framing. An early end of the connection is
-/// an `UnexpectedEof` error, so the stream can tell a drop from the end.
-pub(crate) struct Body {
-    reader: BufReader<Conn>,
+/// A response body read from `R` (the connection, after its head): the payload whatever the
+/// framing. An early end of the connection is an `UnexpectedEof` error, so a stream can tell a
+/// drop from the end; malformed chunk framing is `InvalidData` carrying [`HttpError::Malformed`].
+pub struct Body<R> {
+    reader: R,
     framing: Framing,
 }
 
-impl Body {
-    pub(crate) fn new(reader: BufReader<Conn>, head: &Head) -> Self {
+impl<R: BufRead> Body<R> {
+    /// The body that follows `head` on `reader`.
+    pub fn new(reader: R, head: &Head) -> Self {
         let framing = if head.chunked {
             Framing::Chunked {
                 left: None,
@@ -434,7 +439,7 @@ fn malformed() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, HttpError::Malformed)
 }
 
-impl Read for Body {
+impl<R: BufRead> Read for Body<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);

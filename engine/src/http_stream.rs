@@ -83,7 +83,7 @@ pub(crate) struct HttpStream {
     url: Url,
     tls: Arc<rustls::ClientConfig>,
     options: HttpOptions,
-    body: Option<Body>,
+    body: Option<Body<std::io::BufReader<crate::http::Conn>>>,
     /// Where the next byte of `body` is in the resource.
     body_position: u64,
     /// Where the reader is.

@@ -8,10 +8,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use quaver_engine::{
-    CommandOptions, EndReason, Engine, Error, Event, FrameReceiver, InputError, InputFormat, Mixer,
-    PcmFormat, SampleEncoding,
+    CommandOptions, EndReason, Error, Event, InputError, InputFormat, PcmFormat, SampleEncoding,
 };
-use support::{Output, dominant, manual, run};
+use support::{Output, dominant, ended, manual, run, run_until};
 
 fn ffmpeg_tone(frequency: u32, seconds: Option<u32>, output: &[&str]) -> Command {
     let source = match seconds {
@@ -42,32 +41,6 @@ fn raw_s16() -> InputFormat {
 /// Whether the process is gone for good: exited *and* reaped (a zombie still has its entry).
 fn is_reaped(pid: u32) -> bool {
     !std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Runs ticks until `done` holds (or panics after ten seconds of real time).
-fn run_until(
-    engine: &Engine,
-    mixer: &mut Mixer,
-    frames: &mut FrameReceiver,
-    out: &mut Output,
-    mut done: impl FnMut(&Output) -> bool,
-) {
-    let give_up = Instant::now() + Duration::from_secs(10);
-    while !done(out) {
-        assert!(Instant::now() < give_up, "timed out");
-        run(engine, mixer, 1, frames, out);
-        // The child produces in real time, not at the test's tick rate.
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn ended(out: &Output, source: quaver_engine::SourceId) -> Option<EndReason> {
-    out.events.iter().find_map(|event| match event {
-        Event::SourceEnded {
-            source: id, reason, ..
-        } if *id == source => Some(*reason),
-        _ => None,
-    })
 }
 
 #[test]

@@ -5,9 +5,12 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use quaver_engine::ogg_opus::OggOpusWriter;
-use quaver_engine::{Engine, EngineConfig, Event, FrameKind, FrameReceiver, Mixer};
+use quaver_engine::{
+    EndReason, Engine, EngineConfig, Event, FrameKind, FrameReceiver, Mixer, SourceId,
+};
 
 pub const RATE: u32 = 48_000;
 
@@ -159,4 +162,31 @@ pub fn dominant(signal: &[f32], a: f64, b: f64) -> Option<f64> {
     } else {
         None
     }
+}
+
+/// Runs ticks until `done` holds (or panics after ten seconds of real time).
+pub fn run_until(
+    engine: &Engine,
+    mixer: &mut Mixer,
+    frames: &mut FrameReceiver,
+    out: &mut Output,
+    mut done: impl FnMut(&Output) -> bool,
+) {
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while !done(out) {
+        assert!(Instant::now() < give_up, "timed out");
+        run(engine, mixer, 1, frames, out);
+        // Twice real time: inputs on their own threads (a child, a download) keep ahead of
+        // it even on a loaded machine, as they keep ahead of the real clock.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn ended(out: &Output, source: SourceId) -> Option<EndReason> {
+    out.events.iter().find_map(|event| match event {
+        Event::SourceEnded {
+            source: id, reason, ..
+        } if *id == source => Some(*reason),
+        _ => None,
+    })
 }
