@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::decode::{DecodeOptions, Decoder, InputFormat, Opened};
+use crate::engine::{Inner, Placement};
 use crate::error::{Error, Result};
 use crate::input::{InputError, InputName};
 use crate::source::SourceOptions;
@@ -331,13 +332,23 @@ impl crate::Engine {
         command: &mut Command,
         options: CommandOptions,
     ) -> Result<crate::SourceHandle> {
-        let id = self.inner.next_source_id();
-        let started = start(call, id, command, &options)?;
-        let child = started.child;
-        let abort = Box::new(move || {
-            let _ = lock(&child).kill();
-        });
-        self.inner
-            .start_stream(call, started.opened, started.feed, abort)
+        play_command(&self.inner, call, command, &options, Placement::Now)
     }
+}
+
+/// Starts `command` and adds its source to `call` as `placement` says.
+pub(crate) fn play_command(
+    inner: &Inner,
+    call: CallId,
+    command: &mut Command,
+    options: &CommandOptions,
+    placement: Placement,
+) -> Result<crate::SourceHandle> {
+    let id = inner.next_source_id();
+    let started = start(call, id, command, options)?;
+    let child = started.child;
+    let abort = Box::new(move || {
+        let _ = lock(&child).kill();
+    });
+    inner.start_stream(call, started.opened, started.feed, abort, placement)
 }

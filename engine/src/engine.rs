@@ -117,6 +117,8 @@ pub(crate) struct Inner {
     decoders: Mutex<Vec<Decoder>>,
     /// Inputs decoded on threads of their own (child processes, HTTP streams).
     streams: Mutex<Vec<Running>>,
+    /// The calls' track queues.
+    pub(crate) queues: Mutex<HashMap<CallId, crate::queue::TrackQueue>>,
     /// The worker thread, woken early when a file source is asked to seek.
     worker: OnceLock<Thread>,
     event_tx: crossbeam_channel::Sender<Event>,
@@ -254,6 +256,7 @@ impl Engine {
             }),
             decoders: Mutex::new(Vec::new()),
             streams: Mutex::new(Vec::new()),
+            queues: Mutex::new(HashMap::new()),
             worker: OnceLock::new(),
             event_tx,
             counters,
@@ -403,13 +406,7 @@ impl Engine {
     ) -> Result<SourceHandle> {
         let id = self.inner.next_source_id();
         let opened = crate::file::open_file(call, id, path.as_ref(), &options)?;
-        opened.shared.set_seekable();
-        if let Some(worker) = self.inner.worker.get() {
-            opened.shared.set_decoder_thread(worker.clone());
-        }
-        self.inner.add_source(call, opened.slot)?;
-        lock(&self.inner.decoders).push(opened.decoder);
-        Ok(SourceHandle::new(call, id, opened.shared))
+        self.inner.start_file(call, opened, Placement::Now)
     }
 
     /// The engine's events. Clone the receiver freely; each event goes to one receiver.
@@ -475,10 +472,11 @@ impl Inner {
         opened: crate::decode::Opened,
         feed: Box<dyn Feed>,
         abort: Box<dyn Fn() + Send>,
+        placement: Placement,
     ) -> Result<SourceHandle> {
         let shared = Arc::clone(&opened.shared);
         let id = opened.decoder.source();
-        if let Err(error) = self.add_source(call, opened.slot) {
+        if let Err(error) = self.place_source(call, opened.slot, placement) {
             abort();
             return Err(error);
         }
@@ -500,7 +498,35 @@ impl Inner {
         Ok(SourceHandle::new(call, id, shared))
     }
 
+    /// Adds an opened file, decoded on the worker.
+    pub(crate) fn start_file(
+        &self,
+        call: CallId,
+        opened: crate::decode::Opened,
+        placement: Placement,
+    ) -> Result<SourceHandle> {
+        opened.shared.set_seekable();
+        if let Some(worker) = self.worker.get() {
+            opened.shared.set_decoder_thread(worker.clone());
+        }
+        let id = opened.decoder.source();
+        let shared = Arc::clone(&opened.shared);
+        self.place_source(call, opened.slot, placement)?;
+        lock(&self.decoders).push(opened.decoder);
+        Ok(SourceHandle::new(call, id, shared))
+    }
+
     pub(crate) fn add_source(&self, call: CallId, slot: Box<SourceSlot>) -> Result<()> {
+        self.place_source(call, slot, Placement::Now)
+    }
+
+    /// Hands a new source's slot to its call's mixer: playing now, or as the queue's next track.
+    pub(crate) fn place_source(
+        &self,
+        call: CallId,
+        slot: Box<SourceSlot>,
+        placement: Placement,
+    ) -> Result<()> {
         let max = self.config.max_sources_per_call;
         let mut table = lock(&self.table);
         let entry = table.calls.get_mut(&call).ok_or(Error::NoSuchCall(call))?;
@@ -510,9 +536,27 @@ impl Inner {
                 max,
             });
         }
-        self.send(entry.mixer, Command::AddSource(call, slot))?;
+        let command = match placement {
+            Placement::Now => Command::AddSource(call, slot),
+            Placement::Next { crossfade_ticks } => Command::QueueNext {
+                call,
+                slot,
+                crossfade_ticks,
+            },
+        };
+        self.send(entry.mixer, command)?;
         entry.sources_in_use += 1;
         Ok(())
+    }
+
+    /// The mixer running `call`, if the call exists.
+    pub(crate) fn mixer_of(&self, call: CallId) -> Option<usize> {
+        lock(&self.table).calls.get(&call).map(|entry| entry.mixer)
+    }
+
+    /// Queues a command for mixer `mixer` (see [`Inner::send`]).
+    pub(crate) fn send_to(&self, mixer: usize, command: Command) -> Result<()> {
+        self.send(mixer, command)
     }
 
     /// Queues a command for mixer `mixer`, waiting briefly if its queue is full.
@@ -535,7 +579,7 @@ impl Inner {
         }
     }
 
-    fn housekeep(&self) {
+    fn housekeep(self: &Arc<Self>) {
         // Events are taken before garbage: the mixer queues a slot's garbage before its end
         // event, so by the time a user sees `SourceEnded`, the slot no longer counts against
         // the limits.
@@ -565,6 +609,7 @@ impl Inner {
                 }
             }
         }
+        self.track_queues(&events);
         for event in events {
             self.forward(event);
         }
@@ -611,9 +656,18 @@ pub(crate) fn source_error(decoder: &Decoder, error: InputError) -> Event {
     }
 }
 
+/// Where a new source goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// Into the mix at once.
+    Now,
+    /// As the call's next queued track.
+    Next { crossfade_ticks: u32 },
+}
+
 /// Locks a control-side mutex. A panic while holding one of these cannot leave the protected
 /// data inconsistent (every critical section is a few plain updates), so poisoning is ignored.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::CallId;
 use crate::decode::{DecodeOptions, Decoder, InputFormat};
+use crate::engine::{Inner, Placement};
 use crate::error::{Error, Result};
 use crate::http::{Body, HttpError, MAX_REDIRECTS, Url, get, tls_config};
 use crate::input::{InputError, InputName};
@@ -368,53 +369,65 @@ impl crate::Engine {
         url: &str,
         options: HttpOptions,
     ) -> Result<crate::SourceHandle> {
-        let name = InputName::Url(display_url(url));
-        let fail = |error: HttpError| Error::Input {
-            input: name.clone(),
-            error: InputError::Http(error),
-        };
-        let parsed = Url::parse(url).map_err(fail)?;
-        let decode = |seekable| DecodeOptions {
-            source: SourceOptions {
-                buffer: options.read_ahead,
-                volume: options.volume,
-                paused: options.paused,
-            },
-            looping: false,
-            start_at: options.start_at,
-            seekable,
-            byte_len: None,
-        };
-        let mut stream = HttpStream::open(parsed, options.clone()).map_err(fail)?;
-        let mut start = [0_u8; 64];
-        let sniffed = read_up_to(&mut stream, &mut start).map_err(|e| input_error(&name, e))?;
-        stream
-            .seek(SeekFrom::Start(0))
-            .map_err(|e| input_error(&name, e))?;
-        let start = &start[..sniffed];
-        let format = if start.starts_with(b"OggS") && start.windows(8).any(|w| w == b"OpusHead") {
-            InputFormat::OggOpus
-        } else {
-            InputFormat::Probe {
-                extension: extension_hint(stream.content_type.as_deref(), &stream.url),
-            }
-        };
-        let seekable = stream.ranges && stream.length.is_some();
-        let mut options = decode(seekable);
-        options.byte_len = stream.length;
-        let abort = Arc::clone(&stream.abort);
-        let id = self.inner.next_source_id();
-        let opened = Decoder::open(call, id, name.clone(), Box::new(stream), format, &options)?;
-        if seekable {
-            opened.shared.set_seekable();
-        }
-        self.inner.start_stream(
-            call,
-            opened,
-            Box::new(HttpFeed),
-            Box::new(move || abort.abort()),
-        )
+        play_url(&self.inner, call, url, options, Placement::Now)
     }
+}
+
+/// Opens `url` and adds its source to `call` as `placement` says.
+pub(crate) fn play_url(
+    inner: &Inner,
+    call: CallId,
+    url: &str,
+    options: HttpOptions,
+    placement: Placement,
+) -> Result<crate::SourceHandle> {
+    let name = InputName::Url(display_url(url));
+    let fail = |error: HttpError| Error::Input {
+        input: name.clone(),
+        error: InputError::Http(error),
+    };
+    let parsed = Url::parse(url).map_err(fail)?;
+    let decode = |seekable| DecodeOptions {
+        source: SourceOptions {
+            buffer: options.read_ahead,
+            volume: options.volume,
+            paused: options.paused,
+        },
+        looping: false,
+        start_at: options.start_at,
+        seekable,
+        byte_len: None,
+    };
+    let mut stream = HttpStream::open(parsed, options.clone()).map_err(fail)?;
+    let mut start = [0_u8; 64];
+    let sniffed = read_up_to(&mut stream, &mut start).map_err(|e| input_error(&name, e))?;
+    stream
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| input_error(&name, e))?;
+    let start = &start[..sniffed];
+    let format = if start.starts_with(b"OggS") && start.windows(8).any(|w| w == b"OpusHead") {
+        InputFormat::OggOpus
+    } else {
+        InputFormat::Probe {
+            extension: extension_hint(stream.content_type.as_deref(), &stream.url),
+        }
+    };
+    let seekable = stream.ranges && stream.length.is_some();
+    let mut options = decode(seekable);
+    options.byte_len = stream.length;
+    let abort = Arc::clone(&stream.abort);
+    let id = inner.next_source_id();
+    let opened = Decoder::open(call, id, name.clone(), Box::new(stream), format, &options)?;
+    if seekable {
+        opened.shared.set_seekable();
+    }
+    inner.start_stream(
+        call,
+        opened,
+        Box::new(HttpFeed),
+        Box::new(move || abort.abort()),
+        placement,
+    )
 }
 
 /// The URL without user information, for errors and events.

@@ -35,6 +35,7 @@ mod mixer;
 pub mod ogg_opus;
 pub mod pacer;
 mod pcm;
+mod queue;
 mod resample;
 mod seek;
 mod source;
@@ -56,6 +57,7 @@ pub use http_stream::HttpOptions;
 pub use input::{InputError, InputName};
 pub use mixer::Mixer;
 pub use pcm::{MIX_RATE, PcmFormat};
+pub use queue::{QueueEntry, Track};
 pub use source::{
     EndReason, MAX_VOLUME, OPUS_SILENCE, OpusWriter, PcmWriter, SourceHandle, SourceOptions,
     SourceStats, validate_opus_packet,

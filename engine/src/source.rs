@@ -664,6 +664,11 @@ pub(crate) struct SourceSlot {
     tail_ticks: u32,
     /// What was read from the ring, to apply seek marks.
     cursor: SeekCursor,
+    /// Input frames per second (48,000 for Opus), to tell how long the buffered input lasts.
+    rate: u32,
+    /// A queue crossfade's gain on top of the volume, and its change per tick.
+    fade: f32,
+    fade_step: f32,
     /// A seek dropped the buffered input; silence until a whole frame of new input is there.
     refilling: bool,
 }
@@ -728,6 +733,9 @@ impl SourceSlot {
             phase: Phase::Prebuffering,
             tail_ticks,
             cursor: SeekCursor::default(),
+            rate: format.sample_rate(),
+            fade: 1.0,
+            fade_step: 0.0,
             refilling: false,
         });
         let writer = PcmWriter {
@@ -774,6 +782,9 @@ impl SourceSlot {
             phase: Phase::Prebuffering,
             tail_ticks: 0,
             cursor: SeekCursor::default(),
+            rate: crate::pcm::MIX_RATE,
+            fade: 1.0,
+            fade_step: 0.0,
             refilling: false,
         });
         let writer = OpusWriter {
@@ -786,6 +797,26 @@ impl SourceSlot {
             writer,
             shared,
         })
+    }
+
+    /// Ticks of audio left when the input is complete (its producer finished), else `None`.
+    pub(crate) fn remaining_ticks(&self) -> Option<u32> {
+        if !self.shared.finished.load(Ordering::Acquire) {
+            return None;
+        }
+        let frames = self.input.available_frames() as u64;
+        Some((frames * 50 / u64::from(self.rate.max(1))) as u32)
+    }
+
+    /// Starts a queue crossfade: in from silence, or out to silence, over `ticks` ticks.
+    pub(crate) fn fade(&mut self, ticks: u32, fade_in: bool) {
+        let step = 1.0 / ticks.max(1) as f32;
+        if fade_in {
+            self.fade = 0.0;
+            self.fade_step = step;
+        } else {
+            self.fade_step = -step;
+        }
     }
 
     pub(crate) fn is_opus(&self) -> bool {
@@ -850,7 +881,12 @@ impl SourceSlot {
         let from = std::mem::replace(&mut self.gain, target);
         shared.frames_mixed.fetch_add(1, Ordering::Relaxed);
         shared.seek.advance(crate::frame::FRAME_DURATION);
-        Step::Render { from, to: target }
+        let fade_from = self.fade;
+        self.fade = (self.fade + self.fade_step).clamp(0.0, 1.0);
+        Step::Render {
+            from: from * fade_from,
+            to: target * self.fade,
+        }
     }
 
     /// Renders this tick's audio as 48 kHz stereo into `out`, consuming up to one frame of input
