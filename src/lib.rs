@@ -46,6 +46,7 @@
 mod driver;
 mod error;
 mod event;
+mod inputs;
 
 use std::collections::HashMap;
 use std::path::Path;
