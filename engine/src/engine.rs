@@ -119,6 +119,9 @@ pub(crate) struct Inner {
     streams: Mutex<Vec<Running>>,
     /// The calls' track queues.
     pub(crate) queues: Mutex<HashMap<CallId, crate::queue::TrackQueue>>,
+    /// The engine is being dropped: no new source may start (a queue loader finishing late
+    /// would otherwise leave an input thread, or a child, behind).
+    closing: AtomicBool,
     /// The worker thread, woken early when a file source is asked to seek.
     worker: OnceLock<Thread>,
     event_tx: crossbeam_channel::Sender<Event>,
@@ -257,6 +260,7 @@ impl Engine {
             decoders: Mutex::new(Vec::new()),
             streams: Mutex::new(Vec::new()),
             queues: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
             worker: OnceLock::new(),
             event_tx,
             counters,
@@ -449,8 +453,13 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        for stream in lock(&self.inner.streams).iter_mut() {
-            stream.shut_down();
+        {
+            // Under the streams lock, so no input thread registers after the shut-down below.
+            let mut streams = lock(&self.inner.streams);
+            self.inner.closing.store(true, Ordering::Release);
+            for stream in streams.iter_mut() {
+                stream.shut_down();
+            }
         }
         self.shutdown.store(true, Ordering::Relaxed);
         for thread in self.threads.drain(..) {
@@ -487,6 +496,12 @@ impl Inner {
                 MixerCounters::bump(&counters.events_dropped);
             }
         });
+        let mut streams = lock(&self.streams);
+        if self.closing.load(Ordering::Acquire) {
+            (abort)();
+            opened.decoder.shared().mark_ended();
+            return Err(Error::MixerGone);
+        }
         let running =
             crate::stream::spawn(opened.decoder, feed, abort, report).map_err(|source| {
                 Error::Thread {
@@ -494,7 +509,7 @@ impl Inner {
                     source,
                 }
             })?;
-        lock(&self.streams).push(running);
+        streams.push(running);
         Ok(SourceHandle::new(call, id, shared))
     }
 
