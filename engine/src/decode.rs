@@ -19,9 +19,8 @@ use crate::error::{Error, Result};
 use crate::input::{InputError, InputName};
 use crate::ogg_opus::{OggOpusError, OggOpusReader};
 use crate::pcm::{MIX_RATE, PcmFormat};
-use crate::source::{
-    OpusWriter, PcmWriter, SourceOptions, SourceShared, SourceSlot, validate_opus_packet,
-};
+use crate::source::{SourceOptions, SourceShared, SourceSlot};
+use crate::writer::{OpusWriter, PcmWriter, validate_opus_packet};
 use crate::{CallId, SourceId};
 
 /// Bytes an Ogg Opus reader can read from: a file, an HTTP stream, a child's pipe.

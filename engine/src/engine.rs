@@ -19,11 +19,12 @@ use crate::frame::{FRAME_DURATION, FrameReceiver, Grid};
 use crate::input::InputError;
 use crate::mixer::{CallShared, CallSlot, Command, Garbage, Mixer};
 use crate::pcm::PcmFormat;
-use crate::source::{OpusWriter, PcmWriter, SourceHandle, SourceOptions, SourceSlot};
+use crate::source::{SourceHandle, SourceOptions, SourceSlot};
 use crate::stats::{
     EngineStats, MixerCounters, MixerHistograms, StatsCollector, Summary, stats_channel,
 };
 use crate::stream::{Feed, Running};
+use crate::writer::{OpusWriter, PcmWriter};
 use crate::{CallId, SourceId};
 
 /// Engine-wide settings and limits, fixed at start-up.

@@ -41,6 +41,7 @@ mod seek;
 mod source;
 mod stats;
 mod stream;
+mod writer;
 
 pub use child::{CommandOptions, STDERR_TAIL};
 pub use codec::{OpusApplication, OpusConfig};
@@ -58,11 +59,9 @@ pub use input::{InputError, InputName};
 pub use mixer::Mixer;
 pub use pcm::{MIX_RATE, PcmFormat};
 pub use queue::{QueueEntry, Track};
-pub use source::{
-    EndReason, MAX_VOLUME, OPUS_SILENCE, OpusWriter, PcmWriter, SourceHandle, SourceOptions,
-    SourceStats, validate_opus_packet,
-};
+pub use source::{EndReason, MAX_VOLUME, OPUS_SILENCE, SourceHandle, SourceOptions, SourceStats};
 pub use stats::{EngineStats, MixerHistograms, Summary};
+pub use writer::{OpusWriter, PcmWriter, validate_opus_packet};
 
 /// Identifies a call within one [`Engine`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
