@@ -24,6 +24,9 @@ pub struct HttpOptions {
     pub volume: f32,
     /// Start paused.
     pub paused: bool,
+    /// Start again from the beginning at the end, until stopped (only when the stream is
+    /// seekable: the server accepts range requests and states the length).
+    pub looping: bool,
     /// Where to start (by a `Range` request when the server supports them).
     pub start_at: Duration,
     /// How much decoded audio is kept ready; the download runs this far ahead of playback.
@@ -41,6 +44,7 @@ impl Default for HttpOptions {
         Self {
             volume: 1.0,
             paused: false,
+            looping: false,
             start_at: Duration::ZERO,
             read_ahead: Duration::from_secs(5),
             max_reconnects: 5,
@@ -393,7 +397,7 @@ pub(crate) fn play_url(
             volume: options.volume,
             paused: options.paused,
         },
-        looping: false,
+        looping: options.looping && seekable,
         start_at: options.start_at,
         seekable,
         byte_len: None,

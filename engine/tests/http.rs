@@ -348,3 +348,44 @@ fn seeking_a_stream_asks_for_the_range_and_plays_the_new_position() {
         "range request from {ranged}: {log:?}"
     );
 }
+
+#[test]
+fn a_looping_stream_plays_on_past_its_end_until_stopped() {
+    let server = serve(two_tones(), 0);
+    let (engine, mut mixer) = manual();
+    let (call, mut frames) = engine.create_call().unwrap();
+    let options = HttpOptions {
+        looping: true,
+        volume: 0.5,
+        ..HttpOptions::default()
+    };
+    let handle = engine
+        .play_url(call, &format!("{}/ranges.wav", server.base), options)
+        .unwrap();
+    let mut out = Output::default();
+    run_until(&engine, &mut mixer, &mut frames, &mut out, |_| {
+        handle.stats().frames_mixed >= 200
+    });
+    // Four seconds into a three-second stream: the second time through, 440 Hz again.
+    assert!(!handle.is_ended());
+    assert!(
+        handle.position() < Duration::from_millis(1_100),
+        "{:?}",
+        handle.position()
+    );
+    let last = out.frames.iter().flatten().last().unwrap();
+    assert_eq!(dominant(last, LOW, HIGH), Some(LOW));
+    handle.stop();
+    run_until(&engine, &mut mixer, &mut frames, &mut out, |out| {
+        ended(out, handle.id()).is_some()
+    });
+    assert_eq!(ended(&out, handle.id()), Some(EndReason::Stopped));
+    // Rewinding asked for the start again by range.
+    let log = server.log.lock().unwrap().clone();
+    assert!(
+        log.iter()
+            .skip(1)
+            .any(|(_, range)| range.is_some_and(|r| r < 1_000)),
+        "{log:?}"
+    );
+}
