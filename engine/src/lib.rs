@@ -8,11 +8,17 @@
 //! ```
 //!
 //! * [`Engine`] is the front door: calls, sources ([`Engine::push_source`], [`Engine::push_opus`],
-//!   [`Engine::play_file`]), events and statistics.
+//!   [`Engine::play_file`], [`Engine::play_command`], [`Engine::play_url`]), the per-call track
+//!   queue ([`Engine::enqueue`]), events and statistics. Files and HTTP streams seek while they
+//!   play ([`SourceHandle::seek`]).
 //! * Each call's frames come out of a bounded lock-free [`FrameReceiver`], each stamped with its
 //!   tick on the shared 20 ms [`Grid`].
 //! * [`Engine::manual`] gives you the clock-free [`Mixer`] to drive yourself, for offline
 //!   rendering and deterministic tests.
+//!
+//! Files are decoded on one shared worker thread; inputs that arrive through blocking reads (a
+//! child's pipe, an HTTP socket) each get a thread of their own, so a slow one never stalls the
+//! others.
 //!
 //! After start-up the mixer threads never allocate, locks, logs or blocks: everything a source
 //! or call needs is built by the calling thread and handed over through lock-free queues, and

@@ -92,7 +92,7 @@ impl PcmWriter {
     }
 
     /// Writes every whole frame of `samples`, waiting for room while the ring is full.
-    /// Fails if the source ends first (for example after [`SourceHandle::stop`]).
+    /// Fails if the source ends first (for example after [`crate::SourceHandle::stop`]).
     pub fn write_all_f32(&mut self, samples: &[f32]) -> Result<()> {
         let mut rest = &samples[..whole_frames(samples.len(), self.format)];
         while !rest.is_empty() {
