@@ -40,7 +40,8 @@
 //! reordered by a playout buffer, decoded with loss concealment ([`UserAudio`]).
 //!
 //! Threads after start-up: the mixer thread(s), the sender, the receive thread, the control
-//! thread (with its host name resolver) and the file decoder — never one per call.
+//! thread (with its host name resolver) and the file decoder — never one per call. Child-process
+//! and HTTP sources have one input thread each for now (their reads block).
 //!
 //! The crates behind it: [`engine`] (audio, mixing, Opus, the mixer thread), [`net`] (RTP,
 //! transport and DAVE frame encryption, the sender), [`gateway`] (voice gateway v8, DAVE's MLS
@@ -49,6 +50,7 @@
 mod driver;
 mod error;
 mod event;
+mod inputs;
 mod listen;
 
 use std::collections::HashMap;

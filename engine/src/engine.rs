@@ -3,23 +3,28 @@
 //! hands back, and forwards events.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use crate::codec::OpusConfig;
+use crate::decode::Decoder;
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::file::{FileDecoder, FileOptions};
+use crate::file::FileOptions;
 use crate::frame::{FRAME_DURATION, FrameReceiver, Grid};
+use crate::input::InputError;
 use crate::mixer::{CallShared, CallSlot, Command, Garbage, Mixer};
 use crate::pcm::PcmFormat;
-use crate::source::{OpusWriter, PcmWriter, SourceHandle, SourceOptions, SourceSlot};
+use crate::source::{SourceHandle, SourceOptions, SourceSlot};
 use crate::stats::{
     EngineStats, MixerCounters, MixerHistograms, StatsCollector, Summary, stats_channel,
 };
+use crate::stream::{Feed, Running};
+use crate::writer::{OpusWriter, PcmWriter};
 use crate::{CallId, SourceId};
 
 /// Engine-wide settings and limits, fixed at start-up.
@@ -105,12 +110,21 @@ struct MixerLink {
     outlet: Mutex<Outlet>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     config: EngineConfig,
     grid: Grid,
     mixers: Vec<MixerLink>,
     table: Mutex<CallTable>,
-    decoders: Mutex<Vec<FileDecoder>>,
+    decoders: Mutex<Vec<Decoder>>,
+    /// Inputs decoded on threads of their own (child processes, HTTP streams).
+    streams: Mutex<Vec<Running>>,
+    /// The calls' track queues.
+    pub(crate) queues: Mutex<HashMap<CallId, crate::queue::TrackQueue>>,
+    /// The engine is being dropped: no new source may start (a queue loader finishing late
+    /// would otherwise leave an input thread, or a child, behind).
+    closing: AtomicBool,
+    /// The worker thread, woken early when a file source is asked to seek.
+    worker: OnceLock<Thread>,
     event_tx: crossbeam_channel::Sender<Event>,
     counters: Arc<MixerCounters>,
     next_source_id: AtomicU64,
@@ -131,7 +145,7 @@ struct Inner {
 /// # Ok::<(), quaver_engine::Error>(())
 /// ```
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     events: crossbeam_channel::Receiver<Event>,
     shutdown: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -171,13 +185,15 @@ impl Engine {
             .spawn(move || {
                 while !shutdown.load(Ordering::Relaxed) {
                     inner.housekeep();
-                    std::thread::sleep(HOUSEKEEPING_PERIOD);
+                    // Parked rather than asleep, so a seek can wake it at once.
+                    std::thread::park_timeout(HOUSEKEEPING_PERIOD);
                 }
             })
             .map_err(|source| Error::Thread {
                 name: "engine worker",
                 source,
             })?;
+        let _ = engine.inner.worker.set(worker.thread().clone());
         engine.threads.push(worker);
         Ok(engine)
     }
@@ -243,6 +259,10 @@ impl Engine {
                 next_id: 1,
             }),
             decoders: Mutex::new(Vec::new()),
+            streams: Mutex::new(Vec::new()),
+            queues: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
+            worker: OnceLock::new(),
             event_tx,
             counters,
             next_source_id: AtomicU64::new(1),
@@ -390,10 +410,8 @@ impl Engine {
         options: FileOptions,
     ) -> Result<SourceHandle> {
         let id = self.inner.next_source_id();
-        let opened = FileDecoder::open(call, id, path.as_ref(), &options)?;
-        self.inner.add_source(call, opened.slot)?;
-        lock(&self.inner.decoders).push(opened.decoder);
-        Ok(SourceHandle::new(call, id, opened.shared))
+        let opened = crate::file::open_file(call, id, path.as_ref(), &options)?;
+        self.inner.start_file(call, opened, Placement::Now)
     }
 
     /// The engine's events. Clone the receiver freely; each event goes to one receiver.
@@ -436,6 +454,14 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        {
+            // Under the streams lock, so no input thread registers after the shut-down below.
+            let mut streams = lock(&self.inner.streams);
+            self.inner.closing.store(true, Ordering::Release);
+            for stream in streams.iter_mut() {
+                stream.shut_down();
+            }
+        }
         self.shutdown.store(true, Ordering::Relaxed);
         for thread in self.threads.drain(..) {
             let _ = thread.join();
@@ -444,11 +470,79 @@ impl Drop for Engine {
 }
 
 impl Inner {
-    fn next_source_id(&self) -> SourceId {
+    pub(crate) fn next_source_id(&self) -> SourceId {
         SourceId(self.next_source_id.fetch_add(1, Ordering::Relaxed))
     }
 
-    fn add_source(&self, call: CallId, slot: Box<SourceSlot>) -> Result<()> {
+    /// Adds an opened input decoded on a thread of its own; `abort` unblocks its reads once
+    /// the source has ended.
+    pub(crate) fn start_stream(
+        &self,
+        call: CallId,
+        opened: crate::decode::Opened,
+        feed: Box<dyn Feed>,
+        abort: Box<dyn Fn() + Send>,
+        placement: Placement,
+    ) -> Result<SourceHandle> {
+        let shared = Arc::clone(&opened.shared);
+        let id = opened.decoder.source();
+        if let Err(error) = self.place_source(call, opened.slot, placement) {
+            abort();
+            return Err(error);
+        }
+        let events = self.event_tx.clone();
+        let counters = Arc::clone(&self.counters);
+        let report = Box::new(move |event| {
+            if events.try_send(event).is_err() {
+                MixerCounters::bump(&counters.events_dropped);
+            }
+        });
+        let mut streams = lock(&self.streams);
+        if self.closing.load(Ordering::Acquire) {
+            (abort)();
+            opened.decoder.shared().mark_ended();
+            return Err(Error::MixerGone);
+        }
+        let running =
+            crate::stream::spawn(opened.decoder, feed, abort, report).map_err(|source| {
+                Error::Thread {
+                    name: "input",
+                    source,
+                }
+            })?;
+        streams.push(running);
+        Ok(SourceHandle::new(call, id, shared))
+    }
+
+    /// Adds an opened file, decoded on the worker.
+    pub(crate) fn start_file(
+        &self,
+        call: CallId,
+        opened: crate::decode::Opened,
+        placement: Placement,
+    ) -> Result<SourceHandle> {
+        opened.shared.set_seekable();
+        if let Some(worker) = self.worker.get() {
+            opened.shared.set_decoder_thread(worker.clone());
+        }
+        let id = opened.decoder.source();
+        let shared = Arc::clone(&opened.shared);
+        self.place_source(call, opened.slot, placement)?;
+        lock(&self.decoders).push(opened.decoder);
+        Ok(SourceHandle::new(call, id, shared))
+    }
+
+    pub(crate) fn add_source(&self, call: CallId, slot: Box<SourceSlot>) -> Result<()> {
+        self.place_source(call, slot, Placement::Now)
+    }
+
+    /// Hands a new source's slot to its call's mixer: playing now, or as the queue's next track.
+    pub(crate) fn place_source(
+        &self,
+        call: CallId,
+        slot: Box<SourceSlot>,
+        placement: Placement,
+    ) -> Result<()> {
         let max = self.config.max_sources_per_call;
         let mut table = lock(&self.table);
         let entry = table.calls.get_mut(&call).ok_or(Error::NoSuchCall(call))?;
@@ -458,9 +552,27 @@ impl Inner {
                 max,
             });
         }
-        self.send(entry.mixer, Command::AddSource(call, slot))?;
+        let command = match placement {
+            Placement::Now => Command::AddSource(call, slot),
+            Placement::Next { crossfade_ticks } => Command::QueueNext {
+                call,
+                slot,
+                crossfade_ticks,
+            },
+        };
+        self.send(entry.mixer, command)?;
         entry.sources_in_use += 1;
         Ok(())
+    }
+
+    /// The mixer running `call`, if the call exists.
+    pub(crate) fn mixer_of(&self, call: CallId) -> Option<usize> {
+        lock(&self.table).calls.get(&call).map(|entry| entry.mixer)
+    }
+
+    /// Queues a command for mixer `mixer` (see [`Inner::send`]).
+    pub(crate) fn send_to(&self, mixer: usize, command: Command) -> Result<()> {
+        self.send(mixer, command)
     }
 
     /// Queues a command for mixer `mixer`, waiting briefly if its queue is full.
@@ -483,7 +595,7 @@ impl Inner {
         }
     }
 
-    fn housekeep(&self) {
+    fn housekeep(self: &Arc<Self>) {
         // Events are taken before garbage: the mixer queues a slot's garbage before its end
         // event, so by the time a user sees `SourceEnded`, the slot no longer counts against
         // the limits.
@@ -513,6 +625,7 @@ impl Inner {
                 }
             }
         }
+        self.track_queues(&events);
         for event in events {
             self.forward(event);
         }
@@ -520,30 +633,57 @@ impl Inner {
         drop(freed);
 
         let mut decoders = lock(&self.decoders);
-        decoders.retain_mut(|decoder| match decoder.pump() {
-            Ok(true) => true,
-            Ok(false) => false,
-            Err(message) => {
-                self.forward(Event::SourceError {
-                    call: decoder.call(),
-                    source: decoder.source(),
-                    message,
+        decoders.retain_mut(|decoder| {
+            // One decoder's bug (symphonia on a hostile file) must not stop every other
+            // call's files: the panic ends that source only, as a failure with an event.
+            let pumped = std::panic::catch_unwind(AssertUnwindSafe(|| decoder.pump()))
+                .unwrap_or_else(|_| {
+                    decoder.fail();
+                    Err(InputError::DecoderPanicked)
                 });
-                false
+            match pumped {
+                Ok(more) => more,
+                Err(error) => {
+                    self.forward(source_error(decoder, error));
+                    false
+                }
             }
         });
+        drop(decoders);
+        lock(&self.streams).retain_mut(Running::check);
     }
 
-    fn forward(&self, event: Event) {
+    pub(crate) fn forward(&self, event: Event) {
         if self.event_tx.try_send(event).is_err() {
             MixerCounters::bump(&self.counters.events_dropped);
         }
     }
 }
 
+/// The event for a decoder that failed with `error`.
+pub(crate) fn source_error(decoder: &Decoder, error: InputError) -> Event {
+    Event::SourceError {
+        call: decoder.call(),
+        source: decoder.source(),
+        error: Arc::new(Error::Input {
+            input: decoder.name().clone(),
+            error,
+        }),
+    }
+}
+
+/// Where a new source goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// Into the mix at once.
+    Now,
+    /// As the call's next queued track.
+    Next { crossfade_ticks: u32 },
+}
+
 /// Locks a control-side mutex. A panic while holding one of these cannot leave the protected
 /// data inconsistent (every critical section is a few plain updates), so poisoning is ignored.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -605,5 +745,90 @@ fn run_mixer_thread(mut mixer: Mixer, inner: &Inner, shutdown: &AtomicBool) {
                 .fetch_add(resume_at - tick, Ordering::Relaxed);
             tick = resume_at;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EndReason;
+
+    /// One second of a 48 kHz mono 16-bit tone as a WAV file.
+    fn write_tone(path: &Path) {
+        let samples: Vec<i16> = (0..48_000)
+            .map(|i| ((i as f32 * 0.05).sin() * 8_000.0) as i16)
+            .collect();
+        let data = (samples.len() * 2) as u32;
+        let mut bytes = Vec::new();
+        for part in [
+            &b"RIFF"[..],
+            &(36 + data).to_le_bytes(),
+            b"WAVEfmt ",
+            &16_u32.to_le_bytes(),
+        ] {
+            bytes.extend_from_slice(part);
+        }
+        for part in [1_u16, 1] {
+            bytes.extend_from_slice(&part.to_le_bytes());
+        }
+        bytes.extend_from_slice(&48_000_u32.to_le_bytes());
+        bytes.extend_from_slice(&96_000_u32.to_le_bytes());
+        for part in [2_u16, 16] {
+            bytes.extend_from_slice(&part.to_le_bytes());
+        }
+        bytes.extend_from_slice(b"data");
+        bytes.extend_from_slice(&data.to_le_bytes());
+        for sample in samples {
+            bytes.extend_from_slice(&sample.to_le_bytes());
+        }
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_panicking_decoder_ends_only_its_own_source() {
+        let dir = std::env::temp_dir().join(format!("quaver-panic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tone.wav");
+        write_tone(&path);
+        let (engine, mut mixer) = Engine::manual(EngineConfig::default()).unwrap();
+        let (broken_call, mut broken_frames) = engine.create_call().unwrap();
+        let (call, mut frames) = engine.create_call().unwrap();
+        let options = FileOptions {
+            read_ahead: Duration::from_millis(200),
+            ..FileOptions::default()
+        };
+        let broken = engine.play_file(broken_call, &path, options).unwrap();
+        let healthy = engine.play_file(call, &path, options).unwrap();
+        // The first decoder's next pump panics, as a decoder bug on a hostile file would.
+        lock(&engine.inner.decoders)[0].panic_on_pump = true;
+        let mut events = Vec::new();
+        for _ in 0..70 {
+            engine.housekeep();
+            mixer.tick();
+            while broken_frames.pop().is_ok() {}
+            while frames.pop().is_ok() {}
+            events.extend(engine.events().try_iter());
+        }
+        let reported = events.iter().any(|event| {
+            matches!(event, Event::SourceError { source, error, .. }
+                if *source == broken.id()
+                    && matches!(**error, Error::Input { error: InputError::DecoderPanicked, .. }))
+        });
+        assert!(reported, "{events:?}");
+        assert!(events.contains(&Event::SourceEnded {
+            call: broken_call,
+            source: broken.id(),
+            reason: EndReason::Failed,
+        }));
+        // The other call's file played to its end, its decoder pumped all along on the same
+        // worker (its 200 ms read-ahead needed refilling throughout).
+        assert!(events.contains(&Event::SourceEnded {
+            call,
+            source: healthy.id(),
+            reason: EndReason::Finished,
+        }));
+        assert_eq!(healthy.stats().frames_mixed, 50);
+        assert_eq!(healthy.stats().underruns, 0);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -51,6 +51,19 @@ pub enum Error {
         /// What the decoder reported.
         reason: String,
     },
+    /// [`crate::SourceHandle::seek`] on a source whose input cannot reposition (live writers,
+    /// child processes, HTTP streams from servers without range requests).
+    #[error("{0} cannot seek")]
+    NotSeekable(crate::SourceId),
+    /// An input (file, command, URL) could not be opened, read or decoded.
+    #[error("{input}: {error}")]
+    Input {
+        /// Which input.
+        input: crate::input::InputName,
+        /// What went wrong.
+        #[source]
+        error: crate::input::InputError,
+    },
     /// The mixer thread is not running (the engine has shut down or its thread failed to start).
     #[error("the mixer has shut down")]
     MixerGone,

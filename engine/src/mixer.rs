@@ -24,6 +24,15 @@ pub(crate) enum Command {
     AddSource(CallId, Box<SourceSlot>),
     /// Points the call at a new frame queue (its consumer moved to a new sender session).
     ReplaceFrames(CallId, Box<rtrb::Producer<EncodedFrame>>),
+    /// The call's next queued track, prebuffering until the current one ends (or until its
+    /// crossfade starts); it starts at once when no track plays.
+    QueueNext {
+        call: CallId,
+        slot: Box<SourceSlot>,
+        crossfade_ticks: u32,
+    },
+    /// Drops the call's next queued track, if any (the queue was cleared).
+    ClearNext(CallId),
 }
 
 /// Slots the mixer no longer needs, sent back to be dropped off the real-time thread.
@@ -88,6 +97,14 @@ pub(crate) struct CallSlot {
     timing: Timing,
     /// The encoder's delay in 48 kHz sample frames (312 for libopus at 48 kHz).
     lookahead: usize,
+    /// The queue's next track, built and prebuffering, not yet mixed.
+    next: Option<Box<SourceSlot>>,
+    /// The queue's track playing now.
+    track: Option<SourceId>,
+    /// A queue track fading out under the next one.
+    fading_track: Option<SourceId>,
+    /// Ticks the queue crossfades over (0: back to back).
+    crossfade_ticks: u32,
 }
 
 impl CallSlot {
@@ -117,10 +134,49 @@ impl CallSlot {
             passed_through: false,
             timing: Timing::Aligned { settled: true },
             lookahead,
+            next: None,
+            track: None,
+            fading_track: None,
+            crossfade_ticks: 0,
         })
     }
 
+    /// Starts the queue's next track in this tick: it joins the sources (at the end, so the
+    /// tick's loop still reaches it) and the event says so. Returns whether one started.
+    fn start_next_track(&mut self, out: &mut Outboxes<'_>) -> bool {
+        let Some(next) = self.next.take() else {
+            return false;
+        };
+        let id = next.id;
+        if self.sources.len() == self.sources.capacity() {
+            out.end_source(self.id, next, EndReason::Failed);
+            return false;
+        }
+        self.sources.push(next);
+        self.track = Some(id);
+        out.event(Event::TrackStarted {
+            call: self.id,
+            source: id,
+        });
+        true
+    }
+
+    /// Whether the playing track is close enough to its end for the crossfade to start: its
+    /// input is complete and what is left fits in the crossfade.
+    fn crossfade_due(&self, index: usize) -> Option<u32> {
+        let source = &self.sources[index];
+        if self.crossfade_ticks == 0 || self.next.is_none() || Some(source.id) != self.track {
+            return None;
+        }
+        source
+            .remaining_ticks()
+            .filter(|left| *left <= self.crossfade_ticks)
+    }
+
     fn tick(&mut self, tick: u64, encode: bool, out: &mut Outboxes<'_>) {
+        if self.track.is_none() && self.next.is_some() {
+            self.start_next_track(out);
+        }
         if self.sources.is_empty() && !self.producing {
             return;
         }
@@ -155,14 +211,43 @@ impl CallSlot {
         };
         let mut index = 0;
         while index < self.sources.len() {
+            if let Some(left) = self.crossfade_due(index) {
+                // Fade the track out over what is left of it and the next one in under it.
+                self.sources[index].fade(left.max(1), false);
+                self.fading_track = self.track.take();
+                if let Some(next) = self.next.as_mut() {
+                    next.fade(self.crossfade_ticks, true);
+                }
+                self.start_next_track(out);
+            }
             let source = &mut self.sources[index];
             match source.step() {
                 Step::Ended(reason) => {
                     let slot = self.sources.swap_remove(index);
+                    let id = slot.id;
                     out.end_source(self.id, slot, reason);
+                    if Some(id) == self.fading_track {
+                        self.fading_track = None;
+                        out.event(Event::TrackEnded {
+                            call: self.id,
+                            source: id,
+                            reason,
+                        });
+                    } else if Some(id) == self.track {
+                        self.track = None;
+                        out.event(Event::TrackEnded {
+                            call: self.id,
+                            source: id,
+                            reason,
+                        });
+                        // Gapless: the next track plays in this very tick.
+                        self.start_next_track(out);
+                    }
                     continue;
                 }
                 Step::Silent => {}
+                // A seeking source keeps the call's stream going with silence.
+                Step::Gap => mixed_any = true,
                 step @ Step::Render { from, to } => {
                     if passthrough_possible && SourceSlot::is_unity(step) {
                         source.render_passthrough(&mut self.frame);
@@ -624,7 +709,7 @@ fn apply_command(
                     &EncodedFrame::new(tick, FrameKind::EndOfStream),
                 );
             }
-            for source in call.sources.iter() {
+            for source in call.sources.iter().chain(call.next.as_ref()) {
                 source.shared.mark_ended();
                 out.event(Event::SourceEnded {
                     call: id,
@@ -642,6 +727,26 @@ fn apply_command(
                 call.producing = false;
             }
             out.discard(Garbage::Frames(frames));
+        }
+        Command::QueueNext {
+            call: id,
+            slot,
+            crossfade_ticks,
+        } => match calls.iter_mut().find(|call| call.id == id) {
+            Some(call) => {
+                call.crossfade_ticks = crossfade_ticks;
+                if let Some(old) = call.next.replace(slot) {
+                    out.end_source(id, old, EndReason::Stopped);
+                }
+            }
+            None => out.end_source(id, slot, EndReason::CallRemoved),
+        },
+        Command::ClearNext(id) => {
+            if let Some(call) = calls.iter_mut().find(|call| call.id == id)
+                && let Some(next) = call.next.take()
+            {
+                out.end_source(id, next, EndReason::Stopped);
+            }
         }
         Command::AddSource(id, source) => match calls.iter_mut().find(|call| call.id == id) {
             Some(call) if call.sources.len() < call.sources.capacity() => call.sources.push(source),

@@ -1,7 +1,9 @@
 //! Ogg Opus (RFC 7845) reading and writing: pre-encoded input for passthrough, and the output
 //! of offline renders.
 
-use std::io::{Read, Seek, Write};
+use std::collections::VecDeque;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::Duration;
 
 use ogg::writing::PacketWriteEndInfo;
 
@@ -66,7 +68,16 @@ pub struct OggOpusReader<R: Read + Seek> {
     packets: ogg::PacketReader<R>,
     head: OpusHead,
     serial: u32,
+    /// Packets read ahead while seeking, returned before reading further.
+    queued: VecDeque<Vec<u8>>,
 }
+
+/// Samples per packet at 48 kHz: the only packet length Quaver plays (20 ms).
+const PACKET_SAMPLES: u64 = 960;
+
+/// How far from the end [`OggOpusReader::duration`] looks for the last page: a page is at most
+/// 65,307 bytes, so the last page's header is always within this.
+const LAST_PAGE_WINDOW: u64 = 65_536 + 27;
 
 impl<R: Read + Seek> OggOpusReader<R> {
     /// Reads and checks the two header packets (`OpusHead`, `OpusTags`).
@@ -87,7 +98,81 @@ impl<R: Read + Seek> OggOpusReader<R> {
             packets,
             head,
             serial,
+            queued: VecDeque::new(),
         })
+    }
+
+    /// The stream's length, from the granule position of its last page (RFC 7845 §4), or
+    /// `None` when no page states one. Reads the end of the stream and comes back.
+    pub fn duration(&mut self) -> Result<Option<Duration>, OggOpusError> {
+        let inner = self.packets.get_mut();
+        let here = inner.stream_position()?;
+        let end = inner.seek(SeekFrom::End(0))?;
+        let start = end.saturating_sub(LAST_PAGE_WINDOW);
+        inner.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::with_capacity((end - start) as usize);
+        inner.take(end - start).read_to_end(&mut tail)?;
+        self.packets.get_mut().seek(SeekFrom::Start(here))?;
+        let serial = self.serial.to_le_bytes();
+        let last = (0..tail.len().saturating_sub(27)).rev().find_map(|at| {
+            let header = &tail[at..at + 27];
+            let granule = u64::from_le_bytes(header[6..14].try_into().ok()?);
+            (header.starts_with(b"OggS")
+                && header[4] == 0
+                && header[14..18] == serial
+                && granule != u64::MAX)
+                .then_some(granule)
+        });
+        Ok(last.map(|granule| samples_to_duration(granule.saturating_sub(self.pre_skip()))))
+    }
+
+    /// Moves to the packet that contains `to` (bisecting on page granule positions) and returns
+    /// where that packet starts, or `None` when `to` is past the end.
+    pub fn seek(&mut self, to: Duration) -> Result<Option<Duration>, OggOpusError> {
+        self.queued.clear();
+        let to_samples = u64::try_from(to.as_micros() * 48 / 1000).unwrap_or(u64::MAX);
+        let goal = self.pre_skip().saturating_add(to_samples);
+        if !self.packets.seek_absgp(Some(self.serial), goal)? {
+            return Ok(None);
+        }
+        // A page's granule position is where its last packet ends; its packets, 20 ms each,
+        // tell where the first one starts. The bisection can land a page or more early (on
+        // the headers, or before a packet continued across pages), so whole pages that end
+        // before the goal are read past.
+        let mut page = Vec::new();
+        loop {
+            let Some(packet) = self.packets.read_packet()? else {
+                return Ok(None);
+            };
+            if packet.stream_serial() != self.serial {
+                continue;
+            }
+            let last = packet.last_in_page();
+            let end = packet.absgp_page();
+            page.push(packet.data);
+            if !last {
+                continue;
+            }
+            if end <= goal {
+                page.clear();
+                continue;
+            }
+            let mut start = end.saturating_sub(page.len() as u64 * PACKET_SAMPLES);
+            for packet in page {
+                if start + PACKET_SAMPLES <= goal && self.queued.is_empty() {
+                    start += PACKET_SAMPLES;
+                } else {
+                    self.queued.push_back(packet);
+                }
+            }
+            return Ok(Some(samples_to_duration(
+                start.saturating_sub(self.pre_skip()),
+            )));
+        }
+    }
+
+    fn pre_skip(&self) -> u64 {
+        u64::from(self.head.pre_skip)
     }
 
     /// The stream's identification header.
@@ -97,6 +182,9 @@ impl<R: Read + Seek> OggOpusReader<R> {
 
     /// The next audio packet of the first logical stream, or `None` at its end.
     pub fn next_packet(&mut self) -> Result<Option<Vec<u8>>, OggOpusError> {
+        if let Some(packet) = self.queued.pop_front() {
+            return Ok(Some(packet));
+        }
         loop {
             let Some(packet) = self.packets.read_packet()? else {
                 return Ok(None);
@@ -106,6 +194,10 @@ impl<R: Read + Seek> OggOpusReader<R> {
             }
         }
     }
+}
+
+fn samples_to_duration(samples: u64) -> Duration {
+    Duration::from_micros(samples.saturating_mul(1000) / 48)
 }
 
 /// Writes a standard Ogg Opus file: headers, then one page entry per 20 ms packet.
@@ -226,5 +318,47 @@ mod tests {
             let _ = OggOpusReader::new(Cursor::new(bytes));
         }
         assert!(parse_opus_head(b"OpusHead\x01\x03\x00\x00\x80\xbb\x00\x00\x00\x00\x00").is_err());
+    }
+}
+
+#[cfg(test)]
+mod seek_tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// 150 packets (3 s); packet `i` carries `i` so a seek's landing is visible.
+    fn numbered() -> Vec<u8> {
+        let mut writer = OggOpusWriter::new(Vec::new(), 312, 48_000, 9).unwrap();
+        for i in 0..150_u16 {
+            let mut packet = vec![0xFC];
+            packet.extend_from_slice(&i.to_le_bytes());
+            packet.resize(120, 0x55);
+            writer.write_packet(&packet, 960).unwrap();
+        }
+        writer.finish().unwrap()
+    }
+
+    #[test]
+    fn seeks_land_on_the_packet_holding_the_time_and_the_duration_is_read() {
+        let mut reader = OggOpusReader::new(Cursor::new(numbered())).unwrap();
+        assert_eq!(reader.duration().unwrap(), Some(Duration::from_secs(3)));
+        for (to_ms, packet) in [
+            (1_500, 75_u16),
+            (0, 0),
+            (2_990, 149),
+            (10, 0),
+            (20, 1),
+            (1_234, 61),
+        ] {
+            let at = reader.seek(Duration::from_millis(to_ms)).unwrap();
+            assert_eq!(
+                at,
+                Some(Duration::from_millis(u64::from(packet) * 20)),
+                "{to_ms} ms"
+            );
+            let next = reader.next_packet().unwrap().unwrap();
+            assert_eq!(u16::from_le_bytes([next[1], next[2]]), packet, "{to_ms} ms");
+        }
+        assert_eq!(reader.seek(Duration::from_secs(4)).unwrap(), None);
     }
 }

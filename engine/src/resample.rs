@@ -95,9 +95,16 @@ impl SourceResampler {
             .map_or(0, |fft| fft.output_delay().div_ceil(FRAME_SAMPLES) as u32)
     }
 
+    /// Forgets the input seen so far (after a seek), without allocating.
+    pub(crate) fn reset(&mut self) {
+        if let Some(fft) = self.fft.as_mut() {
+            fft.reset();
+        }
+    }
+
     /// Reads up to one chunk of input from `ring` (padding a shortfall with silence) and writes
-    /// 960 frames of 48 kHz stereo to `out`.
-    pub(crate) fn render(&mut self, ring: &mut rtrb::Consumer<f32>, out: &mut MixFrame) {
+    /// 960 frames of 48 kHz stereo to `out`. Returns how many samples it read.
+    pub(crate) fn render(&mut self, ring: &mut rtrb::Consumer<f32>, out: &mut MixFrame) -> usize {
         let needed = self.input_frames_next();
         let wanted = needed * self.channels;
         let available = ring.slots() / self.channels * self.channels;
@@ -130,6 +137,7 @@ impl SourceResampler {
             }
         };
         upmix_to_stereo(chunk, self.channels, out);
+        read
     }
 }
 

@@ -1,19 +1,18 @@
 //! Sources: the producer ends users write into ([`PcmWriter`], [`OpusWriter`]), the handle that
 //! controls a playing source ([`SourceHandle`]), and the mixer-side slot that reads them.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::frame::{EncodedFrame, FRAME_SAMPLES, FrameKind, MAX_OPUS_PACKET};
-use crate::pcm::{MixFrame, PcmFormat, i16_to_f32};
+use crate::pcm::{MixFrame, PcmFormat};
 use crate::resample::SourceResampler;
+use crate::seek::{SeekCursor, SeekShared};
+use crate::writer::{OpusPacket, OpusWriter, PcmWriter};
 use crate::{CallId, SourceId};
-
-/// How long a blocking write sleeps when the ring is full before trying again. The mixer drains
-/// 20 ms per tick, so a few milliseconds keeps the ring topped up without spinning.
-const BACKPRESSURE_POLL: Duration = Duration::from_millis(2);
 
 /// Highest accepted volume (+18 dB); the limiter handles what goes over full scale.
 pub const MAX_VOLUME: f32 = 8.0;
@@ -38,6 +37,15 @@ pub(crate) struct SourceShared {
     underruns: AtomicU64,
     /// Length of the input in milliseconds when known (files), else `u64::MAX`.
     duration_ms: AtomicU64,
+    /// The decoder can reposition (files, HTTP with range requests).
+    seekable: AtomicBool,
+    /// The input starts again at its end (for the position).
+    looping: AtomicBool,
+    pub(crate) seek: SeekShared,
+    /// The thread that decodes the input, woken when a seek is asked for.
+    decoder_thread: OnceLock<Thread>,
+    /// The child process's id, for child-process inputs (0 otherwise).
+    process_id: AtomicU32,
 }
 
 impl SourceShared {
@@ -52,7 +60,34 @@ impl SourceShared {
             frames_mixed: AtomicU64::new(0),
             underruns: AtomicU64::new(0),
             duration_ms: AtomicU64::new(u64::MAX),
+            seekable: AtomicBool::new(false),
+            looping: AtomicBool::new(false),
+            seek: SeekShared::new(Duration::ZERO),
+            decoder_thread: OnceLock::new(),
+            process_id: AtomicU32::new(0),
         }
+    }
+
+    /// Makes [`SourceHandle::seek`] available.
+    pub(crate) fn set_seekable(&self) {
+        self.seekable.store(true, Ordering::Release);
+    }
+
+    /// The thread that decodes the input, woken when a seek is asked for.
+    pub(crate) fn set_decoder_thread(&self, thread: Thread) {
+        let _ = self.decoder_thread.set(thread);
+    }
+
+    pub(crate) fn set_looping(&self, looping: bool) {
+        self.looping.store(looping, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_process_id(&self, id: u32) {
+        self.process_id.store(id, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stop_requested(&self) -> bool {
+        self.stop_requested.load(Ordering::Relaxed)
     }
 
     fn volume(&self) -> f32 {
@@ -65,6 +100,19 @@ impl SourceShared {
 
     pub(crate) fn finish(&self) {
         self.finished.store(true, Ordering::Release);
+    }
+
+    /// A seek after the end of a seekable input: more input comes after all. (If the mixer
+    /// already ended the source, this changes nothing.)
+    pub(crate) fn unfinish(&self) {
+        self.finished.store(false, Ordering::Release);
+    }
+
+    pub(crate) fn duration(&self) -> Option<Duration> {
+        match self.duration_ms.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
     }
 
     pub(crate) fn set_duration(&self, duration: Duration) {
@@ -168,22 +216,62 @@ impl SourceHandle {
     }
 
     /// Whether the source has ended (finished, stopped, failed, or its call was removed).
-    /// Whether the source has ended; writes fail from then on.
     pub fn is_ended(&self) -> bool {
         self.shared.is_ended()
     }
 
-    /// How much of the source has been played (20 ms per mixed frame).
+    /// Where playback is in the input: the start position plus 20 ms per mixed frame, moved by
+    /// seeks (and wrapped at the end of a looping input of known length).
     pub fn position(&self) -> Duration {
-        crate::frame::FRAME_DURATION * self.shared.frames_mixed.load(Ordering::Relaxed) as u32
+        let position = self.shared.seek.position();
+        match self.duration() {
+            Some(duration)
+                if self.shared.looping.load(Ordering::Relaxed) && !duration.is_zero() =>
+            {
+                Duration::from_micros(
+                    (position.as_micros() % duration.as_micros())
+                        .try_into()
+                        .unwrap_or(0),
+                )
+            }
+            _ => position,
+        }
+    }
+
+    /// Moves playback to `to` while the call keeps playing: the decoder repositions and
+    /// refills, and the mixer drops what was buffered before, so the next audio heard is from
+    /// `to` (faded in over one frame). Past the end, the source finishes. Only inputs that can
+    /// reposition support it (files, and HTTP streams whose server accepts range requests).
+    pub fn seek(&self, to: Duration) -> Result<()> {
+        if !self.is_seekable() {
+            return Err(Error::NotSeekable(self.id));
+        }
+        if self.is_ended() {
+            return Err(Error::SourceEnded);
+        }
+        self.shared.seek.request(to);
+        if let Some(thread) = self.shared.decoder_thread.get() {
+            thread.unpark();
+        }
+        Ok(())
+    }
+
+    /// Whether [`SourceHandle::seek`] is available for this source.
+    pub fn is_seekable(&self) -> bool {
+        self.shared.seekable.load(Ordering::Acquire)
+    }
+
+    /// The child process's id, for a source playing a command's output.
+    pub fn process_id(&self) -> Option<u32> {
+        match self.shared.process_id.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(id),
+        }
     }
 
     /// The input's length, when known (files whose container states it).
     pub fn duration(&self) -> Option<Duration> {
-        match self.shared.duration_ms.load(Ordering::Relaxed) {
-            u64::MAX => None,
-            ms => Some(Duration::from_millis(ms)),
-        }
+        self.shared.duration()
     }
 
     /// The source's counters now.
@@ -193,218 +281,6 @@ impl SourceHandle {
             underruns: self.shared.underruns.load(Ordering::Relaxed),
             ended: self.shared.is_ended(),
         }
-    }
-}
-
-/// The producer end of a source's lock-free PCM ring: interleaved f32 or i16 samples at the
-/// source's own rate and channel count.
-///
-/// Writes never block the mixer. A full ring is backpressure on the writer: the non-blocking
-/// `write_*` methods accept what fits and the `write_all_*` methods wait for room. Dropping the
-/// writer or calling [`PcmWriter::finish`] lets the source play out what is buffered and end.
-pub struct PcmWriter {
-    ring: rtrb::Producer<f32>,
-    format: PcmFormat,
-    shared: Arc<SourceShared>,
-}
-
-impl std::fmt::Debug for PcmWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PcmWriter")
-            .field("format", &self.format)
-            .field("free_samples", &self.ring.slots())
-            .finish()
-    }
-}
-
-impl PcmWriter {
-    /// The format the samples written here are read as.
-    pub fn format(&self) -> PcmFormat {
-        self.format
-    }
-
-    /// Interleaved samples that fit right now (a multiple of the channel count).
-    pub fn free_samples(&self) -> usize {
-        let channels = usize::from(self.format.channels());
-        self.ring.slots() / channels * channels
-    }
-
-    /// Writes as many whole frames of `samples` as fit and returns how many samples it wrote.
-    /// Fails once the source has ended.
-    pub fn write_f32(&mut self, samples: &[f32]) -> Result<usize> {
-        self.check_alive()?;
-        let count = self
-            .free_samples()
-            .min(whole_frames(samples.len(), self.format));
-        let (written, _) = self.ring.push_partial_slice(&samples[..count]);
-        Ok(written.len())
-    }
-
-    /// Like [`PcmWriter::write_f32`] for 16-bit samples.
-    pub fn write_i16(&mut self, samples: &[i16]) -> Result<usize> {
-        self.check_alive()?;
-        let count = self
-            .free_samples()
-            .min(whole_frames(samples.len(), self.format));
-        if count == 0 {
-            return Ok(0);
-        }
-        let chunk = self
-            .ring
-            .write_chunk_uninit(count)
-            .map_err(|_| Error::SourceEnded)?;
-        Ok(chunk.fill_from_iter(samples[..count].iter().copied().map(i16_to_f32)))
-    }
-
-    /// Writes every whole frame of `samples`, waiting for room while the ring is full.
-    /// Fails if the source ends first (for example after [`SourceHandle::stop`]).
-    pub fn write_all_f32(&mut self, samples: &[f32]) -> Result<()> {
-        let mut rest = &samples[..whole_frames(samples.len(), self.format)];
-        while !rest.is_empty() {
-            let written = self.write_f32(rest)?;
-            rest = &rest[written..];
-            if !rest.is_empty() {
-                std::thread::sleep(BACKPRESSURE_POLL);
-            }
-        }
-        Ok(())
-    }
-
-    /// Like [`PcmWriter::write_all_f32`] for 16-bit samples.
-    pub fn write_all_i16(&mut self, samples: &[i16]) -> Result<()> {
-        let mut rest = &samples[..whole_frames(samples.len(), self.format)];
-        while !rest.is_empty() {
-            let written = self.write_i16(rest)?;
-            rest = &rest[written..];
-            if !rest.is_empty() {
-                std::thread::sleep(BACKPRESSURE_POLL);
-            }
-        }
-        Ok(())
-    }
-
-    /// Ends the input: the source plays what is buffered, then ends with an event.
-    pub fn finish(self) {
-        // Drop does the work, so finishing and dropping behave the same.
-    }
-
-    /// Whether the source has ended; writes fail from then on.
-    pub fn is_ended(&self) -> bool {
-        self.shared.is_ended()
-    }
-
-    fn check_alive(&self) -> Result<()> {
-        if self.shared.is_ended() {
-            Err(Error::SourceEnded)
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl Drop for PcmWriter {
-    fn drop(&mut self) {
-        self.shared.finish();
-    }
-}
-
-fn whole_frames(samples: usize, format: PcmFormat) -> usize {
-    let channels = usize::from(format.channels());
-    samples / channels * channels
-}
-
-/// One pre-encoded 20 ms Opus packet in a source's ring. Fixed size, so the ring never allocates.
-#[derive(Clone, Copy)]
-pub(crate) struct OpusPacket {
-    len: u16,
-    data: [u8; MAX_OPUS_PACKET],
-}
-
-impl OpusPacket {
-    fn bytes(&self) -> &[u8] {
-        &self.data[..usize::from(self.len)]
-    }
-}
-
-/// Checks that `packet` is one Opus packet of exactly 20 ms, the only duration a Discord RTP
-/// stream advancing 960 samples per packet can carry.
-pub fn validate_opus_packet(packet: &[u8]) -> Result<()> {
-    if packet.is_empty() {
-        return Err(Error::InvalidOpusPacket("empty packet"));
-    }
-    if packet.len() > MAX_OPUS_PACKET {
-        return Err(Error::InvalidOpusPacket("longer than 1275 bytes"));
-    }
-    let parsed = audiopus::packet::Packet::try_from(packet)
-        .map_err(|_| Error::InvalidOpusPacket("unreadable packet"))?;
-    match audiopus::packet::nb_samples(parsed, audiopus::SampleRate::Hz48000) {
-        Ok(FRAME_SAMPLES) => Ok(()),
-        Ok(_) => Err(Error::InvalidOpusPacket("packet is not 20 ms long")),
-        Err(_) => Err(Error::InvalidOpusPacket("malformed table-of-contents byte")),
-    }
-}
-
-/// The producer end of a pre-encoded Opus source: one 20 ms packet per write.
-///
-/// When the source is alone in its call at unity volume, its packets are sent as they are
-/// (passthrough, no re-encoding); otherwise they are decoded and mixed.
-pub struct OpusWriter {
-    ring: rtrb::Producer<OpusPacket>,
-    shared: Arc<SourceShared>,
-}
-
-impl std::fmt::Debug for OpusWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpusWriter")
-            .field("free_packets", &self.ring.slots())
-            .finish()
-    }
-}
-
-impl OpusWriter {
-    /// Queues one 20 ms packet. Returns `Ok(false)` when the ring is full (try again after a
-    /// frame); fails for packets that are not valid 20 ms Opus and once the source has ended.
-    pub fn write_packet(&mut self, packet: &[u8]) -> Result<bool> {
-        if self.shared.is_ended() {
-            return Err(Error::SourceEnded);
-        }
-        validate_opus_packet(packet)?;
-        if self.ring.is_full() {
-            return Ok(false);
-        }
-        let mut slot = OpusPacket {
-            len: packet.len() as u16,
-            data: [0; MAX_OPUS_PACKET],
-        };
-        slot.data[..packet.len()].copy_from_slice(packet);
-        Ok(self.ring.push(slot).is_ok())
-    }
-
-    /// Queues one packet, waiting while the ring is full.
-    pub fn write_packet_blocking(&mut self, packet: &[u8]) -> Result<()> {
-        while !self.write_packet(packet)? {
-            std::thread::sleep(BACKPRESSURE_POLL);
-        }
-        Ok(())
-    }
-
-    /// Packets that fit right now.
-    pub fn free_packets(&self) -> usize {
-        self.ring.slots()
-    }
-
-    /// Ends the input: the source plays what is buffered, then ends with an event.
-    pub fn finish(self) {}
-
-    /// Whether the source has ended; writes fail from then on.
-    pub fn is_ended(&self) -> bool {
-        self.shared.is_ended()
-    }
-}
-
-impl Drop for OpusWriter {
-    fn drop(&mut self) {
-        self.shared.finish();
     }
 }
 
@@ -418,7 +294,8 @@ pub enum EndReason {
     Stopped,
     /// Its call was removed.
     CallRemoved,
-    /// Its file could not be decoded any further (an [`crate::Event::SourceError`] came first).
+    /// Its input could not be read or decoded any further (an [`crate::Event::SourceError`]
+    /// came first).
     Failed,
 }
 
@@ -482,6 +359,40 @@ impl Input {
             Input::Opus { .. } => FRAME_SAMPLES,
         }
     }
+
+    /// Drops up to `items` buffered samples or packets (stale after a seek) and the state
+    /// built from them. Returns how many were dropped.
+    fn discard(&mut self, items: u64) -> usize {
+        match self {
+            Input::Pcm { ring, resampler } => {
+                let count = ring
+                    .slots()
+                    .min(usize::try_from(items).unwrap_or(usize::MAX));
+                if let Ok(chunk) = ring.read_chunk(count) {
+                    chunk.commit_all();
+                }
+                resampler.reset();
+                count
+            }
+            Input::Opus {
+                ring,
+                decoder,
+                resync,
+            } => {
+                let count = ring
+                    .slots()
+                    .min(usize::try_from(items).unwrap_or(usize::MAX));
+                if let Ok(chunk) = ring.read_chunk(count) {
+                    chunk.commit_all();
+                }
+                let _ = audiopus::coder::GenericCtl::reset_state(decoder);
+                resync.recent_len = 0;
+                resync.decoded = 0;
+                resync.ahead_ready = false;
+                count
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -499,6 +410,8 @@ pub(crate) enum Step {
     Render { from: f32, to: f32 },
     /// Contribute nothing this tick (prebuffering or paused).
     Silent,
+    /// Keep the call's stream going with silence: the source is refilling after a seek.
+    Gap,
     /// Leave the call.
     Ended(EndReason),
 }
@@ -515,6 +428,15 @@ pub(crate) struct SourceSlot {
     /// Zero-input ticks still to render after the producer finished, so the resampler's delay
     /// line is flushed and the end of the audio is not cut off.
     tail_ticks: u32,
+    /// What was read from the ring, to apply seek marks.
+    cursor: SeekCursor,
+    /// Input frames per second (48,000 for Opus), to tell how long the buffered input lasts.
+    rate: u32,
+    /// A queue crossfade's gain on top of the volume, and its change per tick.
+    fade: f32,
+    fade_step: f32,
+    /// A seek dropped the buffered input; silence until a whole frame of new input is there.
+    refilling: bool,
 }
 
 /// Everything created for a new PCM source: the slot for the mixer and the user's ends.
@@ -576,12 +498,13 @@ impl SourceSlot {
             gain: 0.0,
             phase: Phase::Prebuffering,
             tail_ticks,
+            cursor: SeekCursor::default(),
+            rate: format.sample_rate(),
+            fade: 1.0,
+            fade_step: 0.0,
+            refilling: false,
         });
-        let writer = PcmWriter {
-            ring: producer,
-            format,
-            shared: Arc::clone(&shared),
-        };
+        let writer = PcmWriter::new(producer, format, Arc::clone(&shared));
         Ok(NewPcmSource {
             slot,
             writer,
@@ -619,16 +542,38 @@ impl SourceSlot {
             gain: 0.0,
             phase: Phase::Prebuffering,
             tail_ticks: 0,
+            cursor: SeekCursor::default(),
+            rate: crate::pcm::MIX_RATE,
+            fade: 1.0,
+            fade_step: 0.0,
+            refilling: false,
         });
-        let writer = OpusWriter {
-            ring: producer,
-            shared: Arc::clone(&shared),
-        };
+        let writer = OpusWriter::new(producer, Arc::clone(&shared));
         Ok(NewOpusSource {
             slot,
             writer,
             shared,
         })
+    }
+
+    /// Ticks of audio left when the input is complete (its producer finished), else `None`.
+    pub(crate) fn remaining_ticks(&self) -> Option<u32> {
+        if !self.shared.finished.load(Ordering::Acquire) {
+            return None;
+        }
+        let frames = self.input.available_frames() as u64;
+        Some((frames * 50 / u64::from(self.rate.max(1))) as u32)
+    }
+
+    /// Starts a queue crossfade: in from silence, or out to silence, over `ticks` ticks.
+    pub(crate) fn fade(&mut self, ticks: u32, fade_in: bool) {
+        let step = 1.0 / ticks.max(1) as f32;
+        if fade_in {
+            self.fade = 0.0;
+            self.fade_step = step;
+        } else {
+            self.fade_step = -step;
+        }
     }
 
     pub(crate) fn is_opus(&self) -> bool {
@@ -641,6 +586,13 @@ impl SourceSlot {
         let shared = &self.shared;
         let stop = shared.stop_requested.load(Ordering::Relaxed);
         let paused = shared.paused.load(Ordering::Relaxed);
+        if let Some(stale) = self.cursor.poll(&shared.seek) {
+            let dropped = self.input.discard(stale);
+            self.cursor.consumed(dropped);
+            self.refilling = true;
+            // The new position fades in over a frame instead of jumping mid-waveform.
+            self.gain = 0.0;
+        }
         // Acquire before reading the fill level: samples written before `finish` are visible.
         let finished = shared.finished.load(Ordering::Acquire);
         let available = self.input.available_frames();
@@ -648,6 +600,16 @@ impl SourceSlot {
 
         if stop && (self.gain == 0.0 || self.phase == Phase::Prebuffering) {
             return Step::Ended(EndReason::Stopped);
+        }
+        if self.refilling {
+            if available < needed && !finished {
+                return if self.phase == Phase::Playing {
+                    Step::Gap
+                } else {
+                    Step::Silent
+                };
+            }
+            self.refilling = false;
         }
         if self.phase == Phase::Prebuffering {
             if available == 0 && finished {
@@ -675,14 +637,23 @@ impl SourceSlot {
         let target = if stop || paused { 0.0 } else { shared.volume() };
         let from = std::mem::replace(&mut self.gain, target);
         shared.frames_mixed.fetch_add(1, Ordering::Relaxed);
-        Step::Render { from, to: target }
+        shared.seek.advance(crate::frame::FRAME_DURATION);
+        let fade_from = self.fade;
+        self.fade = (self.fade + self.fade_step).clamp(0.0, 1.0);
+        Step::Render {
+            from: from * fade_from,
+            to: target * self.fade,
+        }
     }
 
     /// Renders this tick's audio as 48 kHz stereo into `out`, consuming up to one frame of input
     /// and filling any shortfall with silence.
     pub(crate) fn render(&mut self, out: &mut MixFrame) {
         match &mut self.input {
-            Input::Pcm { ring, resampler } => resampler.render(ring, out),
+            Input::Pcm { ring, resampler } => {
+                let read = resampler.render(ring, out);
+                self.cursor.consumed(read);
+            }
             Input::Opus {
                 ring,
                 decoder,
@@ -704,11 +675,14 @@ impl SourceSlot {
                 if resync.ahead_ready {
                     // Decoded last tick already (see `decode_ahead`): only consume it.
                     resync.ahead_ready = false;
-                    let _ = ring.pop();
+                    if ring.pop().is_ok() {
+                        self.cursor.consumed(1);
+                    }
                     out.copy_from_slice(&resync.ahead);
                     return;
                 }
                 let packet = ring.pop().ok();
+                self.cursor.consumed(usize::from(packet.is_some()));
                 // A missing packet (`None`): libopus conceals the gap.
                 decode_into(decoder, packet.as_ref().map(OpusPacket::bytes), out);
             }
@@ -764,6 +738,7 @@ impl SourceSlot {
             return;
         };
         let packet = ring.pop();
+        self.cursor.consumed(usize::from(packet.is_ok()));
         resync.decoded = 0;
         if resync.ahead_ready {
             // The decoder has seen this packet already.

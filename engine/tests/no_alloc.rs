@@ -3,6 +3,8 @@
 //! given new frame queues during the run. The control side (the test thread) allocates freely;
 //! only the mixer's side is counted.
 
+mod support;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,9 +23,10 @@ struct CountingAllocator;
 const MANUAL: usize = 1;
 const THREADED: usize = 2;
 const CALL_CHURN: usize = 3;
+const SEEK_AND_QUEUE: usize = 4;
 
-static REALTIME_ALLOCATIONS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
-static REALTIME_FREES: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+static REALTIME_ALLOCATIONS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+static REALTIME_FREES: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 
 thread_local! {
     static ON_REALTIME_PATH: Cell<usize> = const { Cell::new(0) };
@@ -401,4 +404,103 @@ fn the_mixer_thread_allocates_nothing_either() {
         "the calls added mid-run produced no frames"
     );
     assert!(engine.stats().ticks > 0);
+}
+
+/// Seeks (stale audio dropped, resampler and Opus decoder reset) and queue hand-overs (gapless
+/// and crossfaded) on the mixer side allocate and free nothing either.
+#[test]
+fn seeks_and_queue_hand_overs_allocate_nothing_on_the_mixer() {
+    use quaver_engine::{FileOptions, Track};
+    let dir = support::temp_dir("no-alloc-seek-queue");
+    let resampled = dir.join("resampled.wav");
+    let plain = dir.join("plain.wav");
+    let opus = dir.join("tone.opus");
+    support::write_wav(
+        &resampled,
+        44_100,
+        2,
+        &support::tones(44_100, 2, &[(300.0, 0.6)]),
+    );
+    support::write_wav(
+        &plain,
+        48_000,
+        2,
+        &support::tones(48_000, 2, &[(500.0, 0.6)]),
+    );
+    std::fs::write(
+        &opus,
+        support::ogg_opus_bytes(&support::tones(48_000, 2, &[(700.0, 0.6)])),
+    )
+    .unwrap();
+    let (engine, mut mixer) = support::manual();
+    let (call, mut frames) = engine.create_call().unwrap();
+    let looping = FileOptions {
+        looping: true,
+        ..FileOptions::default()
+    };
+    let seeked = [
+        engine.play_file(call, &resampled, looping).unwrap(),
+        engine.play_file(call, &opus, looping).unwrap(),
+    ];
+    engine
+        .set_crossfade(call, Duration::from_millis(100))
+        .unwrap();
+    for round in 0..4 {
+        for path in [&resampled, &opus, &plain] {
+            engine.enqueue(call, Track::file(path)).unwrap();
+        }
+        if round == 2 {
+            engine.set_crossfade(call, Duration::ZERO).unwrap();
+        }
+    }
+    let mut started = 0;
+    let mut seeks = 0;
+    for tick in 0..600 {
+        if tick % 15 == 7 {
+            for handle in &seeked {
+                handle
+                    .seek(Duration::from_millis((tick % 6) as u64 * 100))
+                    .unwrap();
+                seeks += 1;
+            }
+        }
+        // The queue's next track is opened by a loader thread: let it catch up (control side).
+        for _ in 0..1_000 {
+            let queue = engine.queue(call);
+            let playing = queue
+                .first()
+                .and_then(|e| e.source.as_ref())
+                .is_some_and(|h| h.stats().frames_mixed > 0);
+            if !(playing && queue.get(1).is_some_and(|e| e.source.is_none())) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            engine.housekeep();
+        }
+        ON_REALTIME_PATH.with(|path| path.set(SEEK_AND_QUEUE));
+        mixer.tick();
+        ON_REALTIME_PATH.with(|path| path.set(0));
+        while frames.pop().is_ok() {}
+        engine.housekeep();
+        started += engine
+            .events()
+            .try_iter()
+            .filter(|e| matches!(e, Event::TrackStarted { .. }))
+            .count();
+    }
+    assert_eq!(
+        REALTIME_ALLOCATIONS[SEEK_AND_QUEUE].load(Ordering::Relaxed),
+        0,
+        "the mixer allocated"
+    );
+    assert_eq!(
+        REALTIME_FREES[SEEK_AND_QUEUE].load(Ordering::Relaxed),
+        0,
+        "the mixer freed memory"
+    );
+    // The run really did what it claims: every queued track played, the seeks landed.
+    assert_eq!(started, 12);
+    assert!(seeks >= 70);
+    assert!(seeked.iter().all(|h| !h.is_ended()));
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -86,7 +86,7 @@ pub fn render(
         for event in engine.events().try_iter() {
             match event {
                 Event::SourceEnded { .. } => playing = playing.saturating_sub(1),
-                Event::SourceError { message, .. } => tracing::warn!("{message}"),
+                Event::SourceError { error, .. } => tracing::warn!("{error}"),
                 _ => {}
             }
         }
