@@ -25,7 +25,8 @@ pub struct PlayOptions {
     /// Per-file volume (linear, 0 to 16, 1.0 = unchanged), in the order of the files.
     #[arg(long, value_delimiter = ',', value_parser = crate::args::volume, allow_negative_numbers = true)]
     pub volume: Vec<f32>,
-    /// Bot token (default: $DISCORD_TOKEN). Without one, plays on the local server.
+    /// Bot token (default: $DISCORD_TOKEN; prefer the variable: a --token value is visible to
+    /// every user in the process list). Without one, plays on the local server.
     #[arg(long)]
     pub token: Option<String>,
     /// Guild to join (needed with --token; 1 on a local server).
