@@ -276,7 +276,7 @@ fn fill_lateness(h: &mut Histogram<u64>, offsets: &[i64]) {
         return;
     };
     for o in offsets {
-        record(h, (o.abs_diff(min) / 1000) as u64);
+        record(h, o.abs_diff(min) / 1000);
     }
 }
 
