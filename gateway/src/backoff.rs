@@ -1,6 +1,6 @@
 //! Exponential backoff with injected jitter and a retry limit.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A source of jitter in `[0, 1)`. Injected so tests are deterministic.
 pub trait JitterSource: Send {
@@ -64,9 +64,18 @@ pub struct BackoffConfig {
     pub base: Duration,
     /// Largest delay.
     pub max: Duration,
-    /// Retries allowed before giving up (reset by every successful connection).
+    /// Retries allowed before giving up (reset once a connection stays up for `stable_after`);
+    /// [`UNLIMITED_RETRIES`] never gives up.
     pub max_retries: u32,
+    /// How long a connection must stay up before the retry count starts again from zero. A
+    /// server that accepts the handshake and then drops every connection at once (an oversized
+    /// dispatch, a crash loop) must not reset the backoff each time: that hammered it with 18
+    /// connections in 12 s.
+    pub stable_after: Duration,
 }
+
+/// `max_retries` that never runs out (Discord outages last minutes; the delay is capped).
+pub const UNLIMITED_RETRIES: u32 = u32::MAX;
 
 impl Default for BackoffConfig {
     fn default() -> Self {
@@ -74,6 +83,7 @@ impl Default for BackoffConfig {
             base: Duration::from_millis(500),
             max: Duration::from_secs(30),
             max_retries: 8,
+            stable_after: Duration::from_secs(30),
         }
     }
 }
@@ -83,6 +93,8 @@ impl Default for BackoffConfig {
 pub struct Backoff {
     config: BackoffConfig,
     attempt: u32,
+    /// When the current connection came up, if it is up.
+    connected_at: Option<Instant>,
     jitter: Box<dyn JitterSource>,
 }
 
@@ -101,18 +113,19 @@ impl Backoff {
         Backoff {
             config,
             attempt: 0,
+            connected_at: None,
             jitter,
         }
     }
 
     /// The delay before the next retry, or `None` once the retry limit is used up.
     pub fn next_delay(&mut self) -> Option<Duration> {
-        if self.attempt >= self.config.max_retries {
+        if self.config.max_retries != UNLIMITED_RETRIES && self.attempt >= self.config.max_retries {
             return None;
         }
         let factor = 1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX);
         let ceiling = self.config.base.saturating_mul(factor).min(self.config.max);
-        self.attempt += 1;
+        self.attempt = self.attempt.saturating_add(1);
         let half = ceiling / 2;
         Some(half + half.mul_f64(unit_fraction(self.jitter.as_mut())))
     }
@@ -125,6 +138,23 @@ impl Backoff {
     /// A connection succeeded: start again from the base delay.
     pub fn reset(&mut self) {
         self.attempt = 0;
+        self.connected_at = None;
+    }
+
+    /// A connection came up at `now`. The retry count is kept until it has stayed up for
+    /// [`BackoffConfig::stable_after`] (see [`Backoff::disconnected`]).
+    pub fn connected(&mut self, now: Instant) {
+        self.connected_at = Some(now);
+    }
+
+    /// The connection that came up in [`Backoff::connected`] went down at `now`: the retry count
+    /// starts again from zero only if it stayed up long enough.
+    pub fn disconnected(&mut self, now: Instant) {
+        if let Some(at) = self.connected_at.take()
+            && now.saturating_duration_since(at) >= self.config.stable_after
+        {
+            self.attempt = 0;
+        }
     }
 }
 
@@ -138,6 +168,7 @@ mod tests {
             base: Duration::from_millis(100),
             max: Duration::from_millis(1000),
             max_retries: 6,
+            ..BackoffConfig::default()
         };
         let mut b = Backoff::new(cfg, Box::new(FixedJitter(0.0)));
         let delays: Vec<_> = std::iter::from_fn(|| b.next_delay()).collect();
@@ -145,6 +176,36 @@ mod tests {
         assert_eq!(ms, vec![50, 100, 200, 400, 500, 500]);
         b.reset();
         assert_eq!(b.next_delay(), Some(Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn only_a_connection_that_stayed_up_resets_the_count() {
+        let cfg = BackoffConfig {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            max_retries: UNLIMITED_RETRIES,
+            stable_after: Duration::from_secs(30),
+        };
+        let mut b = Backoff::new(cfg, Box::new(FixedJitter(0.0)));
+        let t0 = Instant::now();
+        // Up and straight down again, three times: the delays keep growing.
+        let mut ms = Vec::new();
+        for n in 0..3 {
+            let t = t0 + Duration::from_secs(n);
+            b.connected(t);
+            b.disconnected(t + Duration::from_millis(10));
+            ms.push(b.next_delay().unwrap().as_millis());
+        }
+        assert_eq!(ms, vec![50, 100, 200]);
+        // Up for longer than `stable_after`: back to the base delay.
+        b.connected(t0 + Duration::from_secs(10));
+        b.disconnected(t0 + Duration::from_secs(41));
+        assert_eq!(b.next_delay(), Some(Duration::from_millis(50)));
+        // Unlimited: the count saturates, the delay stays capped, it never gives up.
+        b.attempt = u32::MAX - 1;
+        for _ in 0..3 {
+            assert_eq!(b.next_delay(), Some(Duration::from_secs(5)));
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{Snowflake, Token};
+use crate::protocol::{SessionId, Snowflake, Token};
 use crate::voice::{EndReason, VoiceConnectRequest};
 
 /// Errors from the join flow.
@@ -42,8 +42,8 @@ pub struct VoiceStateUpdate {
     pub channel_id: Option<Snowflake>,
     /// Whose voice state this is.
     pub user_id: Snowflake,
-    /// Voice session ID for the voice gateway's Identify.
-    pub session_id: String,
+    /// Voice session ID for the voice gateway's Identify (redacted in `Debug`).
+    pub session_id: SessionId,
 }
 
 impl VoiceStateUpdate {
@@ -180,7 +180,7 @@ pub struct JoinFlow {
     user_id: u64,
     state: JoinState,
     requested: Option<UpdateVoiceState>,
-    session_id: Option<String>,
+    session_id: Option<SessionId>,
     channel_id: Option<u64>,
     server: Option<(Token, String)>,
     out: VecDeque<JoinAction>,
@@ -190,6 +190,8 @@ pub struct JoinFlow {
     awaiting: Awaiting,
     /// A server update arrived since the last connect: its token has not been used yet.
     fresh_token: bool,
+    /// Whether a plain `ws://` endpoint from VOICE_SERVER_UPDATE is followed as given.
+    plain_endpoints: bool,
 }
 
 impl JoinFlow {
@@ -207,7 +209,18 @@ impl JoinFlow {
             voice_state_retries: 0,
             awaiting: Awaiting::Neither,
             fresh_token: false,
+            plain_endpoints: true,
         }
+    }
+
+    /// Whether a VOICE_SERVER_UPDATE `endpoint` with an explicit `ws://` scheme is used as given
+    /// (a local test server the user chose) or upgraded to `wss://`, so the voice token never
+    /// travels in clear text because the network asked for it. Allowed by default for the
+    /// built-in client, which already upgrades unless its own URL is plain
+    /// ([`crate::main_gateway::MainGatewayConfig::allows_plain_urls`]); a host's own
+    /// main-gateway library should pass `false` unless the user configured a plain server.
+    pub fn allow_plain_endpoints(&mut self, allowed: bool) {
+        self.plain_endpoints = allowed;
     }
 
     /// The guild.
@@ -239,6 +252,28 @@ impl JoinFlow {
             self.state = JoinState::ExpectVoiceUpdates;
         }
         // A move keeps the current connection until both new dispatches arrived.
+        self.request_voice_state(update);
+    }
+
+    /// The main-gateway session behind this flow was replaced by a fresh Identify
+    /// ([`crate::main_gateway::MainGatewayEvent::Reconnected`] with `resumed: false`): Discord
+    /// dropped the old session's voice state, so ask for the current channel again. A running
+    /// voice connection keeps going until both new dispatches arrived, then is replaced.
+    pub fn rejoin(&mut self) {
+        if self.state == JoinState::Idle {
+            return;
+        }
+        let Some(mut update) = self.requested else {
+            return;
+        };
+        if let Some(channel) = self.channel_id {
+            update.channel_id = Some(Snowflake(channel));
+        }
+        self.requested = Some(update);
+        self.voice_state_retries = 0;
+        if self.state != JoinState::Connected {
+            self.state = JoinState::ExpectVoiceUpdates;
+        }
         self.request_voice_state(update);
     }
 
@@ -300,8 +335,18 @@ impl JoinFlow {
                 self.state = JoinState::ExpectServerUpdate;
             }
             Some(endpoint) => {
+                let endpoint = match endpoint.get(.."ws://".len()) {
+                    Some(s) if !self.plain_endpoints && s.eq_ignore_ascii_case("ws://") => {
+                        tracing::warn!(
+                            guild = self.guild_id,
+                            "a plain ws:// voice endpoint: using wss://"
+                        );
+                        format!("wss://{}", &endpoint["ws://".len()..])
+                    }
+                    _ => endpoint.clone(),
+                };
                 // Never reuse a token: every server update means a fresh voice session.
-                self.server = Some((u.token.clone(), endpoint.clone()));
+                self.server = Some((u.token.clone(), endpoint));
                 self.awaiting = self.awaiting.got_server_update();
                 self.fresh_token = true;
                 self.try_connect();
@@ -463,7 +508,7 @@ mod tests {
                     r.guild_id,
                     r.channel_id,
                     r.user_id,
-                    r.session_id.as_str(),
+                    r.session_id.expose(),
                     r.token.expose(),
                     r.endpoint.as_str()
                 ),
@@ -533,6 +578,56 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_main_gateway_session_rejoins_and_reconnects_with_the_new_session() {
+        let mut f = JoinFlow::new(G, ME);
+        f.join(5, JoinOptions::default());
+        f.handle_voice_state_update(&vsu(Some(5), "s1"));
+        f.handle_voice_server_update(&vserver("t1", Some("a:443")));
+        let actions: Vec<_> = std::iter::from_fn(|| f.poll_action()).collect();
+        assert!(matches!(actions.last(), Some(JoinAction::Connect(r)) if r.session_id == "s1"));
+        f.rejoin();
+        assert!(matches!(
+            f.poll_action(),
+            Some(JoinAction::SendVoiceStateUpdate(u)) if u.channel_id == Some(Snowflake(5))
+        ));
+        assert_eq!(
+            f.poll_action(),
+            None,
+            "the old connection keeps running meanwhile"
+        );
+        f.handle_voice_state_update(&vsu(Some(5), "s2"));
+        assert_eq!(f.poll_action(), None, "waits for the server update too");
+        f.handle_voice_server_update(&vserver("t2", Some("a:443")));
+        match f.poll_action() {
+            Some(JoinAction::Connect(r)) => {
+                assert_eq!((r.session_id.expose(), r.token.expose()), ("s2", "t2"));
+                assert!(
+                    !format!("{r:?}").contains("s2"),
+                    "session IDs stay out of Debug"
+                );
+            }
+            other => panic!("expected a new connection, got {other:?}"),
+        }
+        let mut idle = JoinFlow::new(G, ME);
+        idle.rejoin();
+        assert_eq!(idle.poll_action(), None);
+    }
+
+    #[test]
+    fn plain_endpoints_from_the_network_are_upgraded_unless_allowed() {
+        for (allowed, expected) in [(false, "wss://evil:80"), (true, "ws://evil:80")] {
+            let mut f = JoinFlow::new(G, ME);
+            f.allow_plain_endpoints(allowed);
+            f.join(5, JoinOptions::default());
+            f.handle_voice_state_update(&vsu(Some(5), "s1"));
+            f.handle_voice_server_update(&vserver("t1", Some("ws://evil:80")));
+            let r = connect_to(&mut f);
+            assert_eq!(r.endpoint, expected);
+            assert!(r.url().starts_with(expected));
+        }
+    }
+
+    #[test]
     fn endpoint_change_reidentifies() {
         let mut f = JoinFlow::new(G, ME);
         f.join(5, JoinOptions::default());
@@ -545,7 +640,7 @@ mod tests {
             panic!("expected a replacing connect, got {a:?}");
         };
         assert_eq!(
-            (r.endpoint.as_str(), r.token.expose(), r.session_id.as_str()),
+            (r.endpoint.as_str(), r.token.expose(), r.session_id.expose()),
             ("new:443", "t2", "s1")
         );
     }

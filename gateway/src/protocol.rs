@@ -176,6 +176,59 @@ impl Drop for Token {
     }
 }
 
+/// A voice `session_id` (from VOICE_STATE_UPDATE): with the voice token it lets anyone resume
+/// the call, so `Debug` is redacted and the bytes are wiped on drop, like [`Token`].
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(String);
+
+impl SessionId {
+    /// Wrap a session ID.
+    pub fn new(id: impl Into<String>) -> Self {
+        SessionId(id.into())
+    }
+    /// The ID, for putting on the wire.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionId(<redacted>)")
+    }
+}
+
+impl Drop for SessionId {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl From<String> for SessionId {
+    fn from(id: String) -> Self {
+        SessionId(id)
+    }
+}
+
+impl From<&str> for SessionId {
+    fn from(id: &str) -> Self {
+        SessionId(id.into())
+    }
+}
+
+impl PartialEq<str> for SessionId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for SessionId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 /// The transport key and modes are the sender's own types: one vocabulary from the gateway to
 /// the packet path.
 pub use quaver_net::crypto::{EncryptionMode, SecretKey};
@@ -226,8 +279,8 @@ pub struct Identify {
     pub server_id: Snowflake,
     /// Our user ID.
     pub user_id: Snowflake,
-    /// From VOICE_STATE_UPDATE.
-    pub session_id: String,
+    /// From VOICE_STATE_UPDATE (redacted in `Debug`).
+    pub session_id: SessionId,
     /// From VOICE_SERVER_UPDATE.
     pub token: Token,
     /// Highest DAVE protocol version we support (0 = none).
@@ -322,8 +375,8 @@ pub struct HeartbeatAck {
 pub struct Resume {
     /// Guild ID.
     pub server_id: Snowflake,
-    /// Voice session ID.
-    pub session_id: String,
+    /// Voice session ID (redacted in `Debug`).
+    pub session_id: SessionId,
     /// Voice token.
     pub token: Token,
     /// Last sequence number seen; the server replays everything after it.
@@ -430,13 +483,19 @@ pub enum VoicePayload {
     },
 }
 
+/// The opcode and sequence number of a text frame; `d` is skipped here and decoded straight
+/// into its type by [`typed`], so no `serde_json::Value` tree ever holds a payload (op 4's
+/// `secret_key` would be freed from one without being wiped).
 #[derive(Deserialize)]
 struct InEnvelope {
     op: u64,
     #[serde(default)]
-    d: serde_json::Value,
-    #[serde(default)]
     seq: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct InBody<T> {
+    d: T,
 }
 
 #[derive(Serialize)]
@@ -456,8 +515,10 @@ pub struct TextFrame {
     pub payload: VoicePayload,
 }
 
-fn typed<T: for<'de> Deserialize<'de>>(op: u8, d: serde_json::Value) -> Result<T, ProtocolError> {
-    serde_json::from_value(d).map_err(|source| ProtocolError::Payload { op, source })
+fn typed<T: for<'de> Deserialize<'de>>(op: u8, text: &str) -> Result<T, ProtocolError> {
+    serde_json::from_str::<InBody<T>>(text)
+        .map(|body| body.d)
+        .map_err(|source| ProtocolError::Payload { op, source })
 }
 
 impl VoicePayload {
@@ -534,7 +595,7 @@ impl VoicePayload {
                 payload: VoicePayload::Unknown { op: env.op },
             });
         };
-        let d = env.d;
+        let d = text;
         let payload = match op {
             op::IDENTIFY => VoicePayload::Identify(typed(op, d)?),
             op::SELECT_PROTOCOL => VoicePayload::SelectProtocol(typed(op, d)?),

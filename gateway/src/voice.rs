@@ -14,8 +14,8 @@ use crate::dave::{DaveClient, DaveContext, DaveEvent, DaveExtension, DaveOutbox,
 use crate::heartbeat::{Beat, Heartbeater};
 use crate::protocol::{
     BinaryFrame, ClosePolicy, DEFAULT_MAX_FRAME_LEN, EncryptionMode, Heartbeat, Identify, Ready,
-    Resume, SecretKey, SelectProtocol, SelectProtocolData, SessionDescription, Snowflake, Speaking,
-    SpeakingFlags, Token, VoicePayload, close_policy,
+    Resume, SecretKey, SelectProtocol, SelectProtocolData, SessionDescription, SessionId,
+    Snowflake, Speaking, SpeakingFlags, Token, VoicePayload, close_policy,
 };
 
 /// Close code we use when we abandon a socket ourselves (missed ACKs, handshake timeout): in the
@@ -25,6 +25,11 @@ pub const CLIENT_ABANDON_CLOSE_CODE: u16 = 4000;
 /// A client-bug close (4001, 4002 …) is retried once per this window; a second one inside it
 /// gives up.
 pub const CLIENT_BUG_WINDOW: Duration = Duration::from_secs(60);
+
+/// Most users (op 11) and SSRCs (op 5) one call remembers. A stage channel holds at most 10,000
+/// people; beyond that a peer is only growing our memory, so further entries are refused and
+/// counted ([`VoiceGateway::refused_peers`]).
+pub const MAX_PEERS: usize = 10_000;
 
 /// Errors from the voice state machine.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -58,8 +63,8 @@ pub struct VoiceConnectRequest {
     pub channel_id: u64,
     /// Our user ID.
     pub user_id: u64,
-    /// From VOICE_STATE_UPDATE.
-    pub session_id: String,
+    /// From VOICE_STATE_UPDATE (redacted in `Debug`).
+    pub session_id: SessionId,
     /// From VOICE_SERVER_UPDATE.
     pub token: Token,
     /// From VOICE_SERVER_UPDATE: `host:port`, or a full `ws://`/`wss://` URL (local servers).
@@ -321,6 +326,8 @@ pub struct VoiceGateway {
     client_bug_retry_at: Option<Instant>,
     users: BTreeSet<u64>,
     ssrcs: HashMap<u32, u64>,
+    /// Users and SSRCs refused because [`MAX_PEERS`] were already known.
+    refused_peers: u64,
 }
 
 impl std::fmt::Debug for VoiceGateway {
@@ -375,6 +382,7 @@ impl VoiceGateway {
             client_bug_retry_at: None,
             users: BTreeSet::new(),
             ssrcs: HashMap::new(),
+            refused_peers: 0,
         }
     }
 
@@ -406,6 +414,25 @@ impl VoiceGateway {
     /// Round-trip time of the last acknowledged heartbeat.
     pub fn latency(&self) -> Option<Duration> {
         self.heartbeat.as_ref().and_then(Heartbeater::last_rtt)
+    }
+
+    /// Users and SSRCs the server announced beyond [`MAX_PEERS`], refused (never remembered).
+    pub fn refused_peers(&self) -> u64 {
+        self.refused_peers
+    }
+
+    fn refuse_peer(&mut self, what: &'static str) {
+        self.refused_peers += 1;
+        // Once, then every 1,000th: a hostile server must not flood the log either.
+        if self.refused_peers % 1_000 == 1 {
+            tracing::warn!(
+                guild = self.request.guild_id,
+                what,
+                refused = self.refused_peers,
+                max = MAX_PEERS,
+                "the voice server announced more peers than a call can hold; refusing them"
+            );
+        }
     }
 
     /// The user speaking on `ssrc`, from server op 5.
@@ -495,6 +522,7 @@ impl VoiceGateway {
         );
         // Only a server that saw our Resume and closed rejects it; a failed TCP connect doesn't.
         let failed_resume = matches!(self.state, State::ExpectResumed);
+        self.backoff.disconnected(now);
         self.heartbeat = None;
         self.handshake_deadline = None;
         let resumable = self.session.is_some() && !failed_resume;
@@ -669,7 +697,7 @@ impl VoiceGateway {
                 }
                 self.advance_handshake()?;
             }
-            VoicePayload::SessionDescription(desc) => self.on_session_description(desc)?,
+            VoicePayload::SessionDescription(desc) => self.on_session_description(desc, now)?,
             VoicePayload::HeartbeatAck(ack) => {
                 if let Some(h) = self.heartbeat.as_mut() {
                     h.on_ack(ack.t, now);
@@ -681,7 +709,7 @@ impl VoiceGateway {
                 }
                 self.state = State::Established;
                 self.handshake_deadline = None;
-                self.backoff.reset();
+                self.backoff.connected(now);
                 if self.speaking.is_speaking() {
                     self.send_speaking();
                 }
@@ -689,6 +717,10 @@ impl VoiceGateway {
             }
             VoicePayload::Speaking(s) => {
                 if let Some(user) = s.user_id {
+                    if self.ssrcs.len() >= MAX_PEERS && !self.ssrcs.contains_key(&s.ssrc) {
+                        self.refuse_peer("ssrc");
+                        return Ok(());
+                    }
                     self.ssrcs.insert(s.ssrc, user.0);
                     self.event(VoiceEvent::UserSpeaking {
                         user_id: user.0,
@@ -698,8 +730,15 @@ impl VoiceGateway {
                 }
             }
             VoicePayload::ClientsConnect(c) => {
-                let ids: Vec<u64> = c.user_ids.iter().map(|u| u.0).collect();
-                self.users.extend(ids.iter().copied());
+                let mut ids: Vec<u64> = Vec::with_capacity(c.user_ids.len().min(MAX_PEERS));
+                for user in c.user_ids.iter().map(|u| u.0) {
+                    if self.users.len() < MAX_PEERS || self.users.contains(&user) {
+                        self.users.insert(user);
+                        ids.push(user);
+                    } else {
+                        self.refuse_peer("user");
+                    }
+                }
                 self.dave.on_clients_connect(&ids);
                 self.event(VoiceEvent::ClientsConnected(ids));
             }
@@ -762,7 +801,11 @@ impl VoiceGateway {
         out
     }
 
-    fn on_session_description(&mut self, desc: SessionDescription) -> Result<(), crate::Error> {
+    fn on_session_description(
+        &mut self,
+        desc: SessionDescription,
+        now: Instant,
+    ) -> Result<(), crate::Error> {
         let taken = self.transition(|_, state| match state {
             State::ExpectSessionDescription { ready, mode } => {
                 (State::Established, Some((ready, mode)))
@@ -780,7 +823,7 @@ impl VoiceGateway {
             .filter(|m| m.is_current())
             .unwrap_or(mode);
         self.handshake_deadline = None;
-        self.backoff.reset();
+        self.backoff.connected(now);
         self.resumed_after_4009 = false;
         self.session = Some((ready.ssrc, mode));
         let mut outbox = DaveOutbox::default();

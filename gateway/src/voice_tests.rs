@@ -716,3 +716,78 @@ fn disconnect_closes_and_ends() {
     .unwrap();
     assert!(h.drain().is_empty(), "nothing follows Ended");
 }
+
+#[test]
+fn a_server_that_drops_every_session_at_once_sees_the_backoff_grow() {
+    // Resumed, then dropped at once, again and again: before, every RESUMED reset the backoff,
+    // so the retries never slowed down.
+    let mut h = Harness::new();
+    h.establish();
+    let mut attempts = Vec::new();
+    for _ in 0..4 {
+        h.gw.handle_socket_closed(Some(1006), h.now);
+        for o in h.drain() {
+            if let Output::Event(VoiceEvent::Resuming { attempt, .. }) = o {
+                attempts.push(attempt);
+            }
+        }
+        let at = h.gw.poll_timeout().expect("the retry timer");
+        h.advance(at - h.now);
+        assert!(matches!(&h.drain()[..], [Output::Connect { .. }]));
+        h.gw.handle_socket_open(h.now);
+        h.server(VoicePayload::Resumed).unwrap();
+        assert!(h.gw.is_established());
+        h.drain();
+    }
+    assert_eq!(attempts, vec![1, 2, 3, 4]);
+    // A connection that stayed up past `stable_after` starts again from attempt 1.
+    h.advance(BackoffConfig::default().stable_after);
+    h.gw.handle_socket_closed(Some(1006), h.now);
+    let (_, events, _) = h.sent_and_events();
+    assert!(
+        matches!(&events[..], [VoiceEvent::Resuming { attempt: 1, .. }]),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn peers_beyond_the_cap_are_refused_and_counted() {
+    let mut h = Harness::new();
+    h.establish();
+    let ids: Vec<Snowflake> = (0..MAX_PEERS as u64 + 5).map(Snowflake).collect();
+    h.server(VoicePayload::ClientsConnect(ClientsConnect {
+        user_ids: ids,
+    }))
+    .unwrap();
+    let (_, events, _) = h.sent_and_events();
+    assert!(matches!(&events[..], [VoiceEvent::ClientsConnected(v)] if v.len() == MAX_PEERS));
+    assert_eq!(h.gw.users().count(), MAX_PEERS);
+    assert_eq!(h.gw.refused_peers(), 5);
+    // Already-known users are not refused.
+    h.server(VoicePayload::ClientsConnect(ClientsConnect {
+        user_ids: vec![Snowflake(3)],
+    }))
+    .unwrap();
+    assert_eq!(h.gw.refused_peers(), 5);
+    for ssrc in 0..MAX_PEERS as u32 + 3 {
+        h.server(VoicePayload::Speaking(Speaking {
+            speaking: SpeakingFlags::MICROPHONE,
+            ssrc,
+            delay: None,
+            user_id: Some(Snowflake(1)),
+        }))
+        .unwrap();
+    }
+    assert_eq!(h.gw.refused_peers(), 8);
+    assert_eq!(h.gw.user_for_ssrc(MAX_PEERS as u32 - 1), Some(1));
+    assert_eq!(h.gw.user_for_ssrc(MAX_PEERS as u32), None);
+}
+
+#[test]
+fn session_ids_stay_out_of_debug_output() {
+    let mut h = Harness::new();
+    let (sent, _) = h.establish();
+    let text = format!("{:?} {:?} {sent:?}", h.gw.request(), h.gw);
+    assert!(!text.contains("\"sess\""), "{text}");
+    assert!(!text.contains("voice-token"), "{text}");
+}

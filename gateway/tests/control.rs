@@ -16,7 +16,7 @@ fn request(endpoint: String, guild: u64) -> VoiceConnectRequest {
         guild_id: guild,
         channel_id: 2,
         user_id: 3,
-        session_id: format!("session-{guild}"),
+        session_id: format!("session-{guild}").into(),
         token: Token::new("voice-token"),
         endpoint,
     }
@@ -422,4 +422,91 @@ fn host_names_are_resolved_off_the_control_thread() {
         e,
         VoiceEvent::SessionReady(_)
     )));
+}
+
+/// A main gateway whose READY is followed by a 2 MiB GUILD_CREATE (a big guild), then a
+/// VOICE_STATE_UPDATE. Counts connections.
+fn big_dispatch_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::AtomicU64;
+    use tungstenite::Message;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(AtomicU64::new(0));
+    let counted = connections.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            counted.fetch_add(1, Ordering::Relaxed);
+            std::thread::spawn(move || {
+                let Ok(mut ws) = tungstenite::accept(stream) else {
+                    return;
+                };
+                let hello = r#"{"op":10,"d":{"heartbeat_interval":40000}}"#;
+                if ws.send(Message::text(hello)).is_err() {
+                    return;
+                }
+                let members = "x".repeat(2 << 20);
+                let guild_create = serde_json::json!({"op":0,"t":"GUILD_CREATE","s":2,
+                    "d":{"id":"1","members_blob":members}})
+                .to_string();
+                let vsu = serde_json::json!({"op":0,"t":"VOICE_STATE_UPDATE","s":3,"d":{
+                    "guild_id":"1","channel_id":"2","user_id":"99","session_id":"s"}})
+                .to_string();
+                while let Ok(msg) = ws.read() {
+                    let Message::Text(t) = msg else { continue };
+                    let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                    let sent = match v["op"].as_u64() {
+                        Some(2) | Some(6) => ws
+                            .send(Message::text(
+                                r#"{"op":0,"t":"READY","s":1,"d":{"session_id":"m","user":{"id":"99"}}}"#,
+                            ))
+                            .and_then(|_| ws.send(Message::text(guild_create.clone())))
+                            .and_then(|_| ws.send(Message::text(vsu.clone()))),
+                        Some(1) => ws.send(Message::text(r#"{"op":11}"#)),
+                        _ => Ok(()),
+                    };
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[test]
+fn a_dispatch_of_several_mebibytes_does_not_break_the_bot_socket() {
+    use quaver_gateway::main_gateway::{MainGatewayConfig, MainGatewayEvent};
+    let (addr, connections) = big_dispatch_server();
+    let ctl = ControlThread::spawn(ControlConfig::default()).unwrap();
+    let mut config = MainGatewayConfig::new(Token::new("bot-token"));
+    config.url = format!("ws://{addr}/?v=10&encoding=json");
+    ctl.connect_bot(config).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got = false;
+    let mut errors = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match ctl.events().recv_timeout(left) {
+            Ok(ControlEvent::MainGateway {
+                event: MainGatewayEvent::VoiceStateUpdate(_),
+                ..
+            }) => {
+                got = true;
+                break;
+            }
+            Ok(ControlEvent::SocketError { error, .. }) => errors.push(error.to_string()),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(
+        got,
+        "the dispatch after the big one never arrived: {errors:?}"
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(connections.load(Ordering::Relaxed), 1);
 }

@@ -16,7 +16,8 @@ use crate::{Error, Stage};
 /// Where to join (the connection flags shared by `play` and `record`).
 #[derive(Clone, Default, clap::Args)]
 pub struct ChannelArgs {
-    /// Bot token (default: $DISCORD_TOKEN). Without one, the local server is used.
+    /// Bot token (default: $DISCORD_TOKEN; prefer the variable: a --token value is visible to
+    /// every user in the process list). Without one, the local server is used.
     #[arg(long)]
     pub token: Option<String>,
     /// Guild to join (needed with --token; 1 on a local server).

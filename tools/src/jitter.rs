@@ -523,6 +523,11 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
                 .filter(|s| s.user_id == BOT_USER)
                 .collect();
             report.fill_receiver(&ours);
+            // Loss the server caused itself (it could not read its socket in time) is not the
+            // sender's: say so, with what to do about it.
+            if let Some(note) = stats.counters.overload_note() {
+                report.receiver_note = Some(note);
+            }
             report.recordings = ours
                 .iter()
                 .filter(|s| !(extra_probe && Some(s.ssrc) == probe_ssrc))

@@ -375,6 +375,9 @@ fn serve(args: ServeArgs) -> Result<(), quaver_tools::Error> {
     let counters = server.stats().counters;
     server.stop();
     println!("{counters:?}");
+    if let Some(note) = counters.overload_note() {
+        println!("warning: {note}");
+    }
     Ok(())
 }
 

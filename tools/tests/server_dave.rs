@@ -65,7 +65,7 @@ struct Client {
     user: u64,
     /// The MLS group: the channel the credentials were issued for.
     channel: u64,
-    session_id: String,
+    session_id: quaver_gateway::protocol::SessionId,
     token: Token,
     udp: UdpSocket,
     /// Highest seq seen (−1: none).
@@ -111,7 +111,7 @@ impl Client {
         ws: Ws,
         user: u64,
         channel: u64,
-        session_id: String,
+        session_id: quaver_gateway::protocol::SessionId,
         token: Token,
         offer: u16,
     ) -> Client {
@@ -874,7 +874,7 @@ fn quaver_serve_json_reports_dave() {
             user,
             // Credentials the server did not issue: channel 0 (the MLS group ID).
             0,
-            format!("s{user}"),
+            format!("s{user}").into(),
             Token::new("t"),
             1,
         )

@@ -26,7 +26,7 @@ use super::{
 use crate::Error;
 use crate::backoff::SplitMixJitter;
 use crate::dave::DaveExtension;
-use crate::main_gateway::{MainGateway, MainGatewayConfig};
+use crate::main_gateway::{MAX_DISPATCH_LEN, MainGateway, MainGatewayConfig};
 use crate::protocol::SpeakingFlags;
 use crate::voice::{OutgoingFrame, Output, VoiceConfig, VoiceConnectRequest, VoiceGateway};
 
@@ -603,6 +603,12 @@ impl EventLoop {
             None => {}
             Some(s @ Socket::Resolving(_)) => conn.socket = Some(s),
             Some(Socket::Connecting(target, stream, rest)) => {
+                // The main gateway's dispatches (a big guild's GUILD_CREATE) are far larger
+                // than anything the voice gateway sends.
+                let max_message = match conn.machine {
+                    Machine::Voice(_) => self.config.max_message_size,
+                    Machine::Bot(_) => self.config.max_message_size.max(MAX_DISPATCH_LEN),
+                };
                 let failed = match stream.take_error() {
                     Ok(Some(e)) | Err(e) => Some(e),
                     Ok(None) => match stream.peer_addr() {
@@ -638,8 +644,8 @@ impl EventLoop {
                     Stream::Plain(stream)
                 };
                 let ws_config = WebSocketConfig::default()
-                    .max_message_size(Some(self.config.max_message_size))
-                    .max_frame_size(Some(self.config.max_message_size))
+                    .max_message_size(Some(max_message))
+                    .max_frame_size(Some(max_message))
                     .max_write_buffer_size(self.config.max_write_buffer);
                 let r = tungstenite::client::client_with_config(
                     target.url.as_str(),

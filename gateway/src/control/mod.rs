@@ -32,6 +32,14 @@ use crate::voice::VoiceEvent;
 
 pub(crate) const WAKER: Token = Token(usize::MAX);
 
+/// Checks a websocket URL exactly as the control thread does before connecting; returns its
+/// host, port and whether it uses TLS. For validating configuration early (and for fuzzing the
+/// parser: URLs arrive from the network in READY and VOICE_SERVER_UPDATE).
+pub fn check_url(url: &str) -> Result<(String, u16, bool), Error> {
+    let target = socket::parse_url(url)?;
+    Ok((target.host, target.port, target.tls))
+}
+
 /// Tokens at and above this belong to sockets a [`ControlHandler`] registered (key = token − base);
 /// connection IDs count up from 1 and never get near it.
 pub(crate) const HANDLER_TOKEN_BASE: usize = 1 << 40;

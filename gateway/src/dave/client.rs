@@ -363,7 +363,18 @@ impl DaveExtension for DaveClient {
     }
 
     fn on_clients_connect(&mut self, user_ids: &[u64]) {
-        self.recognised.extend(user_ids.iter().copied());
+        for &user in user_ids {
+            // The voice machine already caps what it forwards; this keeps a client driven
+            // directly bounded too.
+            if self.recognised.len() >= crate::voice::MAX_PEERS {
+                tracing::warn!(
+                    max = crate::voice::MAX_PEERS,
+                    "DAVE: refusing users beyond the cap"
+                );
+                break;
+            }
+            self.recognised.insert(user);
+        }
     }
 
     fn on_client_disconnect(&mut self, user_id: u64) {

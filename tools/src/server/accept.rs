@@ -2,6 +2,7 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::registry::Shared;
@@ -32,6 +33,25 @@ pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>, which: Gat
                 continue;
             }
         };
+        let limit = shared.config.max_connections;
+        if shared.live_connections.fetch_add(1, Ordering::AcqRel) >= limit {
+            shared.live_connections.fetch_sub(1, Ordering::AcqRel);
+            let refused = {
+                let mut reg = shared.lock();
+                reg.counters.refused_connections += 1;
+                reg.counters.refused_connections
+            };
+            if refused % 1_000 == 1 {
+                tracing::warn!(
+                    %peer,
+                    limit,
+                    refused,
+                    "refusing a websocket connection: {limit} are open (ServerConfig::max_connections)"
+                );
+            }
+            drop(stream);
+            continue;
+        }
         shared.lock().counters.ws_connections += 1;
         let s = shared.clone();
         let spawned = std::thread::Builder::new()
@@ -41,6 +61,7 @@ pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>, which: Gat
             })
             .stack_size(512 * 1024)
             .spawn(move || {
+                let _slot = Slot(&s);
                 let (ws, framing) = match tls::accept(stream, &s, which == Gateway::Voice) {
                     Ok(accepted) => accepted,
                     Err(e) => {
@@ -56,7 +77,18 @@ pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>, which: Gat
                 }
             });
         if let Err(e) = spawned {
+            shared.live_connections.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(error = %e, "cannot spawn a connection thread");
         }
+    }
+}
+
+/// A connection thread's place under [`super::ServerConfig::max_connections`], given back
+/// however the thread ends.
+struct Slot<'a>(&'a Shared);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.live_connections.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -28,6 +28,10 @@ pub struct Faults {
     pub udp_duplicate_pct: f64,
 }
 
+/// Default of [`ServerConfig::max_connections`]: two websockets per call for the largest
+/// `jitter --calls` run, plus room for listeners, baselines and reconnects.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4_096;
+
 /// Server configuration. `Default` is loopback on ephemeral ports, TLS, no recording.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -73,6 +77,11 @@ pub struct ServerConfig {
     /// (relayed Speaking, Clients Connect, faults). Raise it for thousands of calls: every
     /// connection wakes this often.
     pub ws_poll_interval: Duration,
+    /// Websocket connections (both gateways together) served at once; each is a thread. More
+    /// are refused (the TCP connection is closed at once, counted in
+    /// [`crate::server::Counters::refused_connections`]) instead of growing threads without
+    /// bound: a 100,000-call run reached 3,736 threads and load 153.
+    pub max_connections: usize,
     /// Injected faults.
     pub faults: Faults,
     /// First bot user ID handed out by the main gateway (each Identify gets the next one).
@@ -113,6 +122,7 @@ impl Default for ServerConfig {
             replay_buffer: 512,
             max_message_size: 64 * 1024,
             ws_poll_interval: Duration::from_millis(25),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             faults: Faults::default(),
             first_user_id: 100_000_000_000_000_001,
             dave: DaveMode::default(),

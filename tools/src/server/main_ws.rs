@@ -13,6 +13,7 @@ const DECODE_ERROR: u16 = 4002;
 const NOT_AUTHENTICATED: u16 = 4003;
 const AUTHENTICATION_FAILED: u16 = 4004;
 const UNKNOWN_OPCODE: u16 = 4001;
+const INVALID_SEQ: u16 = 4007;
 
 struct Conn {
     seq: u64,
@@ -21,12 +22,16 @@ struct Conn {
 }
 
 /// Serves one main-gateway websocket until it closes.
-pub(crate) fn serve(mut ws: Ws, shared: &Shared) {
+pub(crate) fn serve(ws: Ws, shared: &Shared) {
     let mut c = Conn {
         seq: 0,
         user_id: None,
         session_id: String::new(),
     };
+    serve_conn(ws, &mut c, shared);
+}
+
+fn serve_conn(mut ws: Ws, c: &mut Conn, shared: &Shared) {
     let hello = json!({"op": 10, "d": {"heartbeat_interval": shared.config.heartbeat_interval_ms}, "s": null, "t": null});
     if ws.send(Message::text(hello.to_string())).is_err() {
         return;
@@ -38,7 +43,7 @@ pub(crate) fn serve(mut ws: Ws, shared: &Shared) {
         }
         match ws.read() {
             Ok(Message::Text(text)) => {
-                if let Err(code) = on_text(&mut ws, &mut c, shared, text.as_str()) {
+                if let Err(code) = on_text(&mut ws, c, shared, text.as_str()) {
                     shared.lock().counters.closes_sent += 1;
                     let _ = close(&mut ws, code);
                     // Let the close handshake finish (or time out) before dropping the socket.
@@ -74,7 +79,8 @@ fn close(ws: &mut Ws, code: u16) -> tungstenite::Result<()> {
 }
 
 fn dispatch(ws: &mut Ws, c: &mut Conn, t: &str, d: Value) {
-    c.seq += 1;
+    // Never past u64::MAX, whatever a Resume said (it is checked, but this must not panic).
+    c.seq = c.seq.saturating_add(1);
     let msg = json!({"op": 0, "t": t, "s": c.seq, "d": d});
     let _ = ws.send(Message::text(msg.to_string()));
 }
@@ -89,6 +95,19 @@ fn snowflake(v: &Value) -> Option<u64> {
 }
 
 fn on_text(ws: &mut Ws, c: &mut Conn, shared: &Shared, text: &str) -> Result<(), u16> {
+    let before = c.seq;
+    let handled = handle_text(ws, c, shared, text);
+    if c.seq != before {
+        // The session's last seq, so a Resume (perhaps racing this connection's end) is
+        // checked against what was really sent.
+        if let Some(session) = shared.lock().main_sessions.get_mut(&c.session_id) {
+            session.1 = c.seq;
+        }
+    }
+    handled
+}
+
+fn handle_text(ws: &mut Ws, c: &mut Conn, shared: &Shared, text: &str) -> Result<(), u16> {
     let Ok(msg) = serde_json::from_str::<Value>(text) else {
         shared.lock().counters.bad_json += 1;
         return Err(DECODE_ERROR);
@@ -112,7 +131,7 @@ fn on_text(ws: &mut Ws, c: &mut Conn, shared: &Shared, text: &str) -> Result<(),
                 let id = reg.next_user;
                 reg.next_user += 1;
                 c.session_id = super::random_hex(16);
-                reg.main_sessions.insert(c.session_id.clone(), id);
+                reg.main_sessions.insert(c.session_id.clone(), (id, 0));
                 id
             };
             c.user_id = Some(user_id);
@@ -131,12 +150,15 @@ fn on_text(ws: &mut Ws, c: &mut Conn, shared: &Shared, text: &str) -> Result<(),
         // that matters to a voice bot).
         Some(6) => {
             let sid = d.get("session_id").and_then(Value::as_str).unwrap_or("");
+            let seq = d.get("seq").and_then(Value::as_u64).unwrap_or(0);
             let user = shared.lock().main_sessions.get(sid).copied();
             match user {
-                Some(u) => {
+                // A seq this session never reached (u64::MAX …): Discord closes with 4007.
+                Some((_, last)) if seq > last => return Err(INVALID_SEQ),
+                Some((u, last)) => {
                     c.user_id = Some(u);
                     c.session_id = sid.to_string();
-                    c.seq = d.get("seq").and_then(Value::as_u64).unwrap_or(0);
+                    c.seq = last;
                     dispatch(ws, c, "RESUMED", json!({}));
                 }
                 None => {

@@ -101,12 +101,28 @@ use quaver_gateway::voice::VoiceConnectRequest;
 use accept::{Gateway, accept_loop};
 use error::io_err;
 
-pub use config::{Faults, ServerConfig};
+pub use config::{DEFAULT_MAX_CONNECTIONS, Faults, ServerConfig};
 pub use dave::{DaveCallStats, DaveMode, OBSERVER_USER_ID};
 pub use error::ServerError;
 pub use events::ServerEvent;
 pub use snapshot::{CallStats, Counters, ServerStats, StreamStats};
 pub use stats::Percentiles;
+
+/// Entry points for the fuzz targets in `fuzz/` (not a stable interface).
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Feeds `(seq, timestamp, payload length, arrival ns)` arrivals to a stream meter, as the
+    /// UDP thread does for each packet, and computes every figure a report reads.
+    pub fn stream_meter(arrivals: impl Iterator<Item = (u16, u32, usize, i64)>) {
+        let mut meter = super::stats::StreamMeter::new();
+        for (seq, ts, len, at) in arrivals {
+            let _ = meter.on_packet(seq, ts, len, at);
+        }
+        let _ = (meter.lost(), meter.unique());
+        let _ = super::Percentiles::of(&meter.lateness());
+        let _ = super::Percentiles::of(&meter.jitter_us);
+    }
+}
 
 pub(crate) use error::read_timed_out;
 pub(crate) use registry::{CallKey, Registry, Shared, StreamRecord, random_hex};
@@ -153,6 +169,18 @@ impl Server {
             std::fs::create_dir_all(dir).map_err(io_err("record directory"))?;
         }
         if let Some(path) = &config.keylog {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            // Created now, readable by this user only (an existing file is tightened too):
+            // the keys decrypt every call.
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .and_then(|_| {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                })
+                .map_err(io_err("keylog"))?;
             tracing::warn!(
                 path = %path.display(),
                 "keylog is on: voice transport keys are written to this file"
@@ -184,6 +212,7 @@ impl Server {
             udp,
             ws_generation: AtomicU64::new(0),
             dave: dave::Hub::default(),
+            live_connections: std::sync::atomic::AtomicUsize::new(0),
         });
         let mut threads = Vec::new();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -295,7 +324,7 @@ impl Server {
             guild_id,
             channel_id,
             user_id,
-            session_id,
+            session_id: session_id.into(),
             token,
             endpoint: self.shared.voice_endpoint(),
         }
@@ -311,6 +340,10 @@ impl Server {
                 guild_id: r.guild_id,
                 channel_id: r.channel_id,
             })
+            .chain(reg.ended_streams.iter().map(|s| CallKey {
+                guild_id: s.guild_id,
+                channel_id: s.channel_id,
+            }))
             .collect();
         calls.extend(reg.sessions.values().map(Session::key));
         calls.sort_unstable();
@@ -324,7 +357,23 @@ impl Server {
     /// Statistics of one SSRC.
     pub fn stream_stats(&self, ssrc: u32) -> Option<StreamStats> {
         let reg = self.shared.lock();
-        reg.streams.get(&ssrc).map(|r| r.snapshot(ssrc))
+        reg.streams
+            .get(&ssrc)
+            .map(|r| r.snapshot(ssrc))
+            .or_else(|| {
+                reg.ended_streams
+                    .iter()
+                    .rev()
+                    .find(|s| s.ssrc == ssrc)
+                    .cloned()
+            })
+    }
+
+    /// Per-stream receive meters the server holds: one per stream of a live call. An ended
+    /// call's meters are freed (its final figures stay in [`Server::stats`]), so this does not
+    /// grow run after run; only [`ServerConfig::keep_decoded_audio`] keeps them.
+    pub fn held_stream_meters(&self) -> usize {
+        self.shared.lock().held_meters()
     }
 
     /// Decoded audio of one SSRC so far (interleaved stereo i16 at 48 kHz), when

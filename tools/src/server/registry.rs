@@ -2,10 +2,10 @@
 //! call, issued credentials, per-SSRC receive records, counters) and [`Shared`], which holds it
 //! beside the configuration and the sockets' addresses.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use quaver_gateway::protocol::{Token, VoicePayload};
@@ -24,6 +24,10 @@ pub(crate) struct CallKey {
     pub channel_id: u64,
 }
 
+/// Final statistics of streams whose call ended, kept for reports (each is a few hundred bytes;
+/// a live stream's meter is hundreds of KB, and is freed when its call ends). The oldest go first.
+pub(crate) const MAX_ENDED_STREAMS: usize = 4_096;
+
 /// Credentials handed out by op 4 (or [`Server::voice_connect_request`]), for one channel.
 pub(crate) struct Issued {
     pub channel_id: u64,
@@ -38,14 +42,17 @@ pub(crate) struct Registry {
     /// Session keys per voice channel, so forwarding a packet touches only its call.
     pub by_call: HashMap<CallKey, Vec<u64>>,
     pub issued: HashMap<(u64, u64), Issued>,
-    /// Main-gateway sessions, for Resume: session ID → user ID.
-    pub main_sessions: HashMap<String, u64>,
+    /// Main-gateway sessions, for Resume: session ID → (user ID, last seq sent when its last
+    /// connection ended).
+    pub main_sessions: HashMap<String, (u64, u64)>,
     pub next_session: u64,
     pub next_ssrc: u32,
     pub next_user: u64,
     pub counters: Counters,
-    /// Receive statistics per SSRC (kept after sessions end, until their call is reported).
+    /// Receive statistics per SSRC of live calls (and of ended ones whose decoded audio is kept).
     pub streams: HashMap<u32, StreamRecord>,
+    /// Final statistics of streams of ended calls, oldest first, at most [`MAX_ENDED_STREAMS`].
+    pub ended_streams: VecDeque<StreamStats>,
     /// (guild, user) pairs already closed by the `close_code` fault.
     pub close_faulted: std::collections::HashSet<(u64, u64)>,
     /// The last report of each (guild, channel) DAVE group.
@@ -105,6 +112,7 @@ impl Registry {
             next_user: first_user_id,
             counters: Counters::default(),
             streams: HashMap::new(),
+            ended_streams: VecDeque::new(),
             close_faulted: Default::default(),
             dave_calls: HashMap::new(),
         }
@@ -133,6 +141,13 @@ impl Registry {
             .iter()
             .filter(|(_, r)| r.guild_id == call.guild_id && r.channel_id == call.channel_id)
             .map(|(ssrc, r)| r.snapshot(*ssrc))
+            .chain(
+                self.ended_streams
+                    .iter()
+                    .filter(|s| s.guild_id == call.guild_id && s.channel_id == call.channel_id)
+                    .filter(|s| !self.streams.contains_key(&s.ssrc))
+                    .cloned(),
+            )
             .collect();
         streams.sort_by_key(|s| (s.user_id, s.ssrc));
         let dave = self
@@ -201,8 +216,29 @@ impl Registry {
         );
         if !self.by_call.contains_key(&call) {
             let stats = self.call_stats(call);
+            if !shared.config.keep_decoded_audio {
+                self.retire_streams(&stats);
+            }
             let _ = shared.events_tx.send(ServerEvent::CallEnded(stats));
         }
+    }
+
+    /// The call of `stats` ended: free its streams' meters, keep their final figures.
+    pub fn retire_streams(&mut self, stats: &CallStats) {
+        for s in &stats.streams {
+            if self.streams.remove(&s.ssrc).is_some() {
+                self.ended_streams.retain(|e| e.ssrc != s.ssrc);
+                if self.ended_streams.len() >= MAX_ENDED_STREAMS {
+                    self.ended_streams.pop_front();
+                }
+                self.ended_streams.push_back(s.clone());
+            }
+        }
+    }
+
+    /// Per-stream meters held (live streams; ended ones only with decoded audio kept).
+    pub fn held_meters(&self) -> usize {
+        self.streams.len()
     }
 
     /// The next SSRC no live session owns (never 0).
@@ -229,6 +265,8 @@ pub(crate) struct Shared {
     pub udp: UdpSocket,
     pub ws_generation: AtomicU64,
     pub dave: dave::Hub,
+    /// Websocket connection threads running (both gateways).
+    pub live_connections: AtomicUsize,
 }
 
 impl Shared {

@@ -63,6 +63,35 @@ pub struct Counters {
     pub dave_ignored_commits: u64,
     /// Undecodable DAVE binary frames (closed with 4002).
     pub dave_bad_frames: u64,
+    /// Datagrams the kernel dropped at the UDP socket because this server did not read them in
+    /// time (SO_RXQ_OVFL): the server, not the network, lost them. Decoding costs tens of µs
+    /// per packet; `--no-decode` (or fewer streams) keeps up.
+    pub kernel_drops: u64,
+    /// Websocket connections refused because [`crate::server::ServerConfig::max_connections`]
+    /// were open.
+    pub refused_connections: u64,
+}
+
+impl Counters {
+    /// One line telling what the server itself lost, if anything, and what to do about it.
+    pub fn overload_note(&self) -> Option<String> {
+        let mut notes = Vec::new();
+        if self.kernel_drops > 0 {
+            notes.push(format!(
+                "the kernel dropped {} datagrams at the server's UDP socket: the server could not \
+                 keep up (loss counted against the streams is the server's, not the network's); \
+                 run it with --no-decode or fewer streams",
+                self.kernel_drops
+            ));
+        }
+        if self.refused_connections > 0 {
+            notes.push(format!(
+                "{} websocket connections were refused: the connection limit was reached",
+                self.refused_connections
+            ));
+        }
+        (!notes.is_empty()).then(|| notes.join("; "))
+    }
 }
 
 /// Receive statistics of one SSRC.

@@ -45,6 +45,7 @@ pub(crate) fn configure(sock: &UdpSocket) -> std::io::Result<()> {
         // Without kernel timestamps the thread falls back to reading the clock on receipt.
         tracing::warn!(error = %std::io::Error::last_os_error(), "SO_TIMESTAMPNS unavailable");
     }
+    count_kernel_drops(sock);
     // A tick of 1,000 calls arrives as one burst of 1,000 datagrams: the buffer must hold
     // several bursts while this one thread catches up. SO_RCVBUFFORCE (root) goes past
     // net.core.rmem_max; SO_RCVBUF is the unprivileged fallback.
@@ -67,6 +68,26 @@ pub(crate) fn configure(sock: &UdpSocket) -> std::io::Result<()> {
     sock.set_read_timeout(Some(POLL))
 }
 
+/// Asks the kernel to attach its count of datagrams dropped at this socket (receive buffer
+/// full) to every datagram received: when this one thread cannot keep up (1,000 streams to
+/// decode on 2 cores), the loss happens in the kernel and would otherwise go unseen.
+pub(crate) fn count_kernel_drops(sock: &UdpSocket) {
+    let one: libc::c_int = 1;
+    // SAFETY: fd is a valid socket owned by `sock`; the option value is a c_int of the given size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RXQ_OVFL,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "SO_RXQ_OVFL unavailable: kernel drops go uncounted");
+    }
+}
+
 fn realtime_ns() -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -84,6 +105,8 @@ struct Datagram {
     at_ns: i64,
     kernel: bool,
     truncated: bool,
+    /// The socket's running count of datagrams the kernel dropped (SO_RXQ_OVFL), if attached.
+    kernel_drops: Option<u32>,
 }
 
 /// `recvmsg` with the SO_TIMESTAMPNS control message.
@@ -109,6 +132,7 @@ fn recv(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Datagram> {
         return Err(std::io::Error::last_os_error());
     }
     let mut at = None;
+    let mut kernel_drops = None;
     // SAFETY: the kernel filled msg_control up to msg_controllen; the CMSG macros walk within it.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
@@ -116,6 +140,9 @@ fn recv(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Datagram> {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
                 let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                 at = Some(ts.tv_sec * 1_000_000_000 + ts.tv_nsec);
+            }
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_RXQ_OVFL {
+                kernel_drops = Some(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<u32>()));
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
@@ -127,6 +154,7 @@ fn recv(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Datagram> {
         at_ns: at.unwrap_or_else(realtime_ns),
         kernel: at.is_some(),
         truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        kernel_drops,
     })
 }
 
@@ -166,6 +194,8 @@ struct Udp<'a> {
     pcm: Vec<i16>,
     open: Vec<u8>,
     fwd: Vec<u8>,
+    /// The last SO_RXQ_OVFL count seen.
+    kernel_drops_seen: u32,
 }
 
 /// The thread body.
@@ -176,6 +206,7 @@ pub(crate) fn run(shared: std::sync::Arc<Shared>) {
         pcm: vec![0; MAX_PCM],
         open: vec![0; 2048],
         fwd: vec![0; 2048],
+        kernel_drops_seen: 0,
     };
     let mut buf = vec![0u8; 2048];
     let mut last_housekeeping = Instant::now();
@@ -209,6 +240,24 @@ pub(crate) fn run(shared: std::sync::Arc<Shared>) {
 impl Udp<'_> {
     fn on_datagram(&mut self, pkt: &[u8], d: &Datagram) {
         let shared = self.shared;
+        if let Some(total) = d.kernel_drops {
+            // A running count per socket (it wraps at 2³²): only the growth is news.
+            let new = total.wrapping_sub(self.kernel_drops_seen);
+            if new > 0 {
+                self.kernel_drops_seen = total;
+                let mut reg = shared.lock();
+                reg.counters.kernel_drops += u64::from(new);
+                let dropped = reg.counters.kernel_drops;
+                drop(reg);
+                if dropped == u64::from(new) {
+                    tracing::warn!(
+                        dropped,
+                        "the kernel is dropping datagrams at the UDP socket: this server cannot \
+                         keep up (try --no-decode)"
+                    );
+                }
+            }
+        }
         if d.truncated {
             shared.lock().counters.garbage_datagrams += 1;
             return;
@@ -528,4 +577,53 @@ fn forward(
         }
     }
     reg.counters = counters;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datagrams_the_kernel_dropped_are_reported_with_the_next_one() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        count_kernel_drops(&rx);
+        // The smallest receive buffer the kernel allows, filled while nobody reads: the
+        // kernel drops the overflow and says how many with the next datagram received.
+        let small: libc::c_int = 1;
+        // SAFETY: fd is a valid socket; the value is a c_int of the given size.
+        let r = unsafe {
+            libc::setsockopt(
+                rx.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&small as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..200 {
+            tx.send_to(&[0u8; 200], rx.local_addr().unwrap()).unwrap();
+        }
+        // What was queued before the drops carries no count; drain it.
+        let mut buf = [0u8; 2048];
+        rx.set_nonblocking(true).unwrap();
+        let mut queued = 0;
+        while let Ok(d) = recv(&rx, &mut buf) {
+            assert_eq!(d.len, 200);
+            queued += 1;
+        }
+        assert!(queued > 0 && queued < 200, "{queued}");
+        rx.set_nonblocking(false).unwrap();
+        // The next datagram brings the socket's drop count.
+        tx.send_to(&[0u8; 200], rx.local_addr().unwrap()).unwrap();
+        let d = recv(&rx, &mut buf).unwrap();
+        let dropped = d.kernel_drops.expect("SO_RXQ_OVFL attaches the count");
+        assert_eq!(
+            dropped,
+            200 - queued,
+            "every datagram was either queued or dropped"
+        );
+    }
 }

@@ -351,7 +351,14 @@ fn identify(ws: &mut Ws, c: &mut Conn<'_>, id: Identify) {
     let cap = shared.config.replay_buffer;
     let (guild, user) = (id.server_id.0, id.user_id.0);
     let mut reg = shared.lock();
-    if !credentials_ok(c, &reg, guild, user, &id.session_id, id.token.expose()) {
+    if !credentials_ok(
+        c,
+        &reg,
+        guild,
+        user,
+        id.session_id.expose(),
+        id.token.expose(),
+    ) {
         drop(reg);
         tracing::info!(
             guild,
@@ -401,7 +408,7 @@ fn identify(ws: &mut Ws, c: &mut Conn<'_>, id: Identify) {
         framing: c.framing,
         dave_version,
         user_id: user,
-        session_id: id.session_id.clone(),
+        session_id: id.session_id.expose().to_string(),
         token: id.token.clone(),
         ssrc,
         mode: None,
@@ -484,7 +491,7 @@ fn resume(ws: &mut Ws, c: &mut Conn<'_>, r: Resume) {
     let found = reg
         .sessions
         .iter()
-        .find(|(_, s)| s.guild_id == r.server_id.0 && s.session_id == r.session_id)
+        .find(|(_, s)| s.guild_id == r.server_id.0 && r.session_id == s.session_id.as_str())
         .map(|(k, _)| *k);
     let Some(key) = found else {
         reg.counters.failed_resumes += 1;
@@ -580,9 +587,13 @@ fn select_protocol(ws: &mut Ws, c: &mut Conn<'_>, sp: SelectProtocol) {
             mode.as_str(),
             key.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
+        use std::os::unix::fs::OpenOptionsExt;
+        // Transport keys: readable by the user who asked for them only (a file that already
+        // exists keeps its mode; `serve` creates it with this one at start).
         let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(path)
             .and_then(|mut f| f.write_all(line.as_bytes()));
         if let Err(e) = written {
