@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Select};
 use quaver_engine::CallId;
+use quaver_gateway::control::BotId;
 use quaver_gateway::dave::DaveStep;
+use quaver_gateway::main_gateway::MainGatewayEvent;
 use quaver_gateway::voice::{EndReason, VoiceEvent};
 use quaver_net::SenderEvent;
 
@@ -78,6 +80,16 @@ pub enum CallEvent {
         call: CallId,
         /// Why.
         error: Arc<Error>,
+    },
+    /// The built-in main-gateway client's connection changed: it dropped and is reconnecting
+    /// (without a limit, with capped backoff), came back (after a fresh Identify every joined
+    /// call sends op 4 again on its own), or ended for good. Calls keep their audio flowing
+    /// meanwhile; only joins and moves wait for the main gateway.
+    Bot {
+        /// The bot connection.
+        bot: BotId,
+        /// What happened: `Reconnecting`, `Reconnected` or `Ended`.
+        event: MainGatewayEvent,
     },
     /// The call's connection ended for good; nothing more is sent. The call and its sources
     /// stay until [`crate::Engine::disconnect`].

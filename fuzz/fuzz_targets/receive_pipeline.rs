@@ -90,7 +90,7 @@ fuzz_target!(|data: &[u8]| {
                 let len = usize::from(head[7]).min(tail.len());
                 let (body, tail) = tail.split_at(len);
                 rest = tail;
-                let ssrc = [100, 200, 300, 1][usize::from(head[0] & 3)];
+                let ssrc: u32 = [100, 200, 300, 1][usize::from(head[0] & 3)];
                 let mut packet = [0u8; 1500];
                 // V=2, fuzzed P/X/CC bits; payload type Opus, fuzzed marker.
                 packet[0] = 0x80 | (head[0] & 0x3F);

@@ -375,6 +375,17 @@ impl JoinFlow {
                 self.server = None;
                 self.state = JoinState::ExpectServerUpdate;
             }
+            // The voice server stayed unreachable through every retry (an outage, or it moved):
+            // ask the main gateway where the call lives now rather than leave. Each round is
+            // paced by the voice connection's own backoff, so this never spins; the user leaves
+            // with `leave`.
+            EndReason::RetriesExhausted => {
+                self.server = None;
+                self.state = JoinState::ExpectVoiceUpdates;
+                if let Some(update) = self.requested {
+                    self.request_voice_state(update);
+                }
+            }
             _ => self.reset_to_idle(),
         }
     }
@@ -682,6 +693,25 @@ mod tests {
         assert_eq!(connect_to(&mut f).session_id, "s2");
         f.handle_voice_ended(&EndReason::NeedsNewVoiceState { code: 4006 });
         assert_eq!(actions(&mut f), vec![JoinAction::Left]);
+    }
+
+    #[test]
+    fn an_outage_that_outlasts_the_retries_asks_for_the_channel_again_each_time() {
+        let mut f = JoinFlow::new(G, ME);
+        f.join(5, JoinOptions::default());
+        f.handle_voice_state_update(&vsu(Some(5), "s1"));
+        f.handle_voice_server_update(&vserver("t1", Some("a:443")));
+        connect_to(&mut f);
+        for (round, endpoint) in [(2, "b:443"), (3, "c:443"), (4, "c:443")] {
+            f.handle_voice_ended(&EndReason::RetriesExhausted);
+            assert!(
+                matches!(&actions(&mut f)[..], [JoinAction::SendVoiceStateUpdate(u)] if u.channel_id == Some(Snowflake(5))),
+                "round {round}: op 4 again, not a leave"
+            );
+            f.handle_voice_state_update(&vsu(Some(5), &format!("s{round}")));
+            f.handle_voice_server_update(&vserver(&format!("t{round}"), Some(endpoint)));
+            assert_eq!(connect_to(&mut f).endpoint, endpoint);
+        }
     }
 
     #[test]

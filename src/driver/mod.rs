@@ -743,6 +743,30 @@ impl Driver {
                 |f| f.handle_voice_server_update(&update),
                 ctl,
             ),
+            MainGatewayEvent::Reconnected { resumed, .. } => {
+                if !resumed {
+                    // A fresh Identify: Discord dropped the old session's voice states, so
+                    // every call joined through this bot asks for its channel again.
+                    let joined: Vec<CallId> = self
+                        .calls
+                        .values_mut()
+                        .filter_map(|c| match c.join.as_mut() {
+                            Some((via, flow)) if via.is_bot(bot) => {
+                                flow.rejoin();
+                                Some(c.id)
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    for call in joined {
+                        self.run_join_actions(call, ctl);
+                    }
+                }
+                self.out.emit(CallEvent::Bot { bot, event });
+            }
+            event @ (MainGatewayEvent::Reconnecting { .. } | MainGatewayEvent::Ended { .. }) => {
+                self.out.emit(CallEvent::Bot { bot, event });
+            }
             _ => {}
         }
     }

@@ -84,5 +84,5 @@ pub fn demo(options: &DemoOptions, stop: &AtomicBool) -> Result<Finished, Error>
     } else {
         print!("{}", report.to_table());
     }
-    Ok(report.finished())
+    Ok(crate::report::finished(&report))
 }

@@ -448,14 +448,17 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
     std::thread::sleep(SETTLE);
     let baseline_sent = baseline.map(BaselineSender::stop);
 
-    let mut resumes = 0;
+    // Attempts and successes are counted apart: a voice server that never comes back shows
+    // attempts and no resumes.
+    let (mut resumes, mut resume_attempts, mut reconnects) = (0, 0, 0);
     for event in engine.events().try_iter() {
-        if let Event::Call(CallEvent::Voice {
-            event: VoiceEvent::Resuming { .. },
-            ..
-        }) = event
-        {
-            resumes += 1;
+        if let Event::Call(CallEvent::Voice { event, .. }) = event {
+            match event {
+                VoiceEvent::Resumed => resumes += 1,
+                VoiceEvent::Resuming { .. } => resume_attempts += 1,
+                VoiceEvent::Reconnecting { .. } => reconnects += 1,
+                _ => {}
+            }
         }
     }
     let stats = engine.stats()?;
@@ -499,6 +502,8 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
         latency_ms: latency,
         first_packet_ms,
         resumes,
+        resume_attempts,
+        reconnects,
         cpu_percent: cpu.as_secs_f64() / wall.as_secs_f64() * 100.0,
         heard,
         ..Report::default()

@@ -83,6 +83,9 @@ pub enum Error {
     },
 }
 
+/// Exit status of a measuring run that completed but lost audio on the way to the server.
+pub const AUDIO_LOST_EXIT_CODE: u8 = 3;
+
 /// What a run was doing when it was interrupted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -100,6 +103,9 @@ pub enum Finished {
     Completed,
     /// Ctrl-C or SIGTERM cut it short.
     Interrupted,
+    /// It ran its course, but packets never reached the server (the report says how many);
+    /// the command exits with [`AUDIO_LOST_EXIT_CODE`].
+    AudioLost,
 }
 
 /// Exit status of a run cut short by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).

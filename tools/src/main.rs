@@ -261,7 +261,7 @@ fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
         })?;
         eprintln!("histograms drawn in {}", path.display());
     }
-    Ok(report.finished())
+    Ok(quaver_tools::report::finished(&report))
 }
 
 fn serve(args: ServeArgs) -> Result<(), quaver_tools::Error> {
@@ -454,6 +454,7 @@ fn main() -> ExitCode {
     match result {
         Ok(Finished::Completed) => ExitCode::SUCCESS,
         Ok(Finished::Interrupted) => ExitCode::from(quaver_tools::INTERRUPTED_EXIT_CODE),
+        Ok(Finished::AudioLost) => ExitCode::from(quaver_tools::AUDIO_LOST_EXIT_CODE),
         Err(error @ quaver_tools::Error::Interrupted { .. }) => {
             eprintln!("{error}");
             ExitCode::from(quaver_tools::INTERRUPTED_EXIT_CODE)

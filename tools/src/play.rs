@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use quaver::engine::FileOptions;
+use quaver::gateway::main_gateway::MainGatewayEvent;
+use quaver::gateway::voice::VoiceEvent;
 use quaver::net::SenderEvent;
 use quaver::{CallEvent, Event};
 
@@ -80,6 +82,38 @@ pub fn play(options: &PlayOptions, stop: &AtomicBool) -> Result<Finished, Error>
     // of the keys in force is shown as it happens.
     let mut e2ee_shown = None;
     while !stop.load(Ordering::Relaxed) && tracks.iter().any(|(_, h)| !h.is_ended()) {
+        // The main gateway's and the call's state changes are shown as they happen: an outage
+        // is never silent.
+        for event in engine.events().try_iter() {
+            match event {
+                Event::Call(CallEvent::Bot { event, .. }) => match event {
+                    MainGatewayEvent::Reconnecting { attempt, delay, .. } => eprintln!(
+                        "\rmain gateway lost; reconnecting (attempt {attempt}, in {:.1} s)",
+                        delay.as_secs_f64()
+                    ),
+                    MainGatewayEvent::Reconnected { resumed, .. } => eprintln!(
+                        "\rmain gateway back ({})",
+                        if resumed {
+                            "resumed"
+                        } else {
+                            "new session; rejoining"
+                        }
+                    ),
+                    MainGatewayEvent::Ended { code } => {
+                        eprintln!("\rmain gateway ended for good (close code {code:?})")
+                    }
+                    _ => {}
+                },
+                Event::Call(CallEvent::Voice {
+                    event: VoiceEvent::Resuming { attempt, .. },
+                    ..
+                }) => eprintln!("\rvoice connection lost; resuming (attempt {attempt})"),
+                Event::Call(CallEvent::Ended { reason, .. }) => {
+                    eprintln!("\rthe voice connection ended: {reason}")
+                }
+                _ => {}
+            }
+        }
         let e2ee = engine
             .e2ee_status(call)
             .filter(|s| s.transitions > 0)

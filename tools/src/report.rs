@@ -9,6 +9,19 @@ use serde::Serialize;
 
 use crate::server::StreamStats;
 
+/// How a measuring run ended: interrupted, audio lost (said on stderr), or complete.
+pub fn finished(report: &Report) -> crate::Finished {
+    match report.audio_lost() {
+        Some(lost) if report.finished() == crate::Finished::Completed => {
+            eprintln!(
+                "error: {lost} packet(s) never reached the server: audio was lost (see the report)"
+            );
+            crate::Finished::AudioLost
+        }
+        _ => report.finished(),
+    }
+}
+
 /// A histogram for microsecond values up to a minute.
 pub fn new_histogram() -> Histogram<u64> {
     // Invariant: constant, valid bounds.
@@ -168,6 +181,12 @@ pub struct Report {
     pub first_packet_ms: Option<f64>,
     /// Voice connections the engine resumed during the run (each a dropped voice websocket).
     pub resumes: u64,
+    /// Resume attempts (each dropped voice websocket makes at least one; more while the
+    /// server stays away).
+    pub resume_attempts: u64,
+    /// Voice sessions lost and identified afresh (a new SSRC and key; packets in between are
+    /// lost).
+    pub reconnects: u64,
     /// CPU of Quaver's threads, in percent of one core.
     pub cpu_percent: f64,
     /// `cpu_percent` divided by the number of calls.
@@ -192,6 +211,17 @@ impl Report {
         } else {
             crate::Finished::Completed
         }
+    }
+
+    /// Packets the server never got from the engine (sequence gaps, and sent packets that never
+    /// arrived), when the server is in-process to say so; `None` when nothing was lost or the
+    /// receiving side was not measured. A run that lost audio is a failed run.
+    pub fn audio_lost(&self) -> Option<u64> {
+        if self.receiver_note.is_some() || self.interrupted {
+            return None;
+        }
+        let lost = self.lost + self.packets_sent.saturating_sub(self.packets_received);
+        (lost > 0).then_some(lost)
     }
 
     /// Fills the receiving side's figures from the server's statistics of the engine's streams.
@@ -336,10 +366,12 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "  CPU {:.2} % of one core ({:.3} % per call); resumes {}; late frames {}; skipped ticks {}",
+            "  CPU {:.2} % of one core ({:.3} % per call); resumes {} of {} attempts, reconnects {}; late frames {}; skipped ticks {}",
             self.cpu_percent,
             self.cpu_percent_per_call,
             self.resumes,
+            self.resume_attempts,
+            self.reconnects,
             self.late_frames,
             self.skipped_ticks
         );
@@ -488,4 +520,30 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_that_lost_audio_says_so_and_only_when_it_was_measured() {
+        let mut report = Report {
+            packets_sent: 500,
+            packets_received: 500,
+            ..Report::default()
+        };
+        assert_eq!(report.audio_lost(), None);
+        assert_eq!(finished(&report), crate::Finished::Completed);
+        report.packets_received = 497;
+        report.lost = 2;
+        assert_eq!(report.audio_lost(), Some(5));
+        assert_eq!(finished(&report), crate::Finished::AudioLost);
+        // Interrupted runs and runs against another server's receiver report what they can.
+        report.interrupted = true;
+        assert_eq!(finished(&report), crate::Finished::Interrupted);
+        report.interrupted = false;
+        report.receiver_note = Some("remote".into());
+        assert_eq!(report.audio_lost(), None);
+    }
 }
