@@ -106,6 +106,12 @@ pub struct Config {
     /// Commands (add, remove, re-key) queued to the sender thread between two ticks. A full
     /// queue never loses a call: the driver tries again a moment later.
     pub sender_commands: usize,
+    /// Use a voice endpoint with an explicit `ws://` scheme from [`Engine::join_with`]'s
+    /// dispatches as it is (a local test server run without TLS). Off by default: such an
+    /// endpoint is dialled with `wss://`, so the voice token never crosses the network in
+    /// clear text because a dispatch asked for it. (The built-in bot client allows plain
+    /// endpoints only when its own gateway URL is plain.)
+    pub allow_plain_endpoints: bool,
 }
 
 impl Default for Config {
@@ -116,6 +122,7 @@ impl Default for Config {
             control: ControlConfig::default(),
             backend: BackendChoice::Auto,
             sender_commands: 256,
+            allow_plain_endpoints: false,
         }
     }
 }
@@ -214,6 +221,7 @@ impl Engine {
             },
             Arc::clone(&board),
             config.voice,
+            config.allow_plain_endpoints,
         );
         let control = ControlThread::spawn_with_handler(config.control, Box::new(driver))?;
         let waker = control.waker();

@@ -109,6 +109,8 @@ pub(crate) struct Driver {
     out: Outbox,
     board: Arc<Board>,
     voice: VoiceConfig,
+    /// Whether host-path joins may use a `ws://` voice endpoint as given.
+    plain_endpoints: bool,
     calls: HashMap<CallId, Call>,
     by_gateway: HashMap<GatewayCall, CallId>,
     by_slot: HashMap<SendSlot, CallId>,
@@ -138,6 +140,7 @@ impl Driver {
         out: Outbox,
         board: Arc<Board>,
         voice: VoiceConfig,
+        plain_endpoints: bool,
     ) -> Self {
         Self {
             audio,
@@ -147,6 +150,7 @@ impl Driver {
             out,
             board,
             voice,
+            plain_endpoints,
             calls: HashMap::new(),
             by_gateway: HashMap::new(),
             by_slot: HashMap::new(),
@@ -212,6 +216,11 @@ impl Driver {
                     },
                 };
                 let mut flow = JoinFlow::new(guild_id, user_id);
+                if via.is_host() {
+                    // The endpoint comes from a library we do not control: a `ws://` one is
+                    // upgraded unless the user said their server is plain.
+                    flow.allow_plain_endpoints(self.plain_endpoints);
+                }
                 flow.join(channel_id, options);
                 // Op 4 goes out now, so a shard that cannot send it fails the join at once.
                 let Some(JoinAction::SendVoiceStateUpdate(update)) = flow.poll_action() else {
