@@ -4,56 +4,15 @@
 //! spike (stall and shrink), a sender restart and a reset, rendering each tick with decode, FEC
 //! and PLC.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use audiopus::coder::Encoder;
 use audiopus::{Application, Bitrate, Channels, SampleRate, Signal};
 use quaver_net::playout::{PCM_SAMPLES, Playout, PlayoutConfig, Pushed, Rendered, StreamDecoder};
 
-struct Counting;
-
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-static FREES: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    // const-initialised and without Drop: reading it never allocates.
-    static WATCHED: Cell<bool> = const { Cell::new(false) };
-}
-
-fn watched() -> bool {
-    WATCHED.try_with(Cell::get).unwrap_or(false)
-}
-
-// SAFETY: forwards every request to the system allocator unchanged; only counts on the side.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if watched() {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if watched() {
-            FREES.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if watched() {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::{allocations, frees, start_watching, stop_watching};
 
 /// 20 ms packets of a 330 Hz sine under a syllable-like envelope (SILK's voice-activity
 /// detector takes a steady tone for noise and then stops sending LBRR), VoIP with in-band FEC,
@@ -137,7 +96,7 @@ fn push_pull_and_render_never_allocate() {
     let mut audio = 0u64;
     let mut next_event = 0;
 
-    WATCHED.with(|w| w.set(true));
+    start_watching();
     for k in 0..1_000u64 {
         let tick = k * 20_000 + 10_000;
         while let Some(&(at, seq, ts, payload)) = events.get(next_event).filter(|e| e.0 <= tick) {
@@ -165,11 +124,11 @@ fn push_pull_and_render_never_allocate() {
         let _ = playout.take_edge();
         audio += u64::from(rendered != Rendered::Idle);
     }
-    WATCHED.with(|w| w.set(false));
+    stop_watching();
 
     let stats = *playout.stats();
-    let allocs = ALLOCS.load(Ordering::Relaxed);
-    let frees = FREES.load(Ordering::Relaxed);
+    let allocs = allocations();
+    let frees = frees();
     eprintln!("{stats:?}; {audio} audio frames; {allocs} allocations, {frees} frees");
     assert!(restarted);
     assert!(stats.played > 600, "the run did real work");

@@ -5,11 +5,8 @@
 //! and streams are added, replaced and removed and DAVE keys installed mid-run. Everything is
 //! decoded with libopus (whose own C allocations are outside this allocator).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::net::UdpSocket;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use audiopus::coder::Encoder;
@@ -22,55 +19,9 @@ use quaver_net::receiver::{
 };
 use quaver_net::rtp::{HEADER_LEN, RtpStream};
 
-struct Counting;
-
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-static FREES: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    // const-initialised and without Drop: reading it never allocates.
-    static WATCHED: Cell<bool> = const { Cell::new(false) };
-}
-
-fn watched() -> bool {
-    WATCHED.try_with(Cell::get).unwrap_or(false)
-}
-
-// SAFETY: forwards every request to the system allocator unchanged; only counts on the side.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if watched() {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if watched() {
-            FREES.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if watched() {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn start_watching() {
-    WATCHED.with(|w| w.set(true));
-}
-
-fn stop_watching() {
-    WATCHED.with(|w| w.set(false));
-}
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::{allocations, frees, start_watching, stop_watching};
 
 const MODE: EncryptionMode = EncryptionMode::Aes256GcmRtpSize;
 
@@ -235,10 +186,7 @@ fn the_receive_thread_never_allocates_after_start_up() {
         "held packets were played: {late_stats:?}"
     );
     assert_eq!(
-        (
-            ALLOCS.load(Ordering::Relaxed),
-            FREES.load(Ordering::Relaxed)
-        ),
+        (allocations(), frees()),
         (0, 0),
         "heap operations on the receive thread after start-up"
     );

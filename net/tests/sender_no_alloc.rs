@@ -4,8 +4,6 @@
 //! silence, failing sends, and DAVE keys installed, replaced (new epoch and same epoch) and
 //! removed mid-run.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::net::UdpSocket;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,55 +15,9 @@ use quaver_net::dave::SenderKey;
 use quaver_net::pacer::SchedulingRequest;
 use quaver_net::{BackendChoice, CallConfig, Sender, SenderConfig, SenderEvent};
 
-struct Counting;
-
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-static FREES: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    // const-initialised and without Drop: reading it never allocates.
-    static WATCHED: Cell<bool> = const { Cell::new(false) };
-}
-
-fn watched() -> bool {
-    WATCHED.try_with(Cell::get).unwrap_or(false)
-}
-
-// SAFETY: forwards every request to the system allocator unchanged; only counts on the side.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if watched() {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if watched() {
-            FREES.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if watched() {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn start_watching() {
-    WATCHED.with(|w| w.set(true));
-}
-
-fn stop_watching() {
-    WATCHED.with(|w| w.set(false));
-}
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::{allocations, frees, start_watching, stop_watching};
 
 fn call(
     sender: &mut Sender,
@@ -107,8 +59,7 @@ fn rand_ssrc() -> u32 {
 #[test]
 fn sender_thread_never_allocates_after_start_up() {
     for backend in [BackendChoice::Auto, BackendChoice::Portable] {
-        ALLOCS.store(0, Ordering::Relaxed);
-        FREES.store(0, Ordering::Relaxed);
+        counting_alloc::reset();
         let grid = Grid::new(Instant::now());
         let mut config = SenderConfig::new(grid);
         config.backend = backend;
@@ -197,8 +148,8 @@ fn sender_thread_never_allocates_after_start_up() {
             ));
         }
         let stats = sender.shutdown();
-        let allocs = ALLOCS.load(Ordering::Relaxed);
-        let frees = FREES.load(Ordering::Relaxed);
+        let allocs = allocations();
+        let frees = frees();
         eprintln!(
             "{backend:?}: {} packets ({} DAVE frames), {} errors, {} late frames, {} ticks; {allocs} allocations, {frees} frees on the sender thread",
             stats.packets_sent,
