@@ -220,8 +220,10 @@ impl Engine {
                 dropped: Arc::clone(&dropped),
             },
             Arc::clone(&board),
-            config.voice,
-            config.allow_plain_endpoints,
+            driver::Settings {
+                voice: config.voice,
+                plain_endpoints: config.allow_plain_endpoints,
+            },
         );
         let control = ControlThread::spawn_with_handler(config.control, Box::new(driver))?;
         let waker = control.waker();

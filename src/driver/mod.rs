@@ -100,6 +100,14 @@ impl Outbox {
     }
 }
 
+/// What the driver keeps of the engine's configuration.
+pub(crate) struct Settings {
+    /// Every voice connection's settings.
+    pub(crate) voice: VoiceConfig,
+    /// Whether host-path joins may use a `ws://` voice endpoint as given.
+    pub(crate) plain_endpoints: bool,
+}
+
 /// The driver's state; see the module docs.
 pub(crate) struct Driver {
     audio: Arc<quaver_engine::Engine>,
@@ -139,9 +147,12 @@ impl Driver {
         requests: Receiver<Request>,
         out: Outbox,
         board: Arc<Board>,
-        voice: VoiceConfig,
-        plain_endpoints: bool,
+        settings: Settings,
     ) -> Self {
+        let Settings {
+            voice,
+            plain_endpoints,
+        } = settings;
         Self {
             audio,
             sender,
