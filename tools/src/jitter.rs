@@ -363,13 +363,14 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
     // Validated: at most an hour, so this is at most 180,000.
     let frames = (options.seconds.as_secs_f64() * 50.0).ceil() as u32;
     let mut feeds = Vec::new();
+    let mut files = Vec::new();
     for (index, &call) in calls.iter().enumerate() {
         let probe = index == 0 && listener.is_some();
         let is_extra_probe = extra_probe && index == 0;
         let plays_files = !options.files.is_empty() && !is_extra_probe;
         if plays_files {
             for file in &options.files {
-                engine.play_file(call, file, FileOptions::default())?;
+                files.push(engine.play_file(call, file, FileOptions::default())?);
             }
             continue;
         }
@@ -442,6 +443,11 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
     // Speaking off) instead of underrunning into silence.
     let (probe_pushes, probe_clicks) = probe_records(&mut feeds);
     drop(feeds);
+    // Files would play on through the settling time below and keep the sender's counts
+    // moving after the last hand-over that the report reads: they stop with the run too.
+    for file in &files {
+        file.stop();
+    }
     // Let the last frames and the forwarding settle. The sender hands its statistics over
     // about once a second, and only while the previous hand-over has been collected.
     let _ = engine.stats();
