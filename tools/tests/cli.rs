@@ -94,7 +94,10 @@ fn demo_plays_the_bundled_tracks_and_writes_a_recording() {
     // files once played on past the run, after the sender's last hand-over).
     assert_eq!(report["packets_sent"], report["packets_received"], "{json}");
     // Quaver's own receiver heard the probe call.
-    assert!(report["heard"]["frames_played"].as_u64().unwrap() > 0, "{json}");
+    assert!(
+        report["heard"]["frames_played"].as_u64().unwrap() > 0,
+        "{json}"
+    );
     let recordings = report["recordings"].as_array().unwrap();
     assert_eq!(recordings.len(), 1, "{json}");
     let wav = std::fs::metadata(recordings[0].as_str().unwrap()).unwrap();
