@@ -35,6 +35,18 @@ fn engine(server: &Server) -> Engine {
     Engine::new(config).expect("engine")
 }
 
+/// Users 1 and 2 of the channel, each on an engine of its own.
+fn members(server: &Server) -> (Engine, CallId, Engine, CallId) {
+    let (a, b) = (engine(server), engine(server));
+    let call_a = a
+        .connect(server.voice_connect_request(GUILD, CHANNEL, 1))
+        .unwrap();
+    let call_b = b
+        .connect(server.voice_connect_request(GUILD, CHANNEL, 2))
+        .unwrap();
+    (a, call_a, b, call_b)
+}
+
 /// Streams a tone into `call` in real time from a producer thread.
 fn stream(engine: &Engine, call: CallId, freq: f64, seconds: f64) -> std::thread::JoinHandle<()> {
     let (_source, mut writer) = engine.push_source(call, PcmFormat::STEREO_48K).unwrap();
@@ -115,13 +127,7 @@ fn dominates(signal: &[f32], freq: f64, other: f64) -> bool {
 #[test]
 fn two_engines_hear_each_others_tone_under_dave() {
     let server = server(Faults::default());
-    let (a, b) = (engine(&server), engine(&server));
-    let call_a = a
-        .connect(server.voice_connect_request(GUILD, CHANNEL, 1))
-        .unwrap();
-    let call_b = b
-        .connect(server.voice_connect_request(GUILD, CHANNEL, 2))
-        .unwrap();
+    let (a, call_a, b, call_b) = members(&server);
     let listen_a = a.listen(call_a, ReceiveOptions::default()).unwrap();
     let listen_b = b.listen(call_b, ReceiveOptions::default()).unwrap();
     let _tone_a = stream(&a, call_a, 440.0, 6.0);
@@ -152,13 +158,7 @@ fn injected_loss_reordering_and_duplicates_are_concealed_and_counted() {
         udp_duplicate_pct: 5.0,
         ..Faults::default()
     });
-    let (a, b) = (engine(&server), engine(&server));
-    let call_a = a
-        .connect(server.voice_connect_request(GUILD, CHANNEL, 1))
-        .unwrap();
-    let call_b = b
-        .connect(server.voice_connect_request(GUILD, CHANNEL, 2))
-        .unwrap();
+    let (a, call_a, b, call_b) = members(&server);
     let listen_a = a.listen(call_a, ReceiveOptions::default()).unwrap();
     let tone = stream(&b, call_b, 660.0, 5.0);
     let mut heard = Heard::default();

@@ -396,17 +396,9 @@ impl Decoder {
                 pending,
                 written,
             } => loop {
-                if *written < pending.len() {
-                    match writer.write_f32(&pending[*written..]) {
-                        Ok(count) => *written += count,
-                        Err(_) => return Ok(false),
-                    }
-                    if *written < pending.len() {
-                        return Ok(true);
-                    }
+                if let Some(more) = flush_pending(writer, pending, written) {
+                    return Ok(more);
                 }
-                pending.clear();
-                *written = 0;
                 if !stream.next_chunk(pending)? {
                     return Ok(false);
                 }
@@ -438,17 +430,9 @@ impl Decoder {
                 pending,
                 written,
             } => loop {
-                if *written < pending.len() {
-                    match writer.write_f32(&pending[*written..]) {
-                        Ok(count) => *written += count,
-                        Err(_) => return Ok(false),
-                    }
-                    if *written < pending.len() {
-                        return Ok(true);
-                    }
+                if let Some(more) = flush_pending(writer, pending, written) {
+                    return Ok(more);
                 }
-                pending.clear();
-                *written = 0;
                 if !read_raw(bytes, *encoding, writer.format(), carry, pending)? {
                     return Ok(false);
                 }
@@ -459,6 +443,28 @@ impl Decoder {
 
 /// Reads one chunk of raw PCM into `out` as f32, keeping a partial sample frame in `carry`.
 /// `Ok(false)` at the end of the input.
+/// Writes what is left of `pending` into the source's ring. `Some(true)`: the ring is full, come
+/// back later; `Some(false)`: the source is gone; `None`: all written, `pending` is emptied for
+/// the next chunk.
+fn flush_pending(
+    writer: &mut PcmWriter,
+    pending: &mut Vec<f32>,
+    written: &mut usize,
+) -> Option<bool> {
+    if *written < pending.len() {
+        match writer.write_f32(&pending[*written..]) {
+            Ok(count) => *written += count,
+            Err(_) => return Some(false),
+        }
+        if *written < pending.len() {
+            return Some(true);
+        }
+    }
+    pending.clear();
+    *written = 0;
+    None
+}
+
 fn read_raw(
     bytes: &mut Box<dyn ByteStream>,
     encoding: SampleEncoding,

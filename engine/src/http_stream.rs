@@ -16,6 +16,7 @@ use crate::http::{Body, HttpError, MAX_REDIRECTS, Url, get, tls_config};
 use crate::input::{InputError, InputName};
 use crate::source::SourceOptions;
 use crate::stream::Feed;
+use crate::stream::Rewind;
 
 /// How an HTTP stream is played.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,9 +99,7 @@ pub(crate) struct HttpStream {
     content_type: Option<String>,
     abort: Arc<Abort>,
     /// The last bytes read, for stepping back without a request.
-    history: Vec<u8>,
-    /// Bytes of `history` (its end) to be read again.
-    replay: usize,
+    rewind: Rewind,
 }
 
 impl HttpStream {
@@ -117,8 +116,7 @@ impl HttpStream {
             ranges: false,
             content_type: None,
             abort: Arc::new(Abort::default()),
-            history: Vec::new(),
-            replay: 0,
+            rewind: Rewind::new(HISTORY),
         };
         stream.connect(0)?;
         if let Some(content_type) = &stream.content_type
@@ -249,20 +247,13 @@ impl HttpStream {
 
 impl Read for HttpStream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let count = if self.replay > 0 {
-            let start = self.history.len() - self.replay;
-            let count = self.replay.min(buf.len());
-            buf[..count].copy_from_slice(&self.history[start..start + count]);
-            self.replay -= count;
-            count
-        } else {
-            let count = self.read_body(buf)?;
-            self.history.extend_from_slice(&buf[..count]);
-            if self.history.len() > HISTORY * 2 {
-                let excess = self.history.len() - HISTORY;
-                self.history.drain(..excess);
+        let count = match self.rewind.replay_into(buf) {
+            Some(count) => count,
+            None => {
+                let count = self.read_body(buf)?;
+                self.rewind.remember(&buf[..count]);
+                count
             }
-            count
         };
         self.position += count as u64;
         Ok(count)
@@ -281,15 +272,14 @@ impl Seek for HttpStream {
             return Ok(target);
         }
         // Back over bytes still in the history: replay them.
-        let replayable = (self.history.len() - self.replay) as u64;
-        if target < self.position && self.position - target <= replayable {
-            self.replay += (self.position - target) as usize;
-            self.position = target;
-            return Ok(target);
-        }
-        // Forward into bytes being replayed.
-        if target > self.position && target - self.position <= self.replay as u64 {
-            self.replay -= (target - self.position) as usize;
+        // Forward into bytes being replayed too.
+        let within = if target < self.position {
+            self.position - target <= self.rewind.behind()
+        } else {
+            target - self.position <= self.rewind.ahead()
+        };
+        if within {
+            self.rewind.step(target as i64 - self.position as i64);
             self.position = target;
             return Ok(target);
         }
@@ -297,8 +287,7 @@ impl Seek for HttpStream {
             return Err(std::io::ErrorKind::Unsupported.into());
         }
         // Elsewhere: the next read gets there (by reading on, or by a range request).
-        self.history.clear();
-        self.replay = 0;
+        self.rewind.clear();
         self.position = target;
         Ok(target)
     }

@@ -115,6 +115,70 @@ pub(crate) fn spawn(
     })
 }
 
+/// The last bytes read from a forward-only source, so that a short step back reads them again
+/// instead of asking the source (a pipe cannot; an HTTP server would need a new request).
+pub(crate) struct Rewind {
+    history: Vec<u8>,
+    /// How many of `history`'s last bytes are to be read again.
+    replay: usize,
+    /// Bytes kept (up to twice as many are held between trims).
+    keep: usize,
+}
+
+impl Rewind {
+    pub(crate) fn new(keep: usize) -> Self {
+        Self {
+            history: Vec::with_capacity(keep * 2),
+            replay: 0,
+            keep,
+        }
+    }
+
+    /// Copies bytes due to be replayed into `buf`; `None` when there are none (read from the
+    /// source and [`remember`](Self::remember) what it gave).
+    pub(crate) fn replay_into(&mut self, buf: &mut [u8]) -> Option<usize> {
+        if self.replay == 0 {
+            return None;
+        }
+        let start = self.history.len() - self.replay;
+        let count = self.replay.min(buf.len());
+        buf[..count].copy_from_slice(&self.history[start..start + count]);
+        self.replay -= count;
+        Some(count)
+    }
+
+    /// Keeps bytes just read from the source.
+    pub(crate) fn remember(&mut self, bytes: &[u8]) {
+        self.history.extend_from_slice(bytes);
+        if self.history.len() > self.keep * 2 {
+            let excess = self.history.len() - self.keep;
+            self.history.drain(..excess);
+        }
+    }
+
+    /// Bytes behind the read position that can be read again.
+    pub(crate) fn behind(&self) -> u64 {
+        (self.history.len() - self.replay) as u64
+    }
+
+    /// Bytes ahead of the read position that will be replayed.
+    pub(crate) fn ahead(&self) -> u64 {
+        self.replay as u64
+    }
+
+    /// Moves the read position by `delta` bytes within the history (checked by the caller
+    /// against [`behind`](Self::behind) and [`ahead`](Self::ahead)).
+    pub(crate) fn step(&mut self, delta: i64) {
+        self.replay = (self.replay as i64 - delta).clamp(0, self.history.len() as i64) as usize;
+    }
+
+    /// Forgets everything (the source moved elsewhere).
+    pub(crate) fn clear(&mut self) {
+        self.history.clear();
+        self.replay = 0;
+    }
+}
+
 /// Bytes kept for re-reading by [`ForwardOnly`]: the Ogg reader steps back at most the 1 KiB
 /// it read while looking for a page's capture pattern.
 const HISTORY: usize = 8192;
@@ -123,9 +187,7 @@ const HISTORY: usize = 8192;
 /// position, and stepping back over bytes it read recently.
 pub(crate) struct ForwardOnly<R> {
     inner: R,
-    history: Vec<u8>,
-    /// How many of `history`'s last bytes are to be read again.
-    replay: usize,
+    rewind: Rewind,
     position: u64,
 }
 
@@ -133,8 +195,7 @@ impl<R: Read> ForwardOnly<R> {
     pub(crate) fn new(inner: R) -> Self {
         Self {
             inner,
-            history: Vec::with_capacity(HISTORY * 2),
-            replay: 0,
+            rewind: Rewind::new(HISTORY),
             position: 0,
         }
     }
@@ -142,20 +203,13 @@ impl<R: Read> ForwardOnly<R> {
 
 impl<R: Read> Read for ForwardOnly<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let count = if self.replay > 0 {
-            let start = self.history.len() - self.replay;
-            let count = self.replay.min(buf.len());
-            buf[..count].copy_from_slice(&self.history[start..start + count]);
-            self.replay -= count;
-            count
-        } else {
-            let count = self.inner.read(buf)?;
-            self.history.extend_from_slice(&buf[..count]);
-            if self.history.len() > HISTORY * 2 {
-                let excess = self.history.len() - HISTORY;
-                self.history.drain(..excess);
+        let count = match self.rewind.replay_into(buf) {
+            Some(count) => count,
+            None => {
+                let count = self.inner.read(buf)?;
+                self.rewind.remember(&buf[..count]);
+                count
             }
-            count
         };
         self.position += count as u64;
         Ok(count)
@@ -169,11 +223,10 @@ impl<R: Read> Seek for ForwardOnly<R> {
             SeekFrom::Start(to) if to <= self.position => self.position - to,
             _ => return Err(std::io::ErrorKind::Unsupported.into()),
         };
-        let replayable = (self.history.len() - self.replay) as u64;
-        if back > replayable {
+        if back > self.rewind.behind() {
             return Err(std::io::ErrorKind::Unsupported.into());
         }
-        self.replay += back as usize;
+        self.rewind.step(-(back as i64));
         self.position -= back;
         Ok(self.position)
     }
