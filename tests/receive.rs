@@ -174,9 +174,13 @@ fn injected_loss_reordering_and_duplicates_are_concealed_and_counted() {
     let injected = server.stats().counters;
     assert!(injected.injected_udp_loss > 0 && injected.injected_udp_duplicates > 0);
     // Every injected loss that fell inside the played stream shows up as lost; a loss can also
-    // fall before the stream started or during the DAVE transition.
+    // fall before the stream started or during the DAVE transition. A packet the receiver itself
+    // discarded (undecryptable during the DAVE transition, rejected, or arriving after its slot
+    // was concealed) leaves the same gap, so it counts as lost too (CI saw 11 lost = 10 injected
+    // + 1 undecryptable).
+    let discarded_here = stats.undecryptable + stats.rejected + stats.late;
     assert!(
-        stats.lost > 0 && stats.lost <= injected.injected_udp_loss,
+        stats.lost > 0 && stats.lost <= injected.injected_udp_loss + discarded_here,
         "{stats:?} {injected:?}"
     );
     assert!(stats.duplicates > 0, "{stats:?}");
