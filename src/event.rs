@@ -1,9 +1,10 @@
 //! What the engine tells its user: one event stream, one status per call.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select};
+use crossbeam_channel::{Receiver, Select, TryRecvError};
 use quaver_engine::CallId;
 use quaver_gateway::control::BotId;
 use quaver_gateway::dave::DaveStep;
@@ -114,54 +115,85 @@ pub enum Event {
 /// The one event stream ([`crate::Engine::events`]): audio and connection events as [`Event`]s.
 /// Both queues are bounded; what nobody reads is dropped and counted in
 /// [`crate::Stats::events_dropped`].
+///
+/// The two queues are fed by different threads. When one of them is gone (the control thread
+/// stopped, say) the other is still waited on properly: a disconnected queue is always "ready",
+/// so selecting on it would turn every wait into a busy loop.
 #[derive(Debug)]
 pub struct Events {
     audio: Receiver<quaver_engine::Event>,
     calls: Receiver<CallEvent>,
+    audio_gone: AtomicBool,
+    calls_gone: AtomicBool,
 }
 
 impl Events {
     pub(crate) fn new(audio: Receiver<quaver_engine::Event>, calls: Receiver<CallEvent>) -> Self {
-        Self { audio, calls }
+        Self {
+            audio,
+            calls,
+            audio_gone: AtomicBool::new(false),
+            calls_gone: AtomicBool::new(false),
+        }
     }
 
     /// The next event if one is waiting.
     pub fn try_recv(&self) -> Option<Event> {
-        if let Ok(e) = self.calls.try_recv() {
-            return Some(Event::Call(e));
+        match self.calls.try_recv() {
+            Ok(e) => return Some(Event::Call(e)),
+            Err(TryRecvError::Disconnected) => self.calls_gone.store(true, Ordering::Relaxed),
+            Err(TryRecvError::Empty) => {}
         }
-        self.audio.try_recv().ok().map(Event::Audio)
+        match self.audio.try_recv() {
+            Ok(e) => Some(Event::Audio(e)),
+            Err(TryRecvError::Disconnected) => {
+                self.audio_gone.store(true, Ordering::Relaxed);
+                None
+            }
+            Err(TryRecvError::Empty) => None,
+        }
     }
 
-    /// Waits up to `timeout` for the next event.
+    /// Waits up to `timeout` for the next event; `None` when none came in time or the engine is
+    /// gone.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
-        if let Some(e) = self.try_recv() {
-            return Some(e);
-        }
-        let mut select = Select::new();
-        let calls = select.recv(&self.calls);
-        let audio = select.recv(&self.audio);
-        let op = select.select_timeout(timeout).ok()?;
-        match op.index() {
-            i if i == calls => op.recv(&self.calls).ok().map(Event::Call),
-            i if i == audio => op.recv(&self.audio).ok().map(Event::Audio),
-            _ => None,
-        }
+        self.wait(Some(Instant::now() + timeout))
     }
 
     /// Waits for the next event; `None` once the engine is gone.
     pub fn recv(&self) -> Option<Event> {
-        if let Some(e) = self.try_recv() {
-            return Some(e);
-        }
-        let mut select = Select::new();
-        let calls = select.recv(&self.calls);
-        select.recv(&self.audio);
-        let op = select.select();
-        if op.index() == calls {
-            op.recv(&self.calls).ok().map(Event::Call)
-        } else {
-            op.recv(&self.audio).ok().map(Event::Audio)
+        self.wait(None)
+    }
+
+    fn wait(&self, deadline: Option<Instant>) -> Option<Event> {
+        loop {
+            if let Some(e) = self.try_recv() {
+                return Some(e);
+            }
+            let calls_gone = self.calls_gone.load(Ordering::Relaxed);
+            let audio_gone = self.audio_gone.load(Ordering::Relaxed);
+            let mut select = Select::new();
+            let calls = (!calls_gone).then(|| select.recv(&self.calls));
+            let audio = (!audio_gone).then(|| select.recv(&self.audio));
+            if calls.is_none() && audio.is_none() {
+                return None;
+            }
+            let op = match deadline {
+                Some(deadline) => select.select_deadline(deadline).ok()?,
+                None => select.select(),
+            };
+            let index = Some(op.index());
+            if index == calls {
+                match op.recv(&self.calls) {
+                    Ok(e) => return Some(Event::Call(e)),
+                    Err(_) => self.calls_gone.store(true, Ordering::Relaxed),
+                }
+            } else {
+                match op.recv(&self.audio) {
+                    Ok(e) => return Some(Event::Audio(e)),
+                    Err(_) => self.audio_gone.store(true, Ordering::Relaxed),
+                }
+            }
         }
     }
 
@@ -173,5 +205,48 @@ impl Events {
     /// Events as they come, until the engine is gone.
     pub fn iter(&self) -> impl Iterator<Item = Event> + '_ {
         std::iter::from_fn(|| self.recv())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real call id (ids cannot be made up outside the engine).
+    fn call_id() -> CallId {
+        let (engine, _mixer) =
+            quaver_engine::Engine::manual(quaver_engine::EngineConfig::default()).unwrap(); // invariant: default config is valid
+        engine.create_call().unwrap().0 // invariant: below the call limit
+    }
+
+    fn removed(call: CallId) -> quaver_engine::Event {
+        quaver_engine::Event::CallRemoved { call }
+    }
+
+    #[test]
+    fn a_stopped_control_thread_does_not_end_or_spin_the_audio_events() {
+        let (audio_tx, audio_rx) = crossbeam_channel::bounded(4);
+        let (calls_tx, calls_rx) = crossbeam_channel::bounded::<CallEvent>(4);
+        let events = Events::new(audio_rx, calls_rx);
+        drop(calls_tx);
+        let call = call_id();
+        let producer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            audio_tx.send(removed(call)).unwrap(); // invariant: `events` is alive
+            std::thread::sleep(Duration::from_millis(30));
+            audio_tx.send(removed(call)).unwrap(); // invariant: `events` is alive
+        });
+        // Before the fix both returned `None` at once: the dead queue was always "ready".
+        assert!(matches!(
+            events.recv(),
+            Some(Event::Audio(quaver_engine::Event::CallRemoved { .. }))
+        ));
+        assert!(matches!(
+            events.recv_timeout(Duration::from_secs(30)),
+            Some(Event::Audio(quaver_engine::Event::CallRemoved { .. }))
+        ));
+        producer.join().unwrap(); // invariant: the producer does not panic
+        assert!(events.recv().is_none(), "both queues gone: the stream ends");
+        assert!(events.recv_timeout(Duration::from_secs(30)).is_none());
     }
 }

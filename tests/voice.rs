@@ -408,3 +408,70 @@ fn a_full_sender_queue_delays_calls_but_never_strands_them() {
         })
     });
 }
+
+#[test]
+fn a_whole_server_restart_on_the_same_address_is_survived() {
+    // The outage of issue 13: main gateway, voice gateway and UDP all die, and the server comes
+    // back on the same main-gateway address (same certificate) with new voice ports. The bot must
+    // reconnect, identify afresh, ask for the channel again and stream to the new voice server.
+    let first = Server::start(ServerConfig {
+        keep_decoded_audio: true,
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let engine = engine(&first);
+    let mut bot = MainGatewayConfig::new(Token::new("local-bot-token"));
+    bot.url = first.main_gateway_url();
+    let bot = engine.connect_bot(bot).unwrap();
+    let call = engine.join(bot, 5, 55, JoinOptions::default()).unwrap();
+    wait_for("the session", Duration::from_secs(10), || {
+        engine.call_status(call) == Some(CallStatus::Ready)
+    });
+    let _music = engine
+        .play_file(
+            call,
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tools/tracks/chords.ogg"),
+            quaver::FileOptions {
+                looping: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let streaming_to = |server: &Server| {
+        server
+            .stats()
+            .calls
+            .iter()
+            .filter(|c| c.guild_id == 5)
+            .flat_map(|c| c.streams.iter())
+            .map(|s| s.packets)
+            .max()
+            .unwrap_or(0)
+    };
+    wait_for("packets before the outage", Duration::from_secs(10), || {
+        streaming_to(&first) >= 25
+    });
+    let main_listen = first.main_gateway_addr();
+    let old_voice = first.voice_gateway_addr();
+    let identity = first.tls_identity();
+    first.stop();
+    // Long enough for the client to see every connection fail at least once.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let second = Server::start(ServerConfig {
+        main_listen,
+        tls_identity: identity,
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    assert_ne!(second.voice_gateway_addr(), old_voice, "new voice ports");
+    wait_for(
+        "audio at the restarted server",
+        Duration::from_secs(60),
+        || streaming_to(&second) >= 50,
+    );
+    assert_eq!(engine.call_status(call), Some(CallStatus::Ready));
+    let counters = second.stats().counters;
+    assert!(counters.identifies >= 1, "a fresh Identify: {counters:?}");
+    engine.disconnect(call).unwrap();
+}

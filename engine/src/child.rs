@@ -195,6 +195,7 @@ pub(crate) fn start(
             buffer: options.read_ahead,
             volume: options.volume,
             paused: options.paused,
+            latency_cap: None,
         },
         looping: false,
         start_at: Duration::ZERO,

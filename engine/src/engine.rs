@@ -743,6 +743,7 @@ fn run_mixer_thread(mut mixer: Mixer, inner: &Inner, shutdown: &AtomicBool) {
                 .counters
                 .skipped_ticks
                 .fetch_add(resume_at - tick, Ordering::Relaxed);
+            mixer.note_skipped(resume_at - tick);
             tick = resume_at;
         }
     }

@@ -48,6 +48,7 @@ impl FileOptions {
             buffer: self.read_ahead,
             volume: self.volume,
             paused: self.paused,
+            latency_cap: None,
         }
     }
 }

@@ -385,6 +385,7 @@ pub(crate) fn play_url(
             buffer: options.read_ahead,
             volume: options.volume,
             paused: options.paused,
+            latency_cap: None,
         },
         looping: options.looping && seekable,
         start_at: options.start_at,

@@ -36,6 +36,7 @@ pub mod frame;
 pub mod http;
 mod http_stream;
 mod input;
+mod latency;
 mod limiter;
 mod mixer;
 pub mod ogg_opus;

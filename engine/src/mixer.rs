@@ -655,6 +655,16 @@ impl Mixer {
         self.next_tick = tick;
     }
 
+    /// The thread skipped `ticks` ticks: live sources' input is that much later (see
+    /// [`crate::latency`]).
+    pub(crate) fn note_skipped(&mut self, ticks: u64) {
+        for call in self.calls.iter_mut() {
+            for source in call.sources.iter_mut() {
+                source.note_skipped(ticks);
+            }
+        }
+    }
+
     pub(crate) fn record_lateness(&mut self, micros: u64) {
         self.stats.local.lateness_us.saturating_record(micros);
     }

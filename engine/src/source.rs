@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::frame::{EncodedFrame, FRAME_SAMPLES, FrameKind, MAX_OPUS_PACKET};
+use crate::latency::LatencyCap;
 use crate::pcm::{MixFrame, PcmFormat};
 use crate::resample::SourceResampler;
 use crate::seek::{SeekCursor, SeekShared};
@@ -35,6 +36,11 @@ pub(crate) struct SourceShared {
     ended: AtomicBool,
     frames_mixed: AtomicU64,
     underruns: AtomicU64,
+    /// Audio dropped by the latency cap, in microseconds.
+    latency_dropped_us: AtomicU64,
+    /// The writer found the ring full: it writes ahead of real time on purpose (backpressure),
+    /// so its backlog is wanted and the latency cap stays off for good.
+    pub(crate) ahead: AtomicBool,
     /// Length of the input in milliseconds when known (files), else `u64::MAX`.
     duration_ms: AtomicU64,
     /// The decoder can reposition (files, HTTP with range requests).
@@ -59,6 +65,8 @@ impl SourceShared {
             ended: AtomicBool::new(false),
             frames_mixed: AtomicU64::new(0),
             underruns: AtomicU64::new(0),
+            latency_dropped_us: AtomicU64::new(0),
+            ahead: AtomicBool::new(false),
             duration_ms: AtomicU64::new(u64::MAX),
             seekable: AtomicBool::new(false),
             looping: AtomicBool::new(false),
@@ -154,6 +162,8 @@ pub struct SourceStats {
     pub frames_mixed: u64,
     /// Frames for which the producer had not written enough (filled with silence).
     pub underruns: u64,
+    /// Audio the latency cap dropped ([`SourceOptions::latency_cap`]).
+    pub latency_dropped: Duration,
     /// The source has ended and left its call.
     pub ended: bool,
 }
@@ -279,6 +289,9 @@ impl SourceHandle {
         SourceStats {
             frames_mixed: self.shared.frames_mixed.load(Ordering::Relaxed),
             underruns: self.shared.underruns.load(Ordering::Relaxed),
+            latency_dropped: Duration::from_micros(
+                self.shared.latency_dropped_us.load(Ordering::Relaxed),
+            ),
             ended: self.shared.is_ended(),
         }
     }
@@ -360,6 +373,16 @@ impl Input {
         }
     }
 
+    /// Drops about `frames` input frames, oldest first (whole packets for Opus); returns the
+    /// items (samples or packets) dropped.
+    fn discard_frames(&mut self, frames: usize) -> usize {
+        let items = match self {
+            Input::Pcm { resampler, .. } => frames.saturating_mul(resampler.channels()),
+            Input::Opus { .. } => frames / FRAME_SAMPLES,
+        };
+        self.discard(items as u64)
+    }
+
     /// Drops up to `items` buffered samples or packets (stale after a seek) and the state
     /// built from them. Returns how many were dropped.
     fn discard(&mut self, items: u64) -> usize {
@@ -437,6 +460,8 @@ pub(crate) struct SourceSlot {
     fade_step: f32,
     /// A seek dropped the buffered input; silence until a whole frame of new input is there.
     refilling: bool,
+    /// Live sources only (see [`SourceOptions::latency_cap`]).
+    latency_cap: Option<LatencyCap>,
 }
 
 /// Everything created for a new PCM source: the slot for the mixer and the user's ends.
@@ -462,6 +487,13 @@ pub struct SourceOptions {
     pub volume: f32,
     /// Start paused.
     pub paused: bool,
+    /// For live writers: the most queueing a source may keep. Each producer underrun or mixer
+    /// stall leaves the rest of the stream queued 20 ms later; when the queue never drained
+    /// below this for a second, its oldest audio is dropped down to half of it (counted in
+    /// [`SourceStats::latency_dropped`]). A writer that ever finds the ring full is writing
+    /// ahead on purpose and is left alone. `None` keeps every sample. Files, commands and HTTP
+    /// streams never use it.
+    pub latency_cap: Option<Duration>,
 }
 
 impl Default for SourceOptions {
@@ -470,6 +502,7 @@ impl Default for SourceOptions {
             buffer: Duration::from_millis(200),
             volume: 1.0,
             paused: false,
+            latency_cap: Some(Duration::from_millis(60)),
         }
     }
 }
@@ -503,6 +536,9 @@ impl SourceSlot {
             fade: 1.0,
             fade_step: 0.0,
             refilling: false,
+            latency_cap: options.latency_cap.map(|cap| {
+                LatencyCap::new(format.samples_in(cap) / usize::from(format.channels()))
+            }),
         });
         let writer = PcmWriter::new(producer, format, Arc::clone(&shared));
         Ok(NewPcmSource {
@@ -547,6 +583,12 @@ impl SourceSlot {
             fade: 1.0,
             fade_step: 0.0,
             refilling: false,
+            latency_cap: options.latency_cap.map(|cap| {
+                LatencyCap::new(
+                    usize::try_from(cap.as_micros() * u128::from(crate::pcm::MIX_RATE) / 1_000_000)
+                        .unwrap_or(usize::MAX),
+                )
+            }),
         });
         let writer = OpusWriter::new(producer, Arc::clone(&shared));
         Ok(NewOpusSource {
@@ -590,6 +632,9 @@ impl SourceSlot {
             let dropped = self.input.discard(stale);
             self.cursor.consumed(dropped);
             self.refilling = true;
+            if let Some(cap) = &mut self.latency_cap {
+                cap.restart();
+            }
             // The new position fades in over a frame instead of jumping mid-waveform.
             self.gain = 0.0;
         }
@@ -624,7 +669,20 @@ impl SourceSlot {
             self.gain = if paused { 0.0 } else { shared.volume() };
         }
         if paused && !stop && self.gain == 0.0 {
+            if let Some(cap) = &mut self.latency_cap {
+                cap.restart();
+            }
             return Step::Silent;
+        }
+        if !finished {
+            Self::cap_latency(
+                &mut self.latency_cap,
+                &mut self.input,
+                &mut self.cursor,
+                shared,
+                self.rate,
+                (available, needed),
+            );
         }
         if available == 0 && finished {
             if self.tail_ticks == 0 {
@@ -633,6 +691,10 @@ impl SourceSlot {
             self.tail_ticks -= 1;
         } else if available < needed && !finished {
             shared.underruns.fetch_add(1, Ordering::Relaxed);
+            // The shortfall plays as silence: the rest of the input is that much later.
+            if let Some(cap) = &mut self.latency_cap {
+                cap.owe(needed - available);
+            }
         }
         let target = if stop || paused { 0.0 } else { shared.volume() };
         let from = std::mem::replace(&mut self.gain, target);
@@ -644,6 +706,43 @@ impl SourceSlot {
             from: from * fade_from,
             to: target * self.fade,
         }
+    }
+
+    /// The mixer skipped `ticks` ticks (a stall): a live producer's input is that much later.
+    pub(crate) fn note_skipped(&mut self, ticks: u64) {
+        if let Some(cap) = &mut self.latency_cap {
+            let per_tick = self.input.needed_frames() as u64;
+            cap.owe(usize::try_from(ticks.saturating_mul(per_tick)).unwrap_or(usize::MAX));
+        }
+    }
+
+    /// Applies the latency cap of a live source (see [`crate::latency`]). Takes the fields it
+    /// needs, so [`SourceSlot::step`] can call it while it holds `shared`.
+    fn cap_latency(
+        slot_cap: &mut Option<LatencyCap>,
+        input: &mut Input,
+        cursor: &mut SeekCursor,
+        shared: &SourceShared,
+        rate: u32,
+        (available, needed): (usize, usize),
+    ) {
+        let Some(cap) = slot_cap else {
+            return;
+        };
+        if shared.ahead.load(Ordering::Relaxed) {
+            *slot_cap = None;
+            return;
+        }
+        let Some(excess) = cap.observe(available, needed) else {
+            return;
+        };
+        let dropped = input.discard_frames(excess);
+        cursor.consumed(dropped);
+        let frames = available.saturating_sub(input.available_frames()) as u64;
+        shared.latency_dropped_us.fetch_add(
+            frames * 1_000_000 / u64::from(rate.max(1)),
+            Ordering::Relaxed,
+        );
     }
 
     /// Renders this tick's audio as 48 kHz stereo into `out`, consuming up to one frame of input

@@ -2,6 +2,7 @@
 //! pre-encoded 20 ms Opus packets.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -70,6 +71,7 @@ impl PcmWriter {
             .min(whole_frames(samples.len(), self.format));
         let (written, _) = self.ring.push_partial_slice(&samples[..count]);
         self.written += written.len() as u64;
+        self.note_full(written.len(), samples.len());
         Ok(written.len())
     }
 
@@ -88,6 +90,7 @@ impl PcmWriter {
             .map_err(|_| Error::SourceEnded)?;
         let written = chunk.fill_from_iter(samples[..count].iter().copied().map(i16_to_f32));
         self.written += written as u64;
+        self.note_full(written, samples.len());
         Ok(written)
     }
 
@@ -131,6 +134,13 @@ impl PcmWriter {
     /// Samples written so far.
     pub(crate) fn written(&self) -> u64 {
         self.written
+    }
+
+    /// A write that did not fit means the producer runs ahead of real time on purpose.
+    fn note_full(&self, written: usize, asked: usize) {
+        if written < whole_frames(asked, self.format) {
+            self.shared.ahead.store(true, Ordering::Relaxed);
+        }
     }
 
     fn check_alive(&self) -> Result<()> {
@@ -220,6 +230,8 @@ impl OpusWriter {
         }
         validate_opus_packet(packet)?;
         if self.ring.is_full() {
+            // The producer runs ahead of real time on purpose: no latency cap for it.
+            self.shared.ahead.store(true, Ordering::Relaxed);
             return Ok(false);
         }
         let mut slot = OpusPacket {

@@ -769,3 +769,88 @@ fn leaving_passthrough_just_in_time_crossfades_without_clicking() {
         );
     }
 }
+
+/// A live producer that stalls five times, each stall a frame longer than the one before, and
+/// then delivers what it owed at once: each stall drains the queue and plays a frame of
+/// silence, so after the five the rest of its stream is 100 ms later. Returns the source's
+/// stats and how much input it still had queued at the end.
+fn late_live_producer(latency_cap: Option<Duration>) -> (quaver_engine::SourceStats, Duration) {
+    let (engine, mut mixer) = manual(2);
+    let (call, mut frames) = engine.create_call().unwrap();
+    let options = SourceOptions {
+        latency_cap,
+        ..Default::default()
+    };
+    let (source, mut writer) = engine
+        .push_source_with(call, PcmFormat::STEREO_48K, options)
+        .unwrap();
+    let tone = sine(48_000, 2, 440.0, 0.3, 10.0);
+    let capacity = writer.free_samples();
+    let mut at = 0;
+    let mut owed = 0;
+    for tick in 0..400 {
+        // Stalls of 1, 2, 3, 4 and 5 ticks from ticks 10, 30, 50, 70 and 90.
+        let stall = (tick - 10) / 20 + 1;
+        let miss = (10..110).contains(&tick) && (tick - 10) % 20 < stall;
+        if miss {
+            owed += 1;
+        } else {
+            for _ in 0..=owed {
+                at += writer.write_f32(&tone[at..at + 1_920]).unwrap();
+            }
+            owed = 0;
+        }
+        engine.housekeep();
+        mixer.tick();
+        while frames.pop().is_ok() {}
+    }
+    let queued = (capacity - writer.free_samples()) / 2;
+    (
+        source.stats(),
+        Duration::from_micros(queued as u64 * 1_000_000 / 48_000),
+    )
+}
+
+#[test]
+fn a_live_source_does_not_keep_the_latency_of_its_underruns() {
+    let (kept, kept_queue) = late_live_producer(None);
+    assert_eq!(kept.underruns, 5, "{kept:?}");
+    assert_eq!(kept.latency_dropped, Duration::ZERO);
+    assert!(
+        kept_queue >= Duration::from_millis(100),
+        "without a cap the five misses stay queued: {kept_queue:?}"
+    );
+
+    let (capped, capped_queue) = late_live_producer(Some(Duration::from_millis(60)));
+    assert_eq!(capped.underruns, 5, "{capped:?}");
+    assert!(
+        capped_queue <= Duration::from_millis(60),
+        "the cap holds the queue: {capped_queue:?}"
+    );
+    assert!(
+        capped.latency_dropped >= kept_queue - Duration::from_millis(60),
+        "what was dropped is counted: {capped:?}"
+    );
+}
+
+#[test]
+fn a_producer_queueing_ahead_on_purpose_loses_nothing_to_the_cap() {
+    let (engine, mut mixer) = manual(2);
+    let (call, mut frames) = engine.create_call().unwrap();
+    // The default options (cap on), two seconds of room, filled at once.
+    let options = SourceOptions {
+        buffer: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let (source, mut writer) = engine
+        .push_source_with(call, PcmFormat::STEREO_48K, options)
+        .unwrap();
+    let tone = sine(48_000, 2, 440.0, 0.3, 2.0);
+    assert_eq!(writer.write_f32(&tone).unwrap(), tone.len());
+    drop(writer);
+    let mut out = empty();
+    run(&engine, &mut mixer, 130, &mut frames, &mut out);
+    let stats = source.stats();
+    assert_eq!(stats.latency_dropped, Duration::ZERO, "{stats:?}");
+    assert_eq!(stats.frames_mixed, 100, "two whole seconds: {stats:?}");
+}

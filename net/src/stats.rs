@@ -38,6 +38,9 @@ pub struct SenderStats {
     pub dave_frames: u64,
     /// Frames dropped because DAVE encryption failed (never sent unprotected).
     pub dave_errors: u64,
+    /// Frames dropped unsent while the far end refused the call's packets (`ECONNREFUSED`: the
+    /// voice server's port is closed), between the back-off's probes.
+    pub refused_frames: u64,
 }
 
 impl SenderStats {
@@ -58,6 +61,7 @@ impl SenderStats {
             events_dropped: 0,
             dave_frames: 0,
             dave_errors: 0,
+            refused_frames: 0,
         }
     }
 
@@ -75,6 +79,7 @@ impl SenderStats {
         self.events_dropped += other.events_dropped;
         self.dave_frames += other.dave_frames;
         self.dave_errors += other.dave_errors;
+        self.refused_frames += other.refused_frames;
     }
 
     /// Clears everything, keeping the allocations.
@@ -90,6 +95,7 @@ impl SenderStats {
         self.events_dropped = 0;
         self.dave_frames = 0;
         self.dave_errors = 0;
+        self.refused_frames = 0;
     }
 }
 

@@ -23,6 +23,51 @@ pub(super) struct Call {
     pub(super) stop_after_send: bool,
     pub(super) packets: u64,
     pub(super) send_errors: u64,
+    pub(super) refusal: Refusal,
+}
+
+/// Back-off after the far end refused the call's packets. On a connected UDP socket Linux turns
+/// the ICMP "port unreachable" of a dead voice server into `ECONNREFUSED` on the next send; a
+/// server that is down for the minutes a reconnect can take should not get 50 packets a second
+/// meanwhile. The call keeps its frames flowing (they are dropped and counted, the audio is lost
+/// either way) and probes with one packet after each quiet spell: 100 ms, doubling to 1 s.
+#[derive(Debug, Default)]
+pub(super) struct Refusal {
+    /// No packet goes out before this tick.
+    quiet_until: u64,
+    /// Refusals since the last clean stretch; sets the length of the next quiet spell.
+    streak: u32,
+    /// Packets accepted in a row since the last refusal.
+    accepted: u32,
+}
+
+impl Refusal {
+    const FIRST_QUIET_TICKS: u64 = 5;
+    const MAX_QUIET_TICKS: u64 = 50;
+    /// One second of accepted packets: the peer is back (a single accepted probe proves
+    /// nothing, since the refusal only shows on the send after the ICMP came back).
+    const CLEAN_PACKETS: u32 = 50;
+
+    /// Whether tick `n` must stay quiet.
+    pub(super) fn holds(&self, n: u64) -> bool {
+        n < self.quiet_until
+    }
+
+    /// A send on tick `n` was refused.
+    pub(super) fn refused(&mut self, n: u64) {
+        let quiet = (Self::FIRST_QUIET_TICKS << self.streak.min(8)).min(Self::MAX_QUIET_TICKS);
+        self.quiet_until = n.saturating_add(quiet);
+        self.streak = self.streak.saturating_add(1);
+        self.accepted = 0;
+    }
+
+    /// A send was accepted.
+    pub(super) fn accepted(&mut self) {
+        self.accepted = self.accepted.saturating_add(1);
+        if self.accepted >= Self::CLEAN_PACKETS {
+            self.streak = 0;
+        }
+    }
 }
 
 /// The packet being built for a call, apart from its frame queue so both can be borrowed at once.
@@ -69,6 +114,7 @@ impl Call {
             stop_after_send: false,
             packets: 0,
             send_errors: 0,
+            refusal: Refusal::default(),
         }))
     }
 }

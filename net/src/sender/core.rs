@@ -210,6 +210,14 @@ impl SenderCore {
                     }
                 }
             }
+            if call.refusal.holds(n) {
+                // The far end refuses packets: frames keep moving so the call does not back up,
+                // but nothing is sent until the next probe.
+                if payload_ready && call.frames.pop().is_ok() {
+                    self.stats.refused_frames += 1;
+                }
+                continue;
+            }
             if payload_ready {
                 let Ok(chunk) = call.frames.read_chunk(1) else {
                     continue;
@@ -280,8 +288,12 @@ impl SenderCore {
             let r = self.results[i];
             if r >= 0 {
                 call.packets += 1;
+                call.refusal.accepted();
                 sent += 1;
             } else {
+                if -r == libc::ECONNREFUSED {
+                    call.refusal.refused(self.batch_due[i]);
+                }
                 call.send_errors += 1;
                 self.stats.send_errors += 1;
                 let event = SenderEvent::SendFailed {

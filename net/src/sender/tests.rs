@@ -249,3 +249,74 @@ fn end_of_stream_while_idle_sends_nothing() {
     }
     assert!(drain(&mut events).is_empty());
 }
+
+#[test]
+fn a_refusing_peer_gets_probes_not_every_frame() {
+    let grid = Grid::new(Instant::now());
+    let (mut core, mut events) = SenderCore::new(grid, BackendChoice::Portable, 4, 1024).unwrap(); // invariant: the portable backend always builds
+    // A port nobody listens on: loopback answers each packet with ICMP port unreachable, which
+    // the next send reports as ECONNREFUSED (loopback ICMP is not rate-limited).
+    let closed = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
+    socket.connect(closed.local_addr().unwrap()).unwrap(); // invariant: bound, loopback
+    drop(closed);
+    let (mut tx, rx) = rtrb::RingBuffer::new(8);
+    core.add_call(CallConfig {
+        ssrc: 1,
+        socket: Arc::new(socket),
+        mode: EncryptionMode::Aes256GcmRtpSize,
+        key: SecretKey::new([0; 32]),
+        frames: rx,
+    })
+    .unwrap(); // invariant: below max_calls, socket connected
+    let ticks = 500; // 10 s of audio
+    for t in 1..=ticks {
+        tx.push(EncodedFrame::from_packet(t, b"abc").expect("small packet"))
+            .unwrap(); // invariant: the core took the previous frame
+        core.run_tick(t);
+    }
+    let stats = core.stats();
+    let attempts = stats.packets_sent + stats.send_errors;
+    // Every frame is accounted for: sent (accepted or refused) or dropped in a quiet spell.
+    assert_eq!(attempts + stats.refused_frames, ticks);
+    // 100, 200, 400, 800 ms, then one probe a second (two sends each: the probe, and the one
+    // that reports its ICMP): well under 50 a second.
+    assert!(
+        attempts <= 40,
+        "{attempts} sends into a closed port in 10 s"
+    );
+    assert!(stats.send_errors > 0, "the refusals were seen");
+    assert!(drain(&mut events).iter().any(
+        |e| matches!(e, SenderEvent::SendFailed { errno, .. } if *errno == libc::ECONNREFUSED)
+    ));
+}
+
+#[test]
+fn refusal_backoff_probes_and_forgets_after_a_clean_second() {
+    use super::call::Refusal;
+    let mut r = Refusal::default();
+    r.refused(10);
+    assert!(r.holds(14) && !r.holds(15), "first quiet spell: 5 ticks");
+    r.refused(15);
+    assert!(r.holds(24) && !r.holds(25), "then 10");
+    for _ in 0..10 {
+        r.refused(100);
+    }
+    assert!(r.holds(149) && !r.holds(150), "capped at 50 ticks (1 s)");
+    for _ in 0..49 {
+        r.accepted();
+    }
+    r.refused(200);
+    assert!(
+        r.holds(249),
+        "49 accepted packets are not yet a clean second"
+    );
+    for _ in 0..50 {
+        r.accepted();
+    }
+    r.refused(300);
+    assert!(
+        r.holds(304) && !r.holds(305),
+        "after a clean second it starts over"
+    );
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use quaver_net::crypto::EncryptionMode;
 
 use super::dave::DaveMode;
+use super::tls::TlsIdentity;
 #[cfg(doc)]
 use super::{OBSERVER_USER_ID, Server, StreamStats, dave};
 
@@ -52,6 +53,10 @@ pub struct ServerConfig {
     /// send the voice endpoint bare, as Discord does. `false` is a debugging mode: plain
     /// `ws://`, and the endpoint goes out as `ws://host:port` (no Discord client expects that).
     pub tls: bool,
+    /// The certificate to serve with `tls`: `None` generates a fresh CA at start; a server's
+    /// own ([`crate::server::Server::tls_identity`]) makes a restarted server that clients
+    /// still trust.
+    pub tls_identity: Option<TlsIdentity>,
     /// Write one WAV per SSRC into this directory.
     pub record_dir: Option<PathBuf>,
     /// Opus-decode every packet (counting decode errors). Turn off for many-call benchmarks:
@@ -112,6 +117,7 @@ impl Default for ServerConfig {
             heartbeat_timeout_intervals: Some(3.0),
             modes: EncryptionMode::PREFERENCE.to_vec(),
             tls: true,
+            tls_identity: None,
             record_dir: None,
             decode_audio: true,
             keep_decoded_audio: false,

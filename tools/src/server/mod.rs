@@ -107,6 +107,7 @@ pub use error::ServerError;
 pub use events::ServerEvent;
 pub use snapshot::{CallStats, Counters, ServerStats, StreamStats};
 pub use stats::Percentiles;
+pub use tls::TlsIdentity;
 
 /// Entry points for the fuzz targets in `fuzz/` (not a stable interface).
 #[doc(hidden)]
@@ -134,7 +135,7 @@ pub struct Server {
     events: crossbeam_channel::Receiver<ServerEvent>,
     threads: Vec<JoinHandle<()>>,
     /// The CA that signed the server's certificate (DER, PEM), under TLS.
-    ca: Option<(rustls::pki_types::CertificateDer<'static>, String)>,
+    identity: Option<TlsIdentity>,
 }
 
 impl std::fmt::Debug for Server {
@@ -143,7 +144,7 @@ impl std::fmt::Debug for Server {
             .field("main", &self.shared.main_addr)
             .field("voice", &self.shared.voice_addr)
             .field("udp", &self.shared.udp_addr)
-            .field("tls", &self.ca.is_some())
+            .field("tls", &self.identity.is_some())
             .finish()
     }
 }
@@ -186,12 +187,15 @@ impl Server {
                 "keylog is on: voice transport keys are written to this file"
             );
         }
-        let (tls, ca) = if config.tls {
-            let id = tls::generate(config.voice_listen.ip(), config.main_listen.ip())?;
-            (Some(id.config), Some((id.ca_der, id.ca_pem)))
-        } else {
-            (None, None)
+        let identity = match (config.tls, &config.tls_identity) {
+            (false, _) => None,
+            (true, Some(kept)) => Some(kept.clone()),
+            (true, None) => Some(tls::generate(
+                config.voice_listen.ip(),
+                config.main_listen.ip(),
+            )?),
         };
+        let tls = identity.as_ref().map(|id| id.config.clone());
         let main = TcpListener::bind(config.main_listen).map_err(io_err("main gateway"))?;
         let voice = TcpListener::bind(config.voice_listen).map_err(io_err("voice gateway"))?;
         let udp = UdpSocket::bind(config.udp_listen).map_err(io_err("udp"))?;
@@ -233,12 +237,12 @@ impl Server {
         )?);
         let s = shared.clone();
         threads.push(spawn("quaver-serve-udp", Box::new(move || udp::run(s)))?);
-        tracing::info!(%main_addr, %voice_addr, %udp_addr, tls = ca.is_some(), "server listening");
+        tracing::info!(%main_addr, %voice_addr, %udp_addr, tls = identity.is_some(), "server listening");
         Ok(Server {
             shared,
             events,
             threads,
-            ca,
+            identity,
         })
     }
 
@@ -287,13 +291,19 @@ impl Server {
     /// The CA certificate (DER) that signed the server's certificate, when TLS is on; trust it
     /// through `ControlConfig::extra_roots` (or use [`Server::control_config`]).
     pub fn certificate_der(&self) -> Option<rustls::pki_types::CertificateDer<'static>> {
-        self.ca.as_ref().map(|(der, _)| der.clone())
+        self.identity.as_ref().map(|id| id.ca_der.clone())
+    }
+
+    /// The TLS identity in use (`None` in plain mode), to start a replacement server that
+    /// clients still trust ([`ServerConfig::tls_identity`]).
+    pub fn tls_identity(&self) -> Option<TlsIdentity> {
+        self.identity.clone()
     }
 
     /// The same CA certificate as PEM (what `quaver serve --cert-out` writes), for clients that
     /// take a CA file.
     pub fn ca_certificate_pem(&self) -> Option<&str> {
-        self.ca.as_ref().map(|(_, pem)| pem.as_str())
+        self.identity.as_ref().map(|id| id.ca_pem.as_str())
     }
 
     /// A default control-thread configuration that trusts this server's certificate (unchanged

@@ -126,14 +126,25 @@ pub(crate) fn accept(
 /// the listen addresses. Clients trust the CA (what `--cert-out` writes), as they would trust a
 /// corporate root, so the leaf is an ordinary server certificate (not a CA, server-auth usage)
 /// that strict verifiers accept.
-pub(crate) struct Identity {
-    pub config: Arc<rustls::ServerConfig>,
-    pub ca_der: CertificateDer<'static>,
-    pub ca_pem: String,
+///
+/// Handed to a later server through [`crate::server::ServerConfig::tls_identity`], it plays a
+/// restarted server that keeps its certificate, as Discord's does across an outage.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    pub(crate) config: Arc<rustls::ServerConfig>,
+    pub(crate) ca_der: CertificateDer<'static>,
+    pub(crate) ca_pem: String,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The private key lives in `config`; nothing of it is printed.
+        f.debug_struct("TlsIdentity").finish_non_exhaustive()
+    }
 }
 
 /// A fresh CA and a leaf for the listen addresses (plus `localhost`).
-pub(crate) fn generate(a: IpAddr, b: IpAddr) -> Result<Identity, ServerError> {
+pub(crate) fn generate(a: IpAddr, b: IpAddr) -> Result<TlsIdentity, ServerError> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,
@@ -176,7 +187,7 @@ pub(crate) fn generate(a: IpAddr, b: IpAddr) -> Result<Identity, ServerError> {
         private,
     )
     .map_err(|e| ServerError::Tls(e.to_string()))?;
-    Ok(Identity {
+    Ok(TlsIdentity {
         config: Arc::new(config),
         ca_der: ca_cert.der().clone(),
         ca_pem: ca_cert.pem(),
