@@ -49,6 +49,12 @@ pub struct EngineConfig {
     pub min_lead: Duration,
     /// Ask for SCHED_FIFO priority for the mixer thread (used when the process may).
     pub realtime_priority: bool,
+    /// Under overload (a mixer thread's tick takes over 70 % of the period for 3 ticks), step
+    /// Opus complexity down one call batch at a time, newest calls first (10 → 8 → 5 → 2 → 0),
+    /// and back up after 5 s below 40 %, instead of sending late frames. Counted in
+    /// [`EngineStats::complexity_steps_down`]. Threaded engines only: a manual mixer has no
+    /// deadline.
+    pub adaptive_complexity: bool,
     /// Runs first thing on the mixer thread (after its set-up), e.g. to pin it to a core or to
     /// mark it for an allocation-counting test.
     pub on_mixer_thread_start: Option<fn()>,
@@ -65,6 +71,7 @@ impl Default for EngineConfig {
             event_queue: 4096,
             min_lead: Duration::from_millis(6),
             realtime_priority: true,
+            adaptive_complexity: true,
             on_mixer_thread_start: None,
         }
     }
@@ -165,7 +172,8 @@ impl Engine {
     pub fn new(config: EngineConfig) -> Result<Self> {
         let threads = config.mixer_threads.max(1);
         let (mut engine, mixers) = Self::build(config, threads)?;
-        for (index, mixer) in mixers.into_iter().enumerate() {
+        for (index, mut mixer) in mixers.into_iter().enumerate() {
+            mixer.set_adaptive_complexity(engine.inner.config.adaptive_complexity);
             let inner = Arc::clone(&engine.inner);
             let shutdown = Arc::clone(&engine.shutdown);
             let mixer_thread = std::thread::Builder::new()
@@ -314,6 +322,7 @@ impl Engine {
             encoder,
             frames_tx,
             self.inner.config.max_sources_per_call,
+            opus.complexity,
         );
         let mixer = (0..table.calls_per_mixer.len())
             .min_by_key(|&index| table.calls_per_mixer[index])
@@ -444,6 +453,9 @@ impl Engine {
             encode_errors: load(&c.encode_errors),
             events_dropped: load(&c.events_dropped),
             realtime_priority: c.realtime_priority.load(Ordering::Relaxed),
+            complexity_steps_down: load(&c.complexity_steps_down),
+            complexity_steps_up: load(&c.complexity_steps_up),
+            calls_lowered: load(&c.calls_lowered),
             tick: Summary::of(&histograms.tick_us),
             encode: Summary::of(&histograms.encode_us),
             lateness: Summary::of(&histograms.lateness_us),
@@ -831,5 +843,56 @@ mod tests {
         assert_eq!(healthy.stats().frames_mixed, 50);
         assert_eq!(healthy.stats().underruns, 0);
         std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+#[cfg(test)]
+mod overload_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const BUSY: Duration = Duration::from_millis(16);
+    const IDLE: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn overload_lowers_the_newest_calls_first_and_room_raises_the_oldest_first() {
+        let (engine, mut mixer) = Engine::manual(EngineConfig::default()).unwrap(); // invariant: default config is valid
+        let calls: Vec<CallId> = (0..16)
+            .map(|_| engine.create_call().unwrap().0) // invariant: below the call limit
+            .collect();
+        mixer.tick(); // takes the calls in
+        assert_eq!(mixer.govern(BUSY), 0, "manual mixers have no governor");
+        mixer.set_adaptive_complexity(true);
+
+        // Three overloaded ticks: an eighth of the calls (2), the newest, step down.
+        assert_eq!(mixer.govern(BUSY) + mixer.govern(BUSY), 0);
+        assert_eq!(mixer.govern(BUSY), 2);
+        assert_eq!(mixer.complexities(), {
+            let mut expected = vec![10; 14];
+            expected.extend([8, 8]);
+            expected
+        });
+        let stats = engine.stats();
+        assert_eq!((stats.complexity_steps_down, stats.calls_lowered), (2, 2));
+
+        // Still overloaded after settling: the same newest calls go further down before any
+        // older call is touched.
+        let moved: usize = (0..13).map(|_| mixer.govern(BUSY)).sum();
+        assert_eq!(moved, 2);
+        assert_eq!(&mixer.complexities()[12..], &[10, 10, 5, 5]);
+        assert_eq!(engine.stats().calls_lowered, 2);
+
+        // A lowered call that leaves is no longer counted.
+        engine.remove_call(calls[15]).unwrap(); // invariant: the call exists
+        mixer.tick();
+        assert_eq!(engine.stats().calls_lowered, 1);
+
+        // Five calm seconds: the oldest lowered call comes back up a step (15 calls: batch 1).
+        let moved: usize = (0..260).map(|_| mixer.govern(IDLE)).sum();
+        assert_eq!(moved, 1);
+        assert_eq!(&mixer.complexities()[11..], &[10, 10, 10, 8]);
+        assert_eq!(engine.stats().complexity_steps_up, 1);
+        assert_eq!(engine.stats().calls_lowered, 1);
     }
 }

@@ -40,6 +40,7 @@ mod latency;
 mod limiter;
 mod mixer;
 pub mod ogg_opus;
+mod overload;
 pub mod pacer;
 mod pcm;
 mod queue;

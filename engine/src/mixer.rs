@@ -5,13 +5,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use audiopus::coder::Encoder;
 
 use crate::event::Event;
 use crate::frame::{EncodedFrame, FRAME_SAMPLES, FrameKind};
 use crate::limiter::Limiter;
+use crate::overload::{self, Governor, Rung, Verdict};
 use crate::pcm::{MIX_FRAME_LEN, MixFrame};
 use crate::source::{EndReason, SourceSlot, Step};
 use crate::stats::{MixerCounters, MixerHistograms, StatsPublisher};
@@ -105,6 +106,8 @@ pub(crate) struct CallSlot {
     fading_track: Option<SourceId>,
     /// Ticks the queue crossfades over (0: back to back).
     crossfade_ticks: u32,
+    /// Where the call's Opus complexity stands under overload (see [`crate::overload`]).
+    rung: Rung,
 }
 
 impl CallSlot {
@@ -114,6 +117,7 @@ impl CallSlot {
         encoder: Encoder,
         frames: rtrb::Producer<EncodedFrame>,
         max_sources: usize,
+        complexity: u8,
     ) -> Box<Self> {
         let lookahead = encoder
             .lookahead()
@@ -138,6 +142,7 @@ impl CallSlot {
             track: None,
             fading_track: None,
             crossfade_ticks: 0,
+            rung: Rung::new(complexity),
         })
     }
 
@@ -597,6 +602,8 @@ pub struct Mixer {
     counters: Arc<MixerCounters>,
     next_tick: u64,
     encode: bool,
+    /// Steps Opus complexity with the load; `None` in manual mode, which has no deadline.
+    governor: Option<Governor>,
 }
 
 impl std::fmt::Debug for Mixer {
@@ -626,7 +633,71 @@ impl Mixer {
             counters,
             next_tick: 0,
             encode: true,
+            governor: None,
         }
+    }
+
+    /// Lets the mixer step Opus complexity down under overload and back up (threaded engines
+    /// with [`crate::EngineConfig::adaptive_complexity`]).
+    pub(crate) fn set_adaptive_complexity(&mut self, on: bool) {
+        self.governor = on.then(Governor::default);
+    }
+
+    /// Each call's Opus complexity now, in joining order.
+    #[cfg(test)]
+    pub(crate) fn complexities(&self) -> Vec<u8> {
+        self.calls.iter().map(|c| c.rung.complexity()).collect()
+    }
+
+    /// Acts on one tick's work time (see [`crate::overload`]); returns the calls that moved.
+    pub(crate) fn govern(&mut self, work: Duration) -> usize {
+        let Some(governor) = &mut self.governor else {
+            return 0;
+        };
+        let verdict = governor.observe(work);
+        let counters = &self.counters;
+        let mut moved = 0;
+        let want = overload::batch(self.calls.len());
+        match verdict {
+            Verdict::Hold => {}
+            // Newest first: the calls that came last give up quality first.
+            Verdict::StepDown => {
+                for call in self.calls.iter_mut().rev() {
+                    if moved == want {
+                        break;
+                    }
+                    let was_lowered = call.rung.lowered();
+                    if let Some(complexity) = call.rung.down() {
+                        let _ = call.encoder.set_complexity(complexity);
+                        moved += 1;
+                        if !was_lowered {
+                            counters.calls_lowered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                counters
+                    .complexity_steps_down
+                    .fetch_add(moved as u64, Ordering::Relaxed);
+            }
+            Verdict::StepUp => {
+                for call in self.calls.iter_mut() {
+                    if moved == want {
+                        break;
+                    }
+                    if let Some(complexity) = call.rung.up() {
+                        let _ = call.encoder.set_complexity(complexity);
+                        moved += 1;
+                        if !call.rung.lowered() {
+                            counters.calls_lowered.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                counters
+                    .complexity_steps_up
+                    .fetch_add(moved as u64, Ordering::Relaxed);
+            }
+        }
+        moved
     }
 
     /// For benchmarks: with `false`, frames are mixed and limited but not Opus-encoded (they
@@ -683,9 +754,11 @@ impl Mixer {
         for call in self.calls.iter_mut() {
             call.tick(tick, self.encode, &mut out);
         }
+        let work = started.elapsed();
         out.histograms
             .tick_us
-            .saturating_record(started.elapsed().as_micros() as u64);
+            .saturating_record(work.as_micros() as u64);
+        self.govern(work);
         self.stats.after_tick();
         MixerCounters::bump(&self.counters.ticks);
         self.next_tick = tick + 1;
@@ -712,7 +785,12 @@ fn apply_command(
             let Some(index) = calls.iter().position(|call| call.id == id) else {
                 return;
             };
-            let mut call = calls.swap_remove(index);
+            // `remove`, not `swap_remove`: the table stays in joining order, so under overload
+            // the newest calls are built last (and step down first).
+            let mut call = calls.remove(index);
+            if call.rung.lowered() {
+                out.counters.calls_lowered.fetch_sub(1, Ordering::Relaxed);
+            }
             if call.producing {
                 out.send_frame(
                     &mut call.frames,

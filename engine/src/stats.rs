@@ -106,6 +106,9 @@ pub(crate) struct MixerCounters {
     pub(crate) encode_errors: AtomicU64,
     pub(crate) events_dropped: AtomicU64,
     pub(crate) realtime_priority: AtomicBool,
+    pub(crate) complexity_steps_down: AtomicU64,
+    pub(crate) complexity_steps_up: AtomicU64,
+    pub(crate) calls_lowered: AtomicU64,
 }
 
 impl MixerCounters {
@@ -133,6 +136,13 @@ pub struct EngineStats {
     pub events_dropped: u64,
     /// Whether the mixer thread runs at a real-time (SCHED_FIFO) priority.
     pub realtime_priority: bool,
+    /// Opus complexity steps taken down under overload (one per call per step), and back up
+    /// once there was room ([`crate::EngineConfig::adaptive_complexity`]).
+    pub complexity_steps_down: u64,
+    /// See [`EngineStats::complexity_steps_down`].
+    pub complexity_steps_up: u64,
+    /// Calls encoding below their configured complexity now.
+    pub calls_lowered: u64,
     /// Time the mixer spent per tick, all calls together (µs).
     pub tick: Summary,
     /// Time one Opus encode took (µs).
