@@ -24,6 +24,8 @@ pub(super) struct Call {
     pub(super) packets: u64,
     pub(super) send_errors: u64,
     pub(super) refusal: Refusal,
+    /// Its phase group (see [`super::phase`]), set when the core takes it in.
+    pub(super) group: u8,
 }
 
 /// Back-off after the far end refused the call's packets. On a connected UDP socket Linux turns
@@ -115,6 +117,7 @@ impl Call {
             packets: 0,
             send_errors: 0,
             refusal: Refusal::default(),
+            group: 0,
         }))
     }
 }

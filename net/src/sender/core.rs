@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use quaver_engine::{FrameKind, Grid};
 
 use super::call::{Call, SealError};
+use super::phase::{PhaseConfig, PhaseGroups};
 use super::{CallConfig, Command, Returned, SendSlot, SenderError, SenderEvent};
 use crate::dave::{FrameEncryptor, SenderKey};
 use crate::rtp::SILENCE_FRAMES_AT_STOP;
@@ -16,13 +17,13 @@ use crate::transmit::{BackendChoice, BackendKind, Datagram, Transmitter};
 pub(super) trait Pace {
     /// Whether the waits are real (so the wake-up lateness means something).
     fn waits(&self) -> bool;
-    /// Before tick `n`'s frames are built.
-    fn until_build(&mut self, n: u64);
-    /// The frames are built (which took `build`): wait for the deadline; returns when sending
+    /// Before the frames of a phase group due at `deadline` are built.
+    fn until_build(&mut self, deadline: Instant);
+    /// The frames are built (which took `build`): wait for `deadline`; returns when sending
     /// starts.
-    fn until_send(&mut self, n: u64, build: Duration) -> Instant;
-    /// Tick `n` has nothing to send.
-    fn idle(&mut self, n: u64);
+    fn until_send(&mut self, deadline: Instant, build: Duration) -> Instant;
+    /// The tick whose first deadline is `deadline` has nothing to send.
+    fn idle(&mut self, deadline: Instant);
 }
 
 /// No waiting at all.
@@ -32,12 +33,15 @@ impl Pace for NoWait {
     fn waits(&self) -> bool {
         false
     }
-    fn until_build(&mut self, _n: u64) {}
-    fn until_send(&mut self, _n: u64, _build: Duration) -> Instant {
+    fn until_build(&mut self, _deadline: Instant) {}
+    fn until_send(&mut self, _deadline: Instant, _build: Duration) -> Instant {
         Instant::now()
     }
-    fn idle(&mut self, _n: u64) {}
+    fn idle(&mut self, _deadline: Instant) {}
 }
+
+/// [`SenderCore::build`] over every call, whatever its phase group.
+const ANY_GROUP: u8 = u8::MAX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Pass {
@@ -65,6 +69,7 @@ pub struct SenderCore {
     pub(super) stats: Box<SenderStats>,
     pub(super) events: EventQueue,
     pub(super) next_id: u64,
+    pub(super) phases: PhaseGroups,
 }
 
 impl std::fmt::Debug for SenderCore {
@@ -104,9 +109,20 @@ impl SenderCore {
                     pushed: 0,
                 },
                 next_id: 0,
+                phases: PhaseGroups::new(PhaseConfig::default()),
             },
             events_rx,
         ))
+    }
+
+    /// Sets how calls are staggered over the period ([`crate::sender::PhaseConfig`]); only
+    /// before the first call is added (calls keep their group for life).
+    pub fn set_phases(&mut self, config: PhaseConfig) -> Result<(), SenderError> {
+        if !self.calls.is_empty() {
+            return Err(SenderError::PhasesFixed);
+        }
+        self.phases = PhaseGroups::new(config);
+        Ok(())
     }
 
     /// The backend in use.
@@ -126,7 +142,9 @@ impl SenderCore {
         }
         let id = SendSlot(self.next_id);
         self.next_id += 1;
-        self.calls.push(Call::build(config, id)?);
+        let mut call = Call::build(config, id)?;
+        call.group = self.phases.assign();
+        self.calls.push(call);
         Ok(id)
     }
 
@@ -142,30 +160,67 @@ impl SenderCore {
         self.tick(n, &mut NoWait)
     }
 
-    /// Tick `n` in the one order every driver uses: frames already late go out first; `pace`
-    /// waits until build time; frames that became late meanwhile go out; the tick's frames are
-    /// built and sealed; `pace` waits for the deadline; the batch is sent.
+    /// Tick `n` in the one order every driver uses: frames already late go out first; then,
+    /// group by group (see [`super::phase`]), `pace` waits until the group's build time,
+    /// frames that became late meanwhile go out (first wake-up only), the group's frames are
+    /// built and sealed, `pace` waits for the group's deadline and the batch is sent.
+    ///
+    /// Only groups with something to send are woken for: a group is due when one of its calls
+    /// is speaking (its frame is coming) or has a frame already. A quiet call whose first
+    /// frame arrives after its group's turn goes out with the next group woken (a few ms late)
+    /// instead of a tick later; with nothing due the thread sleeps once, to the grid's deadline,
+    /// and looks again.
     pub(super) fn tick(&mut self, n: u64, pace: &mut impl Pace) -> usize {
         let mut sent = self.send_late(n);
-        pace.until_build(n);
-        sent += self.send_late(n);
-        let started = Instant::now();
-        if self.build(n, Pass::OnTime) > 0 {
+        let grid_deadline = self.grid.deadline(n);
+        let mut first_wake = true;
+        let mut from = 0;
+        let mut slept_idle = false;
+        loop {
+            let Some(group) = self.next_due_group(n, from) else {
+                if first_wake && !slept_idle {
+                    pace.idle(grid_deadline);
+                    slept_idle = true;
+                    continue;
+                }
+                break;
+            };
+            from = usize::from(group) + 1;
+            let deadline = grid_deadline + self.phases.offset(group);
+            pace.until_build(deadline);
+            if std::mem::take(&mut first_wake) {
+                sent += self.send_late(n);
+            }
+            let started = Instant::now();
+            if self.build(n, Pass::OnTime, group) == 0 {
+                continue;
+            }
             let build = started.elapsed();
-            let send_start = pace.until_send(n, build);
+            let send_start = pace.until_send(deadline, build);
             if pace.waits() {
-                let deadline = self.grid.deadline(n);
                 self.stats.wake_ns.saturating_record(
                     send_start.saturating_duration_since(deadline).as_nanos() as u64,
                 );
             }
             // Booked time is build + send, without the wait in between.
             sent += self.flush(send_start.checked_sub(build).unwrap_or(send_start));
-        } else {
-            pace.idle(n);
         }
         self.stats.ticks += 1;
         sent
+    }
+
+    /// The first phase group from `from` on with something to send in tick `n`.
+    fn next_due_group(&self, n: u64, from: usize) -> Option<u8> {
+        self.calls
+            .iter()
+            .filter(|call| usize::from(call.group) >= from)
+            .filter(|call| {
+                call.speaking
+                    || call.silence_left > 0
+                    || call.frames.peek().is_ok_and(|frame| frame.tick <= n)
+            })
+            .map(|call| call.group)
+            .min()
     }
 
     /// Sends frames whose tick is before `n`, in rounds of at most one per call, bounded so a
@@ -174,7 +229,7 @@ impl SenderCore {
         let mut sent = 0;
         for _ in 0..4 {
             let started = Instant::now();
-            if self.build(n, Pass::Late) == 0 {
+            if self.build(n, Pass::Late, ANY_GROUP) == 0 {
                 break;
             }
             self.stats.late_frames += self.batch.len() as u64;
@@ -183,12 +238,19 @@ impl SenderCore {
         sent
     }
 
-    /// Fills the batch for tick `n`; returns its size.
-    fn build(&mut self, n: u64, pass: Pass) -> usize {
+    /// Fills the batch for tick `n` with the calls of phase group `group` (or every call, for
+    /// [`ANY_GROUP`]); returns its size.
+    fn build(&mut self, n: u64, pass: Pass, group: u8) -> usize {
         self.batch.clear();
         self.batch_calls.clear();
         self.batch_due.clear();
         for (index, call) in self.calls.iter_mut().enumerate() {
+            // An earlier group's call whose frame came after its turn (a quiet call starting,
+            // a late mixer) catches this group's send; silence keeps to its own group.
+            let own_turn = group == ANY_GROUP || call.group == group;
+            if !own_turn && call.group > group {
+                continue;
+            }
             let mut due = n;
             let mut payload_ready = false;
             let mut has_packet = false;
@@ -243,7 +305,7 @@ impl SenderCore {
                     );
                 }
                 has_packet = true;
-            } else if pass == Pass::OnTime && call.silence_left > 0 {
+            } else if pass == Pass::OnTime && own_turn && call.silence_left > 0 {
                 let sealed = call.out.seal(None, n);
                 if book_seal(sealed, call.id, &mut self.events, &mut self.stats) {
                     call.silence_left -= 1;
@@ -280,8 +342,8 @@ impl SenderCore {
         let mut sent = 0;
         for i in 0..count {
             let call = &mut self.calls[self.batch_calls[i] as usize];
-            let lateness =
-                self.sent_at[i].saturating_duration_since(self.grid.deadline(self.batch_due[i]));
+            let deadline = self.grid.deadline(self.batch_due[i]) + self.phases.offset(call.group);
+            let lateness = self.sent_at[i].saturating_duration_since(deadline);
             self.stats
                 .lateness_ns
                 .saturating_record(lateness.as_nanos() as u64);
@@ -322,9 +384,10 @@ impl SenderCore {
 
     pub(super) fn apply(&mut self, command: Command, garbage: &mut rtrb::Producer<Returned>) {
         match command {
-            Command::Add(call) => {
+            Command::Add(mut call) => {
                 let id = call.id;
                 if self.calls.len() < self.max_calls {
+                    call.group = self.phases.assign();
                     self.calls.push(call);
                     push_event(
                         &mut self.events,
@@ -339,6 +402,7 @@ impl SenderCore {
             Command::Remove(id) => {
                 if let Some(pos) = self.calls.iter().position(|c| c.id == id) {
                     let call = self.calls.swap_remove(pos);
+                    self.phases.release(call.group);
                     let event = SenderEvent::CallRemoved {
                         call: id,
                         packets: call.packets,

@@ -72,22 +72,22 @@ impl Sender {
                     config.max_calls,
                     config.event_capacity,
                 );
-                let (core, events_rx) = match core {
+                let (mut core, events_rx) = match core {
                     Ok(pair) => pair,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
+                // No calls yet, so this cannot fail.
+                let _ = core.set_phases(config.phases);
                 let pacing = pacer::configure_current_thread(config.scheduling);
                 let pacer = Pacer::new(config.spin);
                 let _ = ready_tx.send(Ok((events_rx, core.backend(), pacing)));
-                let grid = core.grid;
                 let mut worker = Worker {
                     core,
                     pacing: Pacing {
                         pacer,
-                        grid,
                         build_ahead: MIN_BUILD_AHEAD,
                         recent_build: Duration::ZERO,
                     },

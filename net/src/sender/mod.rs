@@ -69,11 +69,13 @@
 mod call;
 mod core;
 mod handle;
+mod phase;
 mod thread;
 
 use call::Call;
 pub use core::SenderCore;
 pub use handle::Sender;
+pub use phase::{MAX_PHASE_GROUPS, PhaseConfig};
 
 use std::net::UdpSocket;
 use std::sync::Arc;
@@ -109,6 +111,9 @@ pub enum SenderError {
     /// The requested backend is not available.
     #[error("transmit backend unavailable: {0}")]
     Backend(std::io::Error),
+    /// Phase groups can only be set before the first call is added.
+    #[error("phase groups are fixed once calls are added")]
+    PhasesFixed,
 }
 
 /// Identifies a call inside the sender.
@@ -217,6 +222,8 @@ pub struct SenderConfig {
     pub on_thread_exit: Option<fn()>,
     /// Wakes the event reader after a tick that queued events (see [`EventNotifier`]).
     pub notify: Option<EventNotifier>,
+    /// How calls are staggered over the 20 ms period (see [`PhaseConfig`]).
+    pub phases: PhaseConfig,
 }
 
 impl SenderConfig {
@@ -233,6 +240,7 @@ impl SenderConfig {
             on_thread_start: None,
             on_thread_exit: None,
             notify: None,
+            phases: PhaseConfig::default(),
         }
     }
 }

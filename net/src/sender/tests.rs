@@ -320,3 +320,129 @@ fn refusal_backoff_probes_and_forgets_after_a_clean_second() {
         "after a clean second it starts over"
     );
 }
+
+/// Records the deadlines the core waits for, without waiting.
+#[derive(Default)]
+struct RecordingPace {
+    sends: Vec<Instant>,
+    idles: Vec<Instant>,
+}
+
+impl super::core::Pace for RecordingPace {
+    fn waits(&self) -> bool {
+        false
+    }
+    fn until_build(&mut self, _deadline: Instant) {}
+    fn until_send(&mut self, deadline: Instant, _build: std::time::Duration) -> Instant {
+        self.sends.push(deadline);
+        Instant::now()
+    }
+    fn idle(&mut self, deadline: Instant) {
+        self.idles.push(deadline);
+    }
+}
+
+#[test]
+fn calls_send_in_phase_groups_spread_over_the_period() {
+    use std::time::Duration;
+    let grid = Grid::new(Instant::now());
+    let (mut core, _events) = SenderCore::new(grid, BackendChoice::Portable, 64, 1024).unwrap(); // invariant: the portable backend always builds
+    core.set_phases(PhaseConfig {
+        groups: 4,
+        calls_per_group: 10,
+    })
+    .unwrap(); // invariant: no calls yet
+    let receiver = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
+    let mut producers = Vec::new();
+    for ssrc in 0..35 {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
+        socket.connect(receiver.local_addr().unwrap()).unwrap(); // invariant: loopback
+        let (tx, rx) = rtrb::RingBuffer::new(4);
+        core.add_call(CallConfig {
+            ssrc,
+            socket: Arc::new(socket),
+            mode: EncryptionMode::Aes256GcmRtpSize,
+            key: SecretKey::new([0; 32]),
+            frames: rx,
+        })
+        .unwrap(); // invariant: below max_calls
+        producers.push(tx);
+    }
+    assert!(matches!(
+        core.set_phases(PhaseConfig::default()),
+        Err(SenderError::PhasesFixed)
+    ));
+    for tx in &mut producers {
+        tx.push(EncodedFrame::from_packet(3, b"abc").expect("small packet"))
+            .unwrap(); // invariant: room
+    }
+    let mut pace = RecordingPace::default();
+    assert_eq!(core.tick(3, &mut pace), 35);
+    // 35 calls, 10 a group: groups at 0, 5, 10 and 15 ms after the grid's deadline, each
+    // woken for once.
+    let offsets: Vec<Duration> = pace
+        .sends
+        .iter()
+        .map(|d| d.duration_since(grid.deadline(3)))
+        .collect();
+    assert_eq!(offsets, [0, 5, 10, 15].map(Duration::from_millis).to_vec());
+    // The streams end: five silence frames each, still in their groups.
+    for tx in &mut producers {
+        tx.push(EncodedFrame::new(4, FrameKind::EndOfStream))
+            .unwrap(); // invariant: room
+    }
+    for t in 4..9 {
+        let mut pace = RecordingPace::default();
+        assert_eq!(core.tick(t, &mut pace), 35, "tick {t}");
+        assert_eq!(pace.sends.len(), 4);
+    }
+    // Nothing due any more: one idle wait at the grid's own deadline, no group wake-ups.
+    let mut pace = RecordingPace::default();
+    assert_eq!(core.tick(9, &mut pace), 0);
+    assert!(pace.sends.is_empty());
+    assert_eq!(pace.idles, [grid.deadline(9)]);
+
+    // A quiet call's first frame that shows up after its group's turn (here: while the thread
+    // waits for group 3) goes out with the next group woken, in the same tick.
+    let mut late = producers.swap_remove(0);
+    producers[33 - 1]
+        .push(EncodedFrame::from_packet(10, b"abc").expect("small packet"))
+        .unwrap(); // invariant: room
+    let mut pace = ArrivingPace {
+        inner: RecordingPace::default(),
+        arrives: Some(&mut late),
+        tick: 10,
+    };
+    assert_eq!(
+        core.tick(10, &mut pace),
+        2,
+        "group 0's late starter caught up by group 3"
+    );
+    assert_eq!(pace.inner.sends.len(), 1);
+}
+
+/// A [`RecordingPace`] during whose first build wait a frame arrives for a quiet call.
+struct ArrivingPace<'a> {
+    inner: RecordingPace,
+    arrives: Option<&'a mut rtrb::Producer<EncodedFrame>>,
+    tick: u64,
+}
+
+impl super::core::Pace for ArrivingPace<'_> {
+    fn waits(&self) -> bool {
+        false
+    }
+    fn until_build(&mut self, _deadline: Instant) {
+        if let Some(producer) = self.arrives.take() {
+            producer
+                .push(EncodedFrame::from_packet(self.tick, b"abc").expect("small packet"))
+                .unwrap(); // invariant: room
+        }
+    }
+    fn until_send(&mut self, deadline: Instant, build: std::time::Duration) -> Instant {
+        self.inner.until_send(deadline, build)
+    }
+    fn idle(&mut self, deadline: Instant) {
+        self.inner.idle(deadline);
+    }
+}

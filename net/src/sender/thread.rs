@@ -4,8 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use quaver_engine::Grid;
-
 use super::core::{Pace, SenderCore};
 use super::handle::STATS_EVERY_TICKS;
 use super::{Command, EventNotifier, Returned};
@@ -33,7 +31,6 @@ pub(super) const MAX_BUILD_AHEAD: Duration = Duration::from_millis(5);
 /// The thread's [`Pace`]: sleep to build time, then sleep and spin to the deadline.
 pub(super) struct Pacing {
     pub(super) pacer: Pacer,
-    pub(super) grid: Grid,
     /// How long before a deadline the tick's packets are built. The mixer builds frame `n`
     /// only shortly before `deadline(n)`, so building right after the previous send would find
     /// it missing and send it a tick late.
@@ -47,23 +44,22 @@ impl Pace for Pacing {
         true
     }
 
-    fn until_build(&mut self, n: u64) {
-        let deadline = self.grid.deadline(n);
+    fn until_build(&mut self, deadline: Instant) {
         self.pacer
             .sleep_until(deadline.checked_sub(self.build_ahead).unwrap_or(deadline));
     }
 
-    fn until_send(&mut self, n: u64, build: Duration) -> Instant {
+    fn until_send(&mut self, deadline: Instant, build: Duration) -> Instant {
         self.recent_build = build.max(self.recent_build.mul_f32(0.99));
         self.build_ahead = (self.recent_build * 2 + Duration::from_micros(300))
             .clamp(MIN_BUILD_AHEAD, MAX_BUILD_AHEAD);
-        self.pacer.wait_until(self.grid.deadline(n));
+        self.pacer.wait_until(deadline);
         Instant::now()
     }
 
-    fn idle(&mut self, n: u64) {
+    fn idle(&mut self, deadline: Instant) {
         // Nothing to send: no need for precision, so no spin.
-        self.pacer.sleep_until(self.grid.deadline(n));
+        self.pacer.sleep_until(deadline);
     }
 }
 
