@@ -9,9 +9,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use quaver::gateway::control::ControlConfig;
+use quaver::gateway::main_gateway::MainGatewayConfig;
+use quaver::gateway::protocol::Token;
 use quaver::gateway::voice::VoiceConnectRequest;
 use quaver::{
-    Config, Engine, FrameOrigin, ListenEvent, ReceiveOptions, ReceivedFrame, StreamStats,
+    CallId, Config, Engine, FrameOrigin, JoinOptions, ListenEvent, ReceiveOptions, ReceivedFrame,
+    StreamStats,
 };
 use serde::Serialize;
 
@@ -26,8 +29,9 @@ pub struct HeardReport {
     /// Frames between the first and the last sequence number played (what a perfect network
     /// would have delivered in that span).
     pub frames_expected: u64,
-    /// `frames_played` of `frames_expected`, in percent: every frame delivered as audio.
-    pub delivered_percent: f64,
+    /// `frames_played` of `frames_expected`, in percent: every frame delivered as audio
+    /// (`None` when nothing was heard).
+    pub delivered_percent: Option<f64>,
     /// Packets that never arrived.
     pub lost: u64,
     /// Frames libopus concealed (lost without FEC).
@@ -41,9 +45,10 @@ pub struct HeardReport {
     /// DAVE frames that would not decrypt (during a key change, before the keys arrive).
     pub undecryptable: u64,
     /// From a packet's arrival to its play-out, in ms.
-    pub buffer_delay_ms: Quantiles,
-    /// From the push into the sending engine to the play-out at the receiving engine, in ms.
-    pub mouth_to_ear_ms: Quantiles,
+    pub buffer_delay_ms: Option<Quantiles>,
+    /// From the push into the sending engine to the play-out at the receiving engine, in ms
+    /// (`None` when the call played no probe whose pushes are dated, such as music files).
+    pub mouth_to_ear_ms: Option<Quantiles>,
     /// CPU of the receiving engine's threads while the calls streamed, in percent of one core
     /// (not included in the report's own CPU figure).
     pub cpu_percent: f64,
@@ -66,6 +71,14 @@ pub struct Hearing {
     thread: Option<JoinHandle<(Vec<Frame>, StreamStats)>>,
 }
 
+fn hearing_engine(control: ControlConfig) -> Result<Engine, Error> {
+    let mut config = Config::default();
+    config.engine.realtime_priority = false;
+    config.engine.max_calls = 1;
+    config.control = control;
+    Ok(Engine::new(config)?)
+}
+
 impl Hearing {
     /// Joins with `request` (another user in the probe's channel) and hears `speaker`.
     pub fn start(
@@ -73,12 +86,29 @@ impl Hearing {
         control: ControlConfig,
         speaker: u64,
     ) -> Result<Self, Error> {
-        let mut config = Config::default();
-        config.engine.realtime_priority = false;
-        config.engine.max_calls = 1;
-        config.control = control;
-        let engine = Engine::new(config)?;
+        let engine = hearing_engine(control)?;
         let call = engine.connect(request)?;
+        Self::hear(engine, call, Some(speaker))
+    }
+
+    /// Joins `guild`'s `channel` through the main gateway at `main_gateway_url` (a separate
+    /// `quaver serve`) as a bot of its own, and hears the first member who speaks there: what
+    /// that server forwards is all a client outside it can measure.
+    pub fn join(
+        main_gateway_url: &str,
+        control: ControlConfig,
+        guild: u64,
+        channel: u64,
+    ) -> Result<Self, Error> {
+        let engine = hearing_engine(control)?;
+        let mut bot = MainGatewayConfig::new(Token::new("quaver-jitter-hearing"));
+        bot.url = main_gateway_url.to_string();
+        let bot = engine.connect_bot(bot)?;
+        let call = engine.join(bot, guild, channel, JoinOptions::default())?;
+        Self::hear(engine, call, None)
+    }
+
+    fn hear(engine: Engine, call: CallId, speaker: Option<u64>) -> Result<Self, Error> {
         let listener = engine.listen(call, ReceiveOptions::default())?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);
@@ -87,13 +117,16 @@ impl Hearing {
             .spawn(move || {
                 let mut frames = Vec::new();
                 let mut audio = None;
+                let mut heard = None;
                 let mut quiet = 0usize;
                 loop {
                     let stopping = thread_stop.load(Ordering::Relaxed);
                     while let Some(event) = listener.try_event() {
+                        // Without a speaker named, the first member heard is the one.
                         if let ListenEvent::User(a) = event
-                            && a.user_id() == speaker
+                            && speaker.or(heard).is_none_or(|s| a.user_id() == s)
                         {
+                            heard = Some(a.user_id());
                             audio = Some(a);
                         }
                     }
@@ -198,11 +231,8 @@ fn summarise(
     HeardReport {
         frames_played: played,
         frames_expected: expected,
-        delivered_percent: if expected == 0 {
-            0.0
-        } else {
-            played.min(expected) as f64 / expected as f64 * 100.0
-        },
+        delivered_percent: (expected > 0)
+            .then(|| played.min(expected) as f64 / expected as f64 * 100.0),
         lost: stats.lost,
         concealed: stats.concealed,
         fec_recovered: stats.fec_recovered,

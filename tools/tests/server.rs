@@ -420,7 +420,7 @@ fn built_in_main_gateway_joins_and_audio_decodes_into_a_recording() {
     assert_eq!((s.timestamp_step_errors, s.decode_errors), (0, 0));
     assert_eq!((s.user_id, s.guild_id), (user_id, 42));
     assert_eq!(s.lateness_us.count, 50);
-    assert_eq!(s.lateness_us.min, 0);
+    assert_eq!(s.lateness_us.min, 0.0);
     assert_eq!(s.jitter_us.count, 49);
     assert_eq!(stats.counters.auth_failures, 0);
     assert_eq!(

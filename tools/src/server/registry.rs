@@ -89,7 +89,7 @@ impl StreamRecord {
             decode_errors: self.decode_errors,
             decoded_samples: self.decoded_samples,
             lateness_us: Percentiles::of(&self.meter.lateness()),
-            jitter_us: Percentiles::of(&self.meter.jitter_us),
+            jitter_us: Percentiles::of_ns(&self.meter.jitter_ns),
             recording: self.recording.clone(),
             dave_frames: self.dave_frames,
             dave_undecryptable: self.dave_undecryptable,

@@ -125,7 +125,7 @@ pub struct StreamStats {
     pub decoded_samples: u64,
     /// Arrival minus ideal arrival on the sender's 20 ms grid, anchored at its best packet (µs).
     pub lateness_us: Percentiles,
-    /// RFC 3550 inter-arrival jitter after each packet (µs).
+    /// RFC 3550 inter-arrival jitter after each packet (µs, measured to the ns).
     pub jitter_us: Percentiles,
     /// The WAV recording, when recording.
     pub recording: Option<PathBuf>,
@@ -216,7 +216,7 @@ impl std::fmt::Display for CallStats {
             )?;
             writeln!(
                 f,
-                "    lateness µs p50 {} p99 {} p99.9 {} max {}; jitter µs p50 {} p99 {} max {}",
+                "    lateness µs p50 {:.0} p99 {:.0} p99.9 {:.0} max {:.0}; jitter µs p50 {:.1} p99 {:.1} max {:.1}",
                 s.lateness_us.p50,
                 s.lateness_us.p99,
                 s.lateness_us.p999,
