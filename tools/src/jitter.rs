@@ -248,15 +248,14 @@ fn ensure_descriptors(calls: usize, needed: u64) -> Result<(), Error> {
 pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> {
     validate(options)?;
     ensure_descriptors(options.calls, descriptors_needed(options))?;
-    // Decoding every packet of 1,000 calls would measure the server, not Quaver.
-    let decode_audio = options.record.is_some() || options.calls <= 16;
     let target = match &options.server {
         Some(server) => Target::Remote {
             main_gateway: crate::remote::main_gateway_url(server),
         },
         None => Target::Embedded(Server::start(ServerConfig {
             record_dir: options.record.clone(),
-            decode_audio,
+            // Decoding every packet of 1,000 calls would measure the server, not Quaver.
+            decode_audio: options.record.is_some() || options.calls <= 16,
             faults: options.faults.clone(),
             ..ServerConfig::default()
         })?),
@@ -557,7 +556,7 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
                 .flat_map(|c| c.streams.iter())
                 .filter(|s| s.user_id == BOT_USER)
                 .collect();
-            report.fill_receiver(&ours, decode_audio);
+            report.fill_receiver(&ours);
             // Loss the server caused itself (it could not read its socket in time) is not the
             // sender's: say so, with what to do about it.
             if let Some(note) = stats.counters.overload_note() {

@@ -75,8 +75,10 @@ impl Quantiles {
 
     /// Many streams' percentiles combined conservatively: the median of their medians, and the
     /// worst stream's p99, p99.9 and maximum; `None` when no stream measured anything.
-    fn combine(parts: impl Iterator<Item = crate::server::stats::Percentiles>) -> Option<Self> {
-        let parts: Vec<_> = parts.filter(|p| p.count > 0).collect();
+    fn combine(
+        parts: impl Iterator<Item = Option<crate::server::stats::Percentiles>>,
+    ) -> Option<Self> {
+        let parts: Vec<_> = parts.flatten().filter(|p| p.count > 0).collect();
         if parts.is_empty() {
             return None;
         }
@@ -249,14 +251,14 @@ impl Report {
         (lost > 0).then_some(lost)
     }
 
-    /// Fills the receiving side's figures from the server's statistics of the engine's streams;
-    /// `decoded` says whether the server decoded them (else decode errors are unknown).
-    pub fn fill_receiver(&mut self, streams: &[&StreamStats], decoded: bool) {
+    /// Fills the receiving side's figures from the server's statistics of the engine's streams.
+    pub fn fill_receiver(&mut self, streams: &[&StreamStats]) {
         self.packets_received = Some(streams.iter().map(|s| s.unique_packets).sum());
         self.lost = Some(streams.iter().map(|s| s.lost).sum());
         self.duplicates = Some(streams.iter().map(|s| s.duplicates).sum());
         self.reordered = Some(streams.iter().map(|s| s.reordered).sum());
-        self.decode_errors = decoded.then(|| streams.iter().map(|s| s.decode_errors).sum());
+        // Unknown if the server decoded none of them, or only some.
+        self.decode_errors = streams.iter().map(|s| s.decode_errors).sum();
         self.dave_frames = Some(streams.iter().map(|s| s.dave_frames).sum());
         self.dave_undecryptable = Some(streams.iter().map(|s| s.dave_undecryptable).sum());
         self.recv_lateness_us = Quantiles::combine(streams.iter().map(|s| s.lateness_us));
