@@ -22,6 +22,7 @@ const GROUP_GAP: f64 = 10.0;
 const QUAVER_COLOUR: &str = "#2f6db3";
 const BASELINE_COLOUR: &str = "#e07b1a";
 const RECEIVER_COLOUR: &str = "#3b9a57";
+const RECEIVER_NAME: &str = "Quaver receiver (what a bot in the call gets)";
 
 /// One sender's (or receiver's) quantiles in a panel, in µs.
 struct Series {
@@ -89,10 +90,17 @@ fn panels(report: &Report) -> Vec<Panel> {
         },
         Panel {
             title: "Inter-arrival jitter (RFC 3550)",
-            explain: "smoothed variation of the packets' transit time at the server (lower is better)",
+            explain: "smoothed variation of the packets' transit time at the server and at Quaver's receiver (lower is better)",
             series: [
                 quaver(report.interarrival_jitter_us),
                 baseline(|b| b.interarrival_jitter_us),
+                heard
+                    .and_then(|h| h.interarrival_jitter_us)
+                    .map(|quantiles| Series {
+                        name: RECEIVER_NAME,
+                        colour: RECEIVER_COLOUR,
+                        quantiles,
+                    }),
             ]
             .into_iter()
             .flatten()
@@ -108,7 +116,7 @@ fn panels(report: &Report) -> Vec<Panel> {
             explain: "from the push into the sending engine to the play-out at a receiving engine",
             series: ms(heard.and_then(|h| h.mouth_to_ear_ms))
                 .map(|quantiles| Series {
-                    name: "Quaver receiver",
+                    name: RECEIVER_NAME,
                     colour: RECEIVER_COLOUR,
                     quantiles,
                 })

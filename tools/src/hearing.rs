@@ -44,6 +44,9 @@ pub struct HeardReport {
     pub duplicates: u64,
     /// DAVE frames that would not decrypt (during a key change, before the keys arrive).
     pub undecryptable: u64,
+    /// RFC 3550 inter-arrival jitter of the packets that reached the receiver, in µs (to the
+    /// ns): what the network and the server added on top of the sender's own timing.
+    pub interarrival_jitter_us: Option<Quantiles>,
     /// From a packet's arrival to its play-out, in ms.
     pub buffer_delay_ms: Option<Quantiles>,
     /// From the push into the sending engine to the play-out at the receiving engine, in ms
@@ -58,6 +61,10 @@ pub struct HeardReport {
 struct Frame {
     at: Instant,
     sequence: u16,
+    /// RTP timestamp.
+    timestamp: u32,
+    /// When its packet arrived, for frames decoded from a packet (not FEC or concealment).
+    arrived: Option<Instant>,
     buffered: Option<Duration>,
     opus: Option<Vec<u8>>,
     /// Whether a click starts in it (encode-mode probe).
@@ -183,6 +190,8 @@ fn observe(f: &ReceivedFrame, quiet: &mut usize) -> Frame {
     Frame {
         at: f.at,
         sequence: f.sequence,
+        timestamp: f.timestamp,
+        arrived: f.arrived.filter(|_| f.origin == FrameOrigin::Packet),
         buffered: f.arrived.map(|a| f.at.saturating_duration_since(a)),
         opus: (f.origin == FrameOrigin::Packet)
             .then(|| f.opus().map(<[u8]>::to_vec))
@@ -239,8 +248,55 @@ fn summarise(
         late: stats.late,
         duplicates: stats.duplicates,
         undecryptable: stats.undecryptable,
+        interarrival_jitter_us: interarrival_jitter(frames),
         buffer_delay_ms: Quantiles::of_us_as_ms(&buffer),
         mouth_to_ear_ms: Quantiles::of_us_as_ms(&mouth),
         cpu_percent: 0.0,
+    }
+}
+
+/// The RFC 3550 jitter of the played packets' arrivals, computed as the local server computes
+/// it (the same meter), from the receive thread's arrival times.
+fn interarrival_jitter(frames: &[Frame]) -> Option<Quantiles> {
+    let origin = frames.iter().filter_map(|f| f.arrived).min()?;
+    let mut meter = crate::server::stats::StreamMeter::new();
+    for f in frames {
+        if let Some(arrived) = f.arrived {
+            let ns = i64::try_from(arrived.duration_since(origin).as_nanos()).unwrap_or(i64::MAX);
+            meter.on_packet(f.sequence, f.timestamp, 0, ns);
+        }
+    }
+    Quantiles::of_ns(&meter.jitter_ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(origin: Instant, i: u16, late_us: u64, from_packet: bool) -> Frame {
+        let arrived =
+            origin + Duration::from_millis(20 * u64::from(i)) + Duration::from_micros(late_us);
+        Frame {
+            at: arrived + Duration::from_millis(40),
+            sequence: i,
+            timestamp: u32::from(i) * 960,
+            arrived: from_packet.then_some(arrived),
+            buffered: Some(Duration::from_millis(40)),
+            opus: None,
+            onset: false,
+        }
+    }
+
+    /// Packets that arrive alternately on time and 10 µs late jitter by 10 µs; concealed
+    /// frames (no packet) do not count.
+    #[test]
+    fn the_receiver_measures_the_jitter_of_what_arrived() {
+        let origin = Instant::now();
+        let frames: Vec<Frame> = (0..300u16)
+            .map(|i| frame(origin, i, if i % 2 == 1 { 10 } else { 0 }, i % 50 != 7))
+            .collect();
+        let jitter = interarrival_jitter(&frames).unwrap();
+        assert!((9.0..=11.0).contains(&jitter.p50), "{jitter:?}");
+        assert!(interarrival_jitter(&[]).is_none());
     }
 }

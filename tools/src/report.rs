@@ -378,6 +378,12 @@ impl Report {
             );
             row(
                 &mut out,
+                "Quaver rx jitter (RFC 3550)",
+                &heard.interarrival_jitter_us,
+                "µs",
+            );
+            row(
+                &mut out,
                 "Quaver rx buffer delay",
                 &heard.buffer_delay_ms,
                 "ms",
