@@ -96,14 +96,11 @@ impl MachineTimes {
         }
     }
 
-    /// Percent of the machine's time since `earlier` that the hypervisor gave to other guests.
-    /// On a shared VM this explains timing noise no program can avoid.
-    pub fn steal_percent_since(&self, earlier: &Self) -> f64 {
+    /// Percent of the machine's time since `earlier` that the hypervisor gave to other guests;
+    /// `None` when `/proc/stat` did not say. On a shared VM this explains timing noise no
+    /// program can avoid.
+    pub fn steal_percent_since(&self, earlier: &Self) -> Option<f64> {
         let total = self.total.saturating_sub(earlier.total);
-        if total == 0 {
-            0.0
-        } else {
-            self.steal.saturating_sub(earlier.steal) as f64 * 100.0 / total as f64
-        }
+        (total > 0).then(|| self.steal.saturating_sub(earlier.steal) as f64 * 100.0 / total as f64)
     }
 }

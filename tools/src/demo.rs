@@ -9,15 +9,6 @@ use std::time::Duration;
 use crate::jitter::{JitterOptions, run};
 use crate::{Error, Finished};
 
-/// The example tracks shipped with the tools.
-pub fn bundled_tracks() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tracks");
-    ["bass.mp3", "beat.flac", "chords.ogg"]
-        .iter()
-        .map(|name| dir.join(name))
-        .collect()
-}
-
 /// What to demo (also the `quaver demo` command line).
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoOptions {
@@ -40,16 +31,21 @@ pub struct DemoOptions {
     /// Where the embedded server writes its recording.
     #[arg(long, default_value = "quaver-demo")]
     pub record: PathBuf,
-    /// Files to play (default: the bundled example tracks).
+    /// Files to play (default: the example tracks built into the binary).
     pub files: Vec<PathBuf>,
 }
 
 /// Runs the demo until its time is up or `stop` is set, and prints the report.
 pub fn demo(options: &DemoOptions, stop: &AtomicBool) -> Result<Finished, Error> {
-    let files = if options.files.is_empty() {
-        bundled_tracks()
+    // Kept until the run is over: dropping it removes the files.
+    let bundled = if options.files.is_empty() {
+        Some(crate::bundled::BundledTracks::extract()?)
     } else {
-        options.files.clone()
+        None
+    };
+    let files = match &bundled {
+        Some(tracks) => tracks.paths().to_vec(),
+        None => options.files.clone(),
     };
     crate::media::check_all(&files)?;
     std::fs::create_dir_all(&options.record).map_err(|e| Error::io(&options.record, e))?;
@@ -75,6 +71,7 @@ pub fn demo(options: &DemoOptions, stop: &AtomicBool) -> Result<Finished, Error>
             record: options.server.is_none().then(|| options.record.clone()),
             realtime: true,
             announce,
+            progress: true,
             ..JitterOptions::default()
         },
         stop,

@@ -9,9 +9,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use quaver::gateway::control::ControlConfig;
+use quaver::gateway::main_gateway::MainGatewayConfig;
+use quaver::gateway::protocol::Token;
 use quaver::gateway::voice::VoiceConnectRequest;
 use quaver::{
-    Config, Engine, FrameOrigin, ListenEvent, ReceiveOptions, ReceivedFrame, StreamStats,
+    CallId, Config, Engine, FrameOrigin, JoinOptions, ListenEvent, ReceiveOptions, ReceivedFrame,
+    StreamStats,
 };
 use serde::Serialize;
 
@@ -26,8 +29,9 @@ pub struct HeardReport {
     /// Frames between the first and the last sequence number played (what a perfect network
     /// would have delivered in that span).
     pub frames_expected: u64,
-    /// `frames_played` of `frames_expected`, in percent: every frame delivered as audio.
-    pub delivered_percent: f64,
+    /// `frames_played` of `frames_expected`, in percent: every frame delivered as audio
+    /// (`None` when nothing was heard).
+    pub delivered_percent: Option<f64>,
     /// Packets that never arrived.
     pub lost: u64,
     /// Frames libopus concealed (lost without FEC).
@@ -40,10 +44,14 @@ pub struct HeardReport {
     pub duplicates: u64,
     /// DAVE frames that would not decrypt (during a key change, before the keys arrive).
     pub undecryptable: u64,
+    /// RFC 3550 inter-arrival jitter of the packets that reached the receiver, in µs (to the
+    /// ns): what the network and the server added on top of the sender's own timing.
+    pub interarrival_jitter_us: Option<Quantiles>,
     /// From a packet's arrival to its play-out, in ms.
-    pub buffer_delay_ms: Quantiles,
-    /// From the push into the sending engine to the play-out at the receiving engine, in ms.
-    pub mouth_to_ear_ms: Quantiles,
+    pub buffer_delay_ms: Option<Quantiles>,
+    /// From the push into the sending engine to the play-out at the receiving engine, in ms
+    /// (`None` when the call played no probe whose pushes are dated, such as music files).
+    pub mouth_to_ear_ms: Option<Quantiles>,
     /// CPU of the receiving engine's threads while the calls streamed, in percent of one core
     /// (not included in the report's own CPU figure).
     pub cpu_percent: f64,
@@ -53,6 +61,10 @@ pub struct HeardReport {
 struct Frame {
     at: Instant,
     sequence: u16,
+    /// RTP timestamp.
+    timestamp: u32,
+    /// When its packet arrived, for frames decoded from a packet (not FEC or concealment).
+    arrived: Option<Instant>,
     buffered: Option<Duration>,
     opus: Option<Vec<u8>>,
     /// Whether a click starts in it (encode-mode probe).
@@ -66,6 +78,14 @@ pub struct Hearing {
     thread: Option<JoinHandle<(Vec<Frame>, StreamStats)>>,
 }
 
+fn hearing_engine(control: ControlConfig) -> Result<Engine, Error> {
+    let mut config = Config::default();
+    config.engine.realtime_priority = false;
+    config.engine.max_calls = 1;
+    config.control = control;
+    Ok(Engine::new(config)?)
+}
+
 impl Hearing {
     /// Joins with `request` (another user in the probe's channel) and hears `speaker`.
     pub fn start(
@@ -73,12 +93,29 @@ impl Hearing {
         control: ControlConfig,
         speaker: u64,
     ) -> Result<Self, Error> {
-        let mut config = Config::default();
-        config.engine.realtime_priority = false;
-        config.engine.max_calls = 1;
-        config.control = control;
-        let engine = Engine::new(config)?;
+        let engine = hearing_engine(control)?;
         let call = engine.connect(request)?;
+        Self::hear(engine, call, Some(speaker))
+    }
+
+    /// Joins `guild`'s `channel` through the main gateway at `main_gateway_url` (a separate
+    /// `quaver serve`) as a bot of its own, and hears the first member who speaks there: what
+    /// that server forwards is all a client outside it can measure.
+    pub fn join(
+        main_gateway_url: &str,
+        control: ControlConfig,
+        guild: u64,
+        channel: u64,
+    ) -> Result<Self, Error> {
+        let engine = hearing_engine(control)?;
+        let mut bot = MainGatewayConfig::new(Token::new("quaver-jitter-hearing"));
+        bot.url = main_gateway_url.to_string();
+        let bot = engine.connect_bot(bot)?;
+        let call = engine.join(bot, guild, channel, JoinOptions::default())?;
+        Self::hear(engine, call, None)
+    }
+
+    fn hear(engine: Engine, call: CallId, speaker: Option<u64>) -> Result<Self, Error> {
         let listener = engine.listen(call, ReceiveOptions::default())?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);
@@ -87,13 +124,16 @@ impl Hearing {
             .spawn(move || {
                 let mut frames = Vec::new();
                 let mut audio = None;
+                let mut heard = None;
                 let mut quiet = 0usize;
                 loop {
                     let stopping = thread_stop.load(Ordering::Relaxed);
                     while let Some(event) = listener.try_event() {
+                        // Without a speaker named, the first member heard is the one.
                         if let ListenEvent::User(a) = event
-                            && a.user_id() == speaker
+                            && speaker.or(heard).is_none_or(|s| a.user_id() == s)
                         {
+                            heard = Some(a.user_id());
                             audio = Some(a);
                         }
                     }
@@ -150,6 +190,8 @@ fn observe(f: &ReceivedFrame, quiet: &mut usize) -> Frame {
     Frame {
         at: f.at,
         sequence: f.sequence,
+        timestamp: f.timestamp,
+        arrived: f.arrived.filter(|_| f.origin == FrameOrigin::Packet),
         buffered: f.arrived.map(|a| f.at.saturating_duration_since(a)),
         opus: (f.origin == FrameOrigin::Packet)
             .then(|| f.opus().map(<[u8]>::to_vec))
@@ -198,19 +240,63 @@ fn summarise(
     HeardReport {
         frames_played: played,
         frames_expected: expected,
-        delivered_percent: if expected == 0 {
-            0.0
-        } else {
-            played.min(expected) as f64 / expected as f64 * 100.0
-        },
+        delivered_percent: (expected > 0)
+            .then(|| played.min(expected) as f64 / expected as f64 * 100.0),
         lost: stats.lost,
         concealed: stats.concealed,
         fec_recovered: stats.fec_recovered,
         late: stats.late,
         duplicates: stats.duplicates,
         undecryptable: stats.undecryptable,
+        interarrival_jitter_us: interarrival_jitter(frames),
         buffer_delay_ms: Quantiles::of_us_as_ms(&buffer),
         mouth_to_ear_ms: Quantiles::of_us_as_ms(&mouth),
         cpu_percent: 0.0,
+    }
+}
+
+/// The RFC 3550 jitter of the played packets' arrivals, computed as the local server computes
+/// it (the same meter), from the receive thread's arrival times.
+fn interarrival_jitter(frames: &[Frame]) -> Option<Quantiles> {
+    let origin = frames.iter().filter_map(|f| f.arrived).min()?;
+    let mut meter = crate::server::stats::StreamMeter::new();
+    for f in frames {
+        if let Some(arrived) = f.arrived {
+            let ns = i64::try_from(arrived.duration_since(origin).as_nanos()).unwrap_or(i64::MAX);
+            meter.on_packet(f.sequence, f.timestamp, 0, ns);
+        }
+    }
+    Quantiles::of_ns(&meter.jitter_ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(origin: Instant, i: u16, late_us: u64, from_packet: bool) -> Frame {
+        let arrived =
+            origin + Duration::from_millis(20 * u64::from(i)) + Duration::from_micros(late_us);
+        Frame {
+            at: arrived + Duration::from_millis(40),
+            sequence: i,
+            timestamp: u32::from(i) * 960,
+            arrived: from_packet.then_some(arrived),
+            buffered: Some(Duration::from_millis(40)),
+            opus: None,
+            onset: false,
+        }
+    }
+
+    /// Packets that arrive alternately on time and 10 µs late jitter by 10 µs; concealed
+    /// frames (no packet) do not count.
+    #[test]
+    fn the_receiver_measures_the_jitter_of_what_arrived() {
+        let origin = Instant::now();
+        let frames: Vec<Frame> = (0..300u16)
+            .map(|i| frame(origin, i, if i % 2 == 1 { 10 } else { 0 }, i % 50 != 7))
+            .collect();
+        let jitter = interarrival_jitter(&frames).unwrap();
+        assert!((9.0..=11.0).contains(&jitter.p50), "{jitter:?}");
+        assert!(interarrival_jitter(&[]).is_none());
     }
 }

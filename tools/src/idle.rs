@@ -31,8 +31,9 @@ pub struct IdleReport {
     pub cpu_percent: f64,
     /// The same per call.
     pub cpu_percent_per_call: f64,
-    /// Time the hypervisor took from this VM meanwhile, % of all CPU time.
-    pub steal_percent: f64,
+    /// Time the hypervisor took from this VM meanwhile, % of all CPU time (`None` where
+    /// `/proc/stat` does not say).
+    pub steal_percent: Option<f64>,
     /// Whether Ctrl-C cut the measurement short.
     pub interrupted: bool,
 }
@@ -41,12 +42,13 @@ impl std::fmt::Display for IdleReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "{} idle joined call(s), {:.1} s: CPU {:.3} % of one core ({:.5} % per call); steal {:.1} %{}",
+            "{} idle joined call(s), {:.1} s: CPU {:.3} % of one core ({:.5} % per call){}{}",
             self.calls,
             self.seconds,
             self.cpu_percent,
             self.cpu_percent_per_call,
-            self.steal_percent,
+            self.steal_percent
+                .map_or_else(String::new, |s| format!("; steal {s:.1} %")),
             if self.interrupted {
                 " (interrupted)"
             } else {
@@ -99,14 +101,25 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<IdleReport, Err
     let machine_before = crate::cpu::MachineTimes::now();
     let started = Instant::now();
     let mut interrupted = false;
+    let mut progress = crate::progress::Progress::new(
+        options.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    );
     while started.elapsed() < options.seconds {
         if stop.load(Ordering::Relaxed) {
             interrupted = true;
             break;
         }
+        progress.update(|| {
+            format!(
+                "measuring {:.1} of {:.1} s",
+                started.elapsed().as_secs_f64(),
+                options.seconds.as_secs_f64()
+            )
+        });
         std::thread::sleep(Duration::from_millis(20));
     }
     let wall = started.elapsed();
+    progress.clear();
     let cpu = crate::cpu::quaver_thread_time().saturating_sub(cpu_before);
     let steal_percent = crate::cpu::MachineTimes::now().steal_percent_since(&machine_before);
     let cpu_percent = cpu.as_secs_f64() / wall.as_secs_f64() * 100.0;

@@ -69,6 +69,8 @@ pub struct JitterOptions {
     pub realtime: bool,
     /// A line for stderr once every call is connected and streaming starts.
     pub announce: Option<String>,
+    /// Show how far the run is on a progress line (only when stderr is a terminal).
+    pub progress: bool,
     /// Loss, reordering and duplication the embedded server applies to forwarded packets (what
     /// the listeners, Quaver's own receiver among them, get).
     pub faults: Faults,
@@ -88,6 +90,7 @@ impl Default for JitterOptions {
             record: None,
             realtime: true,
             announce: None,
+            progress: false,
             faults: Faults::default(),
         }
     }
@@ -319,16 +322,20 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
     // Quaver's own receiver, a second engine in the probe's channel. Its threads are told
     // apart from the measured engine's so that each one's CPU is reported on its own.
     let threads_before = crate::cpu::quaver_thread_ids();
-    let hearing = match (
-        &target,
-        target.participant_request(FIRST_GUILD, HEARING_USER),
-    ) {
-        (Target::Embedded(server), Ok(request)) => Some(crate::hearing::Hearing::start(
-            request,
+    // Against a separate server, this is the only view of what arrived: that server's own
+    // figures stay in its process.
+    let hearing = match &target {
+        Target::Embedded(server) => Some(crate::hearing::Hearing::start(
+            target.participant_request(FIRST_GUILD, HEARING_USER)?,
             server.control_config(),
             BOT_USER,
         )?),
-        _ => None,
+        Target::Remote { main_gateway } => Some(crate::hearing::Hearing::join(
+            main_gateway,
+            crate::remote::control_config(options.ca_cert.as_deref())?,
+            FIRST_GUILD,
+            channel_of(FIRST_GUILD),
+        )?),
     };
 
     let hearing_threads: Vec<u32> = crate::cpu::quaver_thread_ids()
@@ -365,7 +372,7 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
     let mut feeds = Vec::new();
     let mut files = Vec::new();
     for (index, &call) in calls.iter().enumerate() {
-        let probe = index == 0 && listener.is_some();
+        let probe = index == 0 && (listener.is_some() || hearing.is_some());
         let is_extra_probe = extra_probe && index == 0;
         let plays_files = !options.files.is_empty() && !is_extra_probe;
         if plays_files {
@@ -418,6 +425,9 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
     if let Some(line) = &options.announce {
         eprintln!("{line}");
     }
+    let mut progress = crate::progress::Progress::new(
+        options.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    );
     let started = Instant::now();
     let first_push = Instant::now();
     let mut interrupted = false;
@@ -426,6 +436,13 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
             interrupted = true;
             break;
         }
+        progress.update(|| {
+            format!(
+                "streaming {:.1} of {:.1} s (Ctrl-C stops early and reports)",
+                started.elapsed().as_secs_f64(),
+                options.seconds.as_secs_f64()
+            )
+        });
         // The producers write 20 ms per 20 ms, as a live source would, at an arbitrary phase
         // to the engine's grid.
         let due = started + Duration::from_millis(20) * tick;
@@ -435,6 +452,7 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
         }
     }
     let wall = started.elapsed();
+    progress.clear();
     let cpu = crate::cpu::quaver_thread_time_where(measured).saturating_sub(cpu_before);
     let hearing_cpu =
         crate::cpu::quaver_thread_time_where(heard_by).saturating_sub(hearing_cpu_before);
@@ -500,9 +518,9 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
         sender: engine.sender_mode().to_string(),
         packets_sent: sender.packets_sent,
         send_lateness_us: Quantiles::of_ns(&sender.lateness_ns),
-        late_frames: sender.late_frames,
         mixer_wake_lateness_us: Quantiles::of_scaled_us(&mixer.histograms.lateness_us),
         mixer_tick_us: Quantiles::of_scaled_us(&mixer.histograms.tick_us),
+        late_frames: sender.late_frames,
         skipped_ticks: mixer.skipped_ticks,
         steal_percent,
         latency_ms: latency,
@@ -518,10 +536,15 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
     let e2ee: Vec<_> = calls.iter().map(|&c| engine.e2ee_status(c)).collect();
     report.dave_protocol_version = e2ee
         .iter()
-        .map(|s| s.map_or(0, |s| s.protocol_version))
-        .min()
-        .unwrap_or(0);
-    report.dave_epoch = e2ee.first().copied().flatten().map_or(0, |s| s.epoch);
+        .map(|s| s.map(|s| s.protocol_version))
+        .collect::<Option<Vec<_>>>()
+        .and_then(|versions| versions.into_iter().min());
+    report.dave_epoch = e2ee
+        .first()
+        .copied()
+        .flatten()
+        .filter(|s| s.protocol_version > 0)
+        .map(|s| s.epoch);
 
     match &target {
         Target::Embedded(server) => {
@@ -555,8 +578,11 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
             }
         }
         Target::Remote { .. } => {
-            report.receiver_note =
-                Some("receiver statistics come from the server's own report".into());
+            report.receiver_note = Some(
+                "the server is another process: what it received is in its own report; \
+                 the Quaver receiver line is what this tool heard in the first call"
+                    .into(),
+            );
         }
     }
     for call in calls {
@@ -642,13 +668,13 @@ fn probe_records(feeds: &mut [Feed]) -> (HashMap<Vec<u8>, Instant>, Vec<Instant>
     (pushes, clicks)
 }
 
-/// Latency of every probe packet, and of the first one.
+/// Latency of every probe packet (`None` when none arrived), and of the first one.
 fn latency_of(
     pushes: &HashMap<Vec<u8>, Instant>,
     clicks: &[Instant],
     arrivals: &[Arrival],
     first_push: Instant,
-) -> (Quantiles, Option<f64>) {
+) -> (Option<Quantiles>, Option<f64>) {
     let mut histogram = crate::report::new_histogram();
     for arrival in arrivals {
         if let Some(at) = pushes.get(&arrival.payload) {

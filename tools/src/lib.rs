@@ -6,7 +6,9 @@
 
 pub mod args;
 pub mod baseline;
+pub mod bundled;
 pub mod channel;
+pub mod chart;
 pub mod connect;
 pub mod cpu;
 pub mod demo;
@@ -16,6 +18,7 @@ pub mod jitter;
 pub mod listener;
 pub mod media;
 pub mod play;
+pub mod progress;
 pub mod record;
 pub mod remote;
 pub mod render;

@@ -155,7 +155,8 @@ struct JitterArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
-    /// Draw the histograms into this SVG file.
+    /// Draw the percentiles of every timing figure (the baseline's beside Quaver's) into this
+    /// SVG file.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Use a running `quaver serve` instead of the embedded one: its main-gateway `host:port`
@@ -229,6 +230,7 @@ fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
         ca_cert,
         backend,
         announce: Some(announce),
+        progress: true,
         faults,
         ..Default::default()
     };
@@ -259,7 +261,7 @@ fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
             path: path.clone(),
             source,
         })?;
-        eprintln!("histograms drawn in {}", path.display());
+        eprintln!("charts drawn in {}", path.display());
     }
     Ok(quaver_tools::report::finished(&report))
 }
@@ -381,10 +383,12 @@ fn serve(args: ServeArgs) -> Result<(), quaver_tools::Error> {
     Ok(())
 }
 
-/// Without RUST_LOG, only Quaver's own warnings: the tools report a bad media file in one
-/// line of their own, so the decoders' log lines (symphonia logs every failed probe) would only
-/// say it again. RUST_LOG=symphonia=debug brings them back.
-const DEFAULT_LOG_FILTER: &str = "warn,symphonia=off";
+/// Without RUST_LOG, only the tools' own warnings (the local server's): the libraries' log
+/// lines would only repeat what the command reports in its own words (symphonia logs every
+/// failed probe, and a file the demo plays made it print `WARN symphonia_core…`), and a user
+/// who did not ask for a log should not get one. RUST_LOG=quaver=debug,symphonia=debug (or any
+/// filter) brings them back.
+const DEFAULT_LOG_FILTER: &str = "off,quaver_tools=warn";
 
 fn init_logging() {
     use std::io::IsTerminal;

@@ -2,7 +2,6 @@
 //! default, or in a real Discord guild with a bot token — with a progress line, and leaves
 //! cleanly on Ctrl-C (silence frames, Speaking off, op 4 leave).
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -81,35 +80,40 @@ pub fn play(options: &PlayOptions, stop: &AtomicBool) -> Result<Finished, Error>
     // DAVE keys arrive once the MLS group has formed, usually just after the join: each change
     // of the keys in force is shown as it happens.
     let mut e2ee_shown = None;
+    let mut progress = crate::progress::Progress::on_terminal();
     while !stop.load(Ordering::Relaxed) && tracks.iter().any(|(_, h)| !h.is_ended()) {
         // The main gateway's and the call's state changes are shown as they happen: an outage
         // is never silent.
         for event in engine.events().try_iter() {
             match event {
                 Event::Call(CallEvent::Bot { event, .. }) => match event {
-                    MainGatewayEvent::Reconnecting { attempt, delay, .. } => eprintln!(
-                        "\rmain gateway lost; reconnecting (attempt {attempt}, in {:.1} s)",
-                        delay.as_secs_f64()
-                    ),
-                    MainGatewayEvent::Reconnected { resumed, .. } => eprintln!(
-                        "\rmain gateway back ({})",
+                    MainGatewayEvent::Reconnecting { attempt, delay, .. } => {
+                        progress.say(&format!(
+                            "main gateway lost; reconnecting (attempt {attempt}, in {:.1} s)",
+                            delay.as_secs_f64()
+                        ))
+                    }
+                    MainGatewayEvent::Reconnected { resumed, .. } => progress.say(&format!(
+                        "main gateway back ({})",
                         if resumed {
                             "resumed"
                         } else {
                             "new session; rejoining"
                         }
-                    ),
-                    MainGatewayEvent::Ended { code } => {
-                        eprintln!("\rmain gateway ended for good (close code {code:?})")
-                    }
+                    )),
+                    MainGatewayEvent::Ended { code } => progress.say(&format!(
+                        "main gateway ended for good (close code {code:?})"
+                    )),
                     _ => {}
                 },
                 Event::Call(CallEvent::Voice {
                     event: VoiceEvent::Resuming { attempt, .. },
                     ..
-                }) => eprintln!("\rvoice connection lost; resuming (attempt {attempt})"),
+                }) => progress.say(&format!(
+                    "voice connection lost; resuming (attempt {attempt})"
+                )),
                 Event::Call(CallEvent::Ended { reason, .. }) => {
-                    eprintln!("\rthe voice connection ended: {reason}")
+                    progress.say(&format!("the voice connection ended: {reason}"))
                 }
                 _ => {}
             }
@@ -122,25 +126,28 @@ pub fn play(options: &PlayOptions, stop: &AtomicBool) -> Result<Finished, Error>
             e2ee_shown = e2ee;
             match e2ee {
                 Some((0, _)) => {
-                    eprintln!("\rE2EE: none (DAVE version 0: transport encryption only)")
+                    progress.say("E2EE: none (DAVE version 0: transport encryption only)")
                 }
-                Some((version, epoch)) => eprintln!("\rE2EE: DAVE v{version}, epoch {epoch}"),
+                Some((version, epoch)) => {
+                    progress.say(&format!("E2EE: DAVE v{version}, epoch {epoch}"))
+                }
                 None => {}
             }
         }
-        let line: Vec<String> = tracks
-            .iter()
-            .map(|(name, handle)| {
-                let duration = handle.duration().map_or_else(|| "?".into(), clock);
-                let state = if handle.is_ended() { " ended" } else { "" };
-                format!("{name} {}/{duration}{state}", clock(handle.position()))
-            })
-            .collect();
-        eprint!("\r{}   ", line.join(" | "));
-        let _ = std::io::stderr().flush();
-        std::thread::sleep(Duration::from_millis(250));
+        progress.update(|| {
+            let line: Vec<String> = tracks
+                .iter()
+                .map(|(name, handle)| {
+                    let duration = handle.duration().map_or_else(|| "?".into(), clock);
+                    let state = if handle.is_ended() { " ended" } else { "" };
+                    format!("{name} {}/{duration}{state}", clock(handle.position()))
+                })
+                .collect();
+            line.join(" | ")
+        });
+        std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!();
+    progress.clear();
     let finished = if tracks.iter().all(|(_, h)| h.is_ended()) {
         Finished::Completed
     } else {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -234,8 +234,7 @@ pub fn record(options: &RecordOptions, stop: &AtomicBool) -> Result<RecordReport
     let until = options.seconds.map(|s| started + s);
     let mut tracks: BTreeMap<u64, Track> = BTreeMap::new();
     let mut finished_tracks = Vec::new();
-    let progress = std::io::stderr().is_terminal();
-    let mut shown = Instant::now();
+    let mut progress = crate::progress::Progress::on_terminal();
     let finished = loop {
         if stop.load(Ordering::Relaxed) {
             break Finished::Interrupted;
@@ -261,7 +260,7 @@ pub fn record(options: &RecordOptions, stop: &AtomicBool) -> Result<RecordReport
                     }
                 }
                 ListenEvent::StreamFailed { user_id, error } => {
-                    eprintln!("\ruser {user_id} cannot be recorded: {error}");
+                    progress.say(&format!("user {user_id} cannot be recorded: {error}"));
                 }
                 _ => {}
             }
@@ -269,21 +268,17 @@ pub fn record(options: &RecordOptions, stop: &AtomicBool) -> Result<RecordReport
         for track in tracks.values_mut() {
             track.drain()?;
         }
-        if progress && shown.elapsed() >= Duration::from_millis(250) {
-            shown = Instant::now();
+        progress.update(|| {
             let lost: u64 = tracks.values().map(|t| t.audio.stats().lost).sum();
-            eprint!(
-                "\rrecording {} user(s), {:.1} s, {lost} lost   ",
+            format!(
+                "recording {} user(s), {:.1} s, {lost} lost",
                 tracks.len(),
                 started.elapsed().as_secs_f64()
-            );
-            let _ = std::io::stderr().flush();
-        }
+            )
+        });
         std::thread::sleep(Duration::from_millis(20));
     };
-    if progress {
-        eprintln!();
-    }
+    progress.clear();
     let end_tick = grid.tick_at_or_after(Instant::now());
     drop(listener);
     for (_, track) in std::mem::take(&mut tracks) {

@@ -86,7 +86,9 @@ pub fn render(
         for event in engine.events().try_iter() {
             match event {
                 Event::SourceEnded { .. } => playing = playing.saturating_sub(1),
-                Event::SourceError { error, .. } => tracing::warn!("{error}"),
+                // The tool's own word to the user, not a log line (logs are off unless
+                // RUST_LOG asks).
+                Event::SourceError { error, .. } => eprintln!("warning: {error}"),
                 _ => {}
             }
         }

@@ -71,9 +71,63 @@ fn jitter_reports_every_documented_key_as_json_and_draws_a_picture() {
         report["baseline"]["packets_received"].as_u64().unwrap() > 0,
         "{json}"
     );
+    // RFC 3550 jitter to the ns: kept in whole 48 kHz ticks (20.8 µs), a good loopback run
+    // printed 0.0 at every percentile.
+    let jitter = &report["interarrival_jitter_us"];
+    assert!(jitter["p50"].as_f64().unwrap() > 0.0, "{json}");
+    assert!(jitter["max"].as_f64().unwrap() > 0.0, "{json}");
     let picture = std::fs::read_to_string(&svg).unwrap();
-    assert!(picture.starts_with("<svg") && picture.contains("<rect"));
+    check_chart(&picture, true);
     std::fs::remove_file(svg).ok();
+}
+
+/// The chart is well-formed SVG with what a reader needs: a title, labelled log-scale time
+/// axes with units, the four percentiles named on every panel, and the baseline's bars beside
+/// Quaver's when the baseline ran.
+fn check_chart(picture: &str, baseline: bool) {
+    let document = roxmltree::Document::parse(picture)
+        .unwrap_or_else(|e| panic!("not well-formed XML: {e}\n{picture}"));
+    let root = document.root_element();
+    assert_eq!(root.tag_name().name(), "svg");
+    assert_eq!(
+        root.tag_name().namespace(),
+        Some("http://www.w3.org/2000/svg")
+    );
+    for size in ["width", "height"] {
+        let value: f64 = root.attribute(size).unwrap().parse().unwrap();
+        assert!(value > 100.0, "{size} {value}");
+    }
+    let texts: Vec<String> = root
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .map(|n| n.text().unwrap_or_default().to_string())
+        .collect();
+    let has = |needle: &str| texts.iter().filter(|t| t.contains(needle)).count();
+    for panel in [
+        "Send lateness at the sender",
+        "Send lateness at the receiver",
+        "Inter-arrival jitter",
+        "Latency, push to listener",
+    ] {
+        assert_eq!(has(panel), 1, "no panel {panel:?}: {texts:?}");
+    }
+    let panels = has("time (log scale)");
+    assert!(panels >= 4, "every panel has a labelled axis: {texts:?}");
+    for percentile in ["p50", "p99", "p99.9", "max"] {
+        assert!(
+            texts.iter().filter(|t| t.starts_with(percentile)).count() >= panels,
+            "{percentile} missing on a panel: {texts:?}"
+        );
+    }
+    // Axis labels and bar labels carry their unit.
+    assert!(has(" µs") > 0 && has(" ms") > 0, "{texts:?}");
+    assert_eq!(has("baseline") > 0, baseline, "{texts:?}");
+    let bars = root
+        .descendants()
+        .filter(|n| n.has_tag_name("rect") && n.attribute("fill") == Some("#e07b1a"))
+        .count();
+    // Two panels (lateness and jitter at the receiver) of four percentiles, and the legend.
+    assert_eq!(bars, if baseline { 2 * 4 + 1 } else { 0 }, "{picture}");
 }
 
 #[test]
@@ -207,6 +261,7 @@ fn jitter_reaches_a_separate_tls_server_with_its_ca_and_a_plain_one_by_url() {
     ]);
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert!(report["packets_sent"].as_u64().unwrap() >= 45, "{json}");
+    assert_unmeasured_is_null_and_heard_is_measured(&report, &json);
     // Without the CA the bot cannot even reach the main gateway.
     let untrusted = Command::new(env!("CARGO_BIN_EXE_quaver"))
         .args(["jitter", "--server", &serve.main_gateway, "--seconds", "1"])
@@ -234,4 +289,69 @@ fn jitter_reaches_a_separate_tls_server_with_its_ca_and_a_plain_one_by_url() {
     ]);
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert!(report["packets_sent"].as_u64().unwrap() >= 45, "{json}");
+    assert_unmeasured_is_null_and_heard_is_measured(&report, &json);
+    // The table shows no row of what was not measured (it printed `received 0` and rows of
+    // zeros), and what the tool's own listener heard.
+    let table = quaver(&[
+        "jitter",
+        "--server",
+        &plain.main_gateway,
+        "--calls",
+        "1",
+        "--seconds",
+        "1",
+    ]);
+    let packets = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("packets sent"))
+        .unwrap_or_else(|| panic!("no packet counts: {table}"));
+    assert!(
+        !packets.contains(','),
+        "counts the server would have measured: {table}"
+    );
+    assert!(!table.contains("received 0"), "{table}");
+    assert!(!table.contains("decrypted by the server"), "{table}");
+    for absent in [
+        "send lateness (receiver)",
+        "inter-arrival jitter",
+        "latency push",
+    ] {
+        assert!(
+            !table.lines().any(|l| l.trim_start().starts_with(absent)),
+            "{absent:?} shown: {table}"
+        );
+    }
+    assert!(table.contains("Quaver receiver: "), "{table}");
+}
+
+/// Against a separate server the server's side is not seen from here: `null`, never 0. The
+/// tool's own listener (a Quaver receiver in the first call) measures what arrived instead.
+fn assert_unmeasured_is_null_and_heard_is_measured(report: &serde_json::Value, json: &str) {
+    for key in [
+        "packets_received",
+        "lost",
+        "duplicates",
+        "reordered",
+        "decode_errors",
+        "dave_frames",
+        "dave_undecryptable",
+        "recv_lateness_us",
+        "interarrival_jitter_us",
+        "latency_ms",
+    ] {
+        assert!(report[key].is_null(), "{key} is not null: {json}");
+    }
+    assert!(report["send_lateness_us"]["p50"].is_number(), "{json}");
+    let heard = &report["heard"];
+    assert!(heard["frames_played"].as_u64().unwrap() > 0, "{json}");
+    assert!(heard["delivered_percent"].as_f64().unwrap() > 0.0, "{json}");
+    assert!(
+        heard["interarrival_jitter_us"]["count"].as_u64().unwrap() > 0,
+        "{json}"
+    );
+    // The probe's pushes are dated, so the mouth-to-ear figure is measured too.
+    assert!(
+        heard["mouth_to_ear_ms"]["count"].as_u64().unwrap() > 0,
+        "{json}"
+    );
 }

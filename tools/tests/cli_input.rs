@@ -388,3 +388,170 @@ fn rust_log_still_brings_back_library_logs() {
         "colour codes in a pipe: {run:?}"
     );
 }
+
+/// A line a `tracing` formatter wrote: a timestamp, then a level.
+fn is_log_line(line: &str) -> bool {
+    let mut words = line.split_whitespace();
+    let _timestamp = words.next();
+    matches!(
+        words.next(),
+        Some("TRACE" | "DEBUG" | "INFO" | "WARN" | "ERROR")
+    )
+}
+
+/// Library log lines (`WARN symphonia_core…`, the engine's and the gateway's) reach the user
+/// only when RUST_LOG asks, and nothing is coloured into a pipe.
+#[test]
+fn a_demo_prints_no_library_log_lines_and_no_colour_into_a_pipe() {
+    let record = scratch("demo-quiet-record");
+    let run = quaver(&[
+        "demo",
+        "--seconds",
+        "1",
+        "--record",
+        record.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_dir_all(record);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(!run.stderr.contains('\u{1b}'), "colour codes: {run:?}");
+    for line in run.stderr.lines() {
+        assert!(!is_log_line(line), "a log line nobody asked for: {run:?}");
+        assert!(!line.contains("symphonia"), "{run:?}");
+        assert!(!line.contains("quaver_"), "a log target: {run:?}");
+    }
+    // What the demo says itself is there.
+    assert!(run.stderr.starts_with("quaver demo:"), "{run:?}");
+}
+
+/// 0.6 s of a 440 Hz tone, 48 kHz stereo 16-bit WAV.
+fn short_wav(name: &str) -> PathBuf {
+    let frames = 48_000 * 6 / 10;
+    let mut pcm = Vec::with_capacity(frames * 4);
+    for i in 0..frames {
+        let s = ((i as f32 * 440.0 / 48_000.0 * std::f32::consts::TAU).sin() * 8_000.0) as i16;
+        pcm.extend_from_slice(&s.to_le_bytes());
+        pcm.extend_from_slice(&s.to_le_bytes());
+    }
+    let mut wav = Vec::new();
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + pcm.len() as u32).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16_u32.to_le_bytes());
+    wav.extend_from_slice(&1_u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&2_u16.to_le_bytes()); // channels
+    wav.extend_from_slice(&48_000_u32.to_le_bytes());
+    wav.extend_from_slice(&(48_000_u32 * 4).to_le_bytes());
+    wav.extend_from_slice(&4_u16.to_le_bytes());
+    wav.extend_from_slice(&16_u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&(pcm.len() as u32).to_le_bytes());
+    wav.extend_from_slice(&pcm);
+    let path = scratch(name);
+    std::fs::write(&path, wav).unwrap();
+    path
+}
+
+/// The progress lines of `play`, `jitter` and `record` are for a terminal: into a pipe they
+/// write nothing (no carriage returns, no counters), only the lines that say something.
+#[test]
+fn progress_lines_stay_out_of_a_pipe() {
+    let tone = short_wav("progress-tone.wav");
+    let play = quaver(&["play", tone.to_str().unwrap()]);
+    assert_eq!(play.code, Some(0), "{play:?}");
+    let jitter = quaver(&["jitter", "--seconds", "1"]);
+    assert_eq!(jitter.code, Some(0), "{jitter:?}");
+    let out = scratch("progress-record");
+    let record = quaver(&[
+        "record",
+        "--seconds",
+        "1",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_dir_all(out);
+    assert_eq!(record.code, Some(0), "{record:?}");
+    for run in [&play, &jitter, &record] {
+        assert!(!run.stderr.contains('\r'), "a progress line: {run:?}");
+        assert!(!run.stderr.contains('\u{1b}'), "{run:?}");
+    }
+    // What play says is whole lines: where it joined, what the server got.
+    assert!(
+        play.stderr.lines().any(|l| l.starts_with("joined guild")),
+        "{play:?}"
+    );
+    assert!(
+        !play.stderr.contains("progress-tone.wav 0:"),
+        "the track's position is progress: {play:?}"
+    );
+}
+
+/// A `quaver` binary copied anywhere (as `cargo install` does) plays the demo's tracks from
+/// any directory: they are inside the binary, not found through the source tree's path.
+#[test]
+fn a_copied_binary_runs_the_demo_from_another_directory() {
+    let installed = scratch("installed");
+    std::fs::create_dir_all(&installed).unwrap();
+    let binary = installed.join("quaver");
+    std::fs::copy(env!("CARGO_BIN_EXE_quaver"), &binary).unwrap();
+    // The tracks' bytes are in the binary itself.
+    let bytes = std::fs::read(&binary).unwrap();
+    for name in ["bass.mp3", "beat.flac", "chords.ogg"] {
+        let track = std::fs::read(bundled(name)).unwrap();
+        let needle = &track[track.len() / 2..track.len() / 2 + 256];
+        assert!(
+            bytes
+                .windows(needle.len())
+                .any(|window| window[0] == needle[0] && window == needle),
+            "{name} is not built into the binary"
+        );
+    }
+    let elsewhere = scratch("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    // Its own temporary directory, to see that it cleans up after itself.
+    let tmp = scratch("installed-tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut command = Command::new(&binary);
+    command
+        .args(["demo", "--seconds", "1", "--json", "--record", "recording"])
+        .current_dir(&elsewhere)
+        .env_remove("RUST_LOG")
+        .env("TMPDIR", &tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let run = run_command(command);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(report["packets_received"].as_u64().unwrap() > 0, "{run:?}");
+    // The recording went where the user stands; the written-out tracks are gone again.
+    assert!(elsewhere.join("recording").is_dir(), "{run:?}");
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let _ = std::fs::remove_dir_all(installed);
+    let _ = std::fs::remove_dir_all(elsewhere);
+    let _ = std::fs::remove_dir_all(tmp);
+}
+
+/// `play` checks its files before it connects anywhere: a bad one fails at once, in one line
+/// naming it, and the server never sees a connection.
+#[test]
+fn play_refuses_a_bad_file_before_connecting_to_the_server() {
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    server.set_nonblocking(true).unwrap();
+    let url = format!("ws://{}", server.local_addr().unwrap());
+    let bad = scratch("play-first-bad.flac");
+    std::fs::write(&bad, "not a flac file at all\n".repeat(10)).unwrap();
+    let good = bundled("beat.flac");
+    let run = quaver(&[
+        "play",
+        "--server",
+        &url,
+        good.to_str().unwrap(),
+        bad.to_str().unwrap(),
+    ]);
+    assert_one_clean_line(&run, &bad, "not an audio file");
+    match server.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("play connected before checking its files: {other:?}"),
+    }
+}

@@ -106,6 +106,13 @@ pub struct ServerConfig {
     pub dave_observer: bool,
 }
 
+impl ServerConfig {
+    /// Whether the server Opus-decodes what it receives (to measure it, record it or keep it).
+    pub(crate) fn decodes(&self) -> bool {
+        self.decode_audio || self.record_dir.is_some() || self.keep_decoded_audio
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         let lo = |port| SocketAddr::from(([127, 0, 0, 1], port));

@@ -121,7 +121,7 @@ pub mod fuzzing {
         }
         let _ = (meter.lost(), meter.unique());
         let _ = super::Percentiles::of(&meter.lateness());
-        let _ = super::Percentiles::of(&meter.jitter_us);
+        let _ = super::Percentiles::of_ns(&meter.jitter_ns);
     }
 }
 

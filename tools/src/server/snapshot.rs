@@ -119,14 +119,17 @@ pub struct StreamStats {
     pub duplicates: u64,
     /// Consecutive packets whose timestamps did not differ by 960.
     pub timestamp_step_errors: u64,
-    /// Opus packets that failed to decode.
-    pub decode_errors: u64,
+    /// Opus packets that failed to decode (`None`: the server did not decode, as with
+    /// `--no-decode`).
+    pub decode_errors: Option<u64>,
     /// Samples per channel decoded (48 kHz).
-    pub decoded_samples: u64,
-    /// Arrival minus ideal arrival on the sender's 20 ms grid, anchored at its best packet (µs).
-    pub lateness_us: Percentiles,
-    /// RFC 3550 inter-arrival jitter after each packet (µs).
-    pub jitter_us: Percentiles,
+    pub decoded_samples: Option<u64>,
+    /// Arrival minus ideal arrival on the sender's 20 ms grid, anchored at its best packet (µs);
+    /// `None` before an in-order packet arrived.
+    pub lateness_us: Option<Percentiles>,
+    /// RFC 3550 inter-arrival jitter after each packet (µs, measured to the ns).
+    /// `None` before two in-order packets arrived.
+    pub jitter_us: Option<Percentiles>,
     /// The WAV recording, when recording.
     pub recording: Option<PathBuf>,
     /// DAVE (E2EE) frames the server's observer decrypted before decoding.
@@ -200,10 +203,18 @@ impl std::fmt::Display for CallStats {
             )?;
         }
         for s in &self.streams {
+            // What was not measured (not decoded, too few packets) is left out, not shown as 0.
+            let decoding = match (s.decode_errors, s.decoded_samples) {
+                (Some(errors), Some(samples)) => format!(
+                    ", {errors} decode errors, {:.2} s decoded",
+                    samples as f64 / 48_000.0
+                ),
+                _ => String::new(),
+            };
             writeln!(
                 f,
                 "  ssrc {} (user {}): {} packets, {} lost, {} reordered, {} duplicates, \
-                 {} timestamp-step errors, {} decode errors, {:.2} s decoded",
+                 {} timestamp-step errors{decoding}",
                 s.ssrc,
                 s.user_id,
                 s.packets,
@@ -211,20 +222,23 @@ impl std::fmt::Display for CallStats {
                 s.reordered,
                 s.duplicates,
                 s.timestamp_step_errors,
-                s.decode_errors,
-                s.decoded_samples as f64 / 48_000.0
             )?;
-            writeln!(
-                f,
-                "    lateness µs p50 {} p99 {} p99.9 {} max {}; jitter µs p50 {} p99 {} max {}",
-                s.lateness_us.p50,
-                s.lateness_us.p99,
-                s.lateness_us.p999,
-                s.lateness_us.max,
-                s.jitter_us.p50,
-                s.jitter_us.p99,
-                s.jitter_us.max
-            )?;
+            let mut timing = Vec::new();
+            if let Some(l) = s.lateness_us {
+                timing.push(format!(
+                    "lateness µs p50 {:.0} p99 {:.0} p99.9 {:.0} max {:.0}",
+                    l.p50, l.p99, l.p999, l.max
+                ));
+            }
+            if let Some(j) = s.jitter_us {
+                timing.push(format!(
+                    "jitter µs p50 {:.1} p99 {:.1} max {:.1}",
+                    j.p50, j.p99, j.max
+                ));
+            }
+            if !timing.is_empty() {
+                writeln!(f, "    {}", timing.join("; "))?;
+            }
             if s.dave_frames + s.dave_undecryptable > 0 {
                 writeln!(
                     f,
@@ -237,5 +251,57 @@ impl std::fmt::Display for CallStats {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `serve --no-decode` decodes nothing, and one packet has no jitter: those figures are
+    /// left out of the report (`null` in JSON), not shown as 0.
+    #[test]
+    fn a_stream_report_leaves_out_what_was_not_measured() {
+        let stream = StreamStats {
+            ssrc: 7,
+            user_id: 1,
+            guild_id: 2,
+            channel_id: 3,
+            packets: 1,
+            unique_packets: 1,
+            bytes: 100,
+            lost: 0,
+            reordered: 0,
+            duplicates: 0,
+            timestamp_step_errors: 0,
+            decode_errors: None,
+            decoded_samples: None,
+            lateness_us: Some(Percentiles {
+                count: 1,
+                ..Percentiles::default()
+            }),
+            jitter_us: None,
+            recording: None,
+            dave_frames: 0,
+            dave_undecryptable: 0,
+        };
+        let call = CallStats {
+            guild_id: 2,
+            channel_id: 3,
+            ended: true,
+            streams: vec![stream],
+            dave: None,
+        };
+        let shown = call.to_string();
+        assert!(shown.contains("1 packets, 0 lost"), "{shown}");
+        assert!(shown.contains("lateness µs p50 0"), "{shown}");
+        for absent in ["decode", "jitter"] {
+            assert!(!shown.contains(absent), "{absent:?} shown: {shown}");
+        }
+        let json: serde_json::Value = serde_json::to_value(&call).unwrap();
+        let s = &json["streams"][0];
+        for key in ["decode_errors", "decoded_samples", "jitter_us"] {
+            assert!(s[key].is_null(), "{key}: {json}");
+        }
     }
 }

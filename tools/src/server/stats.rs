@@ -1,6 +1,10 @@
 //! Per-SSRC receive measurements: sequence accounting (loss, reordering, duplicates), timestamp
 //! step checks, lateness against the sender's ideal 20 ms grid and RFC 3550 inter-arrival
 //! jitter, both in hdrhistogram.
+//!
+//! The jitter is kept in nanoseconds, not in the RFC's timestamp units: one 48 kHz tick is
+//! 20.8 µs, and a good sender on loopback jitters by a few µs, which whole ticks (and the
+//! RFC sample code's integer division) round to 0 at every percentile.
 
 use hdrhistogram::Histogram;
 
@@ -17,40 +21,52 @@ const STRETCH_GAP_NS: i64 = 500_000_000;
 const STRETCH_MAX: usize = 30_000;
 /// Histogram ceiling in µs (60 s); larger values are clamped.
 const HIST_MAX_US: u64 = 60_000_000;
+/// The same ceiling for the jitter, kept in ns.
+const HIST_MAX_NS: u64 = HIST_MAX_US * 1_000;
 
-/// p50/p99/p99.9/max (and min, mean) of one metric, in µs.
+/// p50/p99/p99.9/max (and min, mean) of one metric, in µs (with fractions where the metric
+/// was measured finer than a µs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Percentiles {
-    /// Samples recorded.
+    /// Samples recorded (0: nothing measured, and every other field is 0).
     pub count: u64,
     /// Smallest value.
-    pub min: u64,
+    pub min: f64,
     /// Median.
-    pub p50: u64,
+    pub p50: f64,
     /// 99th percentile.
-    pub p99: u64,
+    pub p99: f64,
     /// 99.9th percentile.
-    pub p999: u64,
+    pub p999: f64,
     /// Largest value.
-    pub max: u64,
+    pub max: f64,
     /// Mean.
     pub mean: f64,
 }
 
 impl Percentiles {
-    /// Summary of a histogram (all zero when empty).
+    /// Summary of a histogram in µs (all zero when empty).
     pub fn of(h: &Histogram<u64>) -> Self {
+        Self::of_scaled(h, 1.0)
+    }
+
+    /// Summary of a histogram in ns, in µs (all zero when empty).
+    pub fn of_ns(h: &Histogram<u64>) -> Self {
+        Self::of_scaled(h, 1_000.0)
+    }
+
+    fn of_scaled(h: &Histogram<u64>, divisor: f64) -> Self {
         if h.is_empty() {
             return Self::default();
         }
         Percentiles {
             count: h.len(),
-            min: h.min(),
-            p50: h.value_at_quantile(0.5),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            max: h.max(),
-            mean: h.mean(),
+            min: h.min() as f64 / divisor,
+            p50: h.value_at_quantile(0.5) as f64 / divisor,
+            p99: h.value_at_quantile(0.99) as f64 / divisor,
+            p999: h.value_at_quantile(0.999) as f64 / divisor,
+            max: h.max() as f64 / divisor,
+            mean: h.mean() / divisor,
         }
     }
 }
@@ -58,6 +74,11 @@ impl Percentiles {
 pub(crate) fn new_histogram() -> Histogram<u64> {
     // Invariant: 1..=60e6 with 3 significant digits is a valid hdrhistogram configuration.
     Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid histogram bounds")
+}
+
+fn new_ns_histogram() -> Histogram<u64> {
+    // Invariant: 1..=60e9 with 3 significant digits is a valid hdrhistogram configuration.
+    Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("valid histogram bounds")
 }
 
 fn record(h: &mut Histogram<u64>, value_us: u64) {
@@ -91,10 +112,12 @@ pub(crate) struct StreamMeter {
     unique: u64,
     seen: [u64; (WINDOW / 64) as usize],
     last_ts: u32,
-    /// RFC 3550 §6.4.1 state, in timestamp units (scaled by 16 as in the RFC's sample code).
-    jitter_q4: i64,
+    /// RFC 3550 §6.4.1 state in ns, scaled by 16 as in the RFC's sample code (A.8).
+    jitter_ns_q4: i64,
+    /// The previous packet's transit time, in ns.
     last_transit: Option<i64>,
-    pub jitter_us: Histogram<u64>,
+    /// The jitter after each in-order packet, in ns.
+    pub jitter_ns: Histogram<u64>,
     /// Lateness of closed stretches.
     lateness_closed: Histogram<u64>,
     /// Current stretch: anchor timestamp (extended) and each packet's offset from its ideal
@@ -118,9 +141,9 @@ impl StreamMeter {
             unique: 0,
             seen: [0; (WINDOW / 64) as usize],
             last_ts: 0,
-            jitter_q4: 0,
+            jitter_ns_q4: 0,
             last_transit: None,
-            jitter_us: new_histogram(),
+            jitter_ns: new_ns_histogram(),
             lateness_closed: new_histogram(),
             stretch_ext_ts0: 0,
             stretch_offsets: Vec::new(),
@@ -199,9 +222,12 @@ impl StreamMeter {
         }
     }
 
-    /// Transit time in timestamp units (arrival in 48 kHz units minus the RTP timestamp).
+    /// Transit time in ns: the arrival minus the RTP timestamp's time (RFC 3550 §6.4.1 works
+    /// in timestamp units; only differences of transit times matter, so any unit will do).
     fn transit(&self, arrival_ns: i64) -> i64 {
-        clamp(arrival_ns as i128 * CLOCK_HZ as i128 / 1_000_000_000 - self.ext_ts as i128)
+        clamp(
+            i128::from(arrival_ns) - i128::from(self.ext_ts) * 1_000_000_000 / i128::from(CLOCK_HZ),
+        )
     }
 
     fn on_timing(&mut self, arrival_ns: i64) {
@@ -209,12 +235,11 @@ impl StreamMeter {
         if let Some(prev) = self.last_transit {
             let d = transit.saturating_sub(prev).saturating_abs();
             // J += (|D| - J) / 16, kept scaled by 16 (RFC 3550 A.8).
-            self.jitter_q4 = self
-                .jitter_q4
-                .saturating_add(d.saturating_sub(self.jitter_q4.saturating_add(8) >> 4));
-            let jitter_us =
-                ((self.jitter_q4 >> 4).max(0) as u64).saturating_mul(1_000_000) / CLOCK_HZ as u64;
-            record(&mut self.jitter_us, jitter_us);
+            self.jitter_ns_q4 = self
+                .jitter_ns_q4
+                .saturating_add(d.saturating_sub(self.jitter_ns_q4.saturating_add(8) >> 4));
+            let jitter_ns = (self.jitter_ns_q4.saturating_add(8) >> 4).max(0) as u64;
+            self.jitter_ns.saturating_record(jitter_ns.min(HIST_MAX_NS));
         }
         self.last_transit = Some(transit);
         let gap = self
@@ -304,7 +329,7 @@ mod tests {
         assert_eq!(m.timestamp_step_errors, 0);
         let l = m.lateness();
         assert_eq!((l.len(), l.max()), (100, 0));
-        assert_eq!(m.jitter_us.max(), 0);
+        assert_eq!(m.jitter_ns.max(), 0);
     }
 
     #[test]
@@ -334,7 +359,35 @@ mod tests {
         assert_eq!(l.min(), 0);
         // 5 ms relative to the best case (−2 ms).
         assert!((4_990..=5_010).contains(&l.max()), "{}", l.max());
-        assert!(m.jitter_us.max() > 0);
+        assert!(m.jitter_ns.max() > 0);
+    }
+
+    /// A stream whose packets arrive alternately on the grid and 10 µs late: every transit
+    /// difference is 10 µs, so the RFC 3550 jitter converges on 10 µs. Kept in whole 48 kHz
+    /// ticks (20.8 µs) it read 0 (or a whole tick), and a good run printed 0.0 everywhere.
+    #[test]
+    fn jitter_keeps_sub_tick_precision() {
+        let mut m = StreamMeter::new();
+        for i in 0..400u16 {
+            let late_ns = if i % 2 == 1 { 10_000 } else { 0 };
+            m.on_packet(i, u32::from(i) * 960, 10, i64::from(i) * 20 * MS + late_ns);
+        }
+        let jitter = Percentiles::of_ns(&m.jitter_ns);
+        assert_eq!(jitter.count, 399);
+        assert!(
+            (9.9..=10.1).contains(&jitter.p50),
+            "jitter p50 {} µs, expected 10 µs",
+            jitter.p50
+        );
+        assert!(jitter.max <= 10.1, "{jitter:?}");
+        // A steadier stream has less jitter, however small both are: 2 µs alternation.
+        let mut steady = StreamMeter::new();
+        for i in 0..400u16 {
+            let late_ns = if i % 2 == 1 { 2_000 } else { 0 };
+            steady.on_packet(i, u32::from(i) * 960, 10, i64::from(i) * 20 * MS + late_ns);
+        }
+        let steady = Percentiles::of_ns(&steady.jitter_ns);
+        assert!((1.9..=2.1).contains(&steady.p50), "{steady:?}");
     }
 
     #[test]
@@ -442,7 +495,7 @@ mod tests {
         }
         for meter in [&m, &m2] {
             let _ = (meter.lost(), Percentiles::of(&meter.lateness()));
-            let _ = Percentiles::of(&meter.jitter_us);
+            let _ = Percentiles::of_ns(&meter.jitter_ns);
         }
         assert_eq!(m2.unique(), 5);
     }

@@ -339,6 +339,7 @@ impl Udp<'_> {
             channel_id: channel,
             user_id: user,
             meter: StreamMeter::new(),
+            decodes: config.decodes(),
             decode_errors: 0,
             decoded_samples: 0,
             recording: config.record_dir.as_ref().map(|dir| {
@@ -392,7 +393,7 @@ impl Udp<'_> {
             }
         }
         if let Arrival::InOrder { gap } = arrival
-            && (config.decode_audio || config.record_dir.is_some() || config.keep_decoded_audio)
+            && config.decodes()
         {
             let payload =
                 payload.unwrap_or_else(|| self.open[payload_at..payload_at + payload_len].to_vec());
