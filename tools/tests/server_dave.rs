@@ -1082,3 +1082,17 @@ fn optional_mode_keeps_e2ee_frames_from_receivers_without_dave() {
     let s = server.stream_stats(a.ssrc).expect("stream");
     assert_eq!((s.dave_frames, s.dave_undecryptable), (5, 0));
 }
+
+#[test]
+fn a_key_package_that_panicked_openmls_is_refused() {
+    // Found by the mutation test above: openmls 0.8.3 slices out of range while decoding its
+    // extensions. Before the guard this took the connection's thread down.
+    use quaver_tools::server::dave::{DaveError, parse_key_package};
+    let bytes = include_bytes!("fixtures/key_package_panicking_openmls.bin");
+    let result = parse_key_package(bytes, 111);
+    assert!(
+        matches!(result, Err(DaveError::ParserPanicked)),
+        "{:?}",
+        result.map(|_| ())
+    );
+}

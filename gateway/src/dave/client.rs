@@ -8,6 +8,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::num::NonZeroU16;
 
 use davey::{DaveSession, ProposalsOperationType};
+
+use super::untrusted::{Refused, untrusted};
 use openmls_rust_crypto::RustCrypto;
 
 use super::{DaveContext, DaveEvent, DaveExtension, DaveKeys, DaveOutbox, DaveStep, EpochSecret};
@@ -175,7 +177,9 @@ impl DaveClient {
                 return;
             }
         };
-        match session.process_proposals(operation, &payload[1..], Some(&allowed)) {
+        let result =
+            untrusted(|| session.process_proposals(operation, &payload[1..], Some(&allowed)));
+        match result {
             Ok(Some(commit)) => {
                 let mut frame = commit.commit;
                 if let Some(welcome) = commit.welcome {
@@ -184,11 +188,15 @@ impl DaveClient {
                 out.send_binary(op::DAVE_MLS_COMMIT_WELCOME, &frame);
             }
             Ok(None) => {}
-            Err(e) => {
+            Err(Refused::Error(e)) => {
                 // Proposals carry no transition ID, so there is nothing to answer with op 31;
                 // the server re-proposes when the roster changes.
                 tracing::warn!(error = %e, "DAVE: op 27 refused");
                 out.emit(failed(DaveStep::Proposals, None, false));
+            }
+            Err(Refused::Panicked) => {
+                tracing::warn!("DAVE: op 27 broke the MLS library; starting a new session");
+                self.recover(DaveStep::Proposals, None, out);
             }
         }
     }
@@ -214,13 +222,11 @@ impl DaveClient {
             return;
         };
         let result = if step == DaveStep::Welcome {
-            session
-                .process_welcome(body, Some(&allowed))
+            untrusted(|| session.process_welcome(body, Some(&allowed)))
                 .map(|()| true)
                 .map_err(|e| tracing::warn!(error = %e, transition_id, "DAVE: welcome refused"))
         } else {
-            session
-                .process_commit(body)
+            untrusted(|| session.process_commit(body))
                 .map_err(|e| tracing::warn!(error = %e, transition_id, "DAVE: commit refused"))
         };
         match result {

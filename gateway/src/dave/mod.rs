@@ -14,9 +14,11 @@
 
 mod client;
 mod secret;
+mod untrusted;
 
 pub use client::{DaveClient, MAX_PROTOCOL_VERSION};
 pub use secret::EpochSecret;
+pub use untrusted::{Refused, untrusted};
 
 use crate::protocol::{BinaryFrame, VoicePayload};
 use crate::voice::OutgoingFrame;

@@ -53,6 +53,10 @@ pub struct CommitWelcome {
 /// Splits and checks an op 28 payload (after the opcode byte). Every malformed input is an
 /// error; nothing here panics.
 pub fn parse_commit_welcome(payload: &[u8]) -> Result<CommitWelcome, DaveError> {
+    super::untrusted(|| parse_commit_welcome_unguarded(payload))
+}
+
+fn parse_commit_welcome_unguarded(payload: &[u8]) -> Result<CommitWelcome, DaveError> {
     // openmls validates the whole MLSMessage structure and tells where it ends; what follows is
     // the Welcome.
     let (message, rest) = MlsMessageIn::tls_deserialize_bytes(payload).map_err(DaveError::Tls)?;

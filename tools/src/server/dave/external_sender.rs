@@ -105,10 +105,12 @@ impl ExternalSenderKeys {
 /// not_after 2^64−1).
 pub fn parse_key_package(payload: &[u8], user_id: u64) -> Result<KeyPackage, DaveError> {
     let provider = OpenMlsRustCrypto::default();
-    let key_package = KeyPackageIn::tls_deserialize_exact_bytes(payload)
-        .map_err(DaveError::Tls)?
-        .validate(provider.crypto(), ProtocolVersion::Mls10)
-        .map_err(DaveError::KeyPackage)?;
+    let key_package = super::untrusted(|| {
+        KeyPackageIn::tls_deserialize_exact_bytes(payload)
+            .map_err(DaveError::Tls)?
+            .validate(provider.crypto(), ProtocolVersion::Mls10)
+            .map_err(DaveError::KeyPackage)
+    })?;
     if key_package.ciphersuite() != CIPHERSUITE {
         return Err(DaveError::WrongCiphersuite);
     }

@@ -129,6 +129,15 @@ impl FromStr for DaveMode {
     }
 }
 
+/// Runs an openmls parser on bytes from the network. openmls 0.8.3 can panic on malformed input
+/// (a key package whose extensions re-serialise to another length slices out of range in
+/// `Extensions::tls_deserialize_bytes`; found by `server_dave`'s mutation test, kept in
+/// `tools/tests/fixtures/`): one client's bytes must not take a server thread down.
+pub(crate) fn untrusted<T>(parse: impl FnOnce() -> Result<T, DaveError>) -> Result<T, DaveError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse))
+        .unwrap_or(Err(DaveError::ParserPanicked))
+}
+
 /// Why a DAVE frame from a client was refused.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -142,6 +151,9 @@ pub enum DaveError {
     /// openmls' structural decoding failed.
     #[error("undecodable MLS structure: {0:?}")]
     Tls(openmls::prelude::tls_codec::Error),
+    /// openmls panicked on the input (see [`untrusted`]); refused like any malformed message.
+    #[error("malformed MLS structure (the MLS parser failed on it)")]
+    ParserPanicked,
     /// The message does not re-serialise to what was received.
     #[error("non-canonical MLS message")]
     NonCanonical,

@@ -5,6 +5,7 @@
 use std::num::NonZeroU16;
 
 use davey::{DaveSession, MediaType, ProposalsOperationType};
+use quaver_gateway::dave::untrusted;
 use quaver_gateway::protocol::{VoicePayload, op};
 
 use super::group::ToClient;
@@ -121,7 +122,8 @@ impl Observer {
                 } else {
                     ProposalsOperationType::REVOKE
                 };
-                match self.session.process_proposals(kind, rest, Some(recognized)) {
+                let session = &mut self.session;
+                match untrusted(|| session.process_proposals(kind, rest, Some(recognized))) {
                     Ok(Some(cw)) => {
                         let mut bytes = cw.commit;
                         if let Some(w) = cw.welcome {
@@ -141,13 +143,13 @@ impl Observer {
                     return Vec::new();
                 };
                 let id = u16::from_be_bytes([id[0], id[1]]);
+                let session = &mut self.session;
                 let result = if op == op::DAVE_MLS_WELCOME {
-                    self.session
-                        .process_welcome(body, Some(recognized))
+                    untrusted(|| session.process_welcome(body, Some(recognized)))
                         .map(|()| true)
                         .map_err(|e| e.to_string())
                 } else {
-                    self.session.process_commit(body).map_err(|e| e.to_string())
+                    untrusted(|| session.process_commit(body)).map_err(|e| e.to_string())
                 };
                 match result {
                     Ok(true) => {
