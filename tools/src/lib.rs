@@ -19,6 +19,7 @@ pub mod listener;
 pub mod media;
 pub mod play;
 pub mod progress;
+pub mod ramp;
 pub mod record;
 pub mod remote;
 pub mod render;

@@ -172,6 +172,14 @@ struct JitterArgs {
     /// Join the calls but play nothing, and report what they cost (CPU of Quaver's threads).
     #[arg(long, conflicts_with_all = ["encode", "baseline", "out"])]
     idle: bool,
+    /// Find the capacity: run with --calls calls (the first step), then half as many again
+    /// each step, --seconds each, until a step has late frames, skipped ticks or lost audio;
+    /// report the last clean step in calls and calls per core.
+    #[arg(long, conflicts_with_all = ["idle", "baseline", "out"])]
+    ramp: bool,
+    /// With --ramp: stop after the step that reaches this many calls (default 1000).
+    #[arg(long, value_name = "CALLS", requires = "ramp", default_value = "1000", value_parser = quaver_tools::args::calls)]
+    ramp_to: usize,
     /// The embedded server drops PCT % of the packets it forwards to listeners (Quaver's
     /// receiver among them, which conceals them).
     #[arg(long, value_name = "PCT", default_value_t = 0.0, value_parser = quaver_tools::args::percent, allow_negative_numbers = true, conflicts_with = "server")]
@@ -196,6 +204,8 @@ fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
         ca_cert,
         backend,
         idle,
+        ramp,
+        ramp_to,
         udp_loss,
         udp_reorder,
         udp_duplicate,
@@ -234,6 +244,22 @@ fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
         faults,
         ..Default::default()
     };
+    if ramp {
+        let report = quaver_tools::ramp::run(&options, ramp_to, &STOP)?;
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+        } else {
+            print!("{report}");
+        }
+        return Ok(if report.interrupted {
+            Finished::Interrupted
+        } else {
+            Finished::Completed
+        });
+    }
     if idle {
         let report = quaver_tools::idle::run(&options, &STOP)?;
         if json {

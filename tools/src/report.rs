@@ -194,6 +194,13 @@ pub struct Report {
     pub mixer_tick_us: Option<Quantiles>,
     /// Ticks the mixer skipped because it could not run for over a frame.
     pub skipped_ticks: u64,
+    /// Opus complexity steps the mixer took down under overload (one per call per step;
+    /// `EngineConfig::adaptive_complexity`), and back up.
+    pub complexity_steps_down: u64,
+    /// See `complexity_steps_down`.
+    pub complexity_steps_up: u64,
+    /// Calls encoding below their configured complexity at the end of the run.
+    pub calls_lowered: u64,
     /// Percent of the run's machine time the hypervisor gave to other guests (VM steal);
     /// `None` where `/proc/stat` does not say.
     pub steal_percent: Option<f64>,
@@ -412,6 +419,13 @@ impl Report {
             self.late_frames,
             self.skipped_ticks
         );
+        if self.complexity_steps_down > 0 {
+            let _ = writeln!(
+                out,
+                "  overload: Opus complexity stepped down {} time(s) and up {}; {} call(s) below full complexity at the end",
+                self.complexity_steps_down, self.complexity_steps_up, self.calls_lowered
+            );
+        }
         if let Some(steal) = self.steal_percent.filter(|&s| s >= 1.0) {
             let _ = writeln!(
                 out,

@@ -355,3 +355,38 @@ fn assert_unmeasured_is_null_and_heard_is_measured(report: &serde_json::Value, j
         "{json}"
     );
 }
+
+#[test]
+fn jitter_ramp_reports_each_step_and_the_last_clean_one_as_capacity() {
+    let output = Command::new(env!("CARGO_BIN_EXE_quaver"))
+        .args([
+            "jitter", "--ramp", "--calls", "2", "--ramp-to", "3", "--seconds", "1", "--json",
+        ])
+        .output()
+        .expect("run quaver");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("the ramp report is JSON");
+    let steps = report["steps"].as_array().expect("steps");
+    assert_eq!(steps[0]["calls"], 2);
+    // The ramp stops at the first step that is not clean; every step before it was.
+    let first_failing = steps.iter().position(|s| s["clean"] == false);
+    let ran = first_failing.map_or(steps.len(), |i| i + 1);
+    assert_eq!(steps.len(), ran, "nothing runs after a failing step");
+    let clean: Vec<u64> = steps
+        .iter()
+        .filter(|s| s["clean"] == true)
+        .map(|s| s["calls"].as_u64().expect("calls"))
+        .collect();
+    assert_eq!(report["capacity"].as_u64(), clean.iter().copied().max());
+    if first_failing.is_none() {
+        assert_eq!(clean, [2, 3]);
+        assert_eq!(report["reached_limit"], true);
+        let cores = report["cores"].as_f64().expect("cores");
+        assert_eq!(report["calls_per_core"].as_f64(), Some(3.0 / cores));
+    }
+}
