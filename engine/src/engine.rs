@@ -19,6 +19,7 @@ use crate::frame::{FRAME_DURATION, FrameReceiver, Grid};
 use crate::input::InputError;
 use crate::mixer::{CallShared, CallSlot, Command, Garbage, Mixer};
 use crate::pcm::PcmFormat;
+use crate::rebalance::{Candidate, MixerLoad};
 use crate::source::{SourceHandle, SourceOptions, SourceSlot};
 use crate::stats::{
     EngineStats, MixerCounters, MixerHistograms, StatsCollector, Summary, stats_channel,
@@ -81,6 +82,8 @@ impl Default for EngineConfig {
 const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(5);
 /// Commands that can wait for the mixer at once; far more than it applies per tick.
 const COMMAND_QUEUE: usize = 4096;
+/// Calls in flight from one mixer to another at once (one move at a time is asked for).
+const TRANSFER_RING: usize = 4;
 /// How long a control call waits for room in a full command queue before giving up.
 const COMMAND_WAIT: Duration = Duration::from_millis(200);
 /// Longest lead the mixer gives itself; beyond this it is overloaded, not early.
@@ -94,6 +97,19 @@ struct CallTable {
     /// Live calls per mixer thread, to place new calls on the least busy one.
     calls_per_mixer: Vec<usize>,
     next_id: u32,
+    /// Calls being handed from one mixer to another, with the commands that wait for it.
+    moving: HashMap<CallId, Moving>,
+    /// When the last move was asked for (see [`crate::rebalance::COOLDOWN`]).
+    last_move: Option<Instant>,
+}
+
+/// A call in flight between mixers.
+struct Moving {
+    from: usize,
+    to: usize,
+    /// Commands for the call sent meanwhile, in order; they go to whichever mixer has it once
+    /// the move is confirmed or refused.
+    pending: Vec<Command>,
 }
 
 struct CallEntry {
@@ -115,6 +131,7 @@ struct Outlet {
 struct MixerLink {
     commands: Mutex<rtrb::Producer<Command>>,
     outlet: Mutex<Outlet>,
+    load: Arc<MixerLoad>,
 }
 
 pub(crate) struct Inner {
@@ -255,7 +272,29 @@ impl Engine {
                     garbage: garbage_rx,
                     stats: collector,
                 }),
+                load: Arc::default(),
             });
+        }
+        // One hand-over ring per ordered pair of mixers (see `crate::rebalance`): mixer `i`
+        // gets a producer towards every other mixer and a consumer from each.
+        let mut ins: Vec<Vec<rtrb::Consumer<Box<CallSlot>>>> =
+            (0..mixer_count).map(|_| Vec::new()).collect();
+        for (from, (mixer, link)) in mixers.iter_mut().zip(&links).enumerate() {
+            let outs = ins
+                .iter_mut()
+                .enumerate()
+                .map(|(to, inbound)| {
+                    (to != from).then(|| {
+                        let (tx, rx) = rtrb::RingBuffer::new(TRANSFER_RING);
+                        inbound.push(rx);
+                        tx
+                    })
+                })
+                .collect();
+            mixer.connect_out(outs, Arc::clone(&link.load));
+        }
+        for (mixer, inbound) in mixers.iter_mut().zip(ins) {
+            mixer.connect_in(inbound);
         }
         let inner = Arc::new(Inner {
             grid: Grid::new(Instant::now()),
@@ -265,6 +304,8 @@ impl Engine {
                 slots_in_use: 0,
                 calls_per_mixer: vec![0; mixer_count],
                 next_id: 1,
+                moving: HashMap::new(),
+                last_move: None,
             }),
             decoders: Mutex::new(Vec::new()),
             streams: Mutex::new(Vec::new()),
@@ -346,7 +387,8 @@ impl Engine {
     pub fn remove_call(&self, call: CallId) -> Result<()> {
         let mut table = lock(&self.inner.table);
         let mixer = table.calls.get(&call).ok_or(Error::NoSuchCall(call))?.mixer;
-        self.inner.send(mixer, Command::RemoveCall(call))?;
+        self.inner
+            .send_for_call(&mut table, call, mixer, Command::RemoveCall(call))?;
         table.calls.remove(&call);
         table.calls_per_mixer[mixer] = table.calls_per_mixer[mixer].saturating_sub(1);
         Ok(())
@@ -356,11 +398,15 @@ impl Engine {
     /// at the next tick. Used when a call's frames move to a new sender session (a new SSRC
     /// and key after a voice reconnect).
     pub fn replace_frame_queue(&self, call: CallId) -> Result<FrameReceiver> {
-        let table = lock(&self.inner.table);
+        let mut table = lock(&self.inner.table);
         let mixer = table.calls.get(&call).ok_or(Error::NoSuchCall(call))?.mixer;
         let (frames_tx, frames_rx) = rtrb::RingBuffer::new(self.inner.config.frame_queue.max(2));
-        self.inner
-            .send(mixer, Command::ReplaceFrames(call, Box::new(frames_tx)))?;
+        self.inner.send_for_call(
+            &mut table,
+            call,
+            mixer,
+            Command::ReplaceFrames(call, Box::new(frames_tx)),
+        )?;
         Ok(frames_rx)
     }
 
@@ -557,7 +603,7 @@ impl Inner {
     ) -> Result<()> {
         let max = self.config.max_sources_per_call;
         let mut table = lock(&self.table);
-        let entry = table.calls.get_mut(&call).ok_or(Error::NoSuchCall(call))?;
+        let entry = table.calls.get(&call).ok_or(Error::NoSuchCall(call))?;
         if entry.sources_in_use >= max {
             return Err(Error::LimitReached {
                 what: "sources per call",
@@ -572,19 +618,108 @@ impl Inner {
                 crossfade_ticks,
             },
         };
-        self.send(entry.mixer, command)?;
-        entry.sources_in_use += 1;
+        let mixer = entry.mixer;
+        self.send_for_call(&mut table, call, mixer, command)?;
+        if let Some(entry) = table.calls.get_mut(&call) {
+            entry.sources_in_use += 1;
+        }
         Ok(())
+    }
+
+    /// Sends a command about `call` to its mixer, or holds it while the call moves between
+    /// mixers (see [`crate::rebalance`]).
+    fn send_for_call(
+        &self,
+        table: &mut CallTable,
+        call: CallId,
+        mixer: usize,
+        command: Command,
+    ) -> Result<()> {
+        match table.moving.get_mut(&call) {
+            Some(moving) => {
+                moving.pending.push(command);
+                Ok(())
+            }
+            None => self.send(mixer, command),
+        }
+    }
+
+    /// Sends a command about `call` to whichever mixer has it (held while it moves).
+    pub(crate) fn send_about(&self, call: CallId, command: Command) -> Result<()> {
+        let mut table = lock(&self.table);
+        let mixer = table.calls.get(&call).ok_or(Error::NoSuchCall(call))?.mixer;
+        self.send_for_call(&mut table, call, mixer, command)
+    }
+
+    /// A move finished (`landed` on mixer `at`) or was refused: the call's waiting commands
+    /// go to where it is now.
+    fn settle_move(&self, table: &mut CallTable, call: CallId, moved: bool) {
+        let Some(moving) = table.moving.remove(&call) else {
+            return;
+        };
+        let at = if moved { moving.to } else { moving.from };
+        if moved && let Some(entry) = table.calls.get_mut(&call) {
+            entry.mixer = moving.to;
+            table.calls_per_mixer[moving.from] =
+                table.calls_per_mixer[moving.from].saturating_sub(1);
+            table.calls_per_mixer[moving.to] += 1;
+        }
+        for command in moving.pending {
+            if self.send(at, command).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Asks the busiest mixer to hand one call to the idlest when that evens them out (see
+    /// [`crate::rebalance`]); one move at a time, then a cooldown.
+    fn rebalance(&self, table: &mut CallTable) {
+        if self.mixers.len() < 2
+            || !table.moving.is_empty()
+            || table
+                .last_move
+                .is_some_and(|at| at.elapsed() < crate::rebalance::COOLDOWN)
+        {
+            return;
+        }
+        let loads: Vec<u64> = self.mixers.iter().map(|m| m.load.work_ns()).collect();
+        let candidates: Vec<Candidate> = table
+            .calls
+            .iter()
+            .map(|(&call, entry)| Candidate {
+                call,
+                mixer: entry.mixer,
+                cost_ns: entry.shared.cost_ns(),
+            })
+            .collect();
+        let Some(chosen) = crate::rebalance::choose(&loads, &candidates) else {
+            return;
+        };
+        if self
+            .send(
+                chosen.from,
+                Command::MoveCall {
+                    call: chosen.call,
+                    to: chosen.to,
+                },
+            )
+            .is_ok()
+        {
+            table.moving.insert(
+                chosen.call,
+                Moving {
+                    from: chosen.from,
+                    to: chosen.to,
+                    pending: Vec::new(),
+                },
+            );
+            table.last_move = Some(Instant::now());
+        }
     }
 
     /// The mixer running `call`, if the call exists.
     pub(crate) fn mixer_of(&self, call: CallId) -> Option<usize> {
         lock(&self.table).calls.get(&call).map(|entry| entry.mixer)
-    }
-
-    /// Queues a command for mixer `mixer` (see [`Inner::send`]).
-    pub(crate) fn send_to(&self, mixer: usize, command: Command) -> Result<()> {
-        self.send(mixer, command)
     }
 
     /// Queues a command for mixer `mixer`, waiting briefly if its queue is full.
@@ -623,12 +758,14 @@ impl Inner {
             }
             outlet.stats.collect();
         }
-        if !freed.is_empty() {
+        {
             let mut table = lock(&self.table);
             for garbage in &freed {
                 match garbage {
                     Garbage::Call(_) => table.slots_in_use = table.slots_in_use.saturating_sub(1),
                     Garbage::Frames(_) => {}
+                    Garbage::Moved { call, .. } => self.settle_move(&mut table, *call, true),
+                    Garbage::MoveFailed { call } => self.settle_move(&mut table, *call, false),
                     Garbage::Source { call, .. } => {
                         if let Some(entry) = table.calls.get_mut(call) {
                             entry.sources_in_use = entry.sources_in_use.saturating_sub(1);
@@ -636,6 +773,7 @@ impl Inner {
                     }
                 }
             }
+            self.rebalance(&mut table);
         }
         self.track_queues(&events);
         for event in events {
@@ -894,5 +1032,70 @@ mod overload_tests {
         assert_eq!(&mixer.complexities()[11..], &[10, 10, 10, 8]);
         assert_eq!(engine.stats().complexity_steps_up, 1);
         assert_eq!(engine.stats().calls_lowered, 1);
+    }
+}
+
+#[cfg(test)]
+mod rebalance_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::frame::FrameKind;
+
+    #[test]
+    fn a_call_moves_to_the_idle_mixer_without_a_missing_or_doubled_frame() {
+        let (engine, mut mixers) = Engine::build(EngineConfig::default(), 2).unwrap(); // invariant: default config is valid
+        let (busy, mut frames) = engine.create_call().unwrap(); // invariant: below the limit
+        let (_other, _other_frames) = engine.create_call().unwrap(); // invariant: below the limit
+        let (_idle_on_busy, _f) = engine.create_call().unwrap(); // invariant: below the limit
+        assert_eq!(engine.inner.mixer_of(busy), Some(0));
+        let (_tone, mut writer) = engine.push_source(busy, PcmFormat::STEREO_48K).unwrap(); // invariant: the call exists
+        let mut ticks = Vec::new();
+        let mut tick_both = |engine: &Engine| {
+            engine.housekeep();
+            for mixer in &mut mixers {
+                mixer.tick();
+            }
+            // 20 ms of audio per tick keeps the source playing.
+            let _ = writer.write_f32(&[0.1; 1_920]);
+            while let Ok(frame) = frames.pop() {
+                if frame.kind == FrameKind::Audio {
+                    ticks.push(frame.tick);
+                }
+            }
+        };
+        for _ in 0..5 {
+            tick_both(&engine);
+        }
+        // Mixer 0 is overloaded, mixer 1 idle: the housekeeping asks for the busy call to move.
+        engine.inner.mixers[0].load.set(Duration::from_millis(16));
+        engine.inner.mixers[1].load.set(Duration::from_millis(1));
+        engine.housekeep();
+        assert!(
+            lock(&engine.inner.table).moving.contains_key(&busy),
+            "a move was asked for"
+        );
+        // A command sent while the call is in flight waits, then follows it.
+        let (second, mut second_writer) = engine.push_source(busy, PcmFormat::STEREO_48K).unwrap(); // invariant: the call exists
+        second_writer.write_f32(&[0.1; 1_920 * 20]).unwrap(); // invariant: the source is alive
+        for _ in 0..10 {
+            tick_both(&engine);
+        }
+        assert_eq!(
+            engine.inner.mixer_of(busy),
+            Some(1),
+            "the call now runs on mixer 1"
+        );
+        assert!(lock(&engine.inner.table).moving.is_empty());
+        assert_eq!(lock(&engine.inner.table).calls_per_mixer, [1, 2]);
+        assert!(
+            second.stats().frames_mixed > 0,
+            "the held command reached mixer 1"
+        );
+        assert!(ticks.len() >= 14, "{ticks:?}");
+        assert!(
+            ticks.windows(2).all(|w| w[1] == w[0] + 1),
+            "one frame per tick across the move: {ticks:?}"
+        );
     }
 }

@@ -44,6 +44,7 @@ mod overload;
 pub mod pacer;
 mod pcm;
 mod queue;
+mod rebalance;
 mod resample;
 mod seek;
 mod source;

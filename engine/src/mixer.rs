@@ -14,6 +14,7 @@ use crate::frame::{EncodedFrame, FRAME_SAMPLES, FrameKind};
 use crate::limiter::Limiter;
 use crate::overload::{self, Governor, Rung, Verdict};
 use crate::pcm::{MIX_FRAME_LEN, MixFrame};
+use crate::rebalance::MixerLoad;
 use crate::source::{EndReason, SourceSlot, Step};
 use crate::stats::{MixerCounters, MixerHistograms, StatsPublisher};
 use crate::{CallId, SourceId};
@@ -34,6 +35,11 @@ pub(crate) enum Command {
     },
     /// Drops the call's next queued track, if any (the queue was cleared).
     ClearNext(CallId),
+    /// After this tick's frame, hand the call to mixer `to` (see [`crate::rebalance`]).
+    MoveCall {
+        call: CallId,
+        to: usize,
+    },
 }
 
 /// Slots the mixer no longer needs, sent back to be dropped off the real-time thread.
@@ -43,20 +49,36 @@ pub(crate) enum Command {
 )]
 pub(crate) enum Garbage {
     Call(Box<CallSlot>),
-    Source { call: CallId, slot: Box<SourceSlot> },
+    Source {
+        call: CallId,
+        slot: Box<SourceSlot>,
+    },
     Frames(Box<rtrb::Producer<EncodedFrame>>),
+    /// A [`Command::MoveCall`] went through: the call is on its way to mixer `to`.
+    Moved {
+        call: CallId,
+        to: usize,
+    },
+    /// A [`Command::MoveCall`] could not be done (the call is gone, or the ring to the other
+    /// mixer is full); the call stays where it was.
+    MoveFailed {
+        call: CallId,
+    },
 }
 
 /// Call settings the control side may change while the call plays.
 #[derive(Debug)]
 pub(crate) struct CallShared {
     master_volume_bits: AtomicU32,
+    /// What building the call's frame costs its mixer, a moving average in nanoseconds.
+    cost_ns: AtomicU32,
 }
 
 impl CallShared {
     pub(crate) fn new() -> Self {
         Self {
             master_volume_bits: AtomicU32::new(1.0_f32.to_bits()),
+            cost_ns: AtomicU32::new(0),
         }
     }
 
@@ -68,6 +90,18 @@ impl CallShared {
         };
         self.master_volume_bits
             .store(volume.to_bits(), Ordering::Relaxed);
+    }
+
+    /// What the call's frames cost its mixer thread per tick (nanoseconds, moving average).
+    pub(crate) fn cost_ns(&self) -> u64 {
+        u64::from(self.cost_ns.load(Ordering::Relaxed))
+    }
+
+    fn record_cost(&self, cost: Duration) {
+        let new = cost.as_nanos().min(u128::from(u32::MAX)) as u32;
+        let old = self.cost_ns.load(Ordering::Relaxed);
+        self.cost_ns
+            .store(old - old / 8 + new / 8, Ordering::Relaxed);
     }
 
     pub(crate) fn master_volume(&self) -> f32 {
@@ -108,6 +142,9 @@ pub(crate) struct CallSlot {
     crossfade_ticks: u32,
     /// Where the call's Opus complexity stands under overload (see [`crate::overload`]).
     rung: Rung,
+    /// The next tick to build: a call handed over from another mixer may find this one a tick
+    /// behind or ahead (see [`crate::rebalance`]). 0 until the first tick.
+    next_tick: u64,
 }
 
 impl CallSlot {
@@ -143,6 +180,7 @@ impl CallSlot {
             fading_track: None,
             crossfade_ticks: 0,
             rung: Rung::new(complexity),
+            next_tick: 0,
         })
     }
 
@@ -604,7 +642,17 @@ pub struct Mixer {
     encode: bool,
     /// Steps Opus complexity with the load; `None` in manual mode, which has no deadline.
     governor: Option<Governor>,
+    /// Calls handed to other mixers (indexed by mixer; `None` for this one) and from them.
+    transfers_out: Vec<Option<rtrb::Producer<Box<CallSlot>>>>,
+    transfers_in: Vec<rtrb::Consumer<Box<CallSlot>>>,
+    /// Moves asked for this tick, done after the frames are built.
+    moves: [Option<(CallId, usize)>; MAX_MOVES_PER_TICK],
+    /// This thread's tick work, for the control side's rebalancing.
+    load: Arc<MixerLoad>,
 }
+
+/// Moves one mixer makes in one tick at most (the control side asks for one at a time).
+const MAX_MOVES_PER_TICK: usize = 4;
 
 impl std::fmt::Debug for Mixer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -634,7 +682,27 @@ impl Mixer {
             next_tick: 0,
             encode: true,
             governor: None,
+            transfers_out: Vec::new(),
+            transfers_in: Vec::new(),
+            moves: [None; MAX_MOVES_PER_TICK],
+            load: Arc::default(),
         }
+    }
+
+    /// Connects this mixer to the others: `outs[i]` carries calls to mixer `i` (`None` for
+    /// itself); `load` is where it publishes its tick work.
+    pub(crate) fn connect_out(
+        &mut self,
+        outs: Vec<Option<rtrb::Producer<Box<CallSlot>>>>,
+        load: Arc<MixerLoad>,
+    ) {
+        self.transfers_out = outs;
+        self.load = load;
+    }
+
+    /// The rings that bring calls from the other mixers.
+    pub(crate) fn connect_in(&mut self, ins: Vec<rtrb::Consumer<Box<CallSlot>>>) {
+        self.transfers_in = ins;
     }
 
     /// Lets the mixer step Opus complexity down under overload and back up (threaded engines
@@ -748,13 +816,61 @@ impl Mixer {
             histograms: &mut self.stats.local,
             counters: &self.counters,
         };
+        // Calls from other mixers first: commands that follow a hand-over may name them.
+        for ring in &mut self.transfers_in {
+            while let Ok(call) = ring.pop() {
+                if self.calls.len() < self.calls.capacity() {
+                    self.calls.push(call);
+                } else {
+                    out.discard(Garbage::Call(call));
+                }
+            }
+        }
         while let Ok(command) = self.commands.pop() {
+            if let Command::MoveCall { call, to } = command {
+                match self.moves.iter_mut().find(|m| m.is_none()) {
+                    Some(free) => *free = Some((call, to)),
+                    None => out.discard(Garbage::MoveFailed { call }),
+                }
+                continue;
+            }
             apply_command(&mut self.calls, command, tick, &mut out);
         }
+        let mut previous = Instant::now();
         for call in self.calls.iter_mut() {
+            // Handed over from a mixer that already built this tick: skip it. Handed over from
+            // one a tick behind: build the tick it missed first, so no frame goes missing.
+            if call.next_tick > tick {
+                continue;
+            }
+            if call.next_tick != 0 && call.next_tick + 1 == tick {
+                call.tick(call.next_tick, self.encode, &mut out);
+            }
             call.tick(tick, self.encode, &mut out);
+            call.next_tick = tick + 1;
+            let now = Instant::now();
+            call.shared.record_cost(now - previous);
+            previous = now;
+        }
+        for pending in &mut self.moves {
+            let Some((id, to)) = pending.take() else {
+                continue;
+            };
+            let ring = self.transfers_out.get_mut(to).and_then(Option::as_mut);
+            let index = self.calls.iter().position(|c| c.id == id);
+            match (ring, index) {
+                (Some(ring), Some(index)) if ring.slots() > 0 => {
+                    // Joining order is kept on this side; the call joins the other at its end.
+                    // It keeps its complexity step; `calls_lowered` is engine-wide.
+                    let call = self.calls.remove(index);
+                    let _ = ring.push(call);
+                    out.discard(Garbage::Moved { call: id, to });
+                }
+                _ => out.discard(Garbage::MoveFailed { call: id }),
+            }
         }
         let work = started.elapsed();
+        self.load.record(work);
         out.histograms
             .tick_us
             .saturating_record(work.as_micros() as u64);
@@ -841,6 +957,8 @@ fn apply_command(
             Some(_) => out.end_source(id, source, EndReason::Failed),
             None => out.end_source(id, source, EndReason::CallRemoved),
         },
+        // Taken by `Mixer::run_tick` before it gets here.
+        Command::MoveCall { call, .. } => out.discard(Garbage::MoveFailed { call }),
     }
 }
 

@@ -186,9 +186,7 @@ impl Inner {
     /// A track opened while the queue was being cleared: it must not play.
     fn drop_cleared(&self, call: CallId, handle: &SourceHandle) {
         handle.stop();
-        if let Some(mixer) = self.mixer_of(call) {
-            let _ = self.send_to(mixer, MixerCommand::ClearNext(call));
-        }
+        let _ = self.send_about(call, MixerCommand::ClearNext(call));
     }
 
     /// Keeps the queues in step with the mixer's track events; reports positions.
@@ -307,14 +305,14 @@ impl Engine {
     /// Empties `call`'s queue of everything after the playing track (which plays on; skip it
     /// to stop it too).
     pub fn clear_queue(&self, call: CallId) -> Result<()> {
-        let mixer = self.call_exists(call)?;
+        self.call_exists(call)?;
         let mut queues = lock(&self.inner.queues);
         if let Some(queue) = queues.get_mut(&call) {
             queue.pending.clear();
             queue.next = None;
             queue.generation += 1;
         }
-        self.inner.send_to(mixer, MixerCommand::ClearNext(call))
+        self.inner.send_about(call, MixerCommand::ClearNext(call))
     }
 
     /// What `call`'s queue holds: the playing track, the next (opened) one, then the rest.

@@ -360,7 +360,15 @@ fn assert_unmeasured_is_null_and_heard_is_measured(report: &serde_json::Value, j
 fn jitter_ramp_reports_each_step_and_the_last_clean_one_as_capacity() {
     let output = Command::new(env!("CARGO_BIN_EXE_quaver"))
         .args([
-            "jitter", "--ramp", "--calls", "2", "--ramp-to", "3", "--seconds", "1", "--json",
+            "jitter",
+            "--ramp",
+            "--calls",
+            "2",
+            "--ramp-to",
+            "3",
+            "--seconds",
+            "1",
+            "--json",
         ])
         .output()
         .expect("run quaver");

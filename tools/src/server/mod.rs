@@ -68,7 +68,8 @@
 //! // server's certificate), send audio ...
 //! for call in server.stats().calls {
 //!     for s in call.streams {
-//!         println!("ssrc {}: {} packets, {} lost, lateness p99 {} µs", s.ssrc, s.packets, s.lost, s.lateness_us.p99);
+//!         let p99 = s.lateness_us.map(|l| l.p99); // None when the stream was not measured
+//!         println!("ssrc {}: {} packets, {} lost, lateness p99 {p99:?} µs", s.ssrc, s.packets, s.lost);
 //!     }
 //! }
 //! # Ok::<(), quaver_tools::server::ServerError>(())
