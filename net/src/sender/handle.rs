@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::call::Call;
 use super::core::SenderCore;
+use super::spin::SpinWindow;
 use super::thread::{MIN_BUILD_AHEAD, Pacing, Worker};
 use super::{CallConfig, Command, Returned, SendSlot, SenderConfig, SenderError, SenderEvent};
 use crate::crypto::{EncryptionMode, Sealer, SecretKey};
@@ -88,6 +89,7 @@ impl Sender {
                     core,
                     pacing: Pacing {
                         pacer,
+                        spin: SpinWindow::new(config.spin),
                         build_ahead: MIN_BUILD_AHEAD,
                         recent_build: Duration::ZERO,
                     },

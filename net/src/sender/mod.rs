@@ -70,6 +70,7 @@ mod call;
 mod core;
 mod handle;
 mod phase;
+mod spin;
 mod thread;
 
 use call::Call;
@@ -207,7 +208,8 @@ pub struct SenderConfig {
     pub backend: BackendChoice,
     /// What to ask of the scheduler.
     pub scheduling: SchedulingRequest,
-    /// Spin window before each deadline.
+    /// The longest spin before each deadline; the sender spins only as long as its recent
+    /// wake-up errors need, up to this (`Duration::ZERO` turns spinning off).
     pub spin: Duration,
     /// Size of the call table (preallocated).
     pub max_calls: usize,

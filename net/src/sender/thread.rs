@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::core::{Pace, SenderCore};
 use super::handle::STATS_EVERY_TICKS;
+use super::spin::SpinWindow;
 use super::{Command, EventNotifier, Returned};
 use crate::pacer::Pacer;
 use crate::stats::SenderStats;
@@ -31,6 +32,8 @@ pub(super) const MAX_BUILD_AHEAD: Duration = Duration::from_millis(5);
 /// The thread's [`Pace`]: sleep to build time, then sleep and spin to the deadline.
 pub(super) struct Pacing {
     pub(super) pacer: Pacer,
+    /// How long before each send deadline to stop sleeping and spin (see [`super::spin`]).
+    pub(super) spin: SpinWindow,
     /// How long before a deadline the tick's packets are built. The mixer builds frame `n`
     /// only shortly before `deadline(n)`, so building right after the previous send would find
     /// it missing and send it a tick late.
@@ -53,7 +56,13 @@ impl Pace for Pacing {
         self.recent_build = build.max(self.recent_build.mul_f32(0.99));
         self.build_ahead = (self.recent_build * 2 + Duration::from_micros(300))
             .clamp(MIN_BUILD_AHEAD, MAX_BUILD_AHEAD);
-        self.pacer.wait_until(deadline);
+        let wake_at = deadline.checked_sub(self.spin.window()).unwrap_or(deadline);
+        self.pacer.sleep_until(wake_at);
+        self.spin
+            .observe(Instant::now().saturating_duration_since(wake_at));
+        while Instant::now() < deadline {
+            std::hint::spin_loop();
+        }
         Instant::now()
     }
 
