@@ -30,6 +30,9 @@ use crate::main_gateway::{MAX_DISPATCH_LEN, MainGateway, MainGatewayConfig};
 use crate::protocol::SpeakingFlags;
 use crate::voice::{OutgoingFrame, Output, VoiceConfig, VoiceConnectRequest, VoiceGateway};
 
+/// Read and write buffer of each websocket (see where it is used).
+const WS_BUFFER: usize = 4 * 1024;
+
 /// The sans-IO machine behind a connection.
 pub(super) enum Machine {
     Voice(Box<VoiceGateway>),
@@ -643,7 +646,12 @@ impl EventLoop {
                 } else {
                     Stream::Plain(stream)
                 };
+                // tungstenite reserves `read_buffer_size` per connection up front (128 KiB by
+                // default: 128 MB for 1,000 calls, most of a call's memory). Voice messages are
+                // small, and the buffer still grows for a large one (a GUILD_CREATE).
                 let ws_config = WebSocketConfig::default()
+                    .read_buffer_size(WS_BUFFER)
+                    .write_buffer_size(WS_BUFFER)
                     .max_message_size(Some(max_message))
                     .max_frame_size(Some(max_message))
                     .max_write_buffer_size(self.config.max_write_buffer);

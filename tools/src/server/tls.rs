@@ -93,7 +93,11 @@ pub(crate) fn accept(
         }
         None => Conn::Plain(stream),
     };
+    // tungstenite reserves its read buffer per connection up front (128 KiB by default: 256 MB
+    // for a 1,000-call run's 2,000 websockets); the buffer grows for a larger message.
     let config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
         .max_message_size(Some(shared.config.max_message_size))
         .max_frame_size(Some(shared.config.max_message_size));
     let mut framing = None;
