@@ -383,7 +383,10 @@ fn plays_through_a_voice_server_with_dave() {
 #[test]
 fn resumes_a_session_with_players_still_playing() {
     let server = server();
-    let node = node(Some(&server));
+    let node = node_with(Some(&server), |config| {
+        config.stats_interval = Duration::from_secs(1);
+        config.player_update_interval = Duration::from_secs(1);
+    });
     let addr = node.addr();
     let mut client = Client::connect(addr, USER, None);
     let session = client.session.clone();
@@ -410,6 +413,19 @@ fn resumes_a_session_with_players_still_playing() {
     });
     let ssrc = server.ssrc_of(GUILD, USER).unwrap();
     listen(&server, ssrc, 0.5);
+    // `stats` with frameStats from the sender's counters while a player plays.
+    let stats = client.expect("stats with frameStats", |m| {
+        m["op"] == "stats" && !m["frameStats"].is_null()
+    });
+    assert_eq!(
+        (stats["players"].as_u64(), stats["playingPlayers"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(stats["frameStats"]["sent"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["frameStats"]["nulled"].is_u64() && stats["frameStats"]["deficit"].is_u64());
+    let update = client.expect("playerUpdate", |m| m["op"] == "playerUpdate");
+    assert_eq!(update["guildId"], GUILD.to_string());
+    assert!(update["state"]["position"].as_u64().unwrap() > 0);
 
     // The client goes away; the player plays on.
     drop(client);
@@ -448,5 +464,31 @@ fn resumes_a_session_with_players_still_playing() {
     let fresh = Client::connect(addr, USER, Some(&session));
     assert_eq!(fresh.ready["resumed"], false);
     assert_ne!(fresh.session, session);
+    node.stop();
+}
+
+/// The voice server closing a call's websocket reaches the client as `WebSocketClosedEvent`
+/// with the close code.
+#[test]
+fn reports_the_voice_servers_close_code() {
+    let server = server_with(quaver_tools::server::Faults {
+        close_code: Some(4014),
+        ..Default::default()
+    });
+    let node = node(Some(&server));
+    let addr = node.addr();
+    let mut client = Client::connect(addr, USER, None);
+    let path = player_path(&client.session, GUILD);
+    let (status, _) = api(
+        addr,
+        "PATCH",
+        &path,
+        Some(&json!({ "voice": voice(&server, GUILD) })),
+    );
+    assert_eq!(status, 200);
+    let closed = client.event("WebSocketClosedEvent");
+    assert_eq!(closed["code"], 4014);
+    assert_eq!(closed["byRemote"], true);
+    assert_eq!(closed["guildId"], GUILD.to_string());
     node.stop();
 }

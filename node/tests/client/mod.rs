@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use quaver_node::{Node, NodeConfig, Password};
-use quaver_tools::server::{Server, ServerConfig};
+use quaver_tools::server::{Faults, Server, ServerConfig};
 use serde_json::Value;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message, WebSocket};
@@ -27,8 +27,14 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
 
 /// The local server with DAVE required (its default, as Discord) and decoded audio kept.
 pub fn server() -> Server {
+    server_with(Faults::default())
+}
+
+/// As [`server`], with `faults`.
+pub fn server_with(faults: Faults) -> Server {
     Server::start(ServerConfig {
         keep_decoded_audio: true,
+        faults,
         ..ServerConfig::default()
     })
     .expect("server")
@@ -36,6 +42,11 @@ pub fn server() -> Server {
 
 /// A node on an ephemeral loopback port, with local files on, trusting `server`'s CA.
 pub fn node(server: Option<&Server>) -> Node {
+    node_with(server, |_| {})
+}
+
+/// As [`node`], with `change` applied to its configuration.
+pub fn node_with(server: Option<&Server>, change: impl FnOnce(&mut NodeConfig)) -> Node {
     let mut config = NodeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         password: Password::new(PASSWORD),
@@ -43,6 +54,7 @@ pub fn node(server: Option<&Server>) -> Node {
         ..NodeConfig::default()
     };
     config.sources.local = true;
+    change(&mut config);
     Node::start(config).expect("node")
 }
 
