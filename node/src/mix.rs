@@ -99,8 +99,9 @@ pub(crate) fn add(
         handle.stop();
         return Err(ApiError::player_not_found());
     };
+    let source = handle.id();
     state.sources.insert(
-        handle.id(),
+        source,
         Owner {
             session: session.clone(),
             guild,
@@ -122,6 +123,17 @@ pub(crate) fn add(
         session,
         &events::mix_started(guild, &id, &track, volume),
     );
+    if let Some(reason) = state.take_unowned_end(source) {
+        state.sources.remove(&source);
+        if let Some(p) = state
+            .sessions
+            .get_mut(session)
+            .and_then(|s| s.players.get_mut(&guild))
+        {
+            p.layers.remove(&id);
+        }
+        state.emit(&limits, session, &events::mix_ended(guild, &id, reason));
+    }
     Ok(json!({ "id": id, "track": track.to_json(None), "volume": volume }))
 }
 

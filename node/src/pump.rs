@@ -59,10 +59,11 @@ fn on_engine_event(shared: &Arc<Shared>, event: Event) {
     let state = &mut *state;
     match event {
         Event::Audio(quaver::engine::Event::SourceEnded { source, reason, .. }) => {
+            let reason = EndReason::from_engine(reason);
             let Some(owner) = state.sources.remove(&source) else {
+                state.unowned_end(source, reason);
                 return;
             };
-            let reason = EndReason::from_engine(reason);
             let Some(player) = state
                 .sessions
                 .get_mut(&owner.session)

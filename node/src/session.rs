@@ -114,7 +114,13 @@ pub(crate) struct State {
     pub calls: HashMap<CallId, (SessionId, u64)>,
     pub next_generation: u64,
     pub next_play: u64,
+    /// Sources that ended before anyone owned them: a very short input can end while the
+    /// update that started it has not installed it yet. Bounded; the oldest go first.
+    pub unowned_ends: VecDeque<(SourceId, crate::events::EndReason)>,
 }
+
+/// How many unowned ends are remembered (far more than updates in flight at once).
+const UNOWNED_ENDS: usize = 1_024;
 
 impl State {
     /// Sends an event to a session (dropped if the session is gone).
@@ -122,6 +128,23 @@ impl State {
         if let Some(s) = self.sessions.get_mut(session) {
             s.send(limits, message);
         }
+    }
+
+    /// Remembers that a source nobody owns (yet) ended.
+    pub(crate) fn unowned_end(&mut self, source: SourceId, reason: crate::events::EndReason) {
+        if self.unowned_ends.len() >= UNOWNED_ENDS {
+            self.unowned_ends.pop_front();
+        }
+        self.unowned_ends.push_back((source, reason));
+    }
+
+    /// Why `source` ended, if it ended before it was installed.
+    pub(crate) fn take_unowned_end(
+        &mut self,
+        source: SourceId,
+    ) -> Option<crate::events::EndReason> {
+        let at = self.unowned_ends.iter().position(|(id, _)| *id == source)?;
+        self.unowned_ends.remove(at).map(|(_, reason)| reason)
     }
 
     /// Removes a session with its players; returns the calls to disconnect.
@@ -148,5 +171,43 @@ impl State {
             self.calls.remove(&call);
         }
         call
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::EndReason;
+
+    #[test]
+    fn unowned_ends_are_found_once() {
+        let mut state = State::default();
+        let (_engine, ids) = sources(3);
+        state.unowned_end(ids[0], EndReason::Finished);
+        state.unowned_end(ids[1], EndReason::LoadFailed);
+        assert_eq!(state.take_unowned_end(ids[1]), Some(EndReason::LoadFailed));
+        assert_eq!(state.take_unowned_end(ids[1]), None);
+        assert_eq!(state.take_unowned_end(ids[2]), None);
+        assert_eq!(state.take_unowned_end(ids[0]), Some(EndReason::Finished));
+        assert!(state.unowned_ends.is_empty());
+    }
+
+    /// Real source ids from an audio engine (they cannot be made otherwise).
+    fn sources(n: usize) -> (quaver::engine::Engine, Vec<SourceId>) {
+        let config = quaver::engine::EngineConfig {
+            realtime_priority: false,
+            ..quaver::engine::EngineConfig::default()
+        };
+        let engine = quaver::engine::Engine::new(config).unwrap();
+        let (call, _frames) = engine.create_call().unwrap();
+        let ids = (0..n)
+            .map(|_| {
+                let (handle, _writer) = engine
+                    .push_source(call, quaver::engine::PcmFormat::STEREO_48K)
+                    .unwrap();
+                handle.id()
+            })
+            .collect();
+        (engine, ids)
     }
 }

@@ -447,6 +447,17 @@ pub(crate) fn start_track(
                 },
             );
             state.emit(&limits, session, &events::track_start(guild, &track));
+            if let Some(reason) = state.take_unowned_end(id) {
+                state.sources.remove(&id);
+                if let Some(p) = state
+                    .sessions
+                    .get_mut(session)
+                    .and_then(|s| s.players.get_mut(&guild))
+                {
+                    p.track = None;
+                }
+                state.emit(&limits, session, &events::track_end(guild, &track, reason));
+            }
         }
         Err(message) => {
             player.track = None;
