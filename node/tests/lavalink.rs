@@ -492,3 +492,31 @@ fn reports_the_voice_servers_close_code() {
     assert_eq!(closed["guildId"], GUILD.to_string());
     node.stop();
 }
+
+/// A track whose input stops arriving produces no audio; after the threshold the client gets
+/// `TrackStuckEvent` (once).
+#[test]
+fn reports_a_stuck_track() {
+    let server = server();
+    let node = node_with(Some(&server), |config| {
+        config.stuck_threshold = Duration::from_secs(1);
+    });
+    let addr = node.addr();
+    let mut client = Client::connect(addr, USER, None);
+    let path = player_path(&client.session, GUILD);
+    let tone = tone_file("stalls.wav", 440.0, 20.0);
+    // One second of audio (48 kHz stereo 16-bit), then nothing.
+    let url = format!(
+        "http://{}/stalls.wav",
+        stalling_http_server(&tone, 44 + 192_000)
+    );
+    let track = load(addr, &url)["data"]["encoded"].clone();
+    let update = json!({ "track": { "encoded": track }, "voice": voice(&server, GUILD) });
+    let (status, _) = api(addr, "PATCH", &path, Some(&update));
+    assert_eq!(status, 200);
+    client.event("TrackStartEvent");
+    let stuck = client.event("TrackStuckEvent");
+    assert_eq!(stuck["thresholdMs"], 1_000);
+    assert_eq!(stuck["track"]["info"]["sourceName"], "http");
+    node.stop();
+}

@@ -250,6 +250,32 @@ pub fn http_file_server(file: &Path) -> SocketAddr {
     addr
 }
 
+/// Serves the first `prefix` bytes of `file` (announcing all of it), then stalls for up to
+/// 20 s: a download that stops mid-stream.
+pub fn stalling_http_server(file: &Path, prefix: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bytes = std::fs::read(file).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let Ok(mut stream) = stream else { continue };
+            let bytes = bytes.clone();
+            std::thread::spawn(move || {
+                let mut head = [0_u8; 4096];
+                let _ = stream.read(&mut head);
+                let header = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: audio/wav\r\nContent-Length: {}\r\n\r\n",
+                    bytes.len()
+                );
+                let _ = stream.write_all(header.as_bytes());
+                let _ = stream.write_all(&bytes[..prefix.min(bytes.len())]);
+                std::thread::sleep(Duration::from_secs(20));
+            });
+        }
+    });
+    addr
+}
+
 /// The left channel of what the server decoded for `ssrc`, from sample `from` on.
 pub fn heard(server: &Server, ssrc: u32, from: usize) -> Vec<f32> {
     server
