@@ -47,6 +47,62 @@ enum Command {
     /// Run a local Discord-compatible voice server (main gateway subset, voice gateway v4–v8,
     /// UDP) over TLS until Ctrl-C, printing per-call receive statistics when each call ends.
     Serve(Box<ServeArgs>),
+    /// Serve the Lavalink v4 API (HTTP + websocket) so Lavalink client libraries play through
+    /// Quaver, until Ctrl-C. Settings: defaults, then --config FILE (Lavalink's
+    /// application.yml keys), then the environment (SERVER_PORT, LAVALINK_SERVER_PASSWORD …),
+    /// then these flags.
+    Node(Box<NodeArgs>),
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// Address to listen on (default 127.0.0.1:2333).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// The password clients send in `Authorization` (default youshallnotpass).
+    #[arg(long)]
+    password: Option<String>,
+    /// A Lavalink application.yml to read settings from.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Let clients load local files by path (off by default, as in Lavalink).
+    #[arg(long)]
+    local: bool,
+    /// A CA certificate (PEM) to trust for voice endpoints, e.g. from `quaver serve --cert-out`.
+    #[arg(long, value_name = "FILE")]
+    voice_ca: Option<PathBuf>,
+}
+
+fn node(args: NodeArgs) -> Result<(), String> {
+    let mut config = quaver_node::NodeConfig::default();
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        config
+            .apply_yaml(&text)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    config
+        .apply_env(|name| std::env::var(name).ok())
+        .map_err(|e| format!("environment: {e}"))?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(password) = args.password {
+        config.password = quaver_node::Password::new(password);
+    }
+    config.sources.local |= args.local;
+    if let Some(path) = &args.voice_ca {
+        config.voice_ca_pem =
+            Some(std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?);
+    }
+    let node = quaver_node::Node::start(config).map_err(|e| e.to_string())?;
+    println!("Lavalink v4-compatible node listening on {}", node.addr());
+    install_signal_handlers();
+    while !STOP.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    node.stop();
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -453,6 +509,15 @@ fn main() -> ExitCode {
             })
         }
         Command::Serve(args) => serve(*args).map(|()| Finished::Completed),
+        Command::Node(args) => {
+            return match node(*args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Demo(options) => {
             install_signal_handlers();
             quaver_tools::demo::demo(&options, &STOP)
