@@ -37,7 +37,9 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             4 => {
-                let ms = body.iter().fold(0u64, |a, b| a.wrapping_mul(256) ^ u64::from(*b));
+                let ms = body
+                    .iter()
+                    .fold(0u64, |a, b| a.wrapping_mul(256) ^ u64::from(*b));
                 now += Duration::from_millis(ms % 120_000);
                 m.handle_timeout(now);
             }

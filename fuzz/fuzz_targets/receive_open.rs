@@ -23,7 +23,9 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(h) = RtpHeader::parse(rest) {
             let mut buf = [0u8; 1500];
             buf[..rest.len()].copy_from_slice(rest);
-            if let Ok(n) = cipher.seal_with_nonce(&mut buf, h.cleartext_len, rest.len() - h.cleartext_len, 1) {
+            if let Ok(n) =
+                cipher.seal_with_nonce(&mut buf, h.cleartext_len, rest.len() - h.cleartext_len, 1)
+            {
                 let _ = open_rtp(&cipher, &buf[..n], &mut out);
             }
         }

@@ -45,7 +45,12 @@ fuzz_target!(|data: &[u8]| {
     let dave_key = SenderKey::new(1, [0x44; 16]);
     let mut readers = Vec::new();
     for (user, ssrc, keys, passthrough) in [
-        (10, 100, vec![PreparedKey::new(dave_key.clone(), start)], Passthrough::Off),
+        (
+            10,
+            100,
+            vec![PreparedKey::new(dave_key.clone(), start)],
+            Passthrough::Off,
+        ),
         (20, 200, Vec::new(), Passthrough::On),
     ] {
         let config = StreamConfig {
@@ -69,7 +74,11 @@ fuzz_target!(|data: &[u8]| {
         match op % 4 {
             // A play-out tick, 20 ms later (or a jump, to exercise pauses and stalls).
             0 => {
-                let step = if op & 0x80 != 0 { 20 * u64::from(op & 0x3F) } else { 20 };
+                let step = if op & 0x80 != 0 {
+                    20 * u64::from(op & 0x3F)
+                } else {
+                    20
+                };
                 now += Duration::from_millis(step);
                 core.tick(tick, now);
                 tick += 1 + u64::from(op >> 7);
@@ -101,9 +110,7 @@ fuzz_target!(|data: &[u8]| {
                 let mut at = 12;
                 // DAVE frames made by a real encryptor when the op says so.
                 let payload_len = if op % 4 == 3 && ssrc == 100 {
-                    encryptor
-                        .encrypt_into(body, &mut packet[at..])
-                        .unwrap_or(0)
+                    encryptor.encrypt_into(body, &mut packet[at..]).unwrap_or(0)
                 } else {
                     packet[at..at + body.len()].copy_from_slice(body);
                     body.len()

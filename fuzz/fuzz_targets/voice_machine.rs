@@ -46,7 +46,9 @@ fuzz_target!(|data: &[u8]| {
                 let _ = gw.handle_binary(body, now);
             }
             4 => {
-                let ms = body.iter().fold(0u64, |a, b| a.wrapping_mul(256) ^ u64::from(*b));
+                let ms = body
+                    .iter()
+                    .fold(0u64, |a, b| a.wrapping_mul(256) ^ u64::from(*b));
                 now += Duration::from_millis(ms % 120_000);
                 gw.handle_timeout(now);
             }
