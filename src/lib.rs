@@ -55,6 +55,7 @@ mod driver;
 mod error;
 mod event;
 pub mod host_gateway;
+mod host_voice;
 mod inputs;
 mod listen;
 #[cfg(feature = "serenity")]

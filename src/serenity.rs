@@ -55,7 +55,8 @@ use quaver_engine::CallId;
 use quaver_gateway::join::{JoinOptions, VoiceServerUpdate, VoiceStateUpdate};
 use quaver_gateway::protocol::{Snowflake, Token};
 
-use crate::host_gateway::{HostVoice, ShardQueue};
+use crate::host_gateway::ShardQueue;
+use crate::host_voice::HostVoice;
 use crate::{Engine, Error};
 
 /// A serenity shard runner's queue: op 4 goes out as a text frame on the shard's websocket.
