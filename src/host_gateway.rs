@@ -7,9 +7,9 @@
 //!   rule Discord routes a guild's events by, so op 4 must go out on that shard too);
 //! - [`ShardRouter`]: op 4 frames routed to their shard's outgoing queue, and held back while
 //!   that shard is not registered (connecting, reconnecting, or its queue closed), then flushed
-//!   in order when it registers again. Only the newest op 4 of each guild is held: a later op 4
-//!   for a guild replaces the earlier one (a leave cancels a join that never went out), so the
-//!   buffer is bounded by the number of guilds.
+//!   when it registers again. Only the newest op 4 of each guild is held: a later op 4 for a
+//!   guild replaces the earlier one (a leave cancels a join that never went out), so the buffer
+//!   is bounded by the number of guilds, and the order between guilds does not matter.
 //!
 //! The integrations build on a crate-private `HostVoice` (`src/host_voice.rs`): which guilds
 //! this bot is joining or has joined (so dispatches for other users and guilds never reach the
