@@ -42,6 +42,13 @@ pub enum Error {
     /// The host library's shard could not send op 4 (Update Voice State): the join never left.
     #[error("op 4 (Update Voice State) could not be sent: {0}")]
     VoiceStateNotSent(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A host-library integration (`quaver::serenity`, `quaver::twilight`) was asked to
+    /// join before it knew the bot's user ID (serenity tells it when the client starts).
+    #[error("the bot's user ID is not known yet")]
+    UserIdUnknown,
+    /// A host-library integration has no call in this guild.
+    #[error("no call in guild {0}")]
+    NotInGuild(u64),
     /// A thread could not be started.
     #[error("could not start the {name} thread: {source}")]
     Thread {

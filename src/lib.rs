@@ -36,6 +36,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Bots on serenity or twilight join through `serenity::VoiceManager` (feature `serenity`) or
+//! `twilight::VoiceManager` (feature `twilight`), which send op 4 on the guild's shard and take
+//! the library's voice events; what they share is in [`host_gateway`].
+//!
 //! Hear a call with [`Engine::listen`]: each other member's audio arrives per user, decrypted,
 //! reordered by a playout buffer, decoded with loss concealment ([`UserAudio`]).
 //!
@@ -50,8 +54,14 @@
 mod driver;
 mod error;
 mod event;
+pub mod host_gateway;
+mod host_voice;
 mod inputs;
 mod listen;
+#[cfg(feature = "serenity")]
+pub mod serenity;
+#[cfg(feature = "twilight")]
+pub mod twilight;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -484,7 +494,9 @@ impl Engine {
     }
 }
 
-/// The README's examples, compiled as doctests so the front door stays true.
+/// The README's examples, compiled as doctests so the front door stays true. The serenity and
+/// twilight examples are inside `#[cfg(feature = …)]`: they compile when their feature is on (as
+/// in the README's test command) and are empty otherwise.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;

@@ -32,7 +32,10 @@ pub(crate) fn serve(ws: Ws, shared: &Shared) {
 }
 
 fn serve_conn(mut ws: Ws, c: &mut Conn, shared: &Shared) {
-    let hello = json!({"op": 10, "d": {"heartbeat_interval": shared.config.heartbeat_interval_ms}, "s": null, "t": null});
+    // An integer on the main gateway, as Discord sends it (serenity and twilight reject a
+    // float); the voice gateway's Hello is the one with a float.
+    let interval = shared.config.heartbeat_interval_ms.round().max(1.0) as u64;
+    let hello = json!({"op": 10, "d": {"heartbeat_interval": interval}, "s": null, "t": null});
     if ws.send(Message::text(hello.to_string())).is_err() {
         return;
     }
@@ -138,7 +141,13 @@ fn handle_text(ws: &mut Ws, c: &mut Conn, shared: &Shared, text: &str) -> Result
             let scheme = if shared.tls.is_some() { "wss" } else { "ws" };
             let ready = json!({
                 "v": 10,
-                "user": {"id": user_id.to_string(), "username": "quaver-bot", "discriminator": "0", "bot": true},
+                // The user object as Discord sends it to a bot (libraries such as twilight
+                // require `mfa_enabled`).
+                "user": {
+                    "id": user_id.to_string(), "username": "quaver-bot", "discriminator": "0",
+                    "global_name": null, "avatar": null, "bot": true, "mfa_enabled": false,
+                    "verified": true, "email": null, "flags": 0, "public_flags": 0,
+                },
                 "session_id": c.session_id,
                 "resume_gateway_url": format!("{scheme}://{}", shared.main_addr),
                 "guilds": [],
