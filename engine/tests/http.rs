@@ -389,3 +389,95 @@ fn a_looping_stream_plays_on_past_its_end_until_stopped() {
         "{log:?}"
     );
 }
+
+/// An `https://` server on 127.0.0.1 with a certificate from a CA made here: serves `wav` whole
+/// to every request. Returns its base URL and the CA to trust.
+fn serve_tls(wav: Vec<u8>) -> (String, rustls::pki_types::CertificateDer<'static>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    let wav = Arc::new(wav);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let (config, wav) = (Arc::clone(&config), Arc::clone(&wav));
+            std::thread::spawn(move || {
+                let Ok(connection) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                let mut tls = rustls::StreamOwned::new(connection, stream);
+                // The request head, up to its blank line.
+                let mut head = Vec::new();
+                let mut byte = [0_u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if std::io::Read::read(&mut tls, &mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = write!(
+                    tls,
+                    "HTTP/1.1 200 OK\r\nContent-Type: audio/wav\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    wav.len()
+                );
+                let _ = tls.write_all(&wav);
+                let _ = tls.flush();
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    (base, ca_cert.der().clone())
+}
+
+#[test]
+fn an_https_stream_plays_with_its_ca_trusted_and_is_refused_without() {
+    let (base, ca) = serve_tls(two_tones());
+    let (engine, mut mixer) = manual();
+    let (call, mut frames) = engine.create_call().unwrap();
+    let untrusted = engine.play_url(call, &format!("{base}/song.wav"), HttpOptions::default());
+    assert!(
+        matches!(
+            untrusted,
+            Err(Error::Input {
+                error: InputError::Http(_),
+                ..
+            })
+        ),
+        "a certificate nobody vouched for: {untrusted:?}"
+    );
+    let options = HttpOptions {
+        extra_roots: vec![ca],
+        ..HttpOptions::default()
+    };
+    let handle = engine
+        .play_url(call, &format!("{base}/song.wav"), options)
+        .unwrap();
+    let mut out = Output::default();
+    run_until(&engine, &mut mixer, &mut frames, &mut out, |out| {
+        ended(out, handle.id()).is_some()
+    });
+    assert_eq!(ended(&out, handle.id()), Some(EndReason::Finished));
+    assert_whole(&out, "over TLS");
+}

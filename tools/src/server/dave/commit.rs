@@ -8,7 +8,7 @@
 //! | optional<UpdatePath> | auth data…`, where `ProposalOrRef` is `u8 type` followed by an
 //! inline proposal (type 1, refused here) or a `ProposalRef<V>` (type 2).
 
-use openmls::prelude::tls_codec::{DeserializeBytes as _, Size as _};
+use openmls::prelude::tls_codec::{Deserialize as _, Size as _};
 use openmls::prelude::{MlsMessageIn, Welcome};
 
 use super::DaveError;
@@ -59,10 +59,14 @@ pub fn parse_commit_welcome(payload: &[u8]) -> Result<CommitWelcome, DaveError> 
 fn parse_commit_welcome_unguarded(payload: &[u8]) -> Result<CommitWelcome, DaveError> {
     // openmls validates the whole MLSMessage structure and tells where it ends; what follows is
     // the Welcome.
-    let (message, rest) = MlsMessageIn::tls_deserialize_bytes(payload).map_err(DaveError::Tls)?;
-    let commit_len = message.tls_serialized_len();
+    // The reader tells how much was consumed. (openmls' `tls_deserialize_bytes` re-serialises
+    // to find the split and slices out of range when that disagrees with the input: the
+    // server_dave fuzz target found it.)
+    let mut rest = payload;
+    let message = MlsMessageIn::tls_deserialize(&mut rest).map_err(DaveError::Tls)?;
+    let commit_len = payload.len() - rest.len();
     // A re-serialisation that disagrees with what was consumed would make the split unsound.
-    if commit_len != payload.len() - rest.len() {
+    if message.tls_serialized_len() != commit_len {
         return Err(DaveError::NonCanonical);
     }
     let commit = &payload[..commit_len];
@@ -70,7 +74,7 @@ fn parse_commit_welcome_unguarded(payload: &[u8]) -> Result<CommitWelcome, DaveE
     let welcome = if rest.is_empty() {
         None
     } else {
-        Welcome::tls_deserialize_exact_bytes(rest).map_err(DaveError::Tls)?;
+        Welcome::tls_deserialize_exact(rest).map_err(DaveError::Tls)?;
         Some(rest.to_vec())
     };
     Ok(CommitWelcome {

@@ -2,7 +2,7 @@
 //! Add and Remove proposals of op 27, and the checks on op 26 key packages.
 
 use openmls::prelude::hash_ref::make_proposal_ref;
-use openmls::prelude::tls_codec::{DeserializeBytes as _, Serialize as _};
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
     BasicCredential, Ciphersuite, CredentialType, ExternalProposal, ExternalSender, GroupEpoch,
     GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, OpenMlsProvider, ProtocolVersion,
@@ -106,7 +106,8 @@ impl ExternalSenderKeys {
 pub fn parse_key_package(payload: &[u8], user_id: u64) -> Result<KeyPackage, DaveError> {
     let provider = OpenMlsRustCrypto::default();
     let key_package = super::untrusted(|| {
-        KeyPackageIn::tls_deserialize_exact_bytes(payload)
+        // The `Read` decoder: the `_bytes` one slices out of range on some extensions.
+        KeyPackageIn::tls_deserialize_exact(payload)
             .map_err(DaveError::Tls)?
             .validate(provider.crypto(), ProtocolVersion::Mls10)
             .map_err(DaveError::KeyPackage)
