@@ -302,35 +302,11 @@ fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
     };
     if ramp {
         let report = quaver_tools::ramp::run(&options, ramp_to, &STOP)?;
-        if json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).unwrap_or_default()
-            );
-        } else {
-            print!("{report}");
-        }
-        return Ok(if report.interrupted {
-            Finished::Interrupted
-        } else {
-            Finished::Completed
-        });
+        return Ok(print_report(&report, json, report.interrupted));
     }
     if idle {
         let report = quaver_tools::idle::run(&options, &STOP)?;
-        if json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).unwrap_or_default()
-            );
-        } else {
-            print!("{report}");
-        }
-        return Ok(if report.interrupted {
-            Finished::Interrupted
-        } else {
-            Finished::Completed
-        });
+        return Ok(print_report(&report, json, report.interrupted));
     }
     let report = quaver_tools::jitter::run(&options, &STOP)?;
     if json {
@@ -346,6 +322,27 @@ fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
         eprintln!("charts drawn in {}", path.display());
     }
     Ok(quaver_tools::report::finished(&report))
+}
+
+/// Prints a report as JSON or as its table; how the run finished.
+fn print_report(
+    report: &(impl serde::Serialize + std::fmt::Display),
+    json: bool,
+    interrupted: bool,
+) -> Finished {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).unwrap_or_default()
+        );
+    } else {
+        print!("{report}");
+    }
+    if interrupted {
+        Finished::Interrupted
+    } else {
+        Finished::Completed
+    }
 }
 
 fn serve(args: ServeArgs) -> Result<(), quaver_tools::Error> {
