@@ -145,6 +145,8 @@ pub(crate) struct CallSlot {
     /// The next tick to build: a call handed over from another mixer may find this one a tick
     /// behind or ahead (see [`crate::rebalance`]). 0 until the first tick.
     next_tick: u64,
+    /// Just handed over from another mixer: its first tick here may have to catch one up.
+    handed_over: bool,
 }
 
 impl CallSlot {
@@ -181,6 +183,7 @@ impl CallSlot {
             crossfade_ticks: 0,
             rung: Rung::new(complexity),
             next_tick: 0,
+            handed_over: false,
         })
     }
 
@@ -818,8 +821,9 @@ impl Mixer {
         };
         // Calls from other mixers first: commands that follow a hand-over may name them.
         for ring in &mut self.transfers_in {
-            while let Ok(call) = ring.pop() {
+            while let Ok(mut call) = ring.pop() {
                 if self.calls.len() < self.calls.capacity() {
+                    call.handed_over = true;
                     self.calls.push(call);
                 } else {
                     out.discard(Garbage::Call(call));
@@ -843,7 +847,8 @@ impl Mixer {
             if call.next_tick > tick {
                 continue;
             }
-            if call.next_tick != 0 && call.next_tick + 1 == tick {
+            // (Only after a hand-over: ticks this thread skipped itself stay skipped.)
+            if std::mem::take(&mut call.handed_over) && call.next_tick + 1 == tick {
                 call.tick(call.next_tick, self.encode, &mut out);
             }
             // An idle call costs nothing to tick; no clock read for it (1,000 idle calls).
