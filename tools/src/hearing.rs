@@ -1,6 +1,8 @@
 //! A second Quaver engine in the probe call's channel that hears it through `Engine::listen`,
 //! as a receiving bot would: the jitter tool's end-to-end view through Quaver's own receive
 //! path (transport and DAVE decryption, the playout buffer, libopus with FEC and concealment).
+//! It can hear more calls than the probe (`jitter --hear N`), to load the receive path as a
+//! bot listening to many channels would; those are reported together in [`AllStreams`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use quaver::gateway::protocol::Token;
 use quaver::gateway::voice::VoiceConnectRequest;
 use quaver::{
     CallId, Config, Engine, FrameOrigin, JoinOptions, ListenEvent, ReceiveOptions, ReceivedFrame,
-    StreamStats,
+    StreamStats, UserAudio,
 };
 use serde::Serialize;
 
@@ -55,6 +57,38 @@ pub struct HeardReport {
     /// CPU of the receiving engine's threads while the calls streamed, in percent of one core
     /// (not included in the report's own CPU figure).
     pub cpu_percent: f64,
+    /// Every call heard, the probe included (`None` when only the probe was heard).
+    pub all_streams: Option<AllStreams>,
+}
+
+/// What Quaver's receiver heard over every call it listened to, added up.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AllStreams {
+    /// Calls heard.
+    pub streams: usize,
+    /// Calls from which at least one frame played.
+    pub streams_playing: usize,
+    /// Frames played out (decoded, FEC-recovered or concealed), over all streams.
+    pub frames_played: u64,
+    /// Frames between each stream's first and last sequence number played.
+    pub frames_expected: u64,
+    /// `frames_played` of `frames_expected`, in percent.
+    pub delivered_percent: Option<f64>,
+    /// Packets that never arrived.
+    pub lost: u64,
+    /// Frames libopus concealed.
+    pub concealed: u64,
+    /// Frames recovered from in-band FEC.
+    pub fec_recovered: u64,
+    /// Packets that came after their turn.
+    pub late: u64,
+    /// DAVE frames that would not decrypt.
+    pub undecryptable: u64,
+    /// Frames the receive thread dropped because this tool read a ring too late.
+    pub ring_overflows: u64,
+    /// Each stream's average playout buffer delay at the end of the run, in ms, over the
+    /// streams.
+    pub buffer_delay_avg_ms: Option<Quantiles>,
 }
 
 /// One frame as the hearing thread saw it.
@@ -75,27 +109,67 @@ struct Frame {
 pub struct Hearing {
     engine: Engine,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<(Vec<Frame>, StreamStats)>>,
+    thread: Option<JoinHandle<Heard>>,
 }
 
-fn hearing_engine(control: ControlConfig) -> Result<Engine, Error> {
+/// What the hearing thread collected: the probe's frames and statistics, and a tally of every
+/// other call heard.
+#[derive(Default)]
+struct Heard {
+    frames: Vec<Frame>,
+    stats: StreamStats,
+    others: Vec<Tally>,
+}
+
+/// One non-probe stream, counted as it plays.
+#[derive(Default)]
+struct Tally {
+    played: u64,
+    skipped: u64,
+    last_sequence: Option<u16>,
+    stats: StreamStats,
+}
+
+impl Tally {
+    fn frame(&mut self, sequence: u16) {
+        self.played += 1;
+        if let Some(last) = self.last_sequence {
+            self.skipped += skipped_between(last, sequence);
+        }
+        self.last_sequence = Some(sequence);
+    }
+}
+
+/// Sequence numbers run on through a sender's pauses, so the frames never played are the gaps
+/// between consecutive played ones (counted this way, wrap-around is harmless; a jump of 1,000
+/// or more is a restart, not loss).
+fn skipped_between(previous: u16, next: u16) -> u64 {
+    let gap = u64::from(next.wrapping_sub(previous).saturating_sub(1));
+    if gap < 1_000 { gap } else { 0 }
+}
+
+fn hearing_engine(control: ControlConfig, calls: usize) -> Result<Engine, Error> {
     let mut config = Config::default();
     config.engine.realtime_priority = false;
-    config.engine.max_calls = 1;
+    config.engine.max_calls = calls;
     config.control = control;
     Ok(Engine::new(config)?)
 }
 
 impl Hearing {
-    /// Joins with `request` (another user in the probe's channel) and hears `speaker`.
+    /// Joins with each of `requests` (another user in each heard call's channel, the probe's
+    /// first) and hears `speaker` there.
     pub fn start(
-        request: VoiceConnectRequest,
+        requests: Vec<VoiceConnectRequest>,
         control: ControlConfig,
         speaker: u64,
     ) -> Result<Self, Error> {
-        let engine = hearing_engine(control)?;
-        let call = engine.connect(request)?;
-        Self::hear(engine, call, Some(speaker))
+        let engine = hearing_engine(control, requests.len().max(1))?;
+        let calls = requests
+            .into_iter()
+            .map(|request| engine.connect(request))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::hear(engine, &calls, Some(speaker))
     }
 
     /// Joins `guild`'s `channel` through the main gateway at `main_gateway_url` (a separate
@@ -107,39 +181,57 @@ impl Hearing {
         guild: u64,
         channel: u64,
     ) -> Result<Self, Error> {
-        let engine = hearing_engine(control)?;
+        let engine = hearing_engine(control, 1)?;
         let mut bot = MainGatewayConfig::new(Token::new("quaver-jitter-hearing"));
         bot.url = main_gateway_url.to_string();
         let bot = engine.connect_bot(bot)?;
         let call = engine.join(bot, guild, channel, JoinOptions::default())?;
-        Self::hear(engine, call, None)
+        Self::hear(engine, &[call], None)
     }
 
-    fn hear(engine: Engine, call: CallId, speaker: Option<u64>) -> Result<Self, Error> {
-        let listener = engine.listen(call, ReceiveOptions::default())?;
+    fn hear(engine: Engine, calls: &[CallId], speaker: Option<u64>) -> Result<Self, Error> {
+        let listeners = calls
+            .iter()
+            .map(|&call| engine.listen(call, ReceiveOptions::default()))
+            .collect::<Result<Vec<_>, _>>()?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("jitter-hearing".into())
             .spawn(move || {
-                let mut frames = Vec::new();
-                let mut audio = None;
-                let mut heard = None;
+                let mut heard = Heard {
+                    others: (1..listeners.len()).map(|_| Tally::default()).collect(),
+                    ..Heard::default()
+                };
+                let mut audio: Vec<Option<UserAudio>> = listeners.iter().map(|_| None).collect();
+                let mut speaker_heard = None;
                 let mut quiet = 0usize;
                 loop {
                     let stopping = thread_stop.load(Ordering::Relaxed);
-                    while let Some(event) = listener.try_event() {
-                        // Without a speaker named, the first member heard is the one.
-                        if let ListenEvent::User(a) = event
-                            && speaker.or(heard).is_none_or(|s| a.user_id() == s)
-                        {
-                            heard = Some(a.user_id());
-                            audio = Some(a);
+                    for (index, listener) in listeners.iter().enumerate() {
+                        while let Some(event) = listener.try_event() {
+                            // Without a speaker named, the first member heard is the one.
+                            if let ListenEvent::User(a) = event
+                                && speaker.or(speaker_heard).is_none_or(|s| a.user_id() == s)
+                            {
+                                speaker_heard = Some(a.user_id());
+                                audio[index] = Some(a);
+                            }
                         }
-                    }
-                    if let Some(a) = audio.as_mut() {
-                        while let Some(f) = a.pop() {
-                            frames.push(observe(&f, &mut quiet));
+                        let Some(a) = audio[index].as_mut() else {
+                            continue;
+                        };
+                        match index.checked_sub(1) {
+                            None => {
+                                while let Some(f) = a.pop() {
+                                    heard.frames.push(observe(&f, &mut quiet));
+                                }
+                            }
+                            Some(other) => {
+                                while let Some(f) = a.pop() {
+                                    heard.others[other].frame(f.sequence);
+                                }
+                            }
                         }
                     }
                     if stopping {
@@ -147,8 +239,14 @@ impl Hearing {
                     }
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                let stats = audio.map(|a| a.stats()).unwrap_or_default();
-                (frames, stats)
+                for (index, a) in audio.iter().enumerate() {
+                    let stats = a.as_ref().map(UserAudio::stats).unwrap_or_default();
+                    match index.checked_sub(1) {
+                        None => heard.stats = stats,
+                        Some(other) => heard.others[other].stats = stats,
+                    }
+                }
+                heard
             })
             .map_err(|e| Error::Usage(format!("hearing thread: {e}")))?;
         Ok(Self {
@@ -162,13 +260,17 @@ impl Hearing {
     /// probe) date each frame's push, for the mouth-to-ear figure.
     pub fn finish(mut self, pushes: &HashMap<Vec<u8>, Instant>, clicks: &[Instant]) -> HeardReport {
         self.stop.store(true, Ordering::Relaxed);
-        let (frames, stats) = self
+        let heard = self
             .thread
             .take()
             .and_then(|t| t.join().ok())
             .unwrap_or_default();
         drop(self.engine);
-        summarise(&frames, &stats, pushes, clicks)
+        let mut report = summarise(&heard.frames, &heard.stats, pushes, clicks);
+        if !heard.others.is_empty() {
+            report.all_streams = Some(add_up(&report, &heard.stats, &heard.others));
+        }
+        report
     }
 }
 
@@ -233,8 +335,7 @@ fn summarise(
     let played = frames.len() as u64;
     let skipped: u64 = frames
         .windows(2)
-        .map(|w| u64::from(w[1].sequence.wrapping_sub(w[0].sequence).saturating_sub(1)))
-        .filter(|&gap| gap < 1_000)
+        .map(|w| skipped_between(w[0].sequence, w[1].sequence))
         .sum();
     let expected = played + skipped;
     HeardReport {
@@ -252,7 +353,48 @@ fn summarise(
         buffer_delay_ms: Quantiles::of_us_as_ms(&buffer),
         mouth_to_ear_ms: Quantiles::of_us_as_ms(&mouth),
         cpu_percent: 0.0,
+        all_streams: None,
     }
+}
+
+/// The probe's figures and every other stream's, added up.
+fn add_up(probe: &HeardReport, probe_stats: &StreamStats, others: &[Tally]) -> AllStreams {
+    let mut delays = new_histogram();
+    let mut all = AllStreams {
+        streams: others.len() + 1,
+        streams_playing: usize::from(probe.frames_played > 0),
+        frames_played: probe.frames_played,
+        frames_expected: probe.frames_expected,
+        lost: probe.lost,
+        concealed: probe.concealed,
+        fec_recovered: probe.fec_recovered,
+        late: probe.late,
+        undecryptable: probe.undecryptable,
+        ring_overflows: probe_stats.ring_overflows,
+        ..AllStreams::default()
+    };
+    if probe.frames_played > 0 {
+        delays.saturating_record(probe_stats.buffer_delay_avg_us);
+    }
+    for t in others {
+        all.streams_playing += usize::from(t.played > 0);
+        all.frames_played += t.played;
+        all.frames_expected += t.played + t.skipped;
+        all.lost += t.stats.lost;
+        all.concealed += t.stats.concealed;
+        all.fec_recovered += t.stats.fec_recovered;
+        all.late += t.stats.late;
+        all.undecryptable += t.stats.undecryptable;
+        all.ring_overflows += t.stats.ring_overflows;
+        if t.played > 0 {
+            delays.saturating_record(t.stats.buffer_delay_avg_us);
+        }
+    }
+    all.delivered_percent = (all.frames_expected > 0).then(|| {
+        all.frames_played.min(all.frames_expected) as f64 / all.frames_expected as f64 * 100.0
+    });
+    all.buffer_delay_avg_ms = Quantiles::of_us_as_ms(&delays);
+    all
 }
 
 /// The RFC 3550 jitter of the played packets' arrivals, computed as the local server computes

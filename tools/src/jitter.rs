@@ -74,6 +74,10 @@ pub struct JitterOptions {
     /// Loss, reordering and duplication the embedded server applies to forwarded packets (what
     /// the listeners, Quaver's own receiver among them, get).
     pub faults: Faults,
+    /// How many calls (the first ones, the probe included) Quaver's receiver hears, with the
+    /// embedded server: 1 hears the probe alone; more load the receive path as a bot that
+    /// listens to many channels would.
+    pub hear: usize,
 }
 
 impl Default for JitterOptions {
@@ -92,6 +96,7 @@ impl Default for JitterOptions {
             announce: None,
             progress: false,
             faults: Faults::default(),
+            hear: 1,
         }
     }
 }
@@ -180,6 +185,17 @@ fn validate(options: &JitterOptions) -> Result<(), Error> {
             crate::args::MAX_CALLS
         )));
     }
+    if options.hear == 0 || options.hear > options.calls {
+        return Err(Error::Usage(format!(
+            "--hear must be between 1 and --calls ({})",
+            options.calls
+        )));
+    }
+    if options.hear > 1 && options.server.is_some() {
+        return Err(Error::Usage(
+            "--hear above 1 needs the embedded server (without --server)".into(),
+        ));
+    }
     let max = Duration::from_secs_f64(crate::args::MAX_RUN_SECONDS);
     if options.seconds < Duration::from_millis(20) || options.seconds > max {
         return Err(Error::Usage(format!(
@@ -197,9 +213,13 @@ fn descriptors_needed(options: &JitterOptions) -> u64 {
     let calls = options.calls as u64;
     let per_call = if options.server.is_some() { 2 } else { 3 } + options.files.len() as u64;
     let baseline = if options.baseline { 3 } else { 0 };
+    // Each call the receiver hears past the probe: its socket and websocket, and the server's
+    // end of that websocket.
+    let heard = (options.hear.saturating_sub(1) as u64).saturating_mul(3);
     calls
         .saturating_add(1)
         .saturating_mul(per_call + baseline)
+        .saturating_add(heard)
         .saturating_add(RESERVED_DESCRIPTORS)
 }
 
@@ -326,7 +346,9 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
     // figures stay in its process.
     let hearing = match &target {
         Target::Embedded(server) => Some(crate::hearing::Hearing::start(
-            target.participant_request(FIRST_GUILD, HEARING_USER)?,
+            (0..options.hear as u64)
+                .map(|i| target.participant_request(FIRST_GUILD + i, HEARING_USER))
+                .collect::<Result<_, _>>()?,
             server.control_config(),
             BOT_USER,
         )?),

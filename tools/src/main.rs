@@ -246,6 +246,10 @@ struct JitterArgs {
     /// The embedded server duplicates PCT % of forwarded packets.
     #[arg(long, value_name = "PCT", default_value_t = 0.0, value_parser = quaver_tools::args::percent, allow_negative_numbers = true, conflicts_with = "server")]
     udp_duplicate: f64,
+    /// Quaver's receiver hears the first N calls (at most --calls), not only the first: the
+    /// receive path under load, reported over every stream it heard.
+    #[arg(long, value_name = "N", default_value = "1", value_parser = quaver_tools::args::calls, conflicts_with_all = ["server", "idle", "ramp"])]
+    hear: usize,
 }
 
 fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
@@ -265,6 +269,7 @@ fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
         udp_loss,
         udp_reorder,
         udp_duplicate,
+        hear,
     } = args;
     let faults = quaver_tools::server::Faults {
         udp_loss_pct: udp_loss,
@@ -298,6 +303,7 @@ fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
         announce: Some(announce),
         progress: true,
         faults,
+        hear,
         ..Default::default()
     };
     if ramp {

@@ -383,6 +383,31 @@ impl Report {
                 heard.undecryptable,
                 heard.cpu_percent
             );
+            if let Some(all) = &heard.all_streams {
+                let delivered = all
+                    .delivered_percent
+                    .map_or_else(String::new, |p| format!(" ({p:.2} %)"));
+                let _ = writeln!(
+                    out,
+                    "  Quaver receiver, all {} calls heard ({} playing): {} of {} frames played as audio{delivered}: lost {}, concealed {}, FEC {}, late {}, undecryptable {}, ring overflows {}",
+                    all.streams,
+                    all.streams_playing,
+                    all.frames_played,
+                    all.frames_expected,
+                    all.lost,
+                    all.concealed,
+                    all.fec_recovered,
+                    all.late,
+                    all.undecryptable,
+                    all.ring_overflows
+                );
+                row(
+                    &mut out,
+                    "Quaver rx buffer delay, avg per call",
+                    &all.buffer_delay_avg_ms,
+                    "ms",
+                );
+            }
             row(
                 &mut out,
                 "Quaver rx jitter (RFC 3550)",

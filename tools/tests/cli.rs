@@ -398,3 +398,41 @@ fn jitter_ramp_reports_each_step_and_the_last_clean_one_as_capacity() {
         assert_eq!(report["calls_per_core"].as_f64(), Some(3.0 / cores));
     }
 }
+
+#[test]
+fn jitter_hears_every_call_it_is_asked_to_and_adds_them_up() {
+    let json = quaver(&[
+        "jitter",
+        "--calls",
+        "3",
+        "--hear",
+        "3",
+        "--seconds",
+        "2",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let all = &report["heard"]["all_streams"];
+    assert_eq!(all["streams"], 3, "{json}");
+    assert_eq!(all["streams_playing"], 3, "every call was heard: {json}");
+    // Three calls for 2 s are 300 frames; the playout buffer holds the last few back.
+    let played = all["frames_played"].as_u64().unwrap();
+    assert!(played >= 240, "{json}");
+    assert!(played <= all["frames_expected"].as_u64().unwrap(), "{json}");
+    assert!(
+        played > report["heard"]["frames_played"].as_u64().unwrap(),
+        "more than the probe: {json}"
+    );
+    assert_eq!(all["lost"], 0, "nothing is lost on loopback: {json}");
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_quaver"))
+        .args(["jitter", "--calls", "2", "--hear", "3", "--seconds", "1"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("--hear must be between 1 and --calls"),
+        "{stderr}"
+    );
+}
