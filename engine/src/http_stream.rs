@@ -337,8 +337,9 @@ pub struct UrlProbe {
 
 /// Opens `url` as [`crate::Engine::play_url`] does (same checks and errors: status, content
 /// type, the container) and reads only what the container needs to tell its duration, then
-/// closes the connection: one request for the headers, and one range request to the end for
-/// a seekable Ogg file. Blocks for up to `options.timeout` per request.
+/// closes the connection: one request for the headers (plus range requests to read the last
+/// page of a seekable Ogg file, whose length is there), as the start of playback reads it.
+/// Blocks for up to `options.timeout` per request.
 pub fn probe_url(url: &str, options: &HttpOptions) -> Result<UrlProbe> {
     let name = InputName::Url(display_url(url));
     let fail = |error: HttpError| Error::Input {
