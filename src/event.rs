@@ -47,7 +47,9 @@ pub struct E2eeStatus {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum CallEvent {
-    /// The voice gateway reported something (session ready, resuming, users, DAVE …).
+    /// The voice gateway reported something (session ready, resuming, users, DAVE …): every
+    /// [`VoiceEvent`] but `HeartbeatAcked`, whose round trip [`crate::Engine::gateway_latency`]
+    /// gives instead.
     Voice {
         /// The call.
         call: CallId,

@@ -382,15 +382,23 @@ impl Engine {
 
     /// Where the call's connection stands, or `None` for an unknown call.
     pub fn call_status(&self, call: CallId) -> Option<CallStatus> {
-        self.read_board(call).map(|(status, _)| status)
+        self.read_board(call).map(|posted| posted.status)
     }
 
     /// The end-to-end encryption in force on the call's outgoing audio.
     pub fn e2ee_status(&self, call: CallId) -> Option<E2eeStatus> {
-        self.read_board(call).map(|(_, e2ee)| e2ee)
+        self.read_board(call).map(|posted| posted.e2ee)
     }
 
-    fn read_board(&self, call: CallId) -> Option<(CallStatus, E2eeStatus)> {
+    /// The voice gateway's ping: the round trip of the call's last acknowledged heartbeat on
+    /// its current connection. `None` for an unknown call, and until the first ACK after each
+    /// (re)connect. Read from what the control thread posts at each ACK (once per heartbeat
+    /// interval, ~13.75 s on Discord), so it never waits for the control thread.
+    pub fn gateway_latency(&self, call: CallId) -> Option<Duration> {
+        self.read_board(call).and_then(|posted| posted.latency)
+    }
+
+    fn read_board(&self, call: CallId) -> Option<driver::Posted> {
         self.board
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

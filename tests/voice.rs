@@ -475,3 +475,33 @@ fn a_whole_server_restart_on_the_same_address_is_survived() {
     assert!(counters.identifies >= 1, "a fresh Identify: {counters:?}");
     engine.disconnect(call).unwrap();
 }
+
+/// The voice gateway's ping: unknown before the first heartbeat ACK, then the round trip of
+/// the last one; ACKs are posted for [`Engine::gateway_latency`], not sent as events.
+#[test]
+fn the_gateway_latency_is_measured_from_heartbeat_acks() {
+    // Short heartbeats, so ACKs come within the test.
+    let server = Server::start(ServerConfig {
+        heartbeat_interval_ms: 100.0,
+        heartbeat_timeout_intervals: None,
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let engine = engine(&server);
+    let call = engine
+        .connect(server.voice_connect_request(1, 11, 501))
+        .unwrap();
+    wait_for("a heartbeat round trip", Duration::from_secs(10), || {
+        engine.call_status(call) == Some(CallStatus::Ready)
+            && engine.gateway_latency(call).is_some()
+    });
+    // Several heartbeats have been acknowledged by now: none of them reached the event queue.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !voice_events(&engine)
+            .iter()
+            .any(|e| matches!(e, VoiceEvent::HeartbeatAcked(_)))
+    );
+    engine.disconnect(call).unwrap();
+    assert_eq!(engine.gateway_latency(call), None);
+}

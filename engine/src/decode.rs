@@ -532,6 +532,51 @@ impl MediaSource for SeekableBytes {
     }
 }
 
+/// How long an input plays, as its container says, read the way [`Decoder::open`] reads it
+/// (so it is the duration the source will report): the headers only, plus — for a `seekable`
+/// input whose format keeps its length at the end, Ogg — a seek there. `None` when the
+/// container does not say without a full read. Raw PCM has no container: `None`.
+pub(crate) fn probe_duration(
+    bytes: Box<dyn ByteStream>,
+    format: &InputFormat,
+    seekable: bool,
+    byte_len: Option<u64>,
+) -> std::result::Result<Option<Duration>, InputError> {
+    match format {
+        InputFormat::Raw { .. } => Ok(None),
+        InputFormat::OggOpus if seekable => OggOpusReader::new(bytes)
+            .and_then(|mut reader| reader.duration())
+            .map_err(InputError::OggOpus),
+        InputFormat::OggOpus => Ok(None),
+        InputFormat::Probe { extension } => {
+            let source: Box<dyn MediaSource> = if seekable {
+                Box::new(SeekableBytes {
+                    bytes,
+                    len: byte_len,
+                })
+            } else {
+                Box::new(symphonia::core::io::ReadOnlySource::new(bytes))
+            };
+            let reader = probe(source, extension.as_deref()).map_err(InputError::Media)?;
+            let track = reader
+                .default_track(TrackType::Audio)
+                .ok_or(InputError::NoAudioTrack)?;
+            let rate = track
+                .codec_params
+                .as_ref()
+                .and_then(|params| params.audio())
+                .and_then(|params| params.sample_rate)
+                .filter(|&rate| rate > 0);
+            Ok(match (track.num_frames, rate) {
+                (Some(frames), Some(rate)) => {
+                    Some(Duration::from_secs_f64(frames as f64 / f64::from(rate)))
+                }
+                _ => None,
+            })
+        }
+    }
+}
+
 /// Opens a container with symphonia; `extension` is the hint. The one probe playback and the
 /// tools' up-front media check use.
 pub(crate) fn probe(

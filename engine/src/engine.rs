@@ -394,6 +394,11 @@ impl Engine {
         Ok(())
     }
 
+    /// Calls created and not removed yet.
+    pub fn call_count(&self) -> usize {
+        lock(&self.inner.table).calls.len()
+    }
+
     /// Gives the call a fresh frame queue and returns its consumer; the old queue is detached
     /// at the next tick. Used when a call's frames move to a new sender session (a new SSRC
     /// and key after a voice reconnect).

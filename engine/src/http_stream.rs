@@ -322,6 +322,62 @@ fn extension_hint(content_type: Option<&str>, url: &Url) -> Option<String> {
         .map(|(_, extension)| extension.to_ascii_lowercase())
 }
 
+/// What [`probe_url`] learnt of an HTTP(S) resource without playing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UrlProbe {
+    /// How long it plays, as its container says: from its headers (wav, flac, mp3 with a
+    /// Xing/Info header …), or for Ogg from its last page when the resource is seekable.
+    /// `None` when the server does not state the resource's length (a live stream, whose
+    /// container may claim anything), or for a format that only tells by being read to the end.
+    pub duration: Option<Duration>,
+    /// Whether its source can seek: the server states the length and takes range requests.
+    pub seekable: bool,
+}
+
+/// Opens `url` as [`crate::Engine::play_url`] does (same checks and errors: status, content
+/// type, the container) and reads only what the container needs to tell its duration, then
+/// closes the connection: one request for the headers (plus range requests to read the last
+/// page of a seekable Ogg file, whose length is there), as the start of playback reads it.
+/// Blocks for up to `options.timeout` per request.
+pub fn probe_url(url: &str, options: &HttpOptions) -> Result<UrlProbe> {
+    let name = InputName::Url(display_url(url));
+    let fail = |error: HttpError| Error::Input {
+        input: name.clone(),
+        error: InputError::Http(error),
+    };
+    let parsed = Url::parse(url).map_err(fail)?;
+    let mut stream = HttpStream::open(parsed, options.clone()).map_err(fail)?;
+    let format = sniff_format(&mut stream).map_err(|e| input_error(&name, e))?;
+    let seekable = stream.ranges && stream.length.is_some();
+    let byte_len = stream.length;
+    let duration = crate::decode::probe_duration(Box::new(stream), &format, seekable, byte_len)
+        .map_err(|error| Error::Input {
+            input: name.clone(),
+            error,
+        })?
+        .filter(|_| byte_len.is_some());
+    Ok(UrlProbe { duration, seekable })
+}
+
+/// How to read the stream (Ogg Opus read packet by packet, anything else probed), from its
+/// first bytes; the stream is back at its start afterwards.
+fn sniff_format(stream: &mut HttpStream) -> std::io::Result<InputFormat> {
+    let mut start = [0_u8; 64];
+    let sniffed = read_up_to(stream, &mut start)?;
+    stream.seek(SeekFrom::Start(0))?;
+    let start = &start[..sniffed];
+    Ok(
+        if start.starts_with(b"OggS") && start.windows(8).any(|w| w == b"OpusHead") {
+            InputFormat::OggOpus
+        } else {
+            InputFormat::Probe {
+                extension: extension_hint(stream.content_type.as_deref(), &stream.url),
+            }
+        },
+    )
+}
+
 struct HttpFeed;
 
 impl Feed for HttpFeed {
@@ -393,19 +449,7 @@ pub(crate) fn play_url(
         byte_len: None,
     };
     let mut stream = HttpStream::open(parsed, options.clone()).map_err(fail)?;
-    let mut start = [0_u8; 64];
-    let sniffed = read_up_to(&mut stream, &mut start).map_err(|e| input_error(&name, e))?;
-    stream
-        .seek(SeekFrom::Start(0))
-        .map_err(|e| input_error(&name, e))?;
-    let start = &start[..sniffed];
-    let format = if start.starts_with(b"OggS") && start.windows(8).any(|w| w == b"OpusHead") {
-        InputFormat::OggOpus
-    } else {
-        InputFormat::Probe {
-            extension: extension_hint(stream.content_type.as_deref(), &stream.url),
-        }
-    };
+    let format = sniff_format(&mut stream).map_err(|e| input_error(&name, e))?;
     let seekable = stream.ranges && stream.length.is_some();
     let mut options = decode(seekable);
     options.byte_len = stream.length;

@@ -63,7 +63,7 @@ pub use frame::{
     EncodedFrame, FRAME_DURATION, FRAME_SAMPLES, FrameKind, FrameReceiver, Grid, MAX_OPUS_PACKET,
 };
 pub use http::HttpError;
-pub use http_stream::HttpOptions;
+pub use http_stream::{HttpOptions, UrlProbe, probe_url};
 pub use input::{InputError, InputName};
 pub use mixer::Mixer;
 pub use pcm::{MIX_RATE, PcmFormat};

@@ -259,6 +259,9 @@ pub enum VoiceEvent {
     },
     /// DAVE news: keys changed at a transition, or a DAVE step failed.
     Dave(DaveEvent),
+    /// A heartbeat was acknowledged after this round trip (the voice gateway's ping; the last
+    /// one is also [`VoiceGateway::latency`]). One per heartbeat interval.
+    HeartbeatAcked(Duration),
     /// The connection ended; no further output follows.
     Ended(EndReason),
 }
@@ -699,8 +702,14 @@ impl VoiceGateway {
             }
             VoicePayload::SessionDescription(desc) => self.on_session_description(desc, now)?,
             VoicePayload::HeartbeatAck(ack) => {
-                if let Some(h) = self.heartbeat.as_mut() {
-                    h.on_ack(ack.t, now);
+                let mut acked = None;
+                if let Some(h) = self.heartbeat.as_mut()
+                    && h.on_ack(ack.t, now)
+                {
+                    acked = h.last_rtt();
+                }
+                if let Some(rtt) = acked {
+                    self.event(VoiceEvent::HeartbeatAcked(rtt));
                 }
             }
             VoicePayload::Resumed => {

@@ -248,8 +248,16 @@ fn heartbeat_schedule_and_seq_ack() {
         };
         assert_eq!(hb.seq_ack, h.gw.seq_ack());
         assert!(hb.t < 1 << 53);
+        h.now += Duration::from_millis(7);
         h.server(VoicePayload::HeartbeatAck(HeartbeatAck { t: hb.t }))
             .unwrap();
+        // The owner hears each round trip (the voice gateway's ping).
+        let (_, events, _) = h.sent_and_events();
+        assert_eq!(
+            events,
+            vec![VoiceEvent::HeartbeatAcked(Duration::from_millis(7))]
+        );
+        assert_eq!(h.gw.latency(), Some(Duration::from_millis(7)));
     }
     assert_eq!(
         beats,

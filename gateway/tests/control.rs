@@ -170,11 +170,19 @@ fn thousand_connections_with_heartbeats() {
     let hb0 = server.stats.heartbeats.load(Ordering::Relaxed);
     let s0 = ctl.stats().unwrap();
     let steady = Duration::from_secs(5);
-    // Keep draining events meanwhile (nothing but heartbeats should happen).
+    // Keep draining events meanwhile (nothing but heartbeats should happen, each ACK
+    // reported with its round trip).
     let unexpected = std::sync::atomic::AtomicU64::new(0);
+    let acked = std::sync::atomic::AtomicU64::new(0);
     pump(&ctl, steady, |_, e| {
-        if !matches!(e, VoiceEvent::UserSpeaking { .. }) {
-            unexpected.fetch_add(1, Ordering::Relaxed);
+        match e {
+            VoiceEvent::HeartbeatAcked(_) => {
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+            VoiceEvent::UserSpeaking { .. } => {}
+            _ => {
+                unexpected.fetch_add(1, Ordering::Relaxed);
+            }
         }
         false
     });
@@ -183,6 +191,11 @@ fn thousand_connections_with_heartbeats() {
     assert_eq!(s1.open_sockets as u64, CALLS);
     assert_eq!(unexpected.load(Ordering::Relaxed), 0);
     assert!(beats >= CALLS, "heartbeats must flow: {beats}");
+    assert!(
+        acked.load(Ordering::Relaxed) >= CALLS,
+        "each ACK is reported: {}",
+        acked.load(Ordering::Relaxed)
+    );
     let cpu = s1.cpu_time - s0.cpu_time;
     println!(
         "control thread, {CALLS} voice-gateway connections: setup {setup:?} wall, {cpu_setup:?} CPU; \

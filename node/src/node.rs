@@ -11,6 +11,7 @@ use quaver::CallId;
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
+use crate::player::Connection;
 use crate::session::State;
 use crate::stats::Sampler;
 
@@ -57,6 +58,14 @@ impl Shared {
     /// Whether the call's voice connection is up.
     pub(crate) fn connected(&self, call: Option<CallId>) -> bool {
         call.and_then(|c| self.engine.call_status(c)) == Some(quaver::CallStatus::Ready)
+    }
+
+    /// The call's voice connection as players show it: up or not, and its gateway ping.
+    pub(crate) fn connection(&self, call: Option<CallId>) -> Connection {
+        Connection {
+            connected: self.connected(call),
+            ping: call.and_then(|c| self.engine.gateway_latency(c)),
+        }
     }
 }
 

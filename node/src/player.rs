@@ -2,7 +2,7 @@
 //! call), volume, pause, filters and mix layers, and the JSON the API shows of it.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use quaver::CallId;
 use quaver::engine::SourceHandle;
@@ -10,13 +10,22 @@ use serde_json::{Value, json};
 
 use crate::tracks::Track;
 
+/// What the API shows of a player's voice connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Connection {
+    /// The voice session is up.
+    pub connected: bool,
+    /// The voice gateway's last heartbeat round trip, while connected.
+    pub ping: Option<Duration>,
+}
+
 /// The voice credentials a client PATCHes in; the token and session id are secrets.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Voice {
     pub token: String,
     pub endpoint: String,
     pub session_id: String,
-    pub channel_id: Option<String>,
+    pub channel_id: String,
 }
 
 impl std::fmt::Debug for Voice {
@@ -128,14 +137,14 @@ impl Player {
     }
 
     /// The API's player object.
-    pub(crate) fn to_json(&self, connected: bool) -> Value {
+    pub(crate) fn to_json(&self, connection: Connection) -> Value {
         let position = self.track.as_ref().map_or(0, Playing::position);
         json!({
             "guildId": self.guild.to_string(),
             "track": self.track.as_ref().map(|p| p.track.to_json(Some(position))),
             "volume": self.volume,
             "paused": self.paused,
-            "state": self.state_json(connected),
+            "state": self.state_json(connection),
             "voice": self.voice.as_ref().map_or_else(
                 || json!({"token": "", "endpoint": "", "sessionId": ""}),
                 |v| json!({
@@ -149,17 +158,21 @@ impl Player {
         })
     }
 
-    /// The `state` object of players and `playerUpdate`. `ping` is -1: the voice gateway's
-    /// heartbeat round trip is not exposed by the engine.
-    pub(crate) fn state_json(&self, connected: bool) -> Value {
+    /// The `state` object of players and `playerUpdate`; `ping` is the voice gateway's
+    /// heartbeat round trip in ms, -1 when not connected or not measured yet (as Lavalink).
+    pub(crate) fn state_json(&self, connection: Connection) -> Value {
         let time = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        let ping = match connection.ping {
+            Some(rtt) if connection.connected => i64::try_from(rtt.as_millis()).unwrap_or(i64::MAX),
+            _ => -1,
+        };
         json!({
             "time": time,
             "position": self.track.as_ref().map_or(0, Playing::position),
-            "connected": connected,
-            "ping": -1,
+            "connected": connection.connected,
+            "ping": ping,
         })
     }
 }

@@ -196,7 +196,7 @@ fn player_updates(shared: &Arc<Shared>) {
         let updates: Vec<Value> = session
             .players
             .values()
-            .map(|p| events::player_update(p.guild, p.state_json(shared.connected(p.call))))
+            .map(|p| events::player_update(p.guild, p.state_json(shared.connection(p.call))))
             .collect();
         for update in updates {
             session.send(&limits, &update);

@@ -7,8 +7,10 @@ use std::path::Path;
 use serde_json::{Value, json};
 use symphonia::core::formats::TrackType;
 
+use quaver::engine::{HttpOptions, UrlProbe};
+
 use crate::codec::{self, TrackInfo};
-use crate::config::Sources;
+use crate::config::NodeConfig;
 
 /// A track as players hold it: its encoding, what it is, and the client's `userData`.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +18,9 @@ pub(crate) struct Track {
     pub encoded: String,
     pub info: TrackInfo,
     pub user_data: Value,
+    /// Whether it can seek, when known better than "not a stream" (the encoding has no room
+    /// for it): from the HTTP probe at loading, or from the source once it plays.
+    pub seekable: Option<bool>,
 }
 
 impl Track {
@@ -25,27 +30,36 @@ impl Track {
             encoded: encoded.trim().to_owned(),
             info,
             user_data: user_data.unwrap_or_else(|| json!({})),
+            seekable: None,
         })
     }
 
     /// The track object of the API, at `position` (ms).
     pub(crate) fn to_json(&self, position: Option<u64>) -> Value {
-        info_json(&self.encoded, &self.info, &self.user_data, position)
+        info_json(
+            &self.encoded,
+            &self.info,
+            &self.user_data,
+            position,
+            self.seekable,
+        )
     }
 }
 
-/// The API's track object.
+/// The API's track object. `isSeekable` is `seekable` when known, else (as Lavalink has it)
+/// whether the track is not a stream.
 pub(crate) fn info_json(
     encoded: &str,
     info: &TrackInfo,
     user_data: &Value,
     position: Option<u64>,
+    seekable: Option<bool>,
 ) -> Value {
     json!({
         "encoded": encoded,
         "info": {
             "identifier": info.identifier,
-            "isSeekable": !info.is_stream,
+            "isSeekable": seekable.unwrap_or(!info.is_stream),
             "author": info.author,
             "length": info.length,
             "isStream": info.is_stream,
@@ -64,24 +78,34 @@ pub(crate) fn info_json(
 /// What an identifier resolved to.
 #[derive(Debug)]
 pub(crate) enum Loaded {
-    /// One track.
-    Track(TrackInfo),
+    /// One track, and whether it can seek when that is known beyond "not a stream".
+    Track(TrackInfo, Option<bool>),
     /// No source manager knows the identifier (or the file does not exist).
     Empty,
     /// A source knew it, but loading failed: (message, cause).
     Failed(String, String),
 }
 
-/// Resolves `identifier` as Lavalink's local and http source managers would.
-pub(crate) fn load(sources: Sources, identifier: &str) -> Loaded {
+/// Resolves `identifier` as Lavalink's local and http source managers would. Blocks: a file
+/// is probed, a URL requested (see [`http_track`]).
+pub(crate) fn load(config: &NodeConfig, identifier: &str) -> Loaded {
+    let sources = config.sources;
     let lower = identifier.to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
         if !sources.http {
             return Loaded::Empty;
         }
-        return match quaver::engine::http::Url::parse(identifier) {
-            Ok(_) => Loaded::Track(http_track(identifier)),
-            Err(e) => Loaded::Failed("Invalid URL".into(), e.to_string()),
+        if let Err(e) = quaver::engine::http::Url::parse(identifier) {
+            return Loaded::Failed("Invalid URL".into(), e.to_string());
+        }
+        let options = HttpOptions {
+            extra_roots: config.engine.control.extra_roots.clone(),
+            ..HttpOptions::default()
+        };
+        return match quaver::engine::probe_url(identifier, &options) {
+            Ok(probe) => Loaded::Track(http_track(identifier, &probe), Some(probe.seekable)),
+            // Lavaplayer's words for a URL it cannot play.
+            Err(e) => Loaded::Failed("That URL is not playable.".into(), e.to_string()),
         };
     }
     let path = Path::new(identifier);
@@ -89,7 +113,7 @@ pub(crate) fn load(sources: Sources, identifier: &str) -> Loaded {
         return Loaded::Empty;
     }
     match probe_length(path) {
-        Ok(length) => Loaded::Track(local_track(identifier, path, length)),
+        Ok(length) => Loaded::Track(local_track(identifier, path, length), None),
         Err(cause) => Loaded::Failed("Unknown file format.".into(), cause),
     }
 }
@@ -111,10 +135,11 @@ fn local_track(identifier: &str, path: &Path, length: Option<u64>) -> TrackInfo 
     }
 }
 
-/// An HTTP track is not fetched while loading (the engine downloads when it plays), so its
-/// length is unknown here: reported as 0, not as a stream (the engine seeks it when the
-/// server takes range requests).
-fn http_track(url: &str) -> TrackInfo {
+/// An HTTP track, after the engine's probe read the response's head and the container's
+/// headers (the engine downloads the audio when it plays): its length when the server states
+/// the resource's size and the container its duration; otherwise length 0 and a stream, since
+/// nothing honest can be said of how long it plays.
+fn http_track(url: &str, probe: &UrlProbe) -> TrackInfo {
     let title = url
         .rsplit('/')
         .find(|s| !s.is_empty())
@@ -126,7 +151,8 @@ fn http_track(url: &str) -> TrackInfo {
     TrackInfo {
         title,
         author: "Unknown artist".into(),
-        length: 0,
+        length: probe.duration.map_or(0, |d| d.as_millis() as i64),
+        is_stream: probe.duration.is_none(),
         identifier: url.to_owned(),
         uri: Some(url.to_owned()),
         source_name: "http".into(),
@@ -163,10 +189,10 @@ fn probe_length(path: &Path) -> Result<Option<u64>, String> {
 /// The JSON of `/v4/loadtracks` for what `identifier` resolved to.
 pub(crate) fn load_result(loaded: Loaded) -> Value {
     match loaded {
-        Loaded::Track(info) => match codec::encode(&info) {
+        Loaded::Track(info, seekable) => match codec::encode(&info) {
             Ok(encoded) => json!({
                 "loadType": "track",
-                "data": info_json(&encoded, &info, &json!({}), None),
+                "data": info_json(&encoded, &info, &json!({}), None, seekable),
             }),
             Err(e) => error_result("The track cannot be encoded", &e.to_string()),
         },

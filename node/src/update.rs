@@ -119,14 +119,15 @@ pub(crate) fn resolve_track(
         (Some(Some(encoded)), None) => Track::from_encoded(&encoded, user_data)
             .map(|t| Some(Some(t)))
             .map_err(|e| ApiError::bad_request(format!("Invalid encoded track: {e}"))),
-        (None, Some(identifier)) => match tracks::load(shared.config.sources, &identifier) {
-            Loaded::Track(info) => {
+        (None, Some(identifier)) => match tracks::load(&shared.config, &identifier) {
+            Loaded::Track(info, seekable) => {
                 let encoded = crate::codec::encode(&info)
                     .map_err(|e| ApiError::bad_request(e.to_string()))?;
                 Ok(Some(Some(Track {
                     encoded,
                     info,
                     user_data: user_data.unwrap_or_else(|| serde_json::json!({})),
+                    seekable,
                 })))
             }
             Loaded::Empty => Err(ApiError::bad_request("No matching track found")),
@@ -174,24 +175,33 @@ pub(crate) fn update_player(
             ));
         }
     }
+    // `channelId` is required (as in Lavalink 4.2): DAVE's MLS group is the channel, so a call
+    // joined without one could never encrypt end to end.
     let voice = match update.voice {
-        Some(v) if v.token.is_empty() || v.endpoint.is_empty() || v.session_id.is_empty() => {
+        Some(v)
+            if v.token.is_empty()
+                || v.endpoint.is_empty()
+                || v.session_id.is_empty()
+                || v.channel_id.as_deref().is_none_or(str::is_empty) =>
+        {
             return Err(ApiError::bad_request(
-                "Partial Lavalink voice state: token, endpoint and sessionId are required",
+                "Partial Lavalink voice state: token, endpoint, sessionId and channelId are required",
             ));
         }
         Some(v) => {
-            if let Some(c) = &v.channel_id
-                && c.parse::<u64>().is_err()
-            {
+            let channel = v.channel_id.as_deref().and_then(|c| c.parse::<u64>().ok());
+            let Some(channel) = channel.filter(|&c| c != 0) else {
                 return Err(ApiError::bad_request("channelId must be a snowflake"));
-            }
-            Some(Voice {
-                token: v.token,
-                endpoint: v.endpoint,
-                session_id: v.session_id,
-                channel_id: v.channel_id,
-            })
+            };
+            Some((
+                Voice {
+                    token: v.token,
+                    endpoint: v.endpoint,
+                    session_id: v.session_id,
+                    channel_id: channel.to_string(),
+                },
+                channel,
+            ))
         }
         None => None,
     };
@@ -220,16 +230,12 @@ pub(crate) fn update_player(
         let mut emitted = Vec::new();
         let mut forgotten = Vec::new();
 
-        if let Some(voice) = voice
+        if let Some((voice, channel_id)) = voice
             && player.voice.as_ref() != Some(&voice)
         {
             let request = VoiceConnectRequest {
                 guild_id: guild,
-                channel_id: voice
-                    .channel_id
-                    .as_deref()
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(0),
+                channel_id,
                 user_id,
                 session_id: voice.session_id.clone().into(),
                 token: Token::new(voice.token.clone()),
@@ -352,7 +358,7 @@ pub(crate) fn update_player(
         .get(session)
         .and_then(|s| s.players.get(&guild))
         .ok_or_else(ApiError::player_not_found)?;
-    Ok(player.to_json(shared.connected(player.call)))
+    Ok(player.to_json(shared.connection(player.call)))
 }
 
 /// Opens a track's input in `call` as its source manager says (`local`: a file, `http`: a
@@ -426,6 +432,9 @@ pub(crate) fn start_track(
     };
     match opened {
         Ok(handle) => {
+            // The source knows for sure whether it seeks (an HTTP server may have changed).
+            let mut track = track;
+            track.seekable = Some(handle.is_seekable());
             if player.paused != handle.is_paused() {
                 if player.paused {
                     handle.pause();
@@ -435,6 +444,7 @@ pub(crate) fn start_track(
             }
             let id = handle.id();
             if let Some(playing) = &mut player.track {
+                playing.track.seekable = track.seekable;
                 playing.handle = Some(handle);
                 playing.progress = (0, std::time::Instant::now());
             }

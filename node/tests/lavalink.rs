@@ -66,6 +66,8 @@ fn refuses_without_the_password_and_answers_errors_in_lavalinks_shape() {
     let (status, info) = api(addr, "GET", "/v4/info", None);
     assert_eq!(status, 200);
     assert_eq!(info["sourceManagers"], json!(["local", "http"]));
+    // NodeLink's marker, which clients check before they offer the mix routes.
+    assert_eq!(info["isNodelink"], true);
     let (status, stats) = api(addr, "GET", "/v4/stats", None);
     assert_eq!(status, 200);
     assert_eq!(stats["players"], 0);
@@ -518,5 +520,168 @@ fn reports_a_stuck_track() {
     let stuck = client.event("TrackStuckEvent");
     assert_eq!(stuck["thresholdMs"], 1_000);
     assert_eq!(stuck["track"]["info"]["sourceName"], "http");
+    node.stop();
+}
+
+/// A voice update needs `channelId` (Lavalink 4.2 made it required): DAVE's MLS group is the
+/// channel, so a call without one could never encrypt. It is refused in Lavalink's error shape
+/// and nothing connects.
+#[test]
+fn refuses_a_voice_update_without_a_channel() {
+    let server = server();
+    let node = node(Some(&server));
+    let addr = node.addr();
+    let client = Client::connect(addr, USER, None);
+    let path = player_path(&client.session, GUILD);
+    let full = voice(&server, GUILD);
+    let mut without = full.clone();
+    without.as_object_mut().unwrap().remove("channelId");
+    let mut null = full.clone();
+    null["channelId"] = Value::Null;
+    let mut empty = full.clone();
+    empty["channelId"] = json!("");
+    for (what, voice) in [("absent", &without), ("null", &null), ("empty", &empty)] {
+        let (status, error) = api(addr, "PATCH", &path, Some(&json!({ "voice": voice })));
+        assert_eq!(status, 400, "channelId {what}: {error}");
+        assert_eq!(error["status"], 400);
+        assert_eq!(error["error"], "Bad Request");
+        assert_eq!(error["path"], path.as_str());
+        assert_eq!(
+            error["message"],
+            "Partial Lavalink voice state: token, endpoint, sessionId and channelId are required"
+        );
+    }
+    let mut not_a_snowflake = full.clone();
+    not_a_snowflake["channelId"] = json!("general");
+    let (status, error) = api(
+        addr,
+        "PATCH",
+        &path,
+        Some(&json!({ "voice": not_a_snowflake })),
+    );
+    assert_eq!(
+        (status, error["message"].as_str()),
+        (400, Some("channelId must be a snowflake"))
+    );
+    // Nothing was created or joined.
+    assert_eq!(api(addr, "GET", &path, None).0, 404);
+    assert_eq!(node.engine().audio_engine().call_count(), 0);
+    // With the channel it connects, and the player shows it.
+    let (status, player) = api(addr, "PATCH", &path, Some(&json!({ "voice": full })));
+    assert_eq!(status, 200, "{player}");
+    assert_eq!(player["voice"]["channelId"], CHANNEL.to_string());
+    assert_eq!(node.engine().audio_engine().call_count(), 1);
+    node.stop();
+}
+
+/// `state.ping` is the voice gateway's heartbeat round trip in ms once a heartbeat was
+/// acknowledged (-1 before, as Lavalink): in `GET` player and in `playerUpdate`.
+#[test]
+fn reports_the_voice_gateways_ping() {
+    // Short heartbeats, so ACKs come within the test.
+    let server = quaver_tools::server::Server::start(quaver_tools::server::ServerConfig {
+        heartbeat_interval_ms: 100.0,
+        heartbeat_timeout_intervals: None,
+        ..quaver_tools::server::ServerConfig::default()
+    })
+    .expect("server");
+    let node = node_with(Some(&server), |config| {
+        config.player_update_interval = Duration::from_secs(1);
+    });
+    let addr = node.addr();
+    let mut client = Client::connect(addr, USER, None);
+    let path = player_path(&client.session, GUILD);
+    let (status, player) = api(
+        addr,
+        "PATCH",
+        &path,
+        Some(&json!({ "voice": voice(&server, GUILD) })),
+    );
+    assert_eq!(status, 200, "{player}");
+    wait_for("a ping in GET player", Duration::from_secs(30), || {
+        let (_, player) = api(addr, "GET", &path, None);
+        player["state"]["connected"] == true && player["state"]["ping"].as_i64() >= Some(0)
+    });
+    let update = client.expect("playerUpdate with a ping", |m| {
+        m["op"] == "playerUpdate" && m["state"]["ping"].as_i64() >= Some(0)
+    });
+    assert_eq!(update["state"]["connected"], true);
+    assert_eq!(update["guildId"], GUILD.to_string());
+    // And in the session's player list.
+    let (_, players) = api(
+        addr,
+        "GET",
+        &format!("/v4/sessions/{}/players", client.session),
+        None,
+    );
+    assert!(players[0]["state"]["ping"].as_i64().unwrap() >= 0);
+    node.stop();
+}
+
+/// An HTTP track's length comes from the engine's probe when the server states the size and
+/// the container the duration (a WAV here); `isSeekable` says whether the server takes range
+/// requests. Without a stated size nothing honest can be said: length 0 and a stream.
+#[test]
+fn loads_http_tracks_with_what_the_server_and_container_say() {
+    let node = node(None);
+    let addr = node.addr();
+    let tone = tone_file("http-length.wav", 440.0, 3.0);
+    let load_info = |serving: Serving| {
+        let url = format!(
+            "http://{}/http-length.wav",
+            http_server_with(&tone, serving)
+        );
+        let loaded = load(addr, &url);
+        assert_eq!(loaded["loadType"], "track", "{loaded}");
+        let encoded = loaded["data"]["encoded"].as_str().unwrap().to_owned();
+        // The length survives the encoding.
+        let (_, decoded) = api(
+            addr,
+            "GET",
+            &format!("/v4/decodetrack?encodedTrack={}", encode_query(&encoded)),
+            None,
+        );
+        assert_eq!(decoded["info"]["length"], loaded["data"]["info"]["length"]);
+        assert_eq!(
+            decoded["info"]["isStream"],
+            loaded["data"]["info"]["isStream"]
+        );
+        loaded["data"]["info"].clone()
+    };
+
+    let ranged = load_info(Serving {
+        ranges: true,
+        length: true,
+    });
+    assert_eq!(ranged["length"], 3_000);
+    assert_eq!(ranged["isStream"], false);
+    assert_eq!(ranged["isSeekable"], true);
+    assert_eq!(ranged["sourceName"], "http");
+    assert_eq!(ranged["title"], "http-length.wav");
+
+    let whole = load_info(Serving {
+        ranges: false,
+        length: true,
+    });
+    assert_eq!(whole["length"], 3_000);
+    assert_eq!(whole["isStream"], false);
+    // No range requests: the engine cannot seek it.
+    assert_eq!(whole["isSeekable"], false);
+
+    let live = load_info(Serving {
+        ranges: false,
+        length: false,
+    });
+    assert_eq!(live["length"], 0);
+    assert_eq!(live["isStream"], true);
+    assert_eq!(live["isSeekable"], false);
+
+    // Nothing there: the load fails, as Lavalink's does for a URL it cannot play.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = format!("http://{}/gone.wav", closed.local_addr().unwrap());
+    drop(closed);
+    let failed = load(addr, &gone);
+    assert_eq!(failed["loadType"], "error", "{failed}");
+    assert_eq!(failed["data"]["message"], "That URL is not playable.");
     node.stop();
 }

@@ -74,6 +74,8 @@ pub(crate) struct Call {
     pub(crate) link: Link,
     pub(crate) status: CallStatus,
     pub(crate) e2ee: E2eeStatus,
+    /// The voice gateway's last heartbeat round trip on the current connection.
+    pub(crate) latency: Option<std::time::Duration>,
     pub(crate) members: Members,
     pub(crate) listen: Option<Listening>,
 }
@@ -96,6 +98,7 @@ impl Call {
             gateway: None,
             link: Link::Down,
             e2ee: E2eeStatus::default(),
+            latency: None,
             members: Members::default(),
             listen: None,
         }

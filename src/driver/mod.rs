@@ -83,8 +83,17 @@ pub(crate) type ListenReply = (
     Arc<quaver_net::receiver::CallCounters>,
 );
 
+/// What the driver posts of one call for user threads to read without asking.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Posted {
+    pub(crate) status: CallStatus,
+    pub(crate) e2ee: E2eeStatus,
+    /// The round trip of the current voice connection's last acknowledged heartbeat.
+    pub(crate) latency: Option<Duration>,
+}
+
 /// What user threads may read without asking: each call's status.
-pub(crate) type Board = RwLock<HashMap<CallId, (CallStatus, E2eeStatus)>>;
+pub(crate) type Board = RwLock<HashMap<CallId, Posted>>;
 
 /// Where events for the user go (bounded; drops are counted).
 pub(crate) struct Outbox {
@@ -182,12 +191,23 @@ impl Driver {
             .board
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        board.insert(call.id, (call.status, call.e2ee));
+        board.insert(
+            call.id,
+            Posted {
+                status: call.status,
+                e2ee: call.e2ee,
+                latency: call.latency,
+            },
+        );
     }
 
     fn set_status(&mut self, call: CallId, status: CallStatus) {
         if let Some(c) = self.calls.get_mut(&call) {
             c.status = status;
+            if !matches!(status, CallStatus::Ready | CallStatus::Resuming) {
+                // A new connection measures its own round trip.
+                c.latency = None;
+            }
             let c = &self.calls[&call];
             self.publish(c);
         }
@@ -453,6 +473,16 @@ impl Driver {
                 self.out.emit(CallEvent::E2eeFailed { call, step: *step });
             }
             VoiceEvent::Ended(reason) => self.on_ended(call, gateway, reason, ctl),
+            VoiceEvent::HeartbeatAcked(rtt) => {
+                // Posted, not sent: one per call per heartbeat would crowd the event queue,
+                // and `Engine::gateway_latency` reads the board.
+                if let Some(c) = self.calls.get_mut(&call) {
+                    c.latency = Some(*rtt);
+                    let c = &self.calls[&call];
+                    self.publish(c);
+                }
+                return;
+            }
             _ => {}
         }
         self.out.emit(CallEvent::Voice { call, event });

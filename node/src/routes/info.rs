@@ -13,6 +13,7 @@ pub(crate) async fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }
 
+/// `/v4/info`: Lavalink's shape, plus NodeLink's `isNodelink`.
 pub(crate) async fn info(State(shared): State<Arc<Shared>>) -> Json<Value> {
     let version = env!("CARGO_PKG_VERSION");
     let mut parts = version
@@ -43,6 +44,9 @@ pub(crate) async fn info(State(shared): State<Arc<Shared>>) -> Json<Value> {
         "git": { "branch": "", "commit": "", "commitTime": 0 },
         "jvm": "none (Quaver, Rust)",
         "lavaplayer": "none (Quaver engine)",
+        // NodeLink's marker: client libraries that support NodeLink's mix routes (which this
+        // node serves) offer them only to a node whose info says `isNodelink`.
+        "isNodelink": true,
         "sourceManagers": sources,
         "filters": ["volume"],
         "plugins": [],

@@ -60,7 +60,7 @@ pub(crate) async fn list(
     let players: Vec<Value> = s
         .players
         .values()
-        .map(|p| p.to_json(shared.connected(p.call)))
+        .map(|p| p.to_json(shared.connection(p.call)))
         .collect();
     Ok(Json(Value::Array(players)))
 }
@@ -79,7 +79,7 @@ pub(crate) async fn get_player(
         .players
         .get(&guild)
         .ok_or_else(ApiError::player_not_found)?;
-    Ok(Json(player.to_json(shared.connected(player.call))))
+    Ok(Json(player.to_json(shared.connection(player.call))))
 }
 
 pub(crate) async fn update_player(

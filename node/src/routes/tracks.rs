@@ -21,9 +21,8 @@ pub(crate) async fn load_tracks(
         .get("identifier")
         .cloned()
         .ok_or_else(|| ApiError::bad_request("Missing identifier"))?;
-    let sources = shared.config.sources;
-    // Probing a file reads it: off the async workers.
-    let loaded = tokio::task::spawn_blocking(move || tracks::load(sources, &identifier))
+    // Probing a file reads it, probing a URL requests it: off the async workers.
+    let loaded = tokio::task::spawn_blocking(move || tracks::load(&shared.config, &identifier))
         .await
         .map_err(|_| ApiError::internal("Loading failed"))?;
     Ok(Json(tracks::load_result(loaded)))

@@ -250,6 +250,60 @@ pub fn http_file_server(file: &Path) -> SocketAddr {
     addr
 }
 
+/// How [`http_server_with`] answers.
+#[derive(Clone, Copy, Debug)]
+pub struct Serving {
+    /// Announce `Accept-Ranges: bytes` and answer `Range: bytes=N-` with 206.
+    pub ranges: bool,
+    /// Send `Content-Length`; without it the body runs until the connection closes, as a
+    /// live stream's does.
+    pub length: bool,
+}
+
+/// Serves `file` over plain HTTP on loopback as `serving` says, until the test ends.
+pub fn http_server_with(file: &Path, serving: Serving) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bytes = std::fs::read(file).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            let Ok(mut stream) = stream else { continue };
+            let bytes = bytes.clone();
+            std::thread::spawn(move || {
+                let mut head = [0_u8; 4096];
+                let n = stream.read(&mut head).unwrap_or(0);
+                let request = String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();
+                let from = request
+                    .lines()
+                    .find_map(|l| l.strip_prefix("range: bytes="))
+                    .and_then(|r| r.split('-').next()?.trim().parse::<usize>().ok())
+                    .filter(|_| serving.ranges)
+                    .map(|from| from.min(bytes.len()));
+                let mut header = match from {
+                    Some(from) => format!(
+                        "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {from}-{}/{}\r\n",
+                        bytes.len().saturating_sub(1),
+                        bytes.len()
+                    ),
+                    None => "HTTP/1.1 200 OK\r\n".to_owned(),
+                };
+                let body = &bytes[from.unwrap_or(0)..];
+                header.push_str("Content-Type: audio/wav\r\nConnection: close\r\n");
+                if serving.ranges {
+                    header.push_str("Accept-Ranges: bytes\r\n");
+                }
+                if serving.length {
+                    header.push_str(&format!("Content-Length: {}\r\n", body.len()));
+                }
+                header.push_str("\r\n");
+                let _ = stream.write_all(header.as_bytes());
+                let _ = stream.write_all(body);
+            });
+        }
+    });
+    addr
+}
+
 /// Serves the first `prefix` bytes of `file` (announcing all of it), then stalls for up to
 /// 20 s: a download that stops mid-stream.
 pub fn stalling_http_server(file: &Path, prefix: usize) -> SocketAddr {
