@@ -15,7 +15,7 @@ use crate::limiter::Limiter;
 use crate::overload::{self, Governor, Rung, Verdict};
 use crate::pcm::{MIX_FRAME_LEN, MixFrame};
 use crate::rebalance::MixerLoad;
-use crate::source::{EndReason, SourceSlot, Step};
+use crate::source::{EndReason, PassthroughTail, SourceSlot, Step};
 use crate::stats::{MixerCounters, MixerHistograms, StatsPublisher};
 use crate::{CallId, SourceId};
 
@@ -119,9 +119,6 @@ pub(crate) struct CallSlot {
     sources: Vec<Box<SourceSlot>>,
     encoder: Encoder,
     frames: rtrb::Producer<EncodedFrame>,
-    mix: Box<MixFrame>,
-    scratch: Box<MixFrame>,
-    frame: Box<EncodedFrame>,
     master_gain: f32,
     limiter: Limiter,
     /// Whether the last tick produced audio, to mark the end of a stretch of frames.
@@ -168,9 +165,6 @@ impl CallSlot {
             sources: Vec::with_capacity(max_sources),
             encoder,
             frames,
-            mix: Box::new([0.0; MIX_FRAME_LEN]),
-            scratch: Box::new([0.0; MIX_FRAME_LEN]),
-            frame: Box::new(EncodedFrame::new(0, FrameKind::Audio)),
             master_gain: 1.0,
             limiter: Limiter::default(),
             producing: false,
@@ -219,13 +213,14 @@ impl CallSlot {
             .filter(|left| *left <= self.crossfade_ticks)
     }
 
-    fn tick(&mut self, tick: u64, encode: bool, out: &mut Outboxes<'_>) {
+    fn tick(&mut self, tick: u64, encode: bool, work: &mut TickBuffers, out: &mut Outboxes<'_>) {
         if self.track.is_none() && self.next.is_some() {
             self.start_next_track(out);
         }
         if self.sources.is_empty() && !self.producing {
             return;
         }
+        work.tail.clear();
         let master_target = self.shared.master_volume();
         // A lone pre-encoded source at unity gain is sent as it is: no decode, no re-encode.
         let lone_opus_at_unity = self.sources.len() == 1
@@ -246,7 +241,7 @@ impl CallSlot {
         // The gain a lone Opus source ends this frame with, and whether it played at unity.
         let mut lone_gain = None;
         let mut unity = false;
-        self.mix.fill(0.0);
+        work.mix.fill(0.0);
 
         let lone = self.sources.len() == 1;
         // Fed early, the encoder has already taken this frame's first `lookahead` samples at
@@ -296,11 +291,11 @@ impl CallSlot {
                 Step::Gap => mixed_any = true,
                 step @ Step::Render { from, to } => {
                     if passthrough_possible && SourceSlot::is_unity(step) {
-                        source.render_passthrough(&mut self.frame);
+                        source.render_passthrough(&mut work.frame);
                         passed_through = true;
                     } else {
-                        source.render(&mut self.scratch);
-                        mix_with_ramp(&mut self.mix, &self.scratch, from, to, ramp_start);
+                        source.render(&mut work.scratch, &mut work.tail);
+                        mix_with_ramp(&mut work.mix, &work.scratch, from, to, ramp_start);
                         mixed_any = true;
                         if lone && source.is_opus() {
                             lone_gain = Some(to * master_target);
@@ -314,23 +309,24 @@ impl CallSlot {
 
         let was_passed_through = std::mem::replace(&mut self.passed_through, passed_through);
         if passed_through {
-            self.frame.tick = tick;
-            out.send_frame(&mut self.frames, &self.frame);
+            work.frame.tick = tick;
+            out.send_frame(&mut self.frames, &work.frame);
             MixerCounters::bump(&out.counters.frames_passed_through);
             self.producing = true;
             self.timing = Timing::Aligned { settled: true };
         } else if mixed_any {
-            apply_ramp(&mut self.mix, self.master_gain, master_target, ramp_start);
+            apply_ramp(&mut work.mix, self.master_gain, master_target, ramp_start);
             self.master_gain = master_target;
-            self.limiter.process(&mut self.mix);
+            self.limiter.process(&mut work.mix);
             if encode {
                 let fresh = !self.producing;
-                self.choose_timing(fresh, was_passed_through, lone_gain, unity);
-                self.encode_and_send(tick, out);
+                self.choose_timing(work, fresh, was_passed_through, lone_gain, unity);
+                self.encode_and_send(work, tick, out);
             } else {
-                self.frame.set_len(0);
-                self.frame.tick = tick;
-                out.send_frame(&mut self.frames, &self.frame);
+                work.frame.kind = FrameKind::Audio;
+                work.frame.set_len(0);
+                work.frame.tick = tick;
+                out.send_frame(&mut self.frames, &work.frame);
             }
             self.producing = true;
         } else if self.producing {
@@ -366,6 +362,7 @@ impl CallSlot {
     /// packet is decoded a tick early instead of on time, so nothing extra.
     fn choose_timing(
         &mut self,
+        work: &mut TickBuffers,
         fresh: bool,
         was_passed_through: bool,
         lone_gain: Option<f32>,
@@ -378,12 +375,12 @@ impl CallSlot {
                 .and_then(|s| s.decode_ahead())
                 .is_some();
         if was_passed_through {
-            self.prime_encoder();
+            self.prime_encoder(work);
         } else if fresh {
             // A new stretch: nothing was heard that this frame has to continue, but its first
             // `lookahead` samples must reach the encoder's delay line.
             self.timing = if has_next {
-                self.prime_fresh_encoder();
+                self.prime_fresh_encoder(work);
                 Timing::Aligned { settled: false }
             } else {
                 Timing::Delayed
@@ -400,16 +397,16 @@ impl CallSlot {
         let lookahead = self.lookahead;
         self.timing = match (self.timing, ahead) {
             (Timing::Aligned { .. }, Some((next, gain))) => {
-                feed_early(&mut self.mix, lookahead, next, gain);
+                feed_early(&mut work.mix, lookahead, next, gain);
                 Timing::Aligned { settled: unity }
             }
             (Timing::Aligned { .. }, None) => {
-                crossfade_timing(&mut self.mix, lookahead, Shift::ToDelayed, None);
+                crossfade_timing(&mut work.mix, lookahead, Shift::ToDelayed, None);
                 Timing::Delayed
             }
             (Timing::Delayed | Timing::Rejoin, Some((next, gain))) if unity => {
                 crossfade_timing(
-                    &mut self.mix,
+                    &mut work.mix,
                     lookahead,
                     Shift::ToAligned,
                     Some((next, gain)),
@@ -427,50 +424,80 @@ impl CallSlot {
     /// passed-through packets, shifted `lookahead` samples early and ending with the start of
     /// this frame, so its next output continues exactly where the last packet ended and its
     /// inter-frame state (band energies, overlap) matches what the listener's decoder holds.
-    fn prime_encoder(&mut self) {
-        let Some((older, newest)) = self.sources.iter().find_map(|s| s.passthrough_tail()) else {
+    fn prime_encoder(&mut self, work: &mut TickBuffers) {
+        let TickBuffers {
+            mix,
+            scratch,
+            frame,
+            tail,
+        } = work;
+        let Some((older, newest)) = tail.frames() else {
             return;
         };
         let early = self.lookahead * 2;
-        let buffer = &mut self.frame.buffer_mut()[..];
+        let buffer = &mut frame.buffer_mut()[..];
         let first = older.unwrap_or(newest);
-        self.scratch[..MIX_FRAME_LEN - early].copy_from_slice(&first[early..]);
-        self.scratch[MIX_FRAME_LEN - early..].copy_from_slice(&newest[..early]);
-        let _ = self.encoder.encode_float(&self.scratch[..], buffer);
-        self.scratch[..MIX_FRAME_LEN - early].copy_from_slice(&newest[early..]);
-        self.scratch[MIX_FRAME_LEN - early..].copy_from_slice(&self.mix[..early]);
-        let _ = self.encoder.encode_float(&self.scratch[..], buffer);
+        scratch[..MIX_FRAME_LEN - early].copy_from_slice(&first[early..]);
+        scratch[MIX_FRAME_LEN - early..].copy_from_slice(&newest[..early]);
+        let _ = self.encoder.encode_float(&scratch[..], buffer);
+        scratch[..MIX_FRAME_LEN - early].copy_from_slice(&newest[early..]);
+        scratch[MIX_FRAME_LEN - early..].copy_from_slice(&mix[..early]);
+        let _ = self.encoder.encode_float(&scratch[..], buffer);
     }
 
     /// Starting a stretch fed early: the encoder's delay line gets silence, then the start of
     /// this frame, which feeding early would otherwise skip.
-    fn prime_fresh_encoder(&mut self) {
+    fn prime_fresh_encoder(&mut self, work: &mut TickBuffers) {
         let early = self.lookahead * 2;
-        self.scratch[..MIX_FRAME_LEN - early].fill(0.0);
-        self.scratch[MIX_FRAME_LEN - early..].copy_from_slice(&self.mix[..early]);
+        work.scratch[..MIX_FRAME_LEN - early].fill(0.0);
+        work.scratch[MIX_FRAME_LEN - early..].copy_from_slice(&work.mix[..early]);
         let _ = self
             .encoder
-            .encode_float(&self.scratch[..], &mut self.frame.buffer_mut()[..]);
+            .encode_float(&work.scratch[..], &mut work.frame.buffer_mut()[..]);
     }
 
-    fn encode_and_send(&mut self, tick: u64, out: &mut Outboxes<'_>) {
+    fn encode_and_send(&mut self, work: &mut TickBuffers, tick: u64, out: &mut Outboxes<'_>) {
         let started = Instant::now();
         let encoded = self
             .encoder
-            .encode_float(&self.mix[..], &mut self.frame.buffer_mut()[..]);
+            .encode_float(&work.mix[..], &mut work.frame.buffer_mut()[..]);
         out.histograms
             .encode_us
             .saturating_record(started.elapsed().as_micros() as u64);
         match encoded {
             Ok(len) => {
-                self.frame.set_len(len);
-                self.frame.kind = FrameKind::Audio;
-                self.frame.tick = tick;
-                out.send_frame(&mut self.frames, &self.frame);
+                work.frame.set_len(len);
+                work.frame.kind = FrameKind::Audio;
+                work.frame.tick = tick;
+                out.send_frame(&mut self.frames, &work.frame);
                 MixerCounters::bump(&out.counters.frames_encoded);
             }
             Err(_) => MixerCounters::bump(&out.counters.encode_errors),
         }
+    }
+}
+
+/// Working buffers of one call's tick, shared by every call of a mixer thread.
+///
+/// A call's mix, its sources' rendered audio, the decoded tail of a source leaving passthrough
+/// and the frame being built only live from the start of the call's tick until its frame is
+/// queued, and a thread ticks one call at a time: one set per thread (~33 KB) instead of one
+/// per call, which a passthrough call would carry without ever mixing.
+pub(crate) struct TickBuffers {
+    mix: MixFrame,
+    scratch: MixFrame,
+    frame: EncodedFrame,
+    tail: PassthroughTail,
+}
+
+impl TickBuffers {
+    fn new() -> Box<Self> {
+        Box::new(Self {
+            mix: [0.0; MIX_FRAME_LEN],
+            scratch: [0.0; MIX_FRAME_LEN],
+            frame: EncodedFrame::new(0, FrameKind::Audio),
+            tail: PassthroughTail::new(),
+        })
     }
 }
 
@@ -652,6 +679,8 @@ pub struct Mixer {
     moves: [Option<(CallId, usize)>; MAX_MOVES_PER_TICK],
     /// This thread's tick work, for the control side's rebalancing.
     load: Arc<MixerLoad>,
+    /// Every call's tick works in these (see [`TickBuffers`]).
+    work: Box<TickBuffers>,
 }
 
 /// Moves one mixer makes in one tick at most (the control side asks for one at a time).
@@ -689,6 +718,7 @@ impl Mixer {
             transfers_in: Vec::new(),
             moves: [None; MAX_MOVES_PER_TICK],
             load: Arc::default(),
+            work: TickBuffers::new(),
         }
     }
 
@@ -849,11 +879,11 @@ impl Mixer {
             }
             // (Only after a hand-over: ticks this thread skipped itself stay skipped.)
             if std::mem::take(&mut call.handed_over) && call.next_tick + 1 == tick {
-                call.tick(call.next_tick, self.encode, &mut out);
+                call.tick(call.next_tick, self.encode, &mut self.work, &mut out);
             }
             // An idle call costs nothing to tick; no clock read for it (1,000 idle calls).
             let idle = call.sources.is_empty() && !call.producing && call.next.is_none();
-            call.tick(tick, self.encode, &mut out);
+            call.tick(tick, self.encode, &mut self.work, &mut out);
             call.next_tick = tick + 1;
             if idle {
                 continue;

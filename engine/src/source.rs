@@ -344,15 +344,46 @@ pub(crate) struct OpusResync {
     /// The last passed-through packets, oldest first.
     recent: [OpusPacket; PRIME_PACKETS],
     recent_len: usize,
-    /// The decoded `recent` packets after the source left passthrough (newest in `newest`);
-    /// the call primes its encoder with them.
-    older: MixFrame,
-    newest: MixFrame,
-    /// How many of `older`/`newest` hold audio (0 when the source did not just leave passthrough).
-    decoded: usize,
     /// The next packet, decoded ahead for a call going back to passthrough (`ahead_ready`).
     ahead: MixFrame,
     ahead_ready: bool,
+}
+
+/// The decoded audio of the packets a source passed through last, made in the tick it leaves
+/// passthrough and read by its call's encoder in that same tick (see
+/// [`crate::mixer::TickBuffers`]): one per mixer thread rather than 15 KB in every Opus
+/// source, which a passthrough call never uses.
+pub(crate) struct PassthroughTail {
+    older: MixFrame,
+    newest: MixFrame,
+    /// How many of `older`/`newest` hold audio this tick (0: no source left passthrough).
+    decoded: usize,
+}
+
+impl PassthroughTail {
+    pub(crate) fn new() -> Self {
+        Self {
+            older: [0.0; crate::pcm::MIX_FRAME_LEN],
+            newest: [0.0; crate::pcm::MIX_FRAME_LEN],
+            decoded: 0,
+        }
+    }
+
+    /// Forgets the last tick's audio; called as each call's tick starts.
+    pub(crate) fn clear(&mut self) {
+        self.decoded = 0;
+    }
+
+    /// The decoded audio of the last passed-through packets, oldest first (`None` where there
+    /// were fewer), when a source left passthrough in this tick: what the listener heard just
+    /// before.
+    pub(crate) fn frames(&self) -> Option<(Option<&MixFrame>, &MixFrame)> {
+        match self.decoded {
+            0 => None,
+            1 => Some((None, &self.newest)),
+            _ => Some((Some(&self.older), &self.newest)),
+        }
+    }
 }
 
 /// Passed-through packets decoded to catch the decoder up when a source leaves passthrough.
@@ -410,7 +441,6 @@ impl Input {
                 }
                 let _ = audiopus::coder::GenericCtl::reset_state(decoder);
                 resync.recent_len = 0;
-                resync.decoded = 0;
                 resync.ahead_ready = false;
                 count
             }
@@ -568,9 +598,6 @@ impl SourceSlot {
                         data: [0; MAX_OPUS_PACKET],
                     }; PRIME_PACKETS],
                     recent_len: 0,
-                    older: [0.0; crate::pcm::MIX_FRAME_LEN],
-                    newest: [0.0; crate::pcm::MIX_FRAME_LEN],
-                    decoded: 0,
                     ahead: [0.0; crate::pcm::MIX_FRAME_LEN],
                     ahead_ready: false,
                 }),
@@ -746,8 +773,10 @@ impl SourceSlot {
     }
 
     /// Renders this tick's audio as 48 kHz stereo into `out`, consuming up to one frame of input
-    /// and filling any shortfall with silence.
-    pub(crate) fn render(&mut self, out: &mut MixFrame) {
+    /// and filling any shortfall with silence. An Opus source leaving passthrough decodes the
+    /// packets it passed through last into `tail` (when no other source of the call did so this
+    /// tick), for its call's encoder.
+    pub(crate) fn render(&mut self, out: &mut MixFrame, tail: &mut PassthroughTail) {
         match &mut self.input {
             Input::Pcm { ring, resampler } => {
                 let read = resampler.render(ring, out);
@@ -758,17 +787,21 @@ impl SourceSlot {
                 decoder,
                 resync,
             } => {
-                // Catch up on the packets passed through since the decoder last ran.
-                resync.decoded = 0;
+                // Catch up on the packets passed through since the decoder last ran. Only one
+                // source of a call passes through (a lone one), so `tail` is normally free; if
+                // it is not, the decoder still catches up, into `out`, which is overwritten below.
+                let keep = tail.decoded == 0;
                 for i in 0..resync.recent_len {
-                    let target = if i + 1 == resync.recent_len {
-                        &mut resync.newest
-                    } else {
-                        &mut resync.older
+                    let target = match (keep, i + 1 == resync.recent_len) {
+                        (true, true) => &mut tail.newest,
+                        (true, false) => &mut tail.older,
+                        (false, _) => &mut *out,
                     };
                     let packet = resync.recent[i];
                     decode_into(decoder, Some(packet.bytes()), target);
-                    resync.decoded += 1;
+                }
+                if keep {
+                    tail.decoded = resync.recent_len;
                 }
                 resync.recent_len = 0;
                 if resync.ahead_ready {
@@ -785,20 +818,6 @@ impl SourceSlot {
                 // A missing packet (`None`): libopus conceals the gap.
                 decode_into(decoder, packet.as_ref().map(OpusPacket::bytes), out);
             }
-        }
-    }
-
-    /// After a [`SourceSlot::render`] that left passthrough: the decoded audio of the last
-    /// passed-through packets, oldest first (`None` where there were fewer), which is what the
-    /// listener heard just before.
-    pub(crate) fn passthrough_tail(&self) -> Option<(Option<&MixFrame>, &MixFrame)> {
-        let Input::Opus { resync, .. } = &self.input else {
-            return None;
-        };
-        match resync.decoded {
-            0 => None,
-            1 => Some((None, &resync.newest)),
-            _ => Some((Some(&resync.older), &resync.newest)),
         }
     }
 
@@ -838,7 +857,6 @@ impl SourceSlot {
         };
         let packet = ring.pop();
         self.cursor.consumed(usize::from(packet.is_ok()));
-        resync.decoded = 0;
         if resync.ahead_ready {
             // The decoder has seen this packet already.
             resync.ahead_ready = false;
