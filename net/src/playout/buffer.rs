@@ -9,6 +9,14 @@ use super::{FRAME, Next, PlayoutConfig, PlayoutStats, Pushed, Rendered, Speaking
 
 /// Pulls per evaluation of the delay (one second of 20 ms ticks).
 const WINDOW: u16 = 50;
+/// The shallow moments of a window that do not keep the delay from shrinking. Depth is read
+/// from how long each played packet waited, not from the packets buffered at each pull: every
+/// lost or held-back packet made the newest one missing for a pull, so with the shallowest
+/// buffered span as the rule a stream losing or reordering a few packets a second never
+/// shrank (the local server's 5 % loss and 5 % reordering kept 74 ms against a 3-frame target,
+/// 54 ms). A packet that came late (reordered) still waits less than the rest: four such dips a
+/// second (8 %) are let pass.
+const DIPS_IGNORED: usize = 4;
 /// Packets in a row far behind the stream after which the sender is taken to have restarted.
 const FAR_BEHIND_RESTART: u8 = 3;
 
@@ -80,7 +88,9 @@ pub struct Playout {
     pulls: u64,
     last_raise: u64,
     window_pulls: u16,
-    window_min: u16,
+    /// The `DIPS_IGNORED + 1` shallowest depths of the window (from the waits of the packets
+    /// played), ascending; the last decides.
+    window_low: [u16; DIPS_IGNORED + 1],
     excess: u16,
     force: u16,
     speaking: bool,
@@ -135,7 +145,7 @@ impl Playout {
             pulls: 0,
             last_raise: 0,
             window_pulls: 0,
-            window_min: u16::MAX,
+            window_low: [u16::MAX; DIPS_IGNORED + 1],
             excess: 0,
             force: 0,
             speaking: false,
@@ -332,8 +342,12 @@ impl Playout {
         self.stats.played += 1;
         let slot = self.slots[index];
         if let Some(arrival) = slot.arrival {
-            let waited = u64::try_from(now.saturating_duration_since(arrival).as_micros())
-                .unwrap_or(u64::MAX);
+            let waited = now.saturating_duration_since(arrival);
+            // A packet that waited k whole periods had k frames behind it in a buffer fed on
+            // time: the depth the delay amounts to, whatever was lost or held back meanwhile.
+            let periods = waited.as_nanos() / FRAME.as_nanos();
+            self.note_depth(u16::try_from(periods + 1).unwrap_or(u16::MAX));
+            let waited = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
             self.stats.buffer_delay_last_us = waited;
             self.stats.buffer_delay_avg_us = if self.stats.played == 1 {
                 waited
@@ -390,9 +404,9 @@ impl Playout {
         }
     }
 
-    /// Once per pull while playing: the shallowest depth of each second decides what may go.
+    /// Once per pull while playing: at the end of each second, the depth of its shallow
+    /// moments (all but a few dips) decides what may go.
     fn track_depth(&mut self) {
-        self.window_min = self.window_min.min(self.depth());
         self.window_pulls += 1;
         if self.window_pulls < WINDOW {
             return;
@@ -405,10 +419,15 @@ impl Playout {
                 self.stats.target_delay_frames = self.target;
             }
         }
-        let excess = self.window_min.saturating_sub(u16::from(self.target));
+        // Fewer packets played than dips let pass (a stalled second): nothing to go by.
+        let shallow = match self.window_low[DIPS_IGNORED] {
+            u16::MAX => 0,
+            depth => depth,
+        };
+        let excess = shallow.saturating_sub(u16::from(self.target));
         if excess == 0 {
             self.force = 0;
-        } else if self.window_min > u16::from(self.max_delay) {
+        } else if shallow > u16::from(self.max_delay) {
             // Far too deep: latency is worse than a skip.
             self.force = excess;
         } else if self.excess > 0 {
@@ -417,12 +436,22 @@ impl Playout {
         }
         self.excess = excess;
         self.window_pulls = 0;
-        self.window_min = u16::MAX;
+        self.window_low = [u16::MAX; DIPS_IGNORED + 1];
+    }
+
+    /// Keeps `depth` among the window's shallowest, in order.
+    fn note_depth(&mut self, depth: u16) {
+        let low = &mut self.window_low;
+        let Some(at) = low.iter().position(|&d| depth < d) else {
+            return;
+        };
+        low.copy_within(at..DIPS_IGNORED, at + 1);
+        low[at] = depth;
     }
 
     fn reset_window(&mut self) {
         self.window_pulls = 0;
-        self.window_min = u16::MAX;
+        self.window_low = [u16::MAX; DIPS_IGNORED + 1];
         self.excess = 0;
         self.force = 0;
     }

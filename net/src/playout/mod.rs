@@ -71,8 +71,12 @@
 //! oscillates under periodic Wi-Fi jitter. The ring is cleared on resume (a client might not
 //! advance the timestamp across a pause, which would look like a huge spike).
 //!
-//! **Shrinking the real delay.** Once a second, if the buffer never held fewer than
-//! `target + k` frames over that second, `k` frames may go. A silence frame (`F8 FF FE`, or any
+//! **Shrinking the real delay.** Once a second, if the buffer held at least `target + k`
+//! frames over that second, `k` frames may go. How deep the buffer is comes from how long each
+//! played packet waited (`k` whole periods: `k + 1` frames deep), ignoring the four shortest
+//! waits of the second (packets that came late). Counting the packets buffered at each pull
+//! instead, every lost or held-back packet was a dip, and a stream losing or reordering a few
+//! packets a second kept a frame of extra delay for good. A silence frame (`F8 FF FE`, or any
 //! packet of three bytes or less, i.e. DTX) is dropped as soon as it comes: nothing audible
 //! goes. If no silence frame came for a whole second, one ordinary frame is dropped (at most one
 //! per second, so speech is never sped up audibly); if the buffer holds more than `max_delay`,
