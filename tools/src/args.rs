@@ -10,7 +10,7 @@ pub const MAX_RUN_SECONDS: f64 = 3_600.0;
 
 /// Most calls one `demo` or `jitter` run may open. Each call is a websocket, a UDP socket and
 /// (against the in-process server) the server's side of both, plus threads on that server.
-pub const MAX_CALLS: usize = 1_000;
+pub const MAX_CALLS: usize = 5_000;
 
 /// Longest delay or interval any flag accepts: a day. Anything longer is a typo.
 pub const MAX_SECONDS: f64 = 86_400.0;

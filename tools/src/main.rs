@@ -196,7 +196,7 @@ fn install_signal_handlers() {
 
 #[derive(clap::Args)]
 struct JitterArgs {
-    /// Calls to run at once (1 to 1000, and as the open-file limit allows).
+    /// Calls to run at once (1 to 5000, and as the open-file limit allows).
     #[arg(long, default_value = "1", value_parser = quaver_tools::args::calls, allow_negative_numbers = true)]
     calls: usize,
     /// How long to stream, in seconds (at most 3600). Ctrl-C stops early and reports.

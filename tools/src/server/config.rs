@@ -31,7 +31,7 @@ pub struct Faults {
 
 /// Default of [`ServerConfig::max_connections`]: two websockets per call for the largest
 /// `jitter --calls` run, plus room for listeners, baselines and reconnects.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 4_096;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 12_288;
 
 /// Server configuration. `Default` is loopback on ephemeral ports, TLS, no recording.
 #[derive(Clone, Debug)]
