@@ -4,12 +4,12 @@
 //! It can hear more calls than the probe (`jitter --hear N`), to load the receive path as a
 //! bot listening to many channels would; those are reported together in [`AllStreams`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use quaver::gateway::control::ControlConfig;
 use quaver::gateway::main_gateway::MainGatewayConfig;
 use quaver::gateway::protocol::Token;
@@ -21,7 +21,9 @@ use quaver::{
 use serde::Serialize;
 
 use crate::Error;
+use crate::probe::{ClickMatcher, Onsets, PushLog};
 use crate::report::{Quantiles, new_histogram};
+use crate::server::stats::StreamMeter;
 
 /// What Quaver's receiver heard of the probe call.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -92,7 +94,7 @@ pub struct AllStreams {
 }
 
 /// One frame as the hearing thread saw it.
-struct Frame {
+struct Frame<'a> {
     at: Instant,
     sequence: u16,
     /// RTP timestamp.
@@ -100,9 +102,70 @@ struct Frame {
     /// When its packet arrived, for frames decoded from a packet (not FEC or concealment).
     arrived: Option<Instant>,
     buffered: Option<Duration>,
-    opus: Option<Vec<u8>>,
+    /// The packet's Opus payload, for frames decoded from a packet.
+    opus: Option<&'a [u8]>,
     /// Whether a click starts in it (encode-mode probe).
     onset: bool,
+}
+
+/// The probe's frames, measured as they play: nothing is kept per frame, so a long run costs
+/// no more memory than a short one.
+struct ProbeFrames {
+    log: Arc<PushLog>,
+    tally: Tally,
+    buffer_us: Histogram<u64>,
+    mouth_us: Histogram<u64>,
+    clicks: ClickMatcher,
+    /// RFC 3550 jitter of the played packets' arrivals, by the local server's own meter.
+    arrivals: StreamMeter,
+    /// The first played packet's arrival, from which the meter's clock counts.
+    origin: Option<Instant>,
+}
+
+impl ProbeFrames {
+    fn new(log: Arc<PushLog>) -> Self {
+        Self {
+            log,
+            tally: Tally::default(),
+            buffer_us: new_histogram(),
+            mouth_us: new_histogram(),
+            clicks: ClickMatcher::default(),
+            arrivals: StreamMeter::new(),
+            origin: None,
+        }
+    }
+
+    fn frame(&mut self, f: &Frame<'_>) {
+        self.tally.frame(f.sequence);
+        if let Some(b) = f.buffered {
+            self.buffer_us.saturating_record(micros(b));
+        }
+        if let Some(pushed) = f.opus.and_then(|o| self.log.pushed(o)) {
+            self.mouth_us
+                .saturating_record(micros(f.at.saturating_duration_since(pushed)));
+        }
+        if f.onset
+            && let Some(click) = self.clicks.matched(&self.log, f.at)
+        {
+            self.mouth_us
+                .saturating_record(micros(f.at.saturating_duration_since(click)));
+        }
+        if let Some(arrived) = f.arrived {
+            let origin = *self.origin.get_or_insert(arrived);
+            // A reordered packet may have arrived before the first one played: signed.
+            let ns = match arrived.checked_duration_since(origin) {
+                Some(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+                None => {
+                    -i64::try_from(origin.duration_since(arrived).as_nanos()).unwrap_or(i64::MAX)
+                }
+            };
+            self.arrivals.on_packet(f.sequence, f.timestamp, 0, ns);
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros().try_into().unwrap_or(u64::MAX)
 }
 
 /// The hearing engine and the thread reading its listener.
@@ -114,9 +177,8 @@ pub struct Hearing {
 
 /// What the hearing thread collected: the probe's frames and statistics, and a tally of every
 /// other call heard.
-#[derive(Default)]
 struct Heard {
-    frames: Vec<Frame>,
+    probe: ProbeFrames,
     stats: StreamStats,
     others: Vec<Tally>,
 }
@@ -158,18 +220,19 @@ fn hearing_engine(control: ControlConfig, calls: usize) -> Result<Engine, Error>
 
 impl Hearing {
     /// Joins with each of `requests` (another user in each heard call's channel, the probe's
-    /// first) and hears `speaker` there.
+    /// first) and hears `speaker` there; the probe's frames are dated by its pushes in `log`.
     pub fn start(
         requests: Vec<VoiceConnectRequest>,
         control: ControlConfig,
         speaker: u64,
+        log: Arc<PushLog>,
     ) -> Result<Self, Error> {
         let engine = hearing_engine(control, requests.len().max(1))?;
         let calls = requests
             .into_iter()
             .map(|request| engine.connect(request))
             .collect::<Result<Vec<_>, _>>()?;
-        Self::hear(engine, &calls, Some(speaker))
+        Self::hear(engine, &calls, Some(speaker), log)
     }
 
     /// Joins `guild`'s `channel` through the main gateway at `main_gateway_url` (a separate
@@ -180,16 +243,22 @@ impl Hearing {
         control: ControlConfig,
         guild: u64,
         channel: u64,
+        log: Arc<PushLog>,
     ) -> Result<Self, Error> {
         let engine = hearing_engine(control, 1)?;
         let mut bot = MainGatewayConfig::new(Token::new("quaver-jitter-hearing"));
         bot.url = main_gateway_url.to_string();
         let bot = engine.connect_bot(bot)?;
         let call = engine.join(bot, guild, channel, JoinOptions::default())?;
-        Self::hear(engine, &[call], None)
+        Self::hear(engine, &[call], None, log)
     }
 
-    fn hear(engine: Engine, calls: &[CallId], speaker: Option<u64>) -> Result<Self, Error> {
+    fn hear(
+        engine: Engine,
+        calls: &[CallId],
+        speaker: Option<u64>,
+        log: Arc<PushLog>,
+    ) -> Result<Self, Error> {
         let listeners = calls
             .iter()
             .map(|&call| engine.listen(call, ReceiveOptions::default()))
@@ -200,12 +269,13 @@ impl Hearing {
             .name("jitter-hearing".into())
             .spawn(move || {
                 let mut heard = Heard {
+                    probe: ProbeFrames::new(log),
+                    stats: StreamStats::default(),
                     others: (1..listeners.len()).map(|_| Tally::default()).collect(),
-                    ..Heard::default()
                 };
                 let mut audio: Vec<Option<UserAudio>> = listeners.iter().map(|_| None).collect();
                 let mut speaker_heard = None;
-                let mut quiet = 0usize;
+                let mut onsets = Onsets::default();
                 loop {
                     let stopping = thread_stop.load(Ordering::Relaxed);
                     for (index, listener) in listeners.iter().enumerate() {
@@ -224,7 +294,7 @@ impl Hearing {
                         match index.checked_sub(1) {
                             None => {
                                 while let Some(f) = a.pop() {
-                                    heard.frames.push(observe(&f, &mut quiet));
+                                    heard.probe.frame(&observe(&f, &mut onsets));
                                 }
                             }
                             Some(other) => {
@@ -256,17 +326,15 @@ impl Hearing {
         })
     }
 
-    /// Stops hearing and reports; `pushes` (passthrough probe payloads) and `clicks` (encode
-    /// probe) date each frame's push, for the mouth-to-ear figure.
-    pub fn finish(mut self, pushes: &HashMap<Vec<u8>, Instant>, clicks: &[Instant]) -> HeardReport {
+    /// Stops hearing and reports (an empty report if the hearing thread panicked).
+    pub fn finish(mut self) -> HeardReport {
         self.stop.store(true, Ordering::Relaxed);
-        let heard = self
-            .thread
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default();
+        let heard = self.thread.take().and_then(|t| t.join().ok());
         drop(self.engine);
-        let mut report = summarise(&heard.frames, &heard.stats, pushes, clicks);
+        let Some(heard) = heard else {
+            return HeardReport::default();
+        };
+        let mut report = summarise(&heard.probe, &heard.stats);
         if !heard.others.is_empty() {
             report.all_streams = Some(add_up(&report, &heard.stats, &heard.others));
         }
@@ -274,70 +342,28 @@ impl Hearing {
     }
 }
 
-fn observe(f: &ReceivedFrame, quiet: &mut usize) -> Frame {
-    let mut onset = false;
-    if let Some(pcm) = f.pcm() {
-        for pair in pcm.chunks_exact(2) {
-            // The same rule as the raw listener's: loud after 100 ms of quiet.
-            if f32::from(pair[0]).abs() / 32_768.0 > 0.25 {
-                if *quiet > 4_800 {
-                    onset = true;
-                }
-                *quiet = 0;
-            } else {
-                *quiet += 1;
-            }
-        }
-    }
+fn observe<'a>(f: &'a ReceivedFrame, onsets: &mut Onsets) -> Frame<'a> {
+    let onset = f.pcm().is_some_and(|pcm| {
+        onsets.frame(
+            pcm.chunks_exact(2)
+                .map(|pair| f32::from(pair[0]) / 32_768.0),
+        )
+    });
+    let from_packet = f.origin == FrameOrigin::Packet;
     Frame {
         at: f.at,
         sequence: f.sequence,
         timestamp: f.timestamp,
-        arrived: f.arrived.filter(|_| f.origin == FrameOrigin::Packet),
+        arrived: f.arrived.filter(|_| from_packet),
         buffered: f.arrived.map(|a| f.at.saturating_duration_since(a)),
-        opus: (f.origin == FrameOrigin::Packet)
-            .then(|| f.opus().map(<[u8]>::to_vec))
-            .flatten(),
+        opus: f.opus().filter(|_| from_packet),
         onset,
     }
 }
 
-fn summarise(
-    frames: &[Frame],
-    stats: &StreamStats,
-    pushes: &HashMap<Vec<u8>, Instant>,
-    clicks: &[Instant],
-) -> HeardReport {
-    let mut buffer = new_histogram();
-    let mut mouth = new_histogram();
-    for f in frames {
-        if let Some(b) = f.buffered {
-            buffer.saturating_record(b.as_micros() as u64);
-        }
-        if let Some(at) = f.opus.as_ref().and_then(|o| pushes.get(o)) {
-            mouth.saturating_record(f.at.saturating_duration_since(*at).as_micros() as u64);
-        }
-    }
-    // Clicks are 200 ms apart and latency far below that: the n-th onset is the n-th click
-    // that could have been pushed by then.
-    let mut next_click = 0;
-    for f in frames.iter().filter(|f| f.onset) {
-        while next_click + 1 < clicks.len() && clicks[next_click + 1] <= f.at {
-            next_click += 1;
-        }
-        if let Some(click) = clicks.get(next_click) {
-            mouth.saturating_record(f.at.saturating_duration_since(*click).as_micros() as u64);
-            next_click += 1;
-        }
-    }
-    // Sequence numbers run on through a sender's pauses, so the frames never played are the
-    // gaps between consecutive played ones (counted this way, wrap-around is harmless).
-    let played = frames.len() as u64;
-    let skipped: u64 = frames
-        .windows(2)
-        .map(|w| skipped_between(w[0].sequence, w[1].sequence))
-        .sum();
-    let expected = played + skipped;
+fn summarise(probe: &ProbeFrames, stats: &StreamStats) -> HeardReport {
+    let played = probe.tally.played;
+    let expected = played + probe.tally.skipped;
     HeardReport {
         frames_played: played,
         frames_expected: expected,
@@ -349,9 +375,11 @@ fn summarise(
         late: stats.late,
         duplicates: stats.duplicates,
         undecryptable: stats.undecryptable,
-        interarrival_jitter_us: interarrival_jitter(frames),
-        buffer_delay_ms: Quantiles::of_us_as_ms(&buffer),
-        mouth_to_ear_ms: Quantiles::of_us_as_ms(&mouth),
+        interarrival_jitter_us: probe
+            .origin
+            .and_then(|_| Quantiles::of_ns(&probe.arrivals.jitter_ns)),
+        buffer_delay_ms: Quantiles::of_us_as_ms(&probe.buffer_us),
+        mouth_to_ear_ms: Quantiles::of_us_as_ms(&probe.mouth_us),
         cpu_percent: 0.0,
         all_streams: None,
     }
@@ -397,48 +425,55 @@ fn add_up(probe: &HeardReport, probe_stats: &StreamStats, others: &[Tally]) -> A
     all
 }
 
-/// The RFC 3550 jitter of the played packets' arrivals, computed as the local server computes
-/// it (the same meter), from the receive thread's arrival times.
-fn interarrival_jitter(frames: &[Frame]) -> Option<Quantiles> {
-    let origin = frames.iter().filter_map(|f| f.arrived).min()?;
-    let mut meter = crate::server::stats::StreamMeter::new();
-    for f in frames {
-        if let Some(arrived) = f.arrived {
-            let ns = i64::try_from(arrived.duration_since(origin).as_nanos()).unwrap_or(i64::MAX);
-            meter.on_packet(f.sequence, f.timestamp, 0, ns);
-        }
-    }
-    Quantiles::of_ns(&meter.jitter_ns)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn frame(origin: Instant, i: u16, late_us: u64, from_packet: bool) -> Frame {
+    fn frame(origin: Instant, i: u16, late_us: u64, opus: Option<&[u8]>) -> Frame<'_> {
         let arrived =
             origin + Duration::from_millis(20 * u64::from(i)) + Duration::from_micros(late_us);
         Frame {
             at: arrived + Duration::from_millis(40),
             sequence: i,
             timestamp: u32::from(i) * 960,
-            arrived: from_packet.then_some(arrived),
+            arrived: opus.map(|_| arrived),
             buffered: Some(Duration::from_millis(40)),
-            opus: None,
+            opus,
             onset: false,
         }
     }
 
-    /// Packets that arrive alternately on time and 10 µs late jitter by 10 µs; concealed
-    /// frames (no packet) do not count.
+    /// Packets that arrive alternately on time and 10 µs late jitter by 10 µs, and concealed
+    /// frames (no packet) do not count; each packet pushed 5 ms before it arrived is heard
+    /// 45 ms after its push; a sequence number never played is a frame missing.
     #[test]
-    fn the_receiver_measures_the_jitter_of_what_arrived() {
+    fn the_probe_is_measured_as_it_plays() {
         let origin = Instant::now();
-        let frames: Vec<Frame> = (0..300u16)
-            .map(|i| frame(origin, i, if i % 2 == 1 { 10 } else { 0 }, i % 50 != 7))
-            .collect();
-        let jitter = interarrival_jitter(&frames).unwrap();
+        let log = PushLog::new();
+        let payloads: Vec<[u8; 2]> = (0..300u16).map(u16::to_le_bytes).collect();
+        let mut probe = ProbeFrames::new(Arc::clone(&log));
+        for i in (0..300u16).filter(|&i| i != 100) {
+            let from_packet = i % 50 != 7;
+            let late_us = if i % 2 == 1 { 10 } else { 0 };
+            let opus = from_packet.then_some(&payloads[usize::from(i)][..]);
+            if let Some(o) = opus {
+                let arrived = origin + Duration::from_millis(20 * u64::from(i));
+                log.packet(
+                    o,
+                    arrived + Duration::from_micros(late_us) - Duration::from_millis(5),
+                );
+            }
+            probe.frame(&frame(origin, i, late_us, opus));
+        }
+        let report = summarise(&probe, &StreamStats::default());
+        let jitter = report.interarrival_jitter_us.unwrap();
         assert!((9.0..=11.0).contains(&jitter.p50), "{jitter:?}");
-        assert!(interarrival_jitter(&[]).is_none());
+        let mouth = report.mouth_to_ear_ms.unwrap();
+        assert!((44.9..=45.1).contains(&mouth.p50), "{mouth:?}");
+        assert_eq!((report.frames_played, report.frames_expected), (299, 300));
+
+        let silent = summarise(&ProbeFrames::new(PushLog::new()), &StreamStats::default());
+        assert!(silent.interarrival_jitter_us.is_none());
+        assert!(silent.mouth_to_ear_ms.is_none());
     }
 }

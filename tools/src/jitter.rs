@@ -7,13 +7,11 @@
 //! joins the first call's channel and timestamps what the server forwards, which gives the
 //! end-to-end latency from the push into the engine to the arrival at another client.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use quaver::engine::{FileOptions, OpusWriter, PcmFormat, PcmWriter, SourceOptions};
 use quaver::gateway::control::{ControlConfig, ControlThread};
 use quaver::gateway::main_gateway::MainGatewayConfig;
@@ -24,7 +22,8 @@ use quaver::{CallEvent, CallId, Config, Engine, Event, JoinOptions};
 
 use crate::Error;
 use crate::baseline::BaselineSender;
-use crate::listener::{Arrival, Listener};
+use crate::listener::Listener;
+use crate::probe::PushLog;
 use crate::report::{BaselineReport, Quantiles, Report};
 use crate::server::{Faults, Server, ServerConfig};
 use crate::session::RawSession;
@@ -163,13 +162,13 @@ enum Feed {
         packets: SweepPackets,
         /// The packet the engine had no room for yet.
         pending: Option<Vec<u8>>,
-        pushed: HashMap<Vec<u8>, Instant>,
+        log: Arc<PushLog>,
     },
     /// The latency probe in encode mode: silence with a click every 10 frames.
     ClickProbe {
         writer: PcmWriter,
         frame: usize,
-        clicks: Vec<Instant>,
+        log: Arc<PushLog>,
     },
 }
 
@@ -323,6 +322,8 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
     })
     .map_err(quaver::Error::from)?;
     let side_control = ControlThread::spawn(side_config).map_err(quaver::Error::from)?;
+    // The probe's pushes, matched by both listeners as its packets arrive.
+    let probe_log = PushLog::new();
     let listener = match target.participant_request(FIRST_GUILD, LISTENER_USER) {
         Ok(request) => {
             let session = RawSession::open(
@@ -332,8 +333,13 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
                 Duration::from_secs(10),
             )?;
             Some((
-                Listener::start(&session, listener_control.events().clone(), BOT_USER)
-                    .map_err(|e| Error::Usage(format!("listener: {e}")))?,
+                Listener::start(
+                    &session,
+                    listener_control.events().clone(),
+                    BOT_USER,
+                    Arc::clone(&probe_log),
+                )
+                .map_err(|e| Error::Usage(format!("listener: {e}")))?,
                 session,
             ))
         }
@@ -351,12 +357,14 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
                 .collect::<Result<_, _>>()?,
             server.control_config(),
             BOT_USER,
+            Arc::clone(&probe_log),
         )?),
         Target::Remote { main_gateway } => Some(crate::hearing::Hearing::join(
             main_gateway,
             crate::remote::control_config(options.ca_cert.as_deref())?,
             FIRST_GUILD,
             channel_of(FIRST_GUILD),
+            Arc::clone(&probe_log),
         )?),
     };
 
@@ -419,7 +427,7 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
                     writer,
                     packets: SweepPackets::new(),
                     pending: None,
-                    pushed: HashMap::new(),
+                    log: Arc::clone(&probe_log),
                 }
             }
             (true, false) => {
@@ -434,7 +442,7 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
                 Feed::ClickProbe {
                     writer,
                     frame: 0,
-                    clicks: Vec::new(),
+                    log: Arc::clone(&probe_log),
                 }
             }
         };
@@ -481,7 +489,6 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
     let steal_percent = crate::cpu::MachineTimes::now().steal_percent_since(&machine_before);
     // The producers are done: dropping the writers lets every stream end (five silence frames,
     // Speaking off) instead of underrunning into silence.
-    let (probe_pushes, probe_clicks) = probe_records(&mut feeds);
     drop(feeds);
     // Files would play on through the settling time below and keep the sender's counts
     // moving after the last hand-over that the report reads: they stop with the run too.
@@ -509,18 +516,22 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
     }
     let stats = engine.stats()?;
     let (sender, mixer) = (stats.sender, stats.audio);
-    let probe_arrivals = listener.as_ref().map(|(l, _)| l.take()).unwrap_or_default();
     let probe_ssrc = match &target {
         Target::Embedded(server) => server.ssrc_of(FIRST_GUILD, BOT_USER),
         Target::Remote { .. } => None,
     };
-    let probe: Vec<Arrival> = probe_arrivals
-        .into_iter()
-        .filter(|a| Some(a.ssrc) == probe_ssrc)
-        .collect();
-    let (latency, first_packet_ms) = latency_of(&probe_pushes, &probe_clicks, &probe, first_push);
+    let (listener, listener_session) = listener.unzip();
+    let probe = listener
+        .map(Listener::finish)
+        .and_then(|mut senders| senders.remove(&probe_ssrc?));
+    let latency = probe
+        .as_ref()
+        .and_then(|p| Quantiles::of_us_as_ms(&p.latency_us));
+    let first_packet_ms = probe
+        .as_ref()
+        .map(|p| p.first.saturating_duration_since(first_push).as_secs_f64() * 1_000.0);
     let heard = hearing.map(|h| {
-        let mut heard = h.finish(&probe_pushes, &probe_clicks);
+        let mut heard = h.finish();
         heard.cpu_percent = hearing_cpu.as_secs_f64() / wall.as_secs_f64() * 100.0;
         heard
     });
@@ -613,7 +624,7 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
     for call in calls {
         let _ = engine.disconnect(call);
     }
-    if let Some((_, session)) = listener {
+    if let Some(session) = listener_session {
         let _ = listener_control.disconnect(session.gateway);
     }
     Ok(report)
@@ -640,7 +651,7 @@ fn push(feed: &mut Feed) {
             writer,
             packets,
             pending,
-            pushed,
+            log,
         } => {
             let packet = match pending.take() {
                 Some(packet) => Some(packet),
@@ -649,17 +660,13 @@ fn push(feed: &mut Feed) {
             if let Some(packet) = packet {
                 let at = Instant::now();
                 if writer.write_packet(&packet).unwrap_or(false) {
-                    pushed.insert(packet, at);
+                    log.packet(&packet, at);
                 } else {
                     *pending = Some(packet);
                 }
             }
         }
-        Feed::ClickProbe {
-            writer,
-            frame,
-            clicks,
-        } => {
+        Feed::ClickProbe { writer, frame, log } => {
             let mut chunk = [0.0_f32; 1_920];
             let click = *frame % 10 == 0;
             if click {
@@ -670,94 +677,9 @@ fn push(feed: &mut Feed) {
             }
             let at = Instant::now();
             if writer.write_f32(&chunk).unwrap_or(0) > 0 && click {
-                clicks.push(at);
+                log.click(at);
             }
             *frame += 1;
-        }
-    }
-}
-
-/// The probe's push records, taken out before its writer is dropped.
-fn probe_records(feeds: &mut [Feed]) -> (HashMap<Vec<u8>, Instant>, Vec<Instant>) {
-    let mut pushes = HashMap::new();
-    let mut clicks = Vec::new();
-    for feed in feeds {
-        match feed {
-            Feed::Probe { pushed, .. } => pushes = std::mem::take(pushed),
-            Feed::ClickProbe {
-                clicks: recorded, ..
-            } => clicks = std::mem::take(recorded),
-            _ => {}
-        }
-    }
-    (pushes, clicks)
-}
-
-/// Latency of every probe packet (`None` when none arrived), and of the first one.
-fn latency_of(
-    pushes: &HashMap<Vec<u8>, Instant>,
-    clicks: &[Instant],
-    arrivals: &[Arrival],
-    first_push: Instant,
-) -> (Option<Quantiles>, Option<f64>) {
-    let mut histogram = crate::report::new_histogram();
-    for arrival in arrivals {
-        if let Some(at) = pushes.get(&arrival.payload) {
-            histogram
-                .saturating_record(arrival.at.saturating_duration_since(*at).as_micros() as u64);
-        }
-    }
-    if !clicks.is_empty() {
-        record_click_latency(&mut histogram, clicks, arrivals);
-    }
-    let first = arrivals.iter().map(|a| a.at).min();
-    let first_ms = first.map(|at| at.saturating_duration_since(first_push).as_secs_f64() * 1_000.0);
-    (Quantiles::of_us_as_ms(&histogram), first_ms)
-}
-
-/// Decodes the probe stream in sequence order and matches each click's onset to its push.
-fn record_click_latency(histogram: &mut Histogram<u64>, clicks: &[Instant], arrivals: &[Arrival]) {
-    let Ok(mut decoder) =
-        audiopus::coder::Decoder::new(audiopus::SampleRate::Hz48000, audiopus::Channels::Stereo)
-    else {
-        return;
-    };
-    let mut ordered: Vec<&Arrival> = arrivals.iter().collect();
-    ordered.sort_by_key(|a| a.at);
-    let mut pcm = vec![0.0_f32; 1_920];
-    let mut quiet = 0_usize;
-    let mut onsets = Vec::new();
-    for arrival in ordered {
-        let Ok(packet) = audiopus::packet::Packet::try_from(arrival.payload.as_slice()) else {
-            continue;
-        };
-        let Ok(signals) = audiopus::MutSignals::try_from(&mut pcm[..]) else {
-            continue;
-        };
-        let Ok(samples) = decoder.decode_float(Some(packet), signals, false) else {
-            continue;
-        };
-        for pair in pcm[..samples * 2].chunks_exact(2) {
-            if pair[0].abs() > 0.25 {
-                if quiet > 4_800 {
-                    onsets.push(arrival.at);
-                }
-                quiet = 0;
-            } else {
-                quiet += 1;
-            }
-        }
-    }
-    // Clicks are 200 ms apart and latency is far below that, so the n-th onset belongs to the
-    // n-th click that could have arrived by then.
-    let mut next_click = 0;
-    for onset in onsets {
-        while next_click + 1 < clicks.len() && clicks[next_click + 1] <= onset {
-            next_click += 1;
-        }
-        if let Some(click) = clicks.get(next_click) {
-            histogram.saturating_record(onset.saturating_duration_since(*click).as_micros() as u64);
-            next_click += 1;
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod jitter;
 pub mod listener;
 pub mod media;
 pub mod play;
+pub mod probe;
 pub mod progress;
 pub mod ramp;
 pub mod record;
