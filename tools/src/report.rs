@@ -204,8 +204,12 @@ pub struct Report {
     /// Percent of the run's machine time the hypervisor gave to other guests (VM steal);
     /// `None` where `/proc/stat` does not say.
     pub steal_percent: Option<f64>,
-    /// Arrival (kernel timestamp) against the stream's ideal 20 ms grid, at the server.
+    /// Arrival (kernel timestamp) against the stream's ideal 20 ms grid, at the server: the
+    /// median of the streams' medians, and the worst stream's tail.
     pub recv_lateness_us: Option<Quantiles>,
+    /// The median over the streams of each stream's p99 arrival lateness, in µs: the tail a
+    /// typical call sees, beside `recv_lateness_us.p99`, the worst call's.
+    pub recv_lateness_p99_median_stream_us: Option<f64>,
     /// RFC 3550 inter-arrival jitter, at the server (to the ns: a good run jitters by µs).
     pub interarrival_jitter_us: Option<Quantiles>,
     /// From the push into the engine to the arrival at a listening client (first call).
@@ -269,6 +273,14 @@ impl Report {
         self.dave_frames = Some(streams.iter().map(|s| s.dave_frames).sum());
         self.dave_undecryptable = Some(streams.iter().map(|s| s.dave_undecryptable).sum());
         self.recv_lateness_us = Quantiles::combine(streams.iter().map(|s| s.lateness_us));
+        let mut p99s: Vec<f64> = streams
+            .iter()
+            .filter_map(|s| s.lateness_us)
+            .filter(|l| l.count > 0)
+            .map(|l| l.p99)
+            .collect();
+        p99s.sort_unstable_by(f64::total_cmp);
+        self.recv_lateness_p99_median_stream_us = p99s.get(p99s.len() / 2).copied();
         self.interarrival_jitter_us = Quantiles::combine(streams.iter().map(|s| s.jitter_us));
     }
 

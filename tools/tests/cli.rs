@@ -63,6 +63,14 @@ fn jitter_reports_every_documented_key_as_json_and_draws_a_picture() {
         "{json}"
     );
     assert_eq!(report["lost"], 0);
+    // The typical stream's tail is no worse than the worst stream's.
+    let median_stream_p99 = report["recv_lateness_p99_median_stream_us"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        median_stream_p99 <= report["recv_lateness_us"]["p99"].as_f64().unwrap(),
+        "{json}"
+    );
     assert!(
         report["latency_ms"]["count"].as_u64().unwrap() > 0,
         "the listener measured nothing: {json}"
@@ -336,6 +344,7 @@ fn assert_unmeasured_is_null_and_heard_is_measured(report: &serde_json::Value, j
         "dave_frames",
         "dave_undecryptable",
         "recv_lateness_us",
+        "recv_lateness_p99_median_stream_us",
         "interarrival_jitter_us",
         "latency_ms",
     ] {
