@@ -40,6 +40,12 @@ pub(crate) enum Command {
         call: CallId,
         to: usize,
     },
+    /// The call's packets are due this long (µs) after the grid's deadline: its phase in the
+    /// sender's staggered grid. The mixer builds calls in phase order.
+    SetPhase {
+        call: CallId,
+        phase_us: u32,
+    },
 }
 
 /// Slots the mixer no longer needs, sent back to be dropped off the real-time thread.
@@ -144,6 +150,8 @@ pub(crate) struct CallSlot {
     next_tick: u64,
     /// Just handed over from another mixer: its first tick here may have to catch one up.
     handed_over: bool,
+    /// When its frames are due after the grid's deadline, in µs (see [`Command::SetPhase`]).
+    phase_us: u32,
 }
 
 impl CallSlot {
@@ -178,6 +186,7 @@ impl CallSlot {
             rung: Rung::new(complexity),
             next_tick: 0,
             handed_over: false,
+            phase_us: 0,
         })
     }
 
@@ -744,7 +753,13 @@ impl Mixer {
         self.governor = on.then(Governor::default);
     }
 
-    /// Each call's Opus complexity now, in joining order.
+    /// The calls in the order they are built.
+    #[cfg(test)]
+    pub(crate) fn build_order(&self) -> Vec<CallId> {
+        self.calls.iter().map(|c| c.id).collect()
+    }
+
+    /// Each call's Opus complexity now, in build order.
     #[cfg(test)]
     pub(crate) fn complexities(&self) -> Vec<u8> {
         self.calls.iter().map(|c| c.rung.complexity()).collect()
@@ -854,7 +869,7 @@ impl Mixer {
             while let Ok(mut call) = ring.pop() {
                 if self.calls.len() < self.calls.capacity() {
                     call.handed_over = true;
-                    self.calls.push(call);
+                    place(&mut self.calls, call);
                 } else {
                     out.discard(Garbage::Call(call));
                 }
@@ -921,6 +936,18 @@ impl Mixer {
     }
 }
 
+/// Puts `call` in the table in phase order, and in joining order within a phase. Built in
+/// this order, the calls whose packets are due first are ready first, and a tick that runs
+/// long delays only calls with the most slack (up to 18 ms with ten phase groups); in joining
+/// order alone a call due at the grid's instant could be built last, after its packet was due.
+/// Groups fill in joining order, so the end of the table, which the governor lowers first, is
+/// still the newest calls. Within capacity (checked by the callers): no allocation.
+#[allow(clippy::vec_box)] // see `Mixer::calls`
+fn place(calls: &mut Vec<Box<CallSlot>>, call: Box<CallSlot>) {
+    let at = calls.partition_point(|c| (c.phase_us, c.id.0) <= (call.phase_us, call.id.0));
+    calls.insert(at, call);
+}
+
 #[allow(clippy::vec_box)] // see `Mixer::calls`
 fn apply_command(
     calls: &mut Vec<Box<CallSlot>>,
@@ -931,7 +958,7 @@ fn apply_command(
     match command {
         Command::AddCall(call) => {
             if calls.len() < calls.capacity() {
-                calls.push(call);
+                place(calls, call);
             } else {
                 // The control side counts calls, so this means a broken invariant.
                 out.discard(Garbage::Call(call));
@@ -941,8 +968,7 @@ fn apply_command(
             let Some(index) = calls.iter().position(|call| call.id == id) else {
                 return;
             };
-            // `remove`, not `swap_remove`: the table stays in joining order, so under overload
-            // the newest calls are built last (and step down first).
+            // `remove`, not `swap_remove`: the table stays in phase order (see `place`).
             let mut call = calls.remove(index);
             if call.rung.lowered() {
                 out.counters.calls_lowered.fetch_sub(1, Ordering::Relaxed);
@@ -997,6 +1023,13 @@ fn apply_command(
             Some(_) => out.end_source(id, source, EndReason::Failed),
             None => out.end_source(id, source, EndReason::CallRemoved),
         },
+        Command::SetPhase { call: id, phase_us } => {
+            if let Some(index) = calls.iter().position(|call| call.id == id) {
+                let mut call = calls.remove(index);
+                call.phase_us = phase_us;
+                place(calls, call);
+            }
+        }
         // Taken by `Mixer::run_tick` before it gets here.
         Command::MoveCall { call, .. } => out.discard(Garbage::MoveFailed { call }),
     }

@@ -298,3 +298,41 @@ fn rekey_switches_at_a_frame_boundary() {
     assert!(switched, "the new key took effect");
     sender.shutdown();
 }
+
+/// The control side knows each call's phase (the mixer builds calls in that order): groups
+/// fill in turn, and a group a call left takes the next one.
+#[test]
+fn the_handle_tells_each_calls_phase() {
+    let mut c = config(BackendChoice::Portable);
+    c.phases = quaver_net::sender::PhaseConfig {
+        groups: 4,
+        calls_per_group: 2,
+    };
+    let mut sender = Sender::spawn(c).expect("sender starts");
+    let mut receivers = Vec::new();
+    let mut add = |sender: &mut Sender| {
+        let (socket, receiver) = connected_pair();
+        receivers.push(receiver);
+        let (_, frames) = rtrb::RingBuffer::new(4);
+        sender
+            .add_call(CallConfig {
+                ssrc: receivers.len() as u32,
+                socket,
+                mode: EncryptionMode::Aes256GcmRtpSize,
+                key: SecretKey::new([7; 32]),
+                frames,
+            })
+            .expect("call added")
+    };
+    let calls: Vec<_> = (0..5).map(|_| add(&mut sender)).collect();
+    let ms = Duration::from_millis;
+    let phases: Vec<_> = calls.iter().map(|&c| sender.phase_offset(c)).collect();
+    assert_eq!(
+        phases,
+        [ms(0), ms(0), ms(5), ms(5), ms(10)].map(Some).to_vec()
+    );
+    sender.remove_call(calls[0]).expect("call removed");
+    assert_eq!(sender.phase_offset(calls[0]), None);
+    let next = add(&mut sender);
+    assert_eq!(sender.phase_offset(next), Some(ms(0)));
+}

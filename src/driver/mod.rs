@@ -662,6 +662,13 @@ impl Driver {
                 return Err(e.into());
             }
         };
+        // The mixer builds calls in the order their packets are due. A call it cannot tell
+        // stays at phase 0 (built among the first), which costs others slack, never audio.
+        if let Some(phase) = self.sender.phase_offset(slot)
+            && let Err(e) = self.audio.set_call_phase(call, phase)
+        {
+            tracing::debug!(error = %e, "mixer phase not set");
+        }
         c.link = Link::Sending(Sending {
             socket,
             slot,

@@ -24,7 +24,8 @@ pub(super) struct Call {
     pub(super) packets: u64,
     pub(super) send_errors: u64,
     pub(super) refusal: Refusal,
-    /// Its phase group (see [`super::phase`]), set when the core takes it in.
+    /// Its phase group (see [`super::phase`]), chosen by the handle (or the core, for calls
+    /// added to it directly).
     pub(super) group: u8,
 }
 

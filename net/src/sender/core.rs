@@ -387,7 +387,8 @@ impl SenderCore {
             Command::Add(mut call) => {
                 let id = call.id;
                 if self.calls.len() < self.max_calls {
-                    call.group = self.phases.assign();
+                    // Placed by the handle, which tells the mixer the call's phase.
+                    call.group = self.phases.occupy(call.group);
                     self.calls.push(call);
                     push_event(
                         &mut self.events,

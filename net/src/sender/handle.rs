@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::call::Call;
 use super::core::SenderCore;
+use super::phase::PhaseGroups;
 use super::spin::SpinWindow;
 use super::thread::{MIN_BUILD_AHEAD, Pacing, Worker};
 use super::{CallConfig, Command, Returned, SendSlot, SenderConfig, SenderError, SenderEvent};
@@ -29,7 +30,11 @@ pub struct Sender {
     pub(super) backend: BackendKind,
     pub(super) pacing: PacingMode,
     pub(super) next_id: u64,
-    pub(super) live: std::collections::HashSet<SendSlot>,
+    /// Live calls and their phase groups.
+    pub(super) live: std::collections::HashMap<SendSlot, u8>,
+    /// The thread's placement of calls in phase groups, mirrored here so the control side
+    /// knows each call's phase (the mixer builds calls in phase order).
+    pub(super) phases: PhaseGroups,
     pub(super) max_calls: usize,
 }
 
@@ -123,7 +128,8 @@ impl Sender {
             backend,
             pacing,
             next_id: 0,
-            live: std::collections::HashSet::new(),
+            live: std::collections::HashMap::new(),
+            phases: PhaseGroups::new(config.phases),
             max_calls: config.max_calls,
         })
     }
@@ -158,20 +164,33 @@ impl Sender {
             return Err(SenderError::TooManyCalls(self.max_calls));
         }
         let id = SendSlot(self.next_id);
-        let call = Call::build(config, id)?;
-        self.command(Command::Add(call))?;
+        let mut call = Call::build(config, id)?;
+        call.group = self.phases.assign();
+        let group = call.group;
+        if let Err(e) = self.command(Command::Add(call)) {
+            self.phases.release(group);
+            return Err(e);
+        }
         self.next_id += 1;
-        self.live.insert(id);
+        self.live.insert(id, group);
         Ok(id)
+    }
+
+    /// How long after the grid's deadline `call`'s packets are due: its phase in the
+    /// staggered grid, fixed for its life (`None` for a call that is not live). A mixer that
+    /// builds calls in this order has the most slack for the last calls it builds.
+    pub fn phase_offset(&self, call: SendSlot) -> Option<Duration> {
+        self.live.get(&call).map(|&g| self.phases.offset(g))
     }
 
     /// Removes a call (after the tick in progress); [`SenderEvent::CallRemoved`] confirms it.
     pub fn remove_call(&mut self, call: SendSlot) -> Result<(), SenderError> {
-        if !self.live.contains(&call) {
+        let Some(&group) = self.live.get(&call) else {
             return Err(SenderError::UnknownCall(call));
-        }
+        };
         self.command(Command::Remove(call))?;
         self.live.remove(&call);
+        self.phases.release(group);
         Ok(())
     }
 
@@ -184,7 +203,7 @@ impl Sender {
         mode: EncryptionMode,
         key: &SecretKey,
     ) -> Result<(), SenderError> {
-        if !self.live.contains(&call) {
+        if !self.live.contains_key(&call) {
             return Err(SenderError::UnknownCall(call));
         }
         let sealer = Box::new(Sealer::new(mode, key));
@@ -201,7 +220,7 @@ impl Sender {
         call: SendSlot,
         key: Option<SenderKey>,
     ) -> Result<(), SenderError> {
-        if !self.live.contains(&call) {
+        if !self.live.contains_key(&call) {
             return Err(SenderError::UnknownCall(call));
         }
         let encryptor = key.map(|key| Box::new(FrameEncryptor::new(key)));

@@ -79,6 +79,14 @@ impl PhaseGroups {
         g as u8
     }
 
+    /// A call placed elsewhere (by the control side's copy of this bookkeeping) joins group
+    /// `g`; out of range, the last group.
+    pub(crate) fn occupy(&mut self, g: u8) -> u8 {
+        let g = usize::from(g).min(self.config.groups - 1);
+        self.counts[g] += 1;
+        g as u8
+    }
+
     /// A call of group `g` left.
     pub(crate) fn release(&mut self, g: u8) {
         if let Some(c) = self.counts.get_mut(usize::from(g)) {

@@ -205,12 +205,11 @@ pub(crate) fn run(shared: std::sync::Arc<Shared>) {
     // what it measures, and a 1,000-call soak beside two compilers lost 50 packets a stream at
     // this socket when the thread was not scheduled for a second (the kernel counted them).
     // Timing is unaffected either way: lateness comes from kernel receive timestamps.
-    let _ = quaver::engine::pacer::configure_current_thread(
-        quaver::engine::pacer::SchedulingRequest {
+    let _ =
+        quaver::engine::pacer::configure_current_thread(quaver::engine::pacer::SchedulingRequest {
             fifo_priority: Some(1),
             custom_slice: None,
-        },
-    );
+        });
     let mut u = Udp {
         shared: &shared,
         locals: HashMap::new(),
