@@ -200,16 +200,20 @@ struct Udp<'a> {
 
 /// The thread body.
 pub(crate) fn run(shared: std::sync::Arc<Shared>) {
-    // The lowest real-time priority, where the process may have it: below the engine's mixer
-    // (5) and sender (10), above every ordinary thread. The server shares its machine with
-    // what it measures, and a 1,000-call soak beside two compilers lost 50 packets a stream at
-    // this socket when the thread was not scheduled for a second (the kernel counted them).
-    // Timing is unaffected either way: lateness comes from kernel receive timestamps.
-    let _ =
-        quaver::engine::pacer::configure_current_thread(quaver::engine::pacer::SchedulingRequest {
-            fifo_priority: Some(1),
-            custom_slice: None,
-        });
+    // Ahead of ordinary threads where the process may raise itself (nice -15; CAP_SYS_NICE):
+    // the server shares its machine with what it measures, and a 1,000-call soak beside two
+    // compilers lost 50 packets a stream at this socket when the thread went unscheduled for a
+    // second (the kernel counted them). Not SCHED_FIFO: decoding every stream, the thread
+    // would push the real-time threads' total past the kernel's 95 % budget, and throttling
+    // would stall the engine's mixers with it. Timing is unaffected either way: lateness comes
+    // from kernel receive timestamps.
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid has no preconditions; setpriority on this thread only changes its nice
+    // value, and failure leaves it as it was.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, -15);
+    }
     let mut u = Udp {
         shared: &shared,
         locals: HashMap::new(),
