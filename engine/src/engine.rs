@@ -518,6 +518,7 @@ impl Engine {
             complexity_steps_down: load(&c.complexity_steps_down),
             complexity_steps_up: load(&c.complexity_steps_up),
             calls_lowered: load(&c.calls_lowered),
+            frames_rushed: load(&c.frames_rushed),
             tick: Summary::of(&histograms.tick_us),
             encode: Summary::of(&histograms.encode_us),
             lateness: Summary::of(&histograms.lateness_us),
@@ -890,7 +891,7 @@ fn run_mixer_thread(mut mixer: Mixer, inner: &Inner, shutdown: &AtomicBool) {
         pacer.sleep_until(wake_at);
         let started = Instant::now();
         mixer.record_lateness(started.saturating_duration_since(wake_at).as_micros() as u64);
-        mixer.run_tick(tick);
+        mixer.run_tick_due(tick, Some(grid.deadline(tick)));
         let took = started.elapsed();
 
         // `min_lead` is the slack left after the tick (the sender builds its packets that long
@@ -1089,6 +1090,59 @@ mod phase_tests {
             engine.set_call_phase(CallId(999), ms(2)),
             Err(Error::NoSuchCall(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod rush_tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A frame that would be ready after its packet is due is encoded at the lowest
+    /// complexity for that tick only; with time to spare nothing is rushed, and without the
+    /// governor (manual mixers) never.
+    #[test]
+    fn frames_that_would_be_late_are_rushed_and_only_those() {
+        let (engine, mut mixer) = Engine::manual(EngineConfig::default()).unwrap(); // invariant: default config is valid
+        let mut writers = Vec::new();
+        for _ in 0..3 {
+            let (call, _frames) = engine.create_call().unwrap(); // invariant: below the call limit
+            let (_, writer) = engine.push_source(call, PcmFormat::STEREO_48K).unwrap(); // invariant: the call exists
+            writers.push((writer, _frames));
+        }
+        let tone: Vec<f32> = (0..1_920).map(|i| (i as f32 * 0.05).sin() * 0.3).collect();
+        let feed = |writers: &mut Vec<(PcmWriter, FrameReceiver)>| {
+            for (writer, frames) in writers.iter_mut() {
+                writer.write_f32(&tone).unwrap(); // invariant: the ring has room for a frame
+                while frames.pop().is_ok() {}
+            }
+        };
+        let rushed = |engine: &Engine| engine.stats().frames_rushed;
+
+        feed(&mut writers);
+        mixer.run_tick_due(
+            mixer.next_tick(),
+            Some(Instant::now() - Duration::from_secs(1)),
+        );
+        assert_eq!(rushed(&engine), 0, "manual mixers have no governor");
+
+        mixer.set_adaptive_complexity(true);
+        feed(&mut writers);
+        mixer.run_tick_due(
+            mixer.next_tick(),
+            Some(Instant::now() + Duration::from_secs(10)),
+        );
+        assert_eq!(rushed(&engine), 0, "time to spare");
+
+        feed(&mut writers);
+        mixer.run_tick_due(
+            mixer.next_tick(),
+            Some(Instant::now() - Duration::from_secs(1)),
+        );
+        assert_eq!(rushed(&engine), 3, "every frame would be late");
+        // Only for that tick: the calls keep their complexity.
+        assert_eq!(mixer.complexities(), [10, 10, 10]);
     }
 }
 

@@ -222,12 +222,21 @@ impl CallSlot {
             .filter(|left| *left <= self.crossfade_ticks)
     }
 
-    fn tick(&mut self, tick: u64, encode: bool, work: &mut TickBuffers, out: &mut Outboxes<'_>) {
+    /// Builds the call's frame for `tick`; `rush` encodes it at the lowest complexity (see
+    /// [`Rush`]). Returns whether it was Opus-encoded.
+    fn tick(
+        &mut self,
+        tick: u64,
+        encode: bool,
+        rush: bool,
+        work: &mut TickBuffers,
+        out: &mut Outboxes<'_>,
+    ) -> bool {
         if self.track.is_none() && self.next.is_some() {
             self.start_next_track(out);
         }
         if self.sources.is_empty() && !self.producing {
-            return;
+            return false;
         }
         work.tail.clear();
         let master_target = self.shared.master_volume();
@@ -247,6 +256,7 @@ impl CallSlot {
                 ));
         let mut mixed_any = false;
         let mut passed_through = false;
+        let mut encoded = false;
         // The gain a lone Opus source ends this frame with, and whether it played at unity.
         let mut lone_gain = None;
         let mut unity = false;
@@ -330,7 +340,8 @@ impl CallSlot {
             if encode {
                 let fresh = !self.producing;
                 self.choose_timing(work, fresh, was_passed_through, lone_gain, unity);
-                self.encode_and_send(work, tick, out);
+                self.encode_and_send(work, tick, rush, out);
+                encoded = true;
             } else {
                 work.frame.kind = FrameKind::Audio;
                 work.frame.set_len(0);
@@ -348,6 +359,7 @@ impl CallSlot {
         } else {
             self.master_gain = master_target;
         }
+        encoded
     }
 
     /// Prepares the encoder and this frame's input (`mix`) so the frame continues what the
@@ -465,11 +477,26 @@ impl CallSlot {
             .encode_float(&work.scratch[..], &mut work.frame.buffer_mut()[..]);
     }
 
-    fn encode_and_send(&mut self, work: &mut TickBuffers, tick: u64, out: &mut Outboxes<'_>) {
+    fn encode_and_send(
+        &mut self,
+        work: &mut TickBuffers,
+        tick: u64,
+        rush: bool,
+        out: &mut Outboxes<'_>,
+    ) {
         let started = Instant::now();
+        let complexity = self.rung.complexity();
+        let rush = rush && complexity > RUSH_COMPLEXITY;
+        if rush {
+            let _ = self.encoder.set_complexity(RUSH_COMPLEXITY);
+            MixerCounters::bump(&out.counters.frames_rushed);
+        }
         let encoded = self
             .encoder
             .encode_float(&work.mix[..], &mut work.frame.buffer_mut()[..]);
+        if rush {
+            let _ = self.encoder.set_complexity(complexity);
+        }
         out.histograms
             .encode_us
             .saturating_record(started.elapsed().as_micros() as u64);
@@ -690,7 +717,23 @@ pub struct Mixer {
     load: Arc<MixerLoad>,
     /// Every call's tick works in these (see [`TickBuffers`]).
     work: Box<TickBuffers>,
+    /// What building an encoded call's frame at its own complexity takes here, recently (a
+    /// moving average), to tell which frames must be rushed (see [`RUSH_COMPLEXITY`]).
+    encode_cost: Duration,
 }
+
+/// The complexity a frame is encoded at when, at its call's own, it would be ready after its
+/// packet is due: libopus at 0 costs a fraction of 10 (~190 µs a stereo frame here). A mixer
+/// whose calls all start in the same tick (a bot's calls unpaused together, `jitter --encode`)
+/// woke with the lead of idle calls, a few ms; 90 calls at full complexity then took 17 ms, and
+/// the last ones' packets went out a tick late. The governor lowers complexity for good only
+/// after three overloaded ticks; this covers the ticks before, and any tick that starts late.
+pub(crate) const RUSH_COMPLEXITY: u8 = 0;
+/// The cost assumed before a thread has encoded anything: complexity 10 here.
+const ENCODE_COST_PRIOR: Duration = Duration::from_micros(200);
+/// Frames count as due this long before the sender's build for their phase (which reads the
+/// queue a little ahead of the deadline).
+const RUSH_MARGIN: Duration = Duration::from_millis(1);
 
 /// Moves one mixer makes in one tick at most (the control side asks for one at a time).
 const MAX_MOVES_PER_TICK: usize = 4;
@@ -728,6 +771,7 @@ impl Mixer {
             moves: [None; MAX_MOVES_PER_TICK],
             load: Arc::default(),
             work: TickBuffers::new(),
+            encode_cost: ENCODE_COST_PRIOR,
         }
     }
 
@@ -857,6 +901,12 @@ impl Mixer {
     }
 
     pub(crate) fn run_tick(&mut self, tick: u64) {
+        self.run_tick_due(tick, None);
+    }
+
+    /// Runs tick `tick`, whose frames are due at `deadline` plus each call's phase (`None`: no
+    /// deadline, as in manual mode).
+    pub(crate) fn run_tick_due(&mut self, tick: u64, deadline: Option<Instant>) {
         let started = Instant::now();
         let mut out = Outboxes {
             events: &mut self.events,
@@ -885,6 +935,8 @@ impl Mixer {
             }
             apply_command(&mut self.calls, command, tick, &mut out);
         }
+        // Rushing is part of graceful overload: only where the governor runs.
+        let deadline = deadline.filter(|_| self.governor.is_some());
         let mut previous = Instant::now();
         for call in self.calls.iter_mut() {
             // Handed over from a mixer that already built this tick: skip it. Handed over from
@@ -892,19 +944,28 @@ impl Mixer {
             if call.next_tick > tick {
                 continue;
             }
+            let rush = deadline.is_some_and(|d| {
+                previous + self.encode_cost + RUSH_MARGIN
+                    > d + Duration::from_micros(u64::from(call.phase_us))
+            });
             // (Only after a hand-over: ticks this thread skipped itself stay skipped.)
             if std::mem::take(&mut call.handed_over) && call.next_tick + 1 == tick {
-                call.tick(call.next_tick, self.encode, &mut self.work, &mut out);
+                let late = deadline.is_some();
+                call.tick(call.next_tick, self.encode, late, &mut self.work, &mut out);
             }
             // An idle call costs nothing to tick; no clock read for it (1,000 idle calls).
             let idle = call.sources.is_empty() && !call.producing && call.next.is_none();
-            call.tick(tick, self.encode, &mut self.work, &mut out);
+            let encoded = call.tick(tick, self.encode, rush, &mut self.work, &mut out);
             call.next_tick = tick + 1;
             if idle {
                 continue;
             }
             let now = Instant::now();
-            call.shared.record_cost(now - previous);
+            let cost = now - previous;
+            call.shared.record_cost(cost);
+            if encoded && !rush {
+                self.encode_cost = (self.encode_cost * 7 + cost) / 8;
+            }
             previous = now;
         }
         for pending in &mut self.moves {

@@ -109,6 +109,7 @@ pub(crate) struct MixerCounters {
     pub(crate) complexity_steps_down: AtomicU64,
     pub(crate) complexity_steps_up: AtomicU64,
     pub(crate) calls_lowered: AtomicU64,
+    pub(crate) frames_rushed: AtomicU64,
 }
 
 impl MixerCounters {
@@ -143,6 +144,11 @@ pub struct EngineStats {
     pub complexity_steps_up: u64,
     /// Calls encoding below their configured complexity now.
     pub calls_lowered: u64,
+    /// Frames encoded at the lowest complexity because at full complexity they would have
+    /// been ready after their packet was due (a tick that started late or ran long, such as
+    /// the first tick after many calls start at once). Threaded engines with
+    /// [`crate::EngineConfig::adaptive_complexity`] only.
+    pub frames_rushed: u64,
     /// Time the mixer spent per tick, all calls together (µs).
     pub tick: Summary,
     /// Time one Opus encode took (µs).

@@ -558,6 +558,7 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
         complexity_steps_down: mixer.complexity_steps_down,
         complexity_steps_up: mixer.complexity_steps_up,
         calls_lowered: mixer.calls_lowered,
+        frames_rushed: mixer.frames_rushed,
         steal_percent,
         latency_ms: latency,
         first_packet_ms,

@@ -201,6 +201,9 @@ pub struct Report {
     pub complexity_steps_up: u64,
     /// Calls encoding below their configured complexity at the end of the run.
     pub calls_lowered: u64,
+    /// Frames encoded at the lowest complexity because they would otherwise have been late
+    /// (many calls starting in one tick, a tick that started late).
+    pub frames_rushed: u64,
     /// Percent of the run's machine time the hypervisor gave to other guests (VM steal);
     /// `None` where `/proc/stat` does not say.
     pub steal_percent: Option<f64>,
@@ -456,11 +459,14 @@ impl Report {
             self.late_frames,
             self.skipped_ticks
         );
-        if self.complexity_steps_down > 0 {
+        if self.complexity_steps_down > 0 || self.frames_rushed > 0 {
             let _ = writeln!(
                 out,
-                "  overload: Opus complexity stepped down {} time(s) and up {}; {} call(s) below full complexity at the end",
-                self.complexity_steps_down, self.complexity_steps_up, self.calls_lowered
+                "  overload: Opus complexity stepped down {} time(s) and up {}; {} call(s) below full complexity at the end; {} frame(s) rushed at the lowest complexity to be on time",
+                self.complexity_steps_down,
+                self.complexity_steps_up,
+                self.calls_lowered,
+                self.frames_rushed
             );
         }
         if let Some(steal) = self.steal_percent.filter(|&s| s >= 1.0) {
