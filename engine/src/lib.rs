@@ -43,6 +43,7 @@ pub mod ogg_opus;
 mod overload;
 pub mod pacer;
 mod pcm;
+mod pool;
 mod queue;
 mod rebalance;
 mod resample;

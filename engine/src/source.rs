@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::frame::{EncodedFrame, FRAME_SAMPLES, FrameKind, MAX_OPUS_PACKET};
 use crate::latency::LatencyCap;
 use crate::pcm::{MixFrame, PcmFormat};
+use crate::pool::{PooledDecoder, prepare_decoder};
 use crate::resample::SourceResampler;
 use crate::seek::{SeekCursor, SeekShared};
 use crate::writer::{OpusPacket, OpusWriter, PcmWriter};
@@ -320,7 +321,9 @@ enum Input {
     },
     Opus {
         ring: rtrb::Consumer<OpusPacket>,
-        decoder: audiopus::coder::Decoder,
+        /// Only while the source is mixed (see [`crate::pool`]): a passed-through source has
+        /// none, and takes a spare one when it leaves passthrough.
+        decoder: Option<PooledDecoder>,
         /// What keeps the decoder in step with packets that were passed through undecoded.
         resync: Box<OpusResync>,
     },
@@ -439,7 +442,9 @@ impl Input {
                 if let Ok(chunk) = ring.read_chunk(count) {
                     chunk.commit_all();
                 }
-                let _ = audiopus::coder::GenericCtl::reset_state(decoder);
+                if let Some(decoder) = decoder {
+                    let _ = audiopus::coder::GenericCtl::reset_state(&mut **decoder);
+                }
                 resync.recent_len = 0;
                 resync.ahead_ready = false;
                 count
@@ -492,6 +497,9 @@ pub(crate) struct SourceSlot {
     refilling: bool,
     /// Live sources only (see [`SourceOptions::latency_cap`]).
     latency_cap: Option<LatencyCap>,
+    /// `gain` and `fade` before the last [`SourceSlot::step`], for
+    /// [`SourceSlot::undo_ramp`].
+    before_step: (f32, f32),
 }
 
 /// Everything created for a new PCM source: the slot for the mixer and the user's ends.
@@ -569,6 +577,7 @@ impl SourceSlot {
             latency_cap: options.latency_cap.map(|cap| {
                 LatencyCap::new(format.samples_in(cap) / usize::from(format.channels()))
             }),
+            before_step: (0.0, 1.0),
         });
         let writer = PcmWriter::new(producer, format, Arc::clone(&shared));
         Ok(NewPcmSource {
@@ -578,11 +587,10 @@ impl SourceSlot {
         })
     }
 
+    /// A pre-encoded Opus source, without a decoder: the control side gives it one when it
+    /// knows the source will be mixed ([`SourceSlot::install_decoder`]), else it takes a spare
+    /// one from its mixer if it ever leaves passthrough (see [`crate::pool`]).
     pub(crate) fn new_opus(id: SourceId, options: &SourceOptions) -> Result<NewOpusSource> {
-        let decoder = audiopus::coder::Decoder::new(
-            audiopus::SampleRate::Hz48000,
-            audiopus::Channels::Stereo,
-        )?;
         let packets = (options.buffer.as_millis() / 20).max(2) as usize;
         let (producer, consumer) = rtrb::RingBuffer::new(packets);
         let shared = Arc::new(SourceShared::new(options.volume, options.paused));
@@ -591,7 +599,7 @@ impl SourceSlot {
             shared: Arc::clone(&shared),
             input: Input::Opus {
                 ring: consumer,
-                decoder,
+                decoder: None,
                 resync: Box::new(OpusResync {
                     recent: [OpusPacket {
                         len: 0,
@@ -616,6 +624,7 @@ impl SourceSlot {
                         .unwrap_or(usize::MAX),
                 )
             }),
+            before_step: (0.0, 1.0),
         });
         let writer = OpusWriter::new(producer, Arc::clone(&shared));
         Ok(NewOpusSource {
@@ -724,6 +733,7 @@ impl SourceSlot {
             }
         }
         let target = if stop || paused { 0.0 } else { shared.volume() };
+        self.before_step = (self.gain, self.fade);
         let from = std::mem::replace(&mut self.gain, target);
         shared.frames_mixed.fetch_add(1, Ordering::Relaxed);
         shared.seek.advance(crate::frame::FRAME_DURATION);
@@ -733,6 +743,54 @@ impl SourceSlot {
             from: from * fade_from,
             to: target * self.fade,
         }
+    }
+
+    /// Takes back the gain change of the last [`Step::Render`]: the frame was passed through
+    /// unchanged instead (no codec was spare, see [`crate::pool`]), so the ramp starts again
+    /// next tick from where it was.
+    pub(crate) fn undo_ramp(&mut self) {
+        (self.gain, self.fade) = self.before_step;
+    }
+
+    /// Whether the source starts below unity or paused, so it is mixed from its first frame.
+    pub(crate) fn starts_mixed(&self) -> bool {
+        self.shared.volume() != 1.0 || self.shared.paused.load(Ordering::Relaxed)
+    }
+
+    /// Whether this source would have to take a spare decoder to be mixed.
+    pub(crate) fn needs_decoder(&self) -> bool {
+        matches!(self.input, Input::Opus { decoder: None, .. })
+    }
+
+    /// Gives the source a decoder (a spare from its mixer).
+    pub(crate) fn install_decoder(&mut self, mut new: PooledDecoder) -> Option<PooledDecoder> {
+        match &mut self.input {
+            Input::Opus { decoder, .. } if decoder.is_none() => {
+                prepare_decoder(&mut new);
+                *decoder = Some(new);
+                None
+            }
+            _ => Some(new),
+        }
+    }
+
+    /// The source's decoder, once passing through has kept enough packets that leaving
+    /// passthrough can bring a fresh decoder up to date ([`PRIME_PACKETS`]): from then on the
+    /// decoder's own state is never read again before a reset-equivalent catch-up.
+    pub(crate) fn take_settled_decoder(&mut self) -> Option<PooledDecoder> {
+        match &mut self.input {
+            Input::Opus {
+                decoder, resync, ..
+            } if resync.recent_len == PRIME_PACKETS && !resync.ahead_ready => decoder.take(),
+            _ => None,
+        }
+    }
+
+    /// Whether a passed-through source keeps enough packets to prime a fresh encoder when it
+    /// leaves passthrough (see [`crate::mixer`]'s `prime_encoder`).
+    pub(crate) fn passthrough_settled(&self) -> bool {
+        matches!(&self.input, Input::Opus { resync, .. }
+            if resync.recent_len == PRIME_PACKETS && !resync.ahead_ready)
     }
 
     /// The mixer skipped `ticks` ticks (a stall): a live producer's input is that much later.
@@ -798,7 +856,7 @@ impl SourceSlot {
                         (false, _) => &mut *out,
                     };
                     let packet = resync.recent[i];
-                    decode_into(decoder, Some(packet.bytes()), target);
+                    decode_into(decoder.as_deref_mut(), Some(packet.bytes()), target);
                 }
                 if keep {
                     tail.decoded = resync.recent_len;
@@ -816,7 +874,11 @@ impl SourceSlot {
                 let packet = ring.pop().ok();
                 self.cursor.consumed(usize::from(packet.is_some()));
                 // A missing packet (`None`): libopus conceals the gap.
-                decode_into(decoder, packet.as_ref().map(OpusPacket::bytes), out);
+                decode_into(
+                    decoder.as_deref_mut(),
+                    packet.as_ref().map(OpusPacket::bytes),
+                    out,
+                );
             }
         }
     }
@@ -843,7 +905,7 @@ impl SourceSlot {
         };
         if !resync.ahead_ready {
             let packet = ring.peek().ok()?;
-            decode_into(decoder, Some(packet.bytes()), &mut resync.ahead);
+            decode_into(decoder.as_deref_mut(), Some(packet.bytes()), &mut resync.ahead);
             resync.ahead_ready = true;
         }
         Some(&resync.ahead)
@@ -883,8 +945,18 @@ impl SourceSlot {
     }
 }
 
-/// Decodes one packet (or conceals a missing one) into `out`, silence where libopus fails.
-fn decode_into(decoder: &mut audiopus::coder::Decoder, packet: Option<&[u8]>, out: &mut MixFrame) {
+/// Decodes one packet (or conceals a missing one) into `out`, silence where libopus fails or
+/// no decoder is held (the mixer takes one before it renders an Opus source, so that is a
+/// broken invariant, heard as silence rather than a panic).
+fn decode_into(
+    decoder: Option<&mut audiopus::coder::Decoder>,
+    packet: Option<&[u8]>,
+    out: &mut MixFrame,
+) {
+    let Some(decoder) = decoder else {
+        out.fill(0.0);
+        return;
+    };
     let decoded = match audiopus::MutSignals::try_from(out.as_mut_slice()) {
         Ok(signals) => match packet {
             Some(bytes) => audiopus::packet::Packet::try_from(bytes)
