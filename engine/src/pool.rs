@@ -141,7 +141,7 @@ pub(crate) fn prepare_encoder(encoder: &mut PooledEncoder, opus: &OpusConfig, co
         OpusApplication::LowDelay => Application::LowDelay,
     });
     let _ = encoder.set_bitrate(Bitrate::BitsPerSecond(
-        opus.bitrate.clamp(6_000, 510_000) as i32,
+        opus.bitrate.clamp(6_000, 510_000) as i32
     ));
     let _ = encoder.set_complexity(complexity.min(10));
     let _ = encoder.set_signal(match opus.application {

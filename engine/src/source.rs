@@ -905,7 +905,11 @@ impl SourceSlot {
         };
         if !resync.ahead_ready {
             let packet = ring.peek().ok()?;
-            decode_into(decoder.as_deref_mut(), Some(packet.bytes()), &mut resync.ahead);
+            decode_into(
+                decoder.as_deref_mut(),
+                Some(packet.bytes()),
+                &mut resync.ahead,
+            );
             resync.ahead_ready = true;
         }
         Some(&resync.ahead)
