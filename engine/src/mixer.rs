@@ -321,6 +321,8 @@ impl CallSlot {
         let mut passed_through = false;
         // Passed through only because no codec was spare: the call is about to mix.
         let mut deferred = false;
+        // A source waits for a spare codec: the call has not stopped producing.
+        let mut waiting = false;
         // The gain a lone Opus source ends this frame with, and whether it played at unity.
         let mut lone_gain = None;
         let mut unity = false;
@@ -353,6 +355,7 @@ impl CallSlot {
                 && master_target == 1.0;
             if !lone_opus_now && !self.ensure_codecs(index, out) {
                 MixerCounters::bump(&out.counters.codec_shortages);
+                waiting = true;
                 index += 1;
                 continue;
             }
@@ -421,7 +424,13 @@ impl CallSlot {
             self.timing = Timing::Aligned { settled: true };
             // Passed through long enough that leaving passthrough primes fresh codecs from
             // the kept packets (see `prime_encoder`, `OpusResync`): the codecs go back.
-            if !deferred && self.sources.len() == 1 && self.sources[0].passthrough_settled() {
+            // (Kept for a queued crossfade, which mixes two sources soon.)
+            let crossfade_coming = self.next.is_some() && self.crossfade_ticks > 0;
+            if !deferred
+                && !crossfade_coming
+                && self.sources.len() == 1
+                && self.sources[0].passthrough_settled()
+            {
                 self.release_encoder(out);
                 if let Some(decoder) = self.sources[0].take_settled_decoder()
                     && let Err(mut decoder) = out.give_decoder(decoder)
@@ -456,6 +465,9 @@ impl CallSlot {
                 out.send_frame(&mut self.frames, &work.frame);
             }
             self.producing = true;
+        } else if waiting {
+            // Nothing this tick (the listener conceals 20 ms); the stretch goes on once a
+            // codec is spare, with nothing read meanwhile.
         } else if self.producing {
             self.producing = false;
             self.master_gain = master_target;

@@ -21,6 +21,7 @@ use audiopus::{Application, Bitrate, Channels, SampleRate, Signal};
 
 use crate::codec::{OpusApplication, OpusConfig};
 use crate::error::Result;
+use crate::pcm::{MIX_FRAME_LEN, MixFrame};
 
 /// How many codecs of one kind exist and how many of them calls or sources hold.
 #[derive(Debug, Default)]
@@ -97,8 +98,16 @@ impl<T> Drop for Counted<T> {
 
 /// A counted libopus encoder.
 pub(crate) type PooledEncoder = Counted<Encoder>;
-/// A counted libopus decoder.
-pub(crate) type PooledDecoder = Counted<Decoder>;
+/// A counted libopus decoder with what only a mixed Opus source needs beside it.
+pub(crate) type PooledDecoder = Counted<SourceDecoder>;
+
+/// What an Opus source needs only while it is mixed.
+pub(crate) struct SourceDecoder {
+    pub(crate) decoder: Decoder,
+    /// The next packet decoded a tick ahead (see [`crate::source`]'s `decode_ahead`): 7.5 KB
+    /// that a passed-through source need not carry.
+    pub(crate) ahead: Box<MixFrame>,
+}
 
 /// Makes counted codecs (off the real-time thread: libopus allocates).
 #[derive(Debug, Clone)]
@@ -124,7 +133,10 @@ impl CodecFactory {
 
     /// A new 48 kHz stereo decoder.
     pub(crate) fn decoder(&self) -> Result<PooledDecoder> {
-        let decoder = Decoder::new(SampleRate::Hz48000, Channels::Stereo)?;
+        let decoder = SourceDecoder {
+            decoder: Decoder::new(SampleRate::Hz48000, Channels::Stereo)?,
+            ahead: Box::new([0.0; MIX_FRAME_LEN]),
+        };
         Ok(Counted::new(decoder, &self.decoders))
     }
 }
@@ -155,7 +167,7 @@ pub(crate) fn prepare_encoder(encoder: &mut PooledEncoder, opus: &OpusConfig, co
 
 /// Gives a source a spare decoder, its state cleared (`OPUS_RESET_STATE`, no allocation).
 pub(crate) fn prepare_decoder(decoder: &mut PooledDecoder) {
-    let _ = decoder.reset_state();
+    let _ = decoder.decoder.reset_state();
     decoder.hold();
 }
 

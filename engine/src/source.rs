@@ -347,8 +347,8 @@ pub(crate) struct OpusResync {
     /// The last passed-through packets, oldest first.
     recent: [OpusPacket; PRIME_PACKETS],
     recent_len: usize,
-    /// The next packet, decoded ahead for a call going back to passthrough (`ahead_ready`).
-    ahead: MixFrame,
+    /// The next packet is decoded ahead, for a call going back to passthrough (into its
+    /// decoder's `ahead`, see [`crate::pool::SourceDecoder`]).
     ahead_ready: bool,
 }
 
@@ -443,7 +443,7 @@ impl Input {
                     chunk.commit_all();
                 }
                 if let Some(decoder) = decoder {
-                    let _ = audiopus::coder::GenericCtl::reset_state(&mut **decoder);
+                    let _ = audiopus::coder::GenericCtl::reset_state(&mut decoder.decoder);
                 }
                 resync.recent_len = 0;
                 resync.ahead_ready = false;
@@ -606,7 +606,6 @@ impl SourceSlot {
                         data: [0; MAX_OPUS_PACKET],
                     }; PRIME_PACKETS],
                     recent_len: 0,
-                    ahead: [0.0; crate::pcm::MIX_FRAME_LEN],
                     ahead_ready: false,
                 }),
             },
@@ -856,7 +855,11 @@ impl SourceSlot {
                         (false, _) => &mut *out,
                     };
                     let packet = resync.recent[i];
-                    decode_into(decoder.as_deref_mut(), Some(packet.bytes()), target);
+                    decode_into(
+                        decoder.as_deref_mut().map(|d| &mut d.decoder),
+                        Some(packet.bytes()),
+                        target,
+                    );
                 }
                 if keep {
                     tail.decoded = resync.recent_len;
@@ -868,14 +871,19 @@ impl SourceSlot {
                     if ring.pop().is_ok() {
                         self.cursor.consumed(1);
                     }
-                    out.copy_from_slice(&resync.ahead);
+                    match decoder {
+                        Some(decoder) => out.copy_from_slice(&decoder.ahead[..]),
+                        // Not reached: a source gives its decoder back only with nothing
+                        // decoded ahead.
+                        None => out.fill(0.0),
+                    }
                     return;
                 }
                 let packet = ring.pop().ok();
                 self.cursor.consumed(usize::from(packet.is_some()));
                 // A missing packet (`None`): libopus conceals the gap.
                 decode_into(
-                    decoder.as_deref_mut(),
+                    decoder.as_deref_mut().map(|d| &mut d.decoder),
                     packet.as_ref().map(OpusPacket::bytes),
                     out,
                 );
@@ -886,18 +894,23 @@ impl SourceSlot {
     /// The next packet's audio, once [`SourceSlot::decode_ahead`] has decoded it.
     pub(crate) fn ahead(&self) -> Option<&MixFrame> {
         match &self.input {
-            Input::Opus { resync, .. } if resync.ahead_ready => Some(&resync.ahead),
+            Input::Opus {
+                resync,
+                decoder: Some(decoder),
+                ..
+            } if resync.ahead_ready => Some(&decoder.ahead),
             _ => None,
         }
     }
 
     /// Decodes the next queued packet ahead of time, for a call about to go back to
     /// passthrough: its encoder needs the audio right after this frame to end the mixed
-    /// stretch where the passed-through packets continue. `None` when no packet is queued.
+    /// stretch where the passed-through packets continue. `None` when no packet is queued
+    /// (or, not reached, the source holds no decoder: the mixer gives it one to mix it).
     pub(crate) fn decode_ahead(&mut self) -> Option<&MixFrame> {
         let Input::Opus {
             ring,
-            decoder,
+            decoder: Some(decoder),
             resync,
         } = &mut self.input
         else {
@@ -905,14 +918,15 @@ impl SourceSlot {
         };
         if !resync.ahead_ready {
             let packet = ring.peek().ok()?;
+            let decoder = &mut **decoder;
             decode_into(
-                decoder.as_deref_mut(),
+                Some(&mut decoder.decoder),
                 Some(packet.bytes()),
-                &mut resync.ahead,
+                &mut decoder.ahead,
             );
             resync.ahead_ready = true;
         }
-        Some(&resync.ahead)
+        Some(&decoder.ahead)
     }
 
     /// Passthrough: copies this tick's packet into `frame` without decoding. A missing packet

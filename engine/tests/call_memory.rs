@@ -74,10 +74,11 @@ fn live_bytes_of(f: impl FnOnce()) -> u64 {
 
 /// What a passthrough call needs on the Rust side with the default settings: its frame queue
 /// (8 frames of up to 1,275 bytes), the source's packet ring (200 ms: 10 packets), the two
-/// packets kept to resynchronise the decoder, the one frame decoded ahead, and small state.
-/// About 35 KB; it was 67 KB while every call and every Opus source carried its own per-tick
-/// buffers.
-const PASSTHROUGH_CALL_BUDGET: u64 = 40 * 1024;
+/// packets kept to resynchronise a decoder, and small state. About 27 KB; it was 67 KB while
+/// every call and every Opus source carried its own per-tick buffers, and 35 KB while every
+/// Opus source carried the frame a mixed source decodes ahead (now beside its decoder, which
+/// a passed-through source does not hold).
+const PASSTHROUGH_CALL_BUDGET: u64 = 30 * 1024;
 
 #[test]
 fn a_passthrough_call_allocates_no_per_tick_mixing_buffers() {
