@@ -42,6 +42,7 @@ mod mixer;
 pub mod ogg_opus;
 mod overload;
 pub mod pacer;
+mod packets;
 mod pcm;
 mod pool;
 mod queue;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::frame::{EncodedFrame, FRAME_SAMPLES, FrameKind, MAX_OPUS_PACKET};
 use crate::latency::LatencyCap;
+use crate::packets::{PacketConsumer, packet_ring};
 use crate::pcm::{MixFrame, PcmFormat};
 use crate::pool::{PooledDecoder, prepare_decoder};
 use crate::resample::SourceResampler;
@@ -320,7 +321,7 @@ enum Input {
         resampler: SourceResampler,
     },
     Opus {
-        ring: rtrb::Consumer<OpusPacket>,
+        ring: PacketConsumer,
         /// Only while the source is mixed (see [`crate::pool`]): a passed-through source has
         /// none, and takes a spare one when it leaves passthrough.
         decoder: Option<PooledDecoder>,
@@ -396,7 +397,7 @@ impl Input {
     fn available_frames(&self) -> usize {
         match self {
             Input::Pcm { ring, resampler } => ring.slots() / resampler.channels(),
-            Input::Opus { ring, .. } => ring.slots() * FRAME_SAMPLES,
+            Input::Opus { ring, .. } => ring.len() * FRAME_SAMPLES,
         }
     }
 
@@ -436,12 +437,7 @@ impl Input {
                 decoder,
                 resync,
             } => {
-                let count = ring
-                    .slots()
-                    .min(usize::try_from(items).unwrap_or(usize::MAX));
-                if let Ok(chunk) = ring.read_chunk(count) {
-                    chunk.commit_all();
-                }
+                let count = ring.discard(usize::try_from(items).unwrap_or(usize::MAX));
                 if let Some(decoder) = decoder {
                     let _ = audiopus::coder::GenericCtl::reset_state(&mut decoder.decoder);
                 }
@@ -592,7 +588,7 @@ impl SourceSlot {
     /// one from its mixer if it ever leaves passthrough (see [`crate::pool`]).
     pub(crate) fn new_opus(id: SourceId, options: &SourceOptions) -> Result<NewOpusSource> {
         let packets = (options.buffer.as_millis() / 20).max(2) as usize;
-        let (producer, consumer) = rtrb::RingBuffer::new(packets);
+        let (producer, consumer) = packet_ring(packets);
         let shared = Arc::new(SourceShared::new(options.volume, options.paused));
         let slot = Box::new(SourceSlot {
             id,
@@ -868,9 +864,7 @@ impl SourceSlot {
                 if resync.ahead_ready {
                     // Decoded last tick already (see `decode_ahead`): only consume it.
                     resync.ahead_ready = false;
-                    if ring.pop().is_ok() {
-                        self.cursor.consumed(1);
-                    }
+                    self.cursor.consumed(ring.discard(1));
                     match decoder {
                         Some(decoder) => out.copy_from_slice(&decoder.ahead[..]),
                         // Not reached: a source gives its decoder back only with nothing
@@ -879,12 +873,13 @@ impl SourceSlot {
                     }
                     return;
                 }
-                let packet = ring.pop().ok();
-                self.cursor.consumed(usize::from(packet.is_some()));
+                let mut packet = OpusPacket::EMPTY;
+                let popped = ring.pop_into(&mut packet);
+                self.cursor.consumed(usize::from(popped));
                 // A missing packet (`None`): libopus conceals the gap.
                 decode_into(
                     decoder.as_deref_mut().map(|d| &mut d.decoder),
-                    packet.as_ref().map(OpusPacket::bytes),
+                    (popped && packet.len > 0).then(|| packet.bytes()),
                     out,
                 );
             }
@@ -917,11 +912,14 @@ impl SourceSlot {
             return None;
         };
         if !resync.ahead_ready {
-            let packet = ring.peek().ok()?;
+            let mut packet = OpusPacket::EMPTY;
+            if !ring.peek_into(&mut packet) {
+                return None;
+            }
             let decoder = &mut **decoder;
             decode_into(
                 Some(&mut decoder.decoder),
-                Some(packet.bytes()),
+                (packet.len > 0).then(|| packet.bytes()),
                 &mut decoder.ahead,
             );
             resync.ahead_ready = true;
@@ -935,12 +933,14 @@ impl SourceSlot {
         let Input::Opus { ring, resync, .. } = &mut self.input else {
             return;
         };
-        let packet = ring.pop();
-        self.cursor.consumed(usize::from(packet.is_ok()));
+        let mut popped = OpusPacket::EMPTY;
+        let consumed = ring.pop_into(&mut popped);
+        self.cursor.consumed(usize::from(consumed));
+        let packet = (consumed && popped.len > 0).then_some(&popped);
         if resync.ahead_ready {
             // The decoder has seen this packet already.
             resync.ahead_ready = false;
-        } else if let Ok(packet) = &packet {
+        } else if let Some(packet) = packet {
             if resync.recent_len == PRIME_PACKETS {
                 resync.recent.copy_within(1.., 0);
                 resync.recent_len -= 1;
@@ -948,9 +948,9 @@ impl SourceSlot {
             resync.recent[resync.recent_len] = *packet;
             resync.recent_len += 1;
         }
-        let bytes = match &packet {
-            Ok(packet) => packet.bytes(),
-            Err(_) => &OPUS_SILENCE[..],
+        let bytes = match packet {
+            Some(packet) => packet.bytes(),
+            None => &OPUS_SILENCE[..],
         };
         frame.kind = FrameKind::Audio;
         frame.buffer_mut()[..bytes.len()].copy_from_slice(bytes);
