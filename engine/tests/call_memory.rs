@@ -174,15 +174,21 @@ fn a_passthrough_call_holds_no_opus_encoder_or_decoder() {
         let (source, writer) = engine.push_opus(call, SourceOptions::default()).unwrap(); // invariant: the call exists
         calls.push((call, frames, source, writer));
     }
+    // One packet in per call and tick; returns how many calls sent an audio frame in the
+    // previous tick.
     let mut tick = |calls: &mut Vec<_>| {
+        let mut sent = 0;
         for (_, frames, _, writer) in calls.iter_mut() {
             let writer: &mut quaver_engine::OpusWriter = writer;
             let frames: &mut quaver_engine::FrameReceiver = frames;
             let _ = writer.write_packet(&packets[0]);
-            while frames.pop().is_ok() {}
+            while let Ok(frame) = frames.pop() {
+                sent += usize::from(frame.kind == quaver_engine::frame::FrameKind::Audio);
+            }
         }
         engine.housekeep();
         mixer.tick();
+        sent
     };
     for _ in 0..TICKS {
         tick(&mut calls);
@@ -241,7 +247,8 @@ fn a_passthrough_call_holds_no_opus_encoder_or_decoder() {
     assert!(short.codec_shortages > 0, "{short:?}");
     assert!(short.opus_encoders_in_use <= 2 * spares);
     for _ in 0..CALLS {
-        tick(&mut calls);
+        // Waiting or not, every call keeps sending a frame every tick.
+        assert_eq!(tick(&mut calls), CALLS);
     }
     let all = engine.stats();
     assert_eq!(
