@@ -1,5 +1,7 @@
 //! Opus encoder settings and construction (always off the real-time thread: libopus allocates).
 
+use std::sync::OnceLock;
+
 use audiopus::coder::Encoder;
 use audiopus::{Application, Bitrate, Channels, SampleRate, Signal};
 
@@ -48,6 +50,23 @@ impl OpusConfig {
     /// Samples (at 48 kHz) the encoder delays its output by: the `pre_skip` of an Ogg Opus file.
     pub fn encoder_lookahead(&self) -> Result<u16> {
         Ok(self.build_encoder()?.lookahead()?.min(u32::from(u16::MAX)) as u16)
+    }
+
+    /// The encoder's delay in 48 kHz samples (312 for libopus at 48 kHz, 120 in low-delay
+    /// mode), measured once per application on a throwaway encoder (off the real-time thread:
+    /// libopus allocates), so calls know it before they hold an encoder.
+    pub(crate) fn lookahead_samples(&self) -> Result<usize> {
+        static MEASURED: [OnceLock<usize>; 3] = [const { OnceLock::new() }; 3];
+        let slot = &MEASURED[match self.application {
+            OpusApplication::Voice => 0,
+            OpusApplication::Music => 1,
+            OpusApplication::LowDelay => 2,
+        }];
+        if let Some(samples) = slot.get() {
+            return Ok(*samples);
+        }
+        let samples = self.build_encoder()?.lookahead()? as usize;
+        Ok(*slot.get_or_init(|| samples))
     }
 
     /// Builds a 48 kHz stereo encoder with these settings.

@@ -19,6 +19,7 @@ use crate::frame::{FRAME_DURATION, FrameReceiver, Grid};
 use crate::input::InputError;
 use crate::mixer::{CallShared, CallSlot, Command, Garbage, Mixer};
 use crate::pcm::PcmFormat;
+use crate::pool::{CodecFactory, SpareFeed};
 use crate::rebalance::{Candidate, MixerLoad};
 use crate::source::{SourceHandle, SourceOptions, SourceSlot};
 use crate::stats::{
@@ -56,6 +57,14 @@ pub struct EngineConfig {
     /// [`EngineStats::complexity_steps_down`]. Threaded engines only: a manual mixer has no
     /// deadline.
     pub adaptive_complexity: bool,
+    /// Ready Opus encoders, and as many decoders, each mixer thread keeps for calls that start
+    /// mixing (see [`crate::EngineStats::opus_encoders`]): a passthrough call holds no codec,
+    /// and takes one when its source's volume changes, it pauses or stops (fades), a seek
+    /// fades in, or a master volume is set. The worker refills them every few milliseconds; a
+    /// call that finds none waits a tick (counted in [`EngineStats::codec_shortages`]). Calls
+    /// that are known to mix from the start (PCM sources, a second source, a start below
+    /// unity) bring their own and never wait. At least 1.
+    pub spare_codecs: usize,
     /// Runs first thing on the mixer thread (after its set-up), e.g. to pin it to a core or to
     /// mark it for an allocation-counting test.
     pub on_mixer_thread_start: Option<fn()>,
@@ -73,6 +82,7 @@ impl Default for EngineConfig {
             min_lead: Duration::from_millis(6),
             realtime_priority: true,
             adaptive_complexity: true,
+            spare_codecs: 4,
             on_mixer_thread_start: None,
         }
     }
@@ -131,6 +141,8 @@ struct Outlet {
 struct MixerLink {
     commands: Mutex<rtrb::Producer<Command>>,
     outlet: Mutex<Outlet>,
+    /// The control side's end of the mixer's spare codecs.
+    spares: Mutex<SpareFeed>,
     load: Arc<MixerLoad>,
 }
 
@@ -151,6 +163,8 @@ pub(crate) struct Inner {
     worker: OnceLock<Thread>,
     event_tx: crossbeam_channel::Sender<Event>,
     counters: Arc<MixerCounters>,
+    /// Makes (and counts) every Opus encoder and decoder of the engine's calls and sources.
+    codecs: CodecFactory,
     next_source_id: AtomicU64,
 }
 
@@ -241,6 +255,7 @@ impl Engine {
             ));
         }
         let counters = Arc::new(MixerCounters::default());
+        let codecs = CodecFactory::new(config.opus);
         let (event_tx, event_rx) = crossbeam_channel::bounded(config.event_queue.max(16));
         let mut mixers = Vec::with_capacity(mixer_count);
         let mut links = Vec::with_capacity(mixer_count);
@@ -252,11 +267,15 @@ impl Engine {
             // always hand a slot back without freeing it itself. (Replaced frame queues come
             // back this way too; they are rare — one per voice reconnect — and collected every
             // few milliseconds.)
+            // Codecs come back this way only when the mixer has no room to keep them as spares
+            // (and if this is full too, a call keeps its codec a while longer).
             let garbage_capacity = config
                 .max_calls
-                .saturating_mul(config.max_sources_per_call + 1);
+                .saturating_mul(config.max_sources_per_call + 1)
+                .saturating_add(config.spare_codecs.saturating_mul(2));
             let (garbage_tx, garbage_rx) = rtrb::RingBuffer::new(garbage_capacity);
             let (publisher, collector) = stats_channel();
+            let (spares, spare_feed) = crate::pool::spares(config.spare_codecs, &codecs)?;
             mixers.push(Mixer::new(
                 config.max_calls,
                 command_rx,
@@ -264,6 +283,7 @@ impl Engine {
                 garbage_tx,
                 publisher,
                 Arc::clone(&counters),
+                spares,
             ));
             links.push(MixerLink {
                 commands: Mutex::new(command_tx),
@@ -272,6 +292,7 @@ impl Engine {
                     garbage: garbage_rx,
                     stats: collector,
                 }),
+                spares: Mutex::new(spare_feed),
                 load: Arc::default(),
             });
         }
@@ -314,6 +335,7 @@ impl Engine {
             worker: OnceLock::new(),
             event_tx,
             counters,
+            codecs,
             next_source_id: AtomicU64::new(1),
             config,
         });
@@ -345,7 +367,8 @@ impl Engine {
     /// Creates a call with its own encoder settings.
     pub fn create_call_with(&self, opus: OpusConfig) -> Result<(CallId, FrameReceiver)> {
         let max = self.inner.config.max_calls;
-        let encoder = opus.build_encoder()?;
+        // No encoder yet: the call takes one when it mixes (see `crate::pool`).
+        let lookahead = opus.lookahead_samples()?;
         let (frames_tx, frames_rx) = rtrb::RingBuffer::new(self.inner.config.frame_queue.max(2));
         let shared = Arc::new(CallShared::new());
         let mut table = lock(&self.inner.table);
@@ -360,10 +383,10 @@ impl Engine {
         let slot = CallSlot::new(
             id,
             Arc::clone(&shared),
-            encoder,
+            opus,
+            lookahead,
             frames_tx,
             self.inner.config.max_sources_per_call,
-            opus.complexity,
         );
         let mixer = (0..table.calls_per_mixer.len())
             .min_by_key(|&index| table.calls_per_mixer[index])
@@ -515,6 +538,11 @@ impl Engine {
             encode_errors: load(&c.encode_errors),
             events_dropped: load(&c.events_dropped),
             realtime_priority: c.realtime_priority.load(Ordering::Relaxed),
+            opus_encoders: self.inner.codecs.encoders.live(),
+            opus_encoders_in_use: self.inner.codecs.encoders.in_use(),
+            opus_decoders: self.inner.codecs.decoders.live(),
+            opus_decoders_in_use: self.inner.codecs.decoders.in_use(),
+            codec_shortages: load(&c.codec_shortages),
             complexity_steps_down: load(&c.complexity_steps_down),
             complexity_steps_up: load(&c.complexity_steps_up),
             calls_lowered: load(&c.calls_lowered),
@@ -615,7 +643,7 @@ impl Inner {
     pub(crate) fn place_source(
         &self,
         call: CallId,
-        slot: Box<SourceSlot>,
+        mut slot: Box<SourceSlot>,
         placement: Placement,
     ) -> Result<()> {
         let max = self.config.max_sources_per_call;
@@ -627,12 +655,29 @@ impl Inner {
                 max,
             });
         }
+        // A source known to be mixed brings the codecs for it, so it never waits for a spare
+        // (see `crate::pool`); a lone Opus source at unity passes through and needs none.
+        let mixed = !slot.is_opus()
+            || slot.starts_mixed()
+            || match placement {
+                Placement::Now => entry.sources_in_use > 0,
+                Placement::Next { crossfade_ticks } => crossfade_ticks > 0,
+            };
+        let encoder = if mixed {
+            if slot.needs_decoder() {
+                let _ = slot.install_decoder(self.codecs.decoder()?);
+            }
+            Some(self.codecs.encoder()?)
+        } else {
+            None
+        };
         let command = match placement {
-            Placement::Now => Command::AddSource(call, slot),
+            Placement::Now => Command::AddSource(call, slot, encoder),
             Placement::Next { crossfade_ticks } => Command::QueueNext {
                 call,
                 slot,
                 crossfade_ticks,
+                encoder,
             },
         };
         let mixer = entry.mixer;
@@ -770,9 +815,20 @@ impl Inner {
             while let Ok(event) = outlet.events.pop() {
                 events.push(event);
             }
+            let mut spares = lock(&link.spares);
             while let Ok(garbage) = outlet.garbage.pop() {
-                freed.push(garbage);
+                // Codecs the mixer handed back become its spares again (dropped here when
+                // its spares are full).
+                match garbage {
+                    Garbage::Encoder(encoder) => spares.recycle_encoder(encoder),
+                    Garbage::Decoder(decoder) => spares.recycle_decoder(decoder),
+                    garbage => freed.push(garbage),
+                }
             }
+            // Topped up with new ones for what its calls took; a failed libopus allocation
+            // leaves the spares short for now (calls wait, counted) and is tried again.
+            let _ = spares.refill(&self.codecs);
+            drop(spares);
             outlet.stats.collect();
         }
         {
@@ -780,7 +836,7 @@ impl Inner {
             for garbage in &freed {
                 match garbage {
                     Garbage::Call(_) => table.slots_in_use = table.slots_in_use.saturating_sub(1),
-                    Garbage::Frames(_) => {}
+                    Garbage::Frames(_) | Garbage::Encoder(_) | Garbage::Decoder(_) => {}
                     Garbage::Moved { call, .. } => self.settle_move(&mut table, *call, true),
                     Garbage::MoveFailed { call } => self.settle_move(&mut table, *call, false),
                     Garbage::Source { call, .. } => {

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use audiopus::coder::Encoder;
-
+use crate::codec::OpusConfig;
 use crate::event::Event;
 use crate::frame::{EncodedFrame, FRAME_SAMPLES, FrameKind};
 use crate::limiter::Limiter;
 use crate::overload::{self, Governor, Rung, Verdict};
 use crate::pcm::{MIX_FRAME_LEN, MixFrame};
+use crate::pool::{PooledDecoder, PooledEncoder, Spares, prepare_encoder};
 use crate::rebalance::MixerLoad;
-use crate::source::{EndReason, PassthroughTail, SourceSlot, Step};
+use crate::source::{EndReason, OPUS_SILENCE, PassthroughTail, SourceSlot, Step};
 use crate::stats::{MixerCounters, MixerHistograms, StatsPublisher};
 use crate::{CallId, SourceId};
 
@@ -23,7 +23,9 @@ use crate::{CallId, SourceId};
 pub(crate) enum Command {
     AddCall(Box<CallSlot>),
     RemoveCall(CallId),
-    AddSource(CallId, Box<SourceSlot>),
+    /// A source for the call, with an encoder when the control side knows the call will mix
+    /// (see [`crate::pool`]); the call keeps it if it has none, else it becomes a spare.
+    AddSource(CallId, Box<SourceSlot>, Option<PooledEncoder>),
     /// Points the call at a new frame queue (its consumer moved to a new sender session).
     ReplaceFrames(CallId, Box<rtrb::Producer<EncodedFrame>>),
     /// The call's next queued track, prebuffering until the current one ends (or until its
@@ -32,6 +34,8 @@ pub(crate) enum Command {
         call: CallId,
         slot: Box<SourceSlot>,
         crossfade_ticks: u32,
+        /// As for [`Command::AddSource`].
+        encoder: Option<PooledEncoder>,
     },
     /// Drops the call's next queued track, if any (the queue was cleared).
     ClearNext(CallId),
@@ -60,6 +64,10 @@ pub(crate) enum Garbage {
         slot: Box<SourceSlot>,
     },
     Frames(Box<rtrb::Producer<EncodedFrame>>),
+    /// Codecs no call or source needs now and the mixer has no room to keep as spares: they
+    /// go back to the control side's spares, or are dropped there.
+    Encoder(PooledEncoder),
+    Decoder(PooledDecoder),
     /// A [`Command::MoveCall`] went through: the call is on its way to mixer `to`.
     Moved {
         call: CallId,
@@ -123,7 +131,11 @@ pub(crate) struct CallSlot {
     // unboxing them here would free the box on the real-time thread.
     #[allow(clippy::vec_box)]
     sources: Vec<Box<SourceSlot>>,
-    encoder: Encoder,
+    /// Only while the call mixes (see [`crate::pool`]): taken from the mixer's spares when it
+    /// starts, handed back once the call passes through again or falls idle.
+    encoder: Option<PooledEncoder>,
+    /// The settings a spare encoder is given when this call takes it.
+    opus: OpusConfig,
     frames: rtrb::Producer<EncodedFrame>,
     master_gain: f32,
     limiter: Limiter,
@@ -155,39 +167,96 @@ pub(crate) struct CallSlot {
 }
 
 impl CallSlot {
+    /// `lookahead` is the delay of an encoder with `opus`'s settings
+    /// ([`OpusConfig::lookahead_samples`]).
     pub(crate) fn new(
         id: CallId,
         shared: Arc<CallShared>,
-        encoder: Encoder,
+        opus: OpusConfig,
+        lookahead: usize,
         frames: rtrb::Producer<EncodedFrame>,
         max_sources: usize,
-        complexity: u8,
     ) -> Box<Self> {
-        let lookahead = encoder
-            .lookahead()
-            .map_or(0, |samples| samples as usize)
-            .min(FRAME_SAMPLES / 2);
         Box::new(Self {
             id,
             shared,
             sources: Vec::with_capacity(max_sources),
-            encoder,
+            encoder: None,
+            opus,
             frames,
             master_gain: 1.0,
             limiter: Limiter::default(),
             producing: false,
             passed_through: false,
             timing: Timing::Aligned { settled: true },
-            lookahead,
+            lookahead: lookahead.min(FRAME_SAMPLES / 2),
             next: None,
             track: None,
             fading_track: None,
             crossfade_ticks: 0,
-            rung: Rung::new(complexity),
+            rung: Rung::new(opus.complexity),
             next_tick: 0,
             handed_over: false,
             phase_us: 0,
         })
+    }
+
+    /// Takes a spare encoder if the call holds none. False when none is spare.
+    fn ensure_encoder(&mut self, out: &mut Outboxes<'_>) -> bool {
+        if self.encoder.is_some() {
+            return true;
+        }
+        let Some(mut encoder) = out.spares.take_encoder() else {
+            return false;
+        };
+        prepare_encoder(&mut encoder, &self.opus, self.rung.complexity());
+        self.encoder = Some(encoder);
+        true
+    }
+
+    /// An encoder the control side sent with a command: kept if the call holds none.
+    fn offer_encoder(&mut self, encoder: Option<PooledEncoder>, out: &mut Outboxes<'_>) {
+        let Some(mut encoder) = encoder else {
+            return;
+        };
+        if self.encoder.is_none() {
+            prepare_encoder(&mut encoder, &self.opus, self.rung.complexity());
+            self.encoder = Some(encoder);
+        } else if let Err(encoder) = out.give_encoder(encoder) {
+            // The garbage ring is sized for every slot and spare, so this is a broken
+            // invariant; leaking beats freeing on the real-time thread.
+            std::mem::forget(encoder);
+        }
+    }
+
+    /// What mixing source `index` takes: the call's encoder and, for an Opus source, a
+    /// decoder. False when a spare was missing (what could be taken is kept).
+    fn ensure_codecs(&mut self, index: usize, out: &mut Outboxes<'_>) -> bool {
+        if !self.ensure_encoder(out) {
+            // Not a decoder either: it would sit unused until an encoder is spare.
+            return false;
+        }
+        let source = &mut self.sources[index];
+        !source.needs_decoder()
+            || match out.spares.take_decoder() {
+                Some(decoder) => {
+                    // `None`: the source needed it, so it took it.
+                    let _ = source.install_decoder(decoder);
+                    true
+                }
+                None => false,
+            }
+    }
+
+    /// Hands the call's encoder back (the call passes through or is idle). Kept when there
+    /// is nowhere to put it without freeing on this thread.
+    fn release_encoder(&mut self, out: &mut Outboxes<'_>) {
+        if let Some(encoder) = self.encoder.take()
+            && let Err(mut encoder) = out.give_encoder(encoder)
+        {
+            encoder.hold();
+            self.encoder = Some(encoder);
+        }
     }
 
     /// Starts the queue's next track in this tick: it joins the sources (at the end, so the
@@ -223,7 +292,7 @@ impl CallSlot {
     }
 
     /// Builds the call's frame for `tick`; `rush` encodes it at the lowest complexity (see
-    /// [`Rush`]). Returns whether it was Opus-encoded.
+    /// [`RUSH_COMPLEXITY`]). Returns whether it was Opus-encoded.
     fn tick(
         &mut self,
         tick: u64,
@@ -236,10 +305,22 @@ impl CallSlot {
             self.start_next_track(out);
         }
         if self.sources.is_empty() && !self.producing {
+            // Idle: nothing to encode until a source comes.
+            self.release_encoder(out);
             return false;
         }
         work.tail.clear();
-        let master_target = self.shared.master_volume();
+        let mut master_target = self.shared.master_volume();
+        if (master_target != 1.0 || self.master_gain != 1.0)
+            && !self.sources.is_empty()
+            && !self.ensure_encoder(out)
+            && self.master_gain == 1.0
+        {
+            // A passthrough call's master volume changed and no encoder is spare: the change
+            // waits a tick (the volume is read again then).
+            MixerCounters::bump(&out.counters.codec_shortages);
+            master_target = 1.0;
+        }
         // A lone pre-encoded source at unity gain is sent as it is: no decode, no re-encode.
         let lone_opus_at_unity = self.sources.len() == 1
             && self.master_gain == 1.0
@@ -257,6 +338,10 @@ impl CallSlot {
         let mut mixed_any = false;
         let mut passed_through = false;
         let mut encoded = false;
+        // Passed through only because no codec was spare: the call is about to mix.
+        let mut deferred = false;
+        // A source waits for a spare codec: the call has not stopped producing.
+        let mut waiting = false;
         // The gain a lone Opus source ends this frame with, and whether it played at unity.
         let mut lone_gain = None;
         let mut unity = false;
@@ -280,8 +365,21 @@ impl CallSlot {
                 }
                 self.start_next_track(out);
             }
-            let source = &mut self.sources[index];
-            match source.step() {
+            // A lone Opus source at unity gain needs no codec; anything else is mixed, and
+            // waits a tick (nothing stepped, nothing read) if no codec is spare for it. A lone
+            // Opus source is checked after its step instead: it can pass through meanwhile.
+            let lone_opus_now = self.sources.len() == 1
+                && self.sources[index].is_opus()
+                && self.master_gain == 1.0
+                && master_target == 1.0;
+            if !lone_opus_now && !self.ensure_codecs(index, out) {
+                MixerCounters::bump(&out.counters.codec_shortages);
+                waiting = true;
+                index += 1;
+                continue;
+            }
+            let step = self.sources[index].step();
+            match step {
                 Step::Ended(reason) => {
                     let slot = self.sources.swap_remove(index);
                     let id = slot.id;
@@ -308,11 +406,21 @@ impl CallSlot {
                 Step::Silent => {}
                 // A seeking source keeps the call's stream going with silence.
                 Step::Gap => mixed_any = true,
-                step @ Step::Render { from, to } => {
+                Step::Render { from, to } => {
                     if passthrough_possible && SourceSlot::is_unity(step) {
+                        self.sources[index].render_passthrough(&mut work.frame);
+                        passed_through = true;
+                    } else if lone_opus_now && !self.ensure_codecs(index, out) {
+                        // No codec spare to leave passthrough with: the packet goes out as it
+                        // is and the volume change waits a tick (it ramps from where it was).
+                        MixerCounters::bump(&out.counters.codec_shortages);
+                        let source = &mut self.sources[index];
+                        source.undo_ramp();
                         source.render_passthrough(&mut work.frame);
                         passed_through = true;
+                        deferred = true;
                     } else {
+                        let source = &mut self.sources[index];
                         source.render(&mut work.scratch, &mut work.tail);
                         mix_with_ramp(&mut work.mix, &work.scratch, from, to, ramp_start);
                         mixed_any = true;
@@ -333,6 +441,34 @@ impl CallSlot {
             MixerCounters::bump(&out.counters.frames_passed_through);
             self.producing = true;
             self.timing = Timing::Aligned { settled: true };
+            // Passed through long enough that leaving passthrough primes fresh codecs from
+            // the kept packets (see `prime_encoder`, `OpusResync`): the codecs go back.
+            // (Kept for a queued crossfade, which mixes two sources soon.)
+            let crossfade_coming = self.next.is_some() && self.crossfade_ticks > 0;
+            if !deferred
+                && !crossfade_coming
+                && self.sources.len() == 1
+                && self.sources[0].passthrough_settled()
+            {
+                self.release_encoder(out);
+                if let Some(decoder) = self.sources[0].take_settled_decoder()
+                    && let Err(mut decoder) = out.give_decoder(decoder)
+                {
+                    decoder.hold();
+                    let _ = self.sources[0].install_decoder(decoder);
+                }
+            }
+        } else if mixed_any && encode && !self.ensure_encoder(out) {
+            // Only a seek's gap comes here without an encoder (every rendered source took
+            // one): its silence needs none.
+            MixerCounters::bump(&out.counters.codec_shortages);
+            work.frame.kind = FrameKind::Audio;
+            work.frame.buffer_mut()[..OPUS_SILENCE.len()].copy_from_slice(&OPUS_SILENCE);
+            work.frame.set_len(OPUS_SILENCE.len());
+            work.frame.tick = tick;
+            out.send_frame(&mut self.frames, &work.frame);
+            self.master_gain = master_target;
+            self.producing = true;
         } else if mixed_any {
             apply_ramp(&mut work.mix, self.master_gain, master_target, ramp_start);
             self.master_gain = master_target;
@@ -349,6 +485,9 @@ impl CallSlot {
                 out.send_frame(&mut self.frames, &work.frame);
             }
             self.producing = true;
+        } else if waiting {
+            // Nothing this tick (the listener conceals 20 ms); the stretch goes on once a
+            // codec is spare, with nothing read meanwhile.
         } else if self.producing {
             self.producing = false;
             self.master_gain = master_target;
@@ -460,21 +599,25 @@ impl CallSlot {
         let first = older.unwrap_or(newest);
         scratch[..MIX_FRAME_LEN - early].copy_from_slice(&first[early..]);
         scratch[MIX_FRAME_LEN - early..].copy_from_slice(&newest[..early]);
-        let _ = self.encoder.encode_float(&scratch[..], buffer);
+        let Some(encoder) = self.encoder.as_mut() else {
+            return;
+        };
+        let _ = encoder.encode_float(&scratch[..], buffer);
         scratch[..MIX_FRAME_LEN - early].copy_from_slice(&newest[early..]);
         scratch[MIX_FRAME_LEN - early..].copy_from_slice(&mix[..early]);
-        let _ = self.encoder.encode_float(&scratch[..], buffer);
+        let _ = encoder.encode_float(&scratch[..], buffer);
     }
 
     /// Starting a stretch fed early: the encoder's delay line gets silence, then the start of
     /// this frame, which feeding early would otherwise skip.
     fn prime_fresh_encoder(&mut self, work: &mut TickBuffers) {
         let early = self.lookahead * 2;
+        let Some(encoder) = self.encoder.as_mut() else {
+            return;
+        };
         work.scratch[..MIX_FRAME_LEN - early].fill(0.0);
         work.scratch[MIX_FRAME_LEN - early..].copy_from_slice(&work.mix[..early]);
-        let _ = self
-            .encoder
-            .encode_float(&work.scratch[..], &mut work.frame.buffer_mut()[..]);
+        let _ = encoder.encode_float(&work.scratch[..], &mut work.frame.buffer_mut()[..]);
     }
 
     fn encode_and_send(
@@ -484,18 +627,20 @@ impl CallSlot {
         rush: bool,
         out: &mut Outboxes<'_>,
     ) {
-        let started = Instant::now();
         let complexity = self.rung.complexity();
+        let Some(encoder) = self.encoder.as_mut() else {
+            MixerCounters::bump(&out.counters.encode_errors);
+            return;
+        };
+        let started = Instant::now();
         let rush = rush && complexity > RUSH_COMPLEXITY;
         if rush {
-            let _ = self.encoder.set_complexity(RUSH_COMPLEXITY);
+            let _ = encoder.set_complexity(RUSH_COMPLEXITY);
             MixerCounters::bump(&out.counters.frames_rushed);
         }
-        let encoded = self
-            .encoder
-            .encode_float(&work.mix[..], &mut work.frame.buffer_mut()[..]);
+        let encoded = encoder.encode_float(&work.mix[..], &mut work.frame.buffer_mut()[..]);
         if rush {
-            let _ = self.encoder.set_complexity(complexity);
+            let _ = encoder.set_complexity(complexity);
         }
         out.histograms
             .encode_us
@@ -656,9 +801,42 @@ struct Outboxes<'a> {
     garbage: &'a mut rtrb::Producer<Garbage>,
     histograms: &'a mut MixerHistograms,
     counters: &'a MixerCounters,
+    spares: &'a mut Spares,
 }
 
 impl Outboxes<'_> {
+    /// Takes back an encoder no call needs: kept as a spare, or sent to the control side.
+    /// `Err` when neither has room (the caller keeps it rather than free it here).
+    fn give_encoder(&mut self, encoder: PooledEncoder) -> Result<(), PooledEncoder> {
+        let Some(encoder) = self.spares.give_encoder(encoder) else {
+            return Ok(());
+        };
+        match self.garbage.push(Garbage::Encoder(encoder)) {
+            Ok(()) => Ok(()),
+            Err(rtrb::PushError::Full(Garbage::Encoder(encoder))) => Err(encoder),
+            // Only the value pushed comes back.
+            Err(rtrb::PushError::Full(other)) => {
+                std::mem::forget(other);
+                Ok(())
+            }
+        }
+    }
+
+    /// As [`Outboxes::give_encoder`], for a decoder.
+    fn give_decoder(&mut self, decoder: PooledDecoder) -> Result<(), PooledDecoder> {
+        let Some(decoder) = self.spares.give_decoder(decoder) else {
+            return Ok(());
+        };
+        match self.garbage.push(Garbage::Decoder(decoder)) {
+            Ok(()) => Ok(()),
+            Err(rtrb::PushError::Full(Garbage::Decoder(decoder))) => Err(decoder),
+            Err(rtrb::PushError::Full(other)) => {
+                std::mem::forget(other);
+                Ok(())
+            }
+        }
+    }
+
     fn event(&mut self, event: Event) {
         if self.events.push(event).is_err() {
             MixerCounters::bump(&self.counters.events_dropped);
@@ -680,6 +858,16 @@ impl Outboxes<'_> {
             reason,
         });
         self.discard(Garbage::Source { call, slot });
+    }
+
+    /// An encoder sent with a command that could not be carried out.
+    fn discard_encoder(&mut self, encoder: Option<PooledEncoder>) {
+        if let Some(encoder) = encoder
+            && let Err(encoder) = self.give_encoder(encoder)
+        {
+            // See `Mixer::discard`.
+            std::mem::forget(encoder);
+        }
     }
 
     fn discard(&mut self, garbage: Garbage) {
@@ -720,6 +908,8 @@ pub struct Mixer {
     /// What building an encoded call's frame at its own complexity takes here, recently (a
     /// moving average), to tell which frames must be rushed (see [`RUSH_COMPLEXITY`]).
     encode_cost: Duration,
+    /// Codecs for calls that start mixing (see [`crate::pool`]).
+    spares: Spares,
 }
 
 /// The complexity a frame is encoded at when, at its call's own, it would be ready after its
@@ -755,6 +945,7 @@ impl Mixer {
         garbage: rtrb::Producer<Garbage>,
         stats: StatsPublisher,
         counters: Arc<MixerCounters>,
+        spares: Spares,
     ) -> Self {
         Self {
             calls: Vec::with_capacity(max_calls),
@@ -772,6 +963,7 @@ impl Mixer {
             load: Arc::default(),
             work: TickBuffers::new(),
             encode_cost: ENCODE_COST_PRIOR,
+            spares,
         }
     }
 
@@ -828,7 +1020,9 @@ impl Mixer {
                     }
                     let was_lowered = call.rung.lowered();
                     if let Some(complexity) = call.rung.down() {
-                        let _ = call.encoder.set_complexity(complexity);
+                        if let Some(encoder) = call.encoder.as_mut() {
+                            let _ = encoder.set_complexity(complexity);
+                        }
                         moved += 1;
                         if !was_lowered {
                             counters.calls_lowered.fetch_add(1, Ordering::Relaxed);
@@ -845,7 +1039,9 @@ impl Mixer {
                         break;
                     }
                     if let Some(complexity) = call.rung.up() {
-                        let _ = call.encoder.set_complexity(complexity);
+                        if let Some(encoder) = call.encoder.as_mut() {
+                            let _ = encoder.set_complexity(complexity);
+                        }
                         moved += 1;
                         if !call.rung.lowered() {
                             counters.calls_lowered.fetch_sub(1, Ordering::Relaxed);
@@ -913,6 +1109,7 @@ impl Mixer {
             garbage: &mut self.garbage,
             histograms: &mut self.stats.local,
             counters: &self.counters,
+            spares: &mut self.spares,
         };
         // Calls from other mixers first: commands that follow a hand-over may name them.
         for ring in &mut self.transfers_in {
@@ -1063,14 +1260,19 @@ fn apply_command(
             call: id,
             slot,
             crossfade_ticks,
+            encoder,
         } => match calls.iter_mut().find(|call| call.id == id) {
             Some(call) => {
+                call.offer_encoder(encoder, out);
                 call.crossfade_ticks = crossfade_ticks;
                 if let Some(old) = call.next.replace(slot) {
                     out.end_source(id, old, EndReason::Stopped);
                 }
             }
-            None => out.end_source(id, slot, EndReason::CallRemoved),
+            None => {
+                out.discard_encoder(encoder);
+                out.end_source(id, slot, EndReason::CallRemoved);
+            }
         },
         Command::ClearNext(id) => {
             if let Some(call) = calls.iter_mut().find(|call| call.id == id)
@@ -1079,11 +1281,22 @@ fn apply_command(
                 out.end_source(id, next, EndReason::Stopped);
             }
         }
-        Command::AddSource(id, source) => match calls.iter_mut().find(|call| call.id == id) {
-            Some(call) if call.sources.len() < call.sources.capacity() => call.sources.push(source),
-            Some(_) => out.end_source(id, source, EndReason::Failed),
-            None => out.end_source(id, source, EndReason::CallRemoved),
-        },
+        Command::AddSource(id, source, encoder) => {
+            match calls.iter_mut().find(|call| call.id == id) {
+                Some(call) if call.sources.len() < call.sources.capacity() => {
+                    call.offer_encoder(encoder, out);
+                    call.sources.push(source);
+                }
+                Some(_) => {
+                    out.discard_encoder(encoder);
+                    out.end_source(id, source, EndReason::Failed);
+                }
+                None => {
+                    out.discard_encoder(encoder);
+                    out.end_source(id, source, EndReason::CallRemoved);
+                }
+            }
+        }
         Command::SetPhase { call: id, phase_us } => {
             if let Some(index) = calls.iter().position(|call| call.id == id) {
                 let mut call = calls.remove(index);

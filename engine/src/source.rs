@@ -9,7 +9,9 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::frame::{EncodedFrame, FRAME_SAMPLES, FrameKind, MAX_OPUS_PACKET};
 use crate::latency::LatencyCap;
+use crate::packets::{PacketConsumer, packet_ring};
 use crate::pcm::{MixFrame, PcmFormat};
+use crate::pool::{PooledDecoder, prepare_decoder};
 use crate::resample::SourceResampler;
 use crate::seek::{SeekCursor, SeekShared};
 use crate::writer::{OpusPacket, OpusWriter, PcmWriter};
@@ -319,8 +321,10 @@ enum Input {
         resampler: SourceResampler,
     },
     Opus {
-        ring: rtrb::Consumer<OpusPacket>,
-        decoder: audiopus::coder::Decoder,
+        ring: PacketConsumer,
+        /// Only while the source is mixed (see [`crate::pool`]): a passed-through source has
+        /// none, and takes a spare one when it leaves passthrough.
+        decoder: Option<PooledDecoder>,
         /// What keeps the decoder in step with packets that were passed through undecoded.
         resync: Box<OpusResync>,
     },
@@ -344,8 +348,8 @@ pub(crate) struct OpusResync {
     /// The last passed-through packets, oldest first.
     recent: [OpusPacket; PRIME_PACKETS],
     recent_len: usize,
-    /// The next packet, decoded ahead for a call going back to passthrough (`ahead_ready`).
-    ahead: MixFrame,
+    /// The next packet is decoded ahead, for a call going back to passthrough (into its
+    /// decoder's `ahead`, see [`crate::pool::SourceDecoder`]).
     ahead_ready: bool,
 }
 
@@ -393,7 +397,7 @@ impl Input {
     fn available_frames(&self) -> usize {
         match self {
             Input::Pcm { ring, resampler } => ring.slots() / resampler.channels(),
-            Input::Opus { ring, .. } => ring.slots() * FRAME_SAMPLES,
+            Input::Opus { ring, .. } => ring.len() * FRAME_SAMPLES,
         }
     }
 
@@ -433,13 +437,10 @@ impl Input {
                 decoder,
                 resync,
             } => {
-                let count = ring
-                    .slots()
-                    .min(usize::try_from(items).unwrap_or(usize::MAX));
-                if let Ok(chunk) = ring.read_chunk(count) {
-                    chunk.commit_all();
+                let count = ring.discard(usize::try_from(items).unwrap_or(usize::MAX));
+                if let Some(decoder) = decoder {
+                    let _ = audiopus::coder::GenericCtl::reset_state(&mut decoder.decoder);
                 }
-                let _ = audiopus::coder::GenericCtl::reset_state(decoder);
                 resync.recent_len = 0;
                 resync.ahead_ready = false;
                 count
@@ -492,6 +493,9 @@ pub(crate) struct SourceSlot {
     refilling: bool,
     /// Live sources only (see [`SourceOptions::latency_cap`]).
     latency_cap: Option<LatencyCap>,
+    /// `gain` and `fade` before the last [`SourceSlot::step`], for
+    /// [`SourceSlot::undo_ramp`].
+    before_step: (f32, f32),
 }
 
 /// Everything created for a new PCM source: the slot for the mixer and the user's ends.
@@ -569,6 +573,7 @@ impl SourceSlot {
             latency_cap: options.latency_cap.map(|cap| {
                 LatencyCap::new(format.samples_in(cap) / usize::from(format.channels()))
             }),
+            before_step: (0.0, 1.0),
         });
         let writer = PcmWriter::new(producer, format, Arc::clone(&shared));
         Ok(NewPcmSource {
@@ -578,27 +583,25 @@ impl SourceSlot {
         })
     }
 
+    /// A pre-encoded Opus source, without a decoder: the control side gives it one when it
+    /// knows the source will be mixed ([`SourceSlot::install_decoder`]), else it takes a spare
+    /// one from its mixer if it ever leaves passthrough (see [`crate::pool`]).
     pub(crate) fn new_opus(id: SourceId, options: &SourceOptions) -> Result<NewOpusSource> {
-        let decoder = audiopus::coder::Decoder::new(
-            audiopus::SampleRate::Hz48000,
-            audiopus::Channels::Stereo,
-        )?;
         let packets = (options.buffer.as_millis() / 20).max(2) as usize;
-        let (producer, consumer) = rtrb::RingBuffer::new(packets);
+        let (producer, consumer) = packet_ring(packets);
         let shared = Arc::new(SourceShared::new(options.volume, options.paused));
         let slot = Box::new(SourceSlot {
             id,
             shared: Arc::clone(&shared),
             input: Input::Opus {
                 ring: consumer,
-                decoder,
+                decoder: None,
                 resync: Box::new(OpusResync {
                     recent: [OpusPacket {
                         len: 0,
                         data: [0; MAX_OPUS_PACKET],
                     }; PRIME_PACKETS],
                     recent_len: 0,
-                    ahead: [0.0; crate::pcm::MIX_FRAME_LEN],
                     ahead_ready: false,
                 }),
             },
@@ -616,6 +619,7 @@ impl SourceSlot {
                         .unwrap_or(usize::MAX),
                 )
             }),
+            before_step: (0.0, 1.0),
         });
         let writer = OpusWriter::new(producer, Arc::clone(&shared));
         Ok(NewOpusSource {
@@ -724,6 +728,7 @@ impl SourceSlot {
             }
         }
         let target = if stop || paused { 0.0 } else { shared.volume() };
+        self.before_step = (self.gain, self.fade);
         let from = std::mem::replace(&mut self.gain, target);
         shared.frames_mixed.fetch_add(1, Ordering::Relaxed);
         shared.seek.advance(crate::frame::FRAME_DURATION);
@@ -733,6 +738,54 @@ impl SourceSlot {
             from: from * fade_from,
             to: target * self.fade,
         }
+    }
+
+    /// Takes back the gain change of the last [`Step::Render`]: the frame was passed through
+    /// unchanged instead (no codec was spare, see [`crate::pool`]), so the ramp starts again
+    /// next tick from where it was.
+    pub(crate) fn undo_ramp(&mut self) {
+        (self.gain, self.fade) = self.before_step;
+    }
+
+    /// Whether the source starts below unity or paused, so it is mixed from its first frame.
+    pub(crate) fn starts_mixed(&self) -> bool {
+        self.shared.volume() != 1.0 || self.shared.paused.load(Ordering::Relaxed)
+    }
+
+    /// Whether this source would have to take a spare decoder to be mixed.
+    pub(crate) fn needs_decoder(&self) -> bool {
+        matches!(self.input, Input::Opus { decoder: None, .. })
+    }
+
+    /// Gives the source a decoder (a spare from its mixer).
+    pub(crate) fn install_decoder(&mut self, mut new: PooledDecoder) -> Option<PooledDecoder> {
+        match &mut self.input {
+            Input::Opus { decoder, .. } if decoder.is_none() => {
+                prepare_decoder(&mut new);
+                *decoder = Some(new);
+                None
+            }
+            _ => Some(new),
+        }
+    }
+
+    /// The source's decoder, once passing through has kept enough packets that leaving
+    /// passthrough can bring a fresh decoder up to date ([`PRIME_PACKETS`]): from then on the
+    /// decoder's own state is never read again before a reset-equivalent catch-up.
+    pub(crate) fn take_settled_decoder(&mut self) -> Option<PooledDecoder> {
+        match &mut self.input {
+            Input::Opus {
+                decoder, resync, ..
+            } if resync.recent_len == PRIME_PACKETS && !resync.ahead_ready => decoder.take(),
+            _ => None,
+        }
+    }
+
+    /// Whether a passed-through source keeps enough packets to prime a fresh encoder when it
+    /// leaves passthrough (see [`crate::mixer`]'s `prime_encoder`).
+    pub(crate) fn passthrough_settled(&self) -> bool {
+        matches!(&self.input, Input::Opus { resync, .. }
+            if resync.recent_len == PRIME_PACKETS && !resync.ahead_ready)
     }
 
     /// The mixer skipped `ticks` ticks (a stall): a live producer's input is that much later.
@@ -798,7 +851,11 @@ impl SourceSlot {
                         (false, _) => &mut *out,
                     };
                     let packet = resync.recent[i];
-                    decode_into(decoder, Some(packet.bytes()), target);
+                    decode_into(
+                        decoder.as_deref_mut().map(|d| &mut d.decoder),
+                        Some(packet.bytes()),
+                        target,
+                    );
                 }
                 if keep {
                     tail.decoded = resync.recent_len;
@@ -807,16 +864,24 @@ impl SourceSlot {
                 if resync.ahead_ready {
                     // Decoded last tick already (see `decode_ahead`): only consume it.
                     resync.ahead_ready = false;
-                    if ring.pop().is_ok() {
-                        self.cursor.consumed(1);
+                    self.cursor.consumed(ring.discard(1));
+                    match decoder {
+                        Some(decoder) => out.copy_from_slice(&decoder.ahead[..]),
+                        // Not reached: a source gives its decoder back only with nothing
+                        // decoded ahead.
+                        None => out.fill(0.0),
                     }
-                    out.copy_from_slice(&resync.ahead);
                     return;
                 }
-                let packet = ring.pop().ok();
-                self.cursor.consumed(usize::from(packet.is_some()));
+                let mut packet = OpusPacket::EMPTY;
+                let popped = ring.pop_into(&mut packet);
+                self.cursor.consumed(usize::from(popped));
                 // A missing packet (`None`): libopus conceals the gap.
-                decode_into(decoder, packet.as_ref().map(OpusPacket::bytes), out);
+                decode_into(
+                    decoder.as_deref_mut().map(|d| &mut d.decoder),
+                    (popped && packet.len > 0).then(|| packet.bytes()),
+                    out,
+                );
             }
         }
     }
@@ -824,29 +889,42 @@ impl SourceSlot {
     /// The next packet's audio, once [`SourceSlot::decode_ahead`] has decoded it.
     pub(crate) fn ahead(&self) -> Option<&MixFrame> {
         match &self.input {
-            Input::Opus { resync, .. } if resync.ahead_ready => Some(&resync.ahead),
+            Input::Opus {
+                resync,
+                decoder: Some(decoder),
+                ..
+            } if resync.ahead_ready => Some(&decoder.ahead),
             _ => None,
         }
     }
 
     /// Decodes the next queued packet ahead of time, for a call about to go back to
     /// passthrough: its encoder needs the audio right after this frame to end the mixed
-    /// stretch where the passed-through packets continue. `None` when no packet is queued.
+    /// stretch where the passed-through packets continue. `None` when no packet is queued
+    /// (or, not reached, the source holds no decoder: the mixer gives it one to mix it).
     pub(crate) fn decode_ahead(&mut self) -> Option<&MixFrame> {
         let Input::Opus {
             ring,
-            decoder,
+            decoder: Some(decoder),
             resync,
         } = &mut self.input
         else {
             return None;
         };
         if !resync.ahead_ready {
-            let packet = ring.peek().ok()?;
-            decode_into(decoder, Some(packet.bytes()), &mut resync.ahead);
+            let mut packet = OpusPacket::EMPTY;
+            if !ring.peek_into(&mut packet) {
+                return None;
+            }
+            let decoder = &mut **decoder;
+            decode_into(
+                Some(&mut decoder.decoder),
+                (packet.len > 0).then(|| packet.bytes()),
+                &mut decoder.ahead,
+            );
             resync.ahead_ready = true;
         }
-        Some(&resync.ahead)
+        Some(&decoder.ahead)
     }
 
     /// Passthrough: copies this tick's packet into `frame` without decoding. A missing packet
@@ -855,12 +933,14 @@ impl SourceSlot {
         let Input::Opus { ring, resync, .. } = &mut self.input else {
             return;
         };
-        let packet = ring.pop();
-        self.cursor.consumed(usize::from(packet.is_ok()));
+        let mut popped = OpusPacket::EMPTY;
+        let consumed = ring.pop_into(&mut popped);
+        self.cursor.consumed(usize::from(consumed));
+        let packet = (consumed && popped.len > 0).then_some(&popped);
         if resync.ahead_ready {
             // The decoder has seen this packet already.
             resync.ahead_ready = false;
-        } else if let Ok(packet) = &packet {
+        } else if let Some(packet) = packet {
             if resync.recent_len == PRIME_PACKETS {
                 resync.recent.copy_within(1.., 0);
                 resync.recent_len -= 1;
@@ -868,9 +948,9 @@ impl SourceSlot {
             resync.recent[resync.recent_len] = *packet;
             resync.recent_len += 1;
         }
-        let bytes = match &packet {
-            Ok(packet) => packet.bytes(),
-            Err(_) => &OPUS_SILENCE[..],
+        let bytes = match packet {
+            Some(packet) => packet.bytes(),
+            None => &OPUS_SILENCE[..],
         };
         frame.kind = FrameKind::Audio;
         frame.buffer_mut()[..bytes.len()].copy_from_slice(bytes);
@@ -883,8 +963,18 @@ impl SourceSlot {
     }
 }
 
-/// Decodes one packet (or conceals a missing one) into `out`, silence where libopus fails.
-fn decode_into(decoder: &mut audiopus::coder::Decoder, packet: Option<&[u8]>, out: &mut MixFrame) {
+/// Decodes one packet (or conceals a missing one) into `out`, silence where libopus fails or
+/// no decoder is held (the mixer takes one before it renders an Opus source, so that is a
+/// broken invariant, heard as silence rather than a panic).
+fn decode_into(
+    decoder: Option<&mut audiopus::coder::Decoder>,
+    packet: Option<&[u8]>,
+    out: &mut MixFrame,
+) {
+    let Some(decoder) = decoder else {
+        out.fill(0.0);
+        return;
+    };
     let decoded = match audiopus::MutSignals::try_from(out.as_mut_slice()) {
         Ok(signals) => match packet {
             Some(bytes) => audiopus::packet::Packet::try_from(bytes)

@@ -110,6 +110,7 @@ pub(crate) struct MixerCounters {
     pub(crate) complexity_steps_up: AtomicU64,
     pub(crate) calls_lowered: AtomicU64,
     pub(crate) frames_rushed: AtomicU64,
+    pub(crate) codec_shortages: AtomicU64,
 }
 
 impl MixerCounters {
@@ -137,6 +138,20 @@ pub struct EngineStats {
     pub events_dropped: u64,
     /// Whether the mixer thread runs at a real-time (SCHED_FIFO) priority.
     pub realtime_priority: bool,
+    /// libopus encoders that exist now (~48 KB each): those calls hold while they mix, plus
+    /// the mixers' spares ([`crate::EngineConfig::spare_codecs`]) and any on their way to be
+    /// freed. A passthrough call holds none.
+    pub opus_encoders: u64,
+    /// Encoders held by calls now (calls that mix, or mixed a moment ago).
+    pub opus_encoders_in_use: u64,
+    /// libopus decoders that exist now (~27 KB each), as [`EngineStats::opus_encoders`]; a
+    /// passed-through Opus source holds none.
+    pub opus_decoders: u64,
+    /// Decoders held by Opus sources now.
+    pub opus_decoders_in_use: u64,
+    /// Times a call or source had to wait a tick to start mixing because its mixer had no
+    /// spare codec (see [`crate::EngineConfig::spare_codecs`]).
+    pub codec_shortages: u64,
     /// Opus complexity steps taken down under overload (one per call per step), and back up
     /// once there was room ([`crate::EngineConfig::adaptive_complexity`]).
     pub complexity_steps_down: u64,

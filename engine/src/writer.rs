@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::frame::{FRAME_SAMPLES, MAX_OPUS_PACKET};
+use crate::packets::PacketProducer;
 use crate::pcm::{PcmFormat, i16_to_f32};
 use crate::source::SourceShared;
 
@@ -163,7 +164,8 @@ fn whole_frames(samples: usize, format: PcmFormat) -> usize {
     samples / channels * channels
 }
 
-/// One pre-encoded 20 ms Opus packet in a source's ring. Fixed size, so the ring never allocates.
+/// One pre-encoded 20 ms Opus packet, as the mixer reads it from a source's ring (see
+/// [`crate::packets`]) or keeps it. Fixed size, so it lives on the stack or in place.
 #[derive(Clone, Copy)]
 pub(crate) struct OpusPacket {
     pub(crate) len: u16,
@@ -171,6 +173,11 @@ pub(crate) struct OpusPacket {
 }
 
 impl OpusPacket {
+    pub(crate) const EMPTY: Self = Self {
+        len: 0,
+        data: [0; MAX_OPUS_PACKET],
+    };
+
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.data[..usize::from(self.len)]
     }
@@ -199,7 +206,7 @@ pub fn validate_opus_packet(packet: &[u8]) -> Result<()> {
 /// When the source is alone in its call at unity volume, its packets are sent as they are
 /// (passthrough, no re-encoding); otherwise they are decoded and mixed.
 pub struct OpusWriter {
-    ring: rtrb::Producer<OpusPacket>,
+    ring: PacketProducer,
     shared: Arc<SourceShared>,
     /// Packets written so far, for seek marks.
     written: u64,
@@ -208,13 +215,13 @@ pub struct OpusWriter {
 impl std::fmt::Debug for OpusWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpusWriter")
-            .field("free_packets", &self.ring.slots())
+            .field("free_packets", &self.ring.free_packets())
             .finish()
     }
 }
 
 impl OpusWriter {
-    pub(crate) fn new(ring: rtrb::Producer<OpusPacket>, shared: Arc<SourceShared>) -> Self {
+    pub(crate) fn new(ring: PacketProducer, shared: Arc<SourceShared>) -> Self {
         Self {
             ring,
             shared,
@@ -229,17 +236,12 @@ impl OpusWriter {
             return Err(Error::SourceEnded);
         }
         validate_opus_packet(packet)?;
-        if self.ring.is_full() {
+        if !self.ring.fits(packet.len()) {
             // The producer runs ahead of real time on purpose: no latency cap for it.
             self.shared.ahead.store(true, Ordering::Relaxed);
             return Ok(false);
         }
-        let mut slot = OpusPacket {
-            len: packet.len() as u16,
-            data: [0; MAX_OPUS_PACKET],
-        };
-        slot.data[..packet.len()].copy_from_slice(packet);
-        let pushed = self.ring.push(slot).is_ok();
+        let pushed = self.ring.push(packet);
         self.written += u64::from(pushed);
         Ok(pushed)
     }
@@ -252,9 +254,11 @@ impl OpusWriter {
         Ok(())
     }
 
-    /// Packets that fit right now.
+    /// Packets that surely fit right now, whatever their size (smaller ones may fit more:
+    /// the ring holds [`SourceOptions::buffer`](crate::SourceOptions::buffer) of packets
+    /// averaging up to 640 bytes, a 256 kb/s stream).
     pub fn free_packets(&self) -> usize {
-        self.ring.slots()
+        self.ring.free_packets()
     }
 
     /// Ends the input: the source plays what is buffered, then ends with an event.

@@ -606,6 +606,12 @@ const PER_FRAME: usize = SWITCH_FRAME / 120;
 /// the producer writes each packet right before the tick that plays it, so nothing is ever
 /// queued ahead.
 fn switch_scenario(just_in_time: bool) -> SwitchRun {
+    switch_scenario_with(just_in_time, &[(40, 0.5), (80, 1.0)], 2.4)
+}
+
+/// [`switch_scenario`] with the volume set to `volume` at each `(tick, volume)` of `changes`,
+/// over `seconds` of tone.
+fn switch_scenario_with(just_in_time: bool, changes: &[(usize, f32)], seconds: f64) -> SwitchRun {
     let (engine, mut mixer) = manual(4);
     let (call, mut frames) = engine.create_call().unwrap();
     let encoder = audiopus::coder::Encoder::new(
@@ -614,7 +620,7 @@ fn switch_scenario(just_in_time: bool) -> SwitchRun {
         audiopus::Application::Audio,
     )
     .unwrap();
-    let tone = sine(48_000, 2, 400.0, 0.4, 2.4);
+    let tone = sine(48_000, 2, 400.0, 0.4, seconds);
     let packets: Vec<Vec<u8>> = tone
         .chunks_exact(1_920)
         .map(|frame| {
@@ -637,10 +643,8 @@ fn switch_scenario(just_in_time: bool) -> SwitchRun {
     let mut out = empty();
     let mut listener = new_decoder();
     for (tick, packet) in packets.iter().enumerate() {
-        match tick {
-            40 => opus.set_volume(0.5),
-            80 => opus.set_volume(1.0),
-            _ => {}
+        if let Some(&(_, volume)) = changes.iter().find(|(at, _)| *at == tick) {
+            opus.set_volume(volume);
         }
         if just_in_time {
             assert!(writer.write_packet(packet).unwrap());
@@ -650,7 +654,7 @@ fn switch_scenario(just_in_time: bool) -> SwitchRun {
     }
     let stats = engine.stats();
     assert!(stats.frames_passed_through >= 70 && stats.frames_encoded >= 40);
-    assert_eq!(out.left.len(), 120 * SWITCH_FRAME);
+    assert_eq!(out.left.len(), packets.len() * SWITCH_FRAME);
 
     let mut reference_decoder = new_decoder();
     let mut ideal = Vec::new();
@@ -665,13 +669,17 @@ fn switch_scenario(just_in_time: bool) -> SwitchRun {
     }
     for (n, v) in ideal.iter_mut().enumerate() {
         let t = n as f32 / SWITCH_FRAME as f32;
-        *v *= match t {
-            t if t < 40.0 => 1.0,
-            t if t < 41.0 => 1.0 - 0.5 * (t - 40.0),
-            t if t < 80.0 => 0.5,
-            t if t < 81.0 => 0.5 + 0.5 * (t - 80.0),
-            _ => 1.0,
-        };
+        // Each change ramps over one frame from the volume before it.
+        let mut gain = 1.0;
+        for &(at, volume) in changes {
+            let at = at as f32;
+            if t >= at + 1.0 {
+                gain = volume;
+            } else if t >= at {
+                gain += (volume - gain) * (t - at);
+            }
+        }
+        *v *= gain;
     }
     SwitchRun {
         packets,
@@ -745,6 +753,31 @@ fn leaving_and_rejoining_passthrough_keeps_the_level_and_does_not_click() {
                 range.start + i / PER_FRAME
             );
         }
+    }
+}
+
+/// A call leaves passthrough again with codecs another stretch used (handed back, reset and
+/// taken again from the mixer's spares, see `crate::pool`): the second departure sounds as
+/// clean as the first.
+#[test]
+fn leaving_passthrough_again_with_recycled_codecs_keeps_the_level_and_does_not_click() {
+    let run = switch_scenario_with(false, &[(40, 0.5), (60, 1.0), (100, 0.5), (120, 1.0)], 3.0);
+    assert!(run.out.packets[70..100] == run.packets[70..100]);
+    assert!(run.out.packets[130..] == run.packets[130..]);
+    for (name, at) in [("leaving again", 100), ("rejoining again", 120)] {
+        let (low, high, click, ideal_click) = around_switch(&run, at);
+        eprintln!(
+            "{name}: level {:.0}–{:.0} % of full, click energy {click:.2e} (ideal ramp \
+             {ideal_click:.2e})",
+            low * 100.0,
+            high * 100.0
+        );
+        assert!(low > 0.45, "{name}: dips to {:.0} % of full", low * 100.0);
+        assert!(high < 1.05, "{name}: overshoots to {:.0} %", high * 100.0);
+        assert!(
+            click < 3.0 * ideal_click,
+            "{name} clicks: {click:.2e} vs {ideal_click:.2e}"
+        );
     }
 }
 
