@@ -73,13 +73,13 @@ fn live_bytes_of(f: impl FnOnce()) -> u64 {
 }
 
 /// What a passthrough call needs on the Rust side with the default settings: its frame queue
-/// (8 frames of up to 1,275 bytes), the source's packet ring (200 ms: 10 packets averaging up
+/// (5 frames of up to 1,275 bytes), the source's packet ring (200 ms: 10 packets averaging up
 /// to 640 bytes), the two packets kept to resynchronise a decoder, and small state. About
-/// 21 KB; it was 67 KB while every call and every Opus source carried its own per-tick
+/// 17.4 KB. It was 67 KB while every call and every Opus source carried its own per-tick
 /// buffers, 35 KB while every Opus source carried the frame a mixed source decodes ahead (now
-/// beside its decoder, which a passed-through source does not hold), and 27 KB while the
-/// packet ring had a 1,275-byte slot per packet.
-const PASSTHROUGH_CALL_BUDGET: u64 = 24 * 1024;
+/// beside its decoder, which a passed-through source does not hold), 27 KB while the packet
+/// ring had a 1,275-byte slot per packet, and 21 KB with an 8-frame queue.
+const PASSTHROUGH_CALL_BUDGET: u64 = 20 * 1024;
 
 #[test]
 fn a_passthrough_call_allocates_no_per_tick_mixing_buffers() {
@@ -88,7 +88,7 @@ fn a_passthrough_call_allocates_no_per_tick_mixing_buffers() {
         ..EngineConfig::default()
     };
     assert_eq!(
-        config.frame_queue, 8,
+        config.frame_queue, 5,
         "the budget assumes the default frame queue"
     );
     let (engine, mut mixer) = Engine::manual(config).unwrap(); // invariant: valid config
