@@ -30,7 +30,7 @@ impl Default for Limiter {
 impl Limiter {
     /// Limits and soft-clips `frame` in place. Afterwards every sample is strictly inside −1..1.
     pub(crate) fn process(&mut self, frame: &mut MixFrame) {
-        let peak = frame.iter().fold(0.0_f32, |peak, s| peak.max(s.abs()));
+        let (peak, within_knee) = scan(frame);
         let wanted = if peak > CEILING { CEILING / peak } else { 1.0 };
         let start = self.gain;
         if wanted < start {
@@ -51,10 +51,37 @@ impl Limiter {
             }
             self.gain = end;
         }
-        for sample in frame.iter_mut() {
-            *sample = soft_clip(*sample);
+        // The gain never exceeds 1, so samples within the knee stayed there, and the clipper
+        // passes them unchanged: with none outside it (the usual case), it has nothing to do.
+        if !within_knee {
+            for sample in frame.iter_mut() {
+                *sample = soft_clip(*sample);
+            }
         }
     }
+}
+
+/// The frame's largest magnitude (NaN ignored, as `f32::max` does) and whether every sample is
+/// within the clipper's knee (NaN is not). Kept in independent lanes so that it vectorises: a
+/// single running maximum is a chain the compiler may not reorder.
+fn scan(frame: &MixFrame) -> (f32, bool) {
+    const LANES: usize = 16;
+    let mut peaks = [0.0_f32; LANES];
+    let mut within = [true; LANES];
+    for chunk in frame.chunks_exact(LANES) {
+        for ((peak, within), sample) in peaks.iter_mut().zip(&mut within).zip(chunk) {
+            let magnitude = sample.abs();
+            // False for NaN, which therefore never becomes the peak.
+            if magnitude > *peak {
+                *peak = magnitude;
+            }
+            *within &= magnitude <= KNEE;
+        }
+    }
+    (
+        peaks.iter().fold(0.0_f32, |peak, &lane| peak.max(lane)),
+        within.iter().all(|&within| within),
+    )
 }
 
 /// Identity below the knee, then a tanh curve that approaches but never reaches full scale.
@@ -119,6 +146,35 @@ mod tests {
                 .iter()
                 .all(|s| s.abs() <= CEILING + 1e-4)
         );
+    }
+
+    #[test]
+    fn nan_becomes_silence_and_does_not_move_the_gain() {
+        let mut limiter = Limiter::default();
+        let mut frame = [0.25; MIX_FRAME_LEN];
+        frame[17] = f32::NAN;
+        frame[1_900] = -f32::NAN;
+        limiter.process(&mut frame);
+        assert_eq!(limiter.gain, 1.0);
+        assert_eq!((frame[17], frame[1_900]), (0.0, 0.0));
+        assert!(
+            frame
+                .iter()
+                .enumerate()
+                .all(|(i, &s)| i == 17 || i == 1_900 || s == 0.25)
+        );
+    }
+
+    #[test]
+    fn a_peak_inside_the_attack_is_clipped() {
+        let mut limiter = Limiter::default();
+        let mut frame = [0.1; MIX_FRAME_LEN];
+        // Early in the attack ramp the gain is still close to 1: the clipper rounds it off.
+        frame[10] = -3.0;
+        limiter.process(&mut frame);
+        assert!(frame.iter().all(|s| s.abs() < 1.0));
+        assert!(frame[10] < -KNEE);
+        assert!(limiter.gain < 1.0);
     }
 
     #[test]
