@@ -688,6 +688,24 @@ fn switch_scenario_with(just_in_time: bool, changes: &[(usize, f32)], seconds: f
     }
 }
 
+/// The level around the switch at tick `at` neither dips below the lower level nor overshoots
+/// the higher one, and the switch makes no more broadband energy than the gain ramp itself.
+fn assert_clean_switch(run: &SwitchRun, name: &str, at: usize) {
+    let (low, high, click, ideal_click) = around_switch(run, at);
+    eprintln!(
+        "{name}: level {:.0}–{:.0} % of full, click energy {click:.2e} (ideal ramp \
+         {ideal_click:.2e})",
+        low * 100.0,
+        high * 100.0
+    );
+    assert!(low > 0.45, "{name}: dips to {:.0} % of full", low * 100.0);
+    assert!(high < 1.05, "{name}: overshoots to {:.0} %", high * 100.0);
+    assert!(
+        click < 3.0 * ideal_click,
+        "{name} clicks: {click:.2e} vs {ideal_click:.2e}"
+    );
+}
+
 /// Around the switch at tick `at`: the lowest and highest level (fractions of the full
 /// level), and the largest click energy next to an ideal ramp's.
 fn around_switch(run: &SwitchRun, at: usize) -> (f32, f32, f64, f64) {
@@ -722,22 +740,8 @@ fn leaving_and_rejoining_passthrough_keeps_the_level_and_does_not_click() {
         run.out.packets[90..] == run.packets[90..],
         "passthrough again after it"
     );
-    for (name, at) in [("leaving", 40), ("rejoining", 80)] {
-        let (low, high, click, ideal_click) = around_switch(&run, at);
-        eprintln!(
-            "{name} passthrough: level {:.0}–{:.0} % of full, click energy {click:.2e} (ideal ramp \
-             {ideal_click:.2e})",
-            low * 100.0,
-            high * 100.0
-        );
-        // No dip below the lower level, no overshoot above the higher one.
-        assert!(low > 0.45, "{name}: dips to {:.0} % of full", low * 100.0);
-        assert!(high < 1.05, "{name}: overshoots to {:.0} %", high * 100.0);
-        // No more broadband energy than the gain ramp itself makes.
-        assert!(
-            click < 3.0 * ideal_click,
-            "{name} clicks: {click:.2e} vs {ideal_click:.2e}"
-        );
+    for (name, at) in [("leaving passthrough", 40), ("rejoining passthrough", 80)] {
+        assert_clean_switch(&run, name, at);
     }
     // Settled a frame after each ramp.
     let full = 0.4 / std::f32::consts::SQRT_2;
@@ -765,19 +769,7 @@ fn leaving_passthrough_again_with_recycled_codecs_keeps_the_level_and_does_not_c
     assert!(run.out.packets[70..100] == run.packets[70..100]);
     assert!(run.out.packets[130..] == run.packets[130..]);
     for (name, at) in [("leaving again", 100), ("rejoining again", 120)] {
-        let (low, high, click, ideal_click) = around_switch(&run, at);
-        eprintln!(
-            "{name}: level {:.0}–{:.0} % of full, click energy {click:.2e} (ideal ramp \
-             {ideal_click:.2e})",
-            low * 100.0,
-            high * 100.0
-        );
-        assert!(low > 0.45, "{name}: dips to {:.0} % of full", low * 100.0);
-        assert!(high < 1.05, "{name}: overshoots to {:.0} %", high * 100.0);
-        assert!(
-            click < 3.0 * ideal_click,
-            "{name} clicks: {click:.2e} vs {ideal_click:.2e}"
-        );
+        assert_clean_switch(&run, name, at);
     }
 }
 
