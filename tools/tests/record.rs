@@ -135,5 +135,9 @@ fn wav_recordings_are_decoded_and_aligned() {
         .collect();
     assert!((left.len() as f64 / 48_000.0 - file.seconds).abs() < 0.03);
     assert!(dominates(&left[left.len() / 2..], 550.0, 440.0));
-    assert_eq!(file.stats.lost, 0, "{:?}", file.stats);
+    // Nothing lost on loopback but what the receiver discarded itself: frames the member
+    // encrypted before the recorder's DAVE keys arrived (it joins while the member speaks) are
+    // undecryptable by design and leave a gap (4 of 200 in a CI run under load).
+    let discarded_here = file.stats.undecryptable + file.stats.rejected + file.stats.late;
+    assert!(file.stats.lost <= discarded_here, "{:?}", file.stats);
 }
