@@ -808,33 +808,28 @@ impl Outboxes<'_> {
     /// Takes back an encoder no call needs: kept as a spare, or sent to the control side.
     /// `Err` when neither has room (the caller keeps it rather than free it here).
     fn give_encoder(&mut self, encoder: PooledEncoder) -> Result<(), PooledEncoder> {
-        let Some(encoder) = self.spares.give_encoder(encoder) else {
-            return Ok(());
-        };
-        match self.garbage.push(Garbage::Encoder(encoder)) {
-            Ok(()) => Ok(()),
-            Err(rtrb::PushError::Full(Garbage::Encoder(encoder))) => Err(encoder),
-            // Only the value pushed comes back.
-            Err(rtrb::PushError::Full(other)) => {
-                std::mem::forget(other);
-                Ok(())
-            }
+        match self.spares.give_encoder(encoder) {
+            None => Ok(()),
+            Some(encoder) => self.discard_if_room(encoder, Garbage::Encoder),
         }
     }
 
     /// As [`Outboxes::give_encoder`], for a decoder.
     fn give_decoder(&mut self, decoder: PooledDecoder) -> Result<(), PooledDecoder> {
-        let Some(decoder) = self.spares.give_decoder(decoder) else {
-            return Ok(());
-        };
-        match self.garbage.push(Garbage::Decoder(decoder)) {
-            Ok(()) => Ok(()),
-            Err(rtrb::PushError::Full(Garbage::Decoder(decoder))) => Err(decoder),
-            Err(rtrb::PushError::Full(other)) => {
-                std::mem::forget(other);
-                Ok(())
-            }
+        match self.spares.give_decoder(decoder) {
+            None => Ok(()),
+            Some(decoder) => self.discard_if_room(decoder, Garbage::Decoder),
         }
+    }
+
+    /// Sends `value` to be dropped off this thread, or hands it back when the ring is full.
+    fn discard_if_room<T>(&mut self, value: T, wrap: fn(T) -> Garbage) -> Result<(), T> {
+        if self.garbage.slots() == 0 {
+            return Err(value);
+        }
+        // A slot is free and this thread is the ring's only producer: the push succeeds.
+        let _ = self.garbage.push(wrap(value));
+        Ok(())
     }
 
     fn event(&mut self, event: Event) {

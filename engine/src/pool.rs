@@ -243,24 +243,24 @@ impl Spares {
 
     /// Takes an encoder back; returns it when there is no room to keep it (the caller sends
     /// it to be dropped off the real-time thread).
-    pub(crate) fn give_encoder(&mut self, mut encoder: PooledEncoder) -> Option<PooledEncoder> {
-        encoder.release();
-        if self.encoders.len() < self.encoders.capacity() {
-            self.encoders.push(encoder);
-            None
-        } else {
-            Some(encoder)
-        }
+    pub(crate) fn give_encoder(&mut self, encoder: PooledEncoder) -> Option<PooledEncoder> {
+        keep(&mut self.encoders, encoder)
     }
 
     /// As [`Spares::give_encoder`], for a decoder.
-    pub(crate) fn give_decoder(&mut self, mut decoder: PooledDecoder) -> Option<PooledDecoder> {
-        decoder.release();
-        if self.decoders.len() < self.decoders.capacity() {
-            self.decoders.push(decoder);
-            None
-        } else {
-            Some(decoder)
-        }
+    pub(crate) fn give_decoder(&mut self, decoder: PooledDecoder) -> Option<PooledDecoder> {
+        keep(&mut self.decoders, decoder)
+    }
+}
+
+/// Keeps `codec` as a spare, released, within the list's capacity (no allocation); returns it
+/// when the list is full.
+fn keep<T>(spares: &mut Vec<Counted<T>>, mut codec: Counted<T>) -> Option<Counted<T>> {
+    codec.release();
+    if spares.len() < spares.capacity() {
+        spares.push(codec);
+        None
+    } else {
+        Some(codec)
     }
 }
