@@ -1166,9 +1166,9 @@ mod rush_tests {
         let (engine, mut mixer) = Engine::manual(EngineConfig::default()).unwrap(); // invariant: default config is valid
         let mut writers = Vec::new();
         for _ in 0..3 {
-            let (call, _frames) = engine.create_call().unwrap(); // invariant: below the call limit
+            let (call, frames) = engine.create_call().unwrap(); // invariant: below the call limit
             let (_, writer) = engine.push_source(call, PcmFormat::STEREO_48K).unwrap(); // invariant: the call exists
-            writers.push((writer, _frames));
+            writers.push((writer, frames));
         }
         let tone: Vec<f32> = (0..1_920).map(|i| (i as f32 * 0.05).sin() * 0.3).collect();
         let feed = |writers: &mut Vec<(PcmWriter, FrameReceiver)>| {
