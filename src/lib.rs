@@ -94,6 +94,7 @@ use quaver_gateway::join::{VoiceServerUpdate, VoiceStateSender, VoiceStateUpdate
 use quaver_gateway::main_gateway::MainGatewayConfig;
 use quaver_gateway::voice::{VoiceConfig, VoiceConnectRequest};
 use quaver_net::receiver::ReceiverConfig;
+pub use quaver_net::sender::PhaseConfig;
 use quaver_net::{BackendChoice, EventNotifier, Receiver, Sender, SenderConfig, SenderStats};
 
 /// How long [`Engine::connect_bot`] waits for READY.
@@ -113,6 +114,9 @@ pub struct Config {
     pub control: ControlConfig,
     /// Which UDP send path: io_uring, the portable fallback, or automatic.
     pub backend: BackendChoice,
+    /// How the sender staggers calls over the 20 ms period: more groups spread a tick's
+    /// packets wider (smaller bursts at the receiver), fewer cost fewer wake-ups.
+    pub phases: PhaseConfig,
     /// Commands (add, remove, re-key) queued to the sender thread between two ticks. A full
     /// queue never loses a call: the driver tries again a moment later.
     pub sender_commands: usize,
@@ -131,6 +135,7 @@ impl Default for Config {
             voice: VoiceConfig::default(),
             control: ControlConfig::default(),
             backend: BackendChoice::Auto,
+            phases: PhaseConfig::default(),
             sender_commands: 256,
             allow_plain_endpoints: false,
         }
@@ -191,6 +196,7 @@ impl Engine {
         let waker_slot: Arc<OnceLock<ControlWaker>> = Arc::new(OnceLock::new());
         let mut sender_config = SenderConfig::new(audio.grid());
         sender_config.backend = config.backend;
+        sender_config.phases = config.phases;
         sender_config.max_calls = config.engine.max_calls;
         sender_config.command_capacity = config.sender_commands.max(1);
         let notify = EventNotifier(Arc::new({

@@ -91,8 +91,11 @@ impl Default for EngineConfig {
     }
 }
 
-/// How often the worker thread reads files ahead, frees garbage and forwards events.
-const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(5);
+/// How often the worker thread frees garbage, forwards events and refills spare codecs: once a
+/// tick. (Its wake-ups were the largest share of an idle engine's CPU at every 5 ms.)
+const HOUSEKEEPING_PERIOD: Duration = FRAME_DURATION;
+/// How often it wakes while it decodes files, to keep their read-ahead topped up.
+const READ_AHEAD_PERIOD: Duration = Duration::from_millis(5);
 /// Commands that can wait for the mixer at once; far more than it applies per tick.
 const COMMAND_QUEUE: usize = 4096;
 /// Calls in flight from one mixer to another at once (one move at a time is asked for).
@@ -226,9 +229,13 @@ impl Engine {
             .name("quaver-engine-worker".into())
             .spawn(move || {
                 while !shutdown.load(Ordering::Relaxed) {
-                    inner.housekeep();
-                    // Parked rather than asleep, so a seek can wake it at once.
-                    std::thread::park_timeout(HOUSEKEEPING_PERIOD);
+                    let reading = inner.housekeep();
+                    // Parked rather than asleep, so a new file or a seek can wake it at once.
+                    std::thread::park_timeout(if reading {
+                        READ_AHEAD_PERIOD
+                    } else {
+                        HOUSEKEEPING_PERIOD
+                    });
                 }
             })
             .map_err(|source| Error::Thread {
@@ -635,6 +642,10 @@ impl Inner {
         let shared = Arc::clone(&opened.shared);
         self.place_source(call, opened.slot, placement)?;
         lock(&self.decoders).push(opened.decoder);
+        // Its read-ahead starts now, not at the next (slower) housekeeping round.
+        if let Some(worker) = self.worker.get() {
+            worker.unpark();
+        }
         Ok(SourceHandle::new(call, id, shared))
     }
 
@@ -748,16 +759,12 @@ impl Inner {
             return;
         }
         let loads: Vec<u64> = self.mixers.iter().map(|m| m.load.work_ns()).collect();
-        let candidates: Vec<Candidate> = table
-            .calls
-            .iter()
-            .map(|(&call, entry)| Candidate {
-                call,
-                mixer: entry.mixer,
-                cost_ns: entry.shared.cost_ns(),
-            })
-            .collect();
-        let Some(chosen) = crate::rebalance::choose(&loads, &candidates) else {
+        let candidates = table.calls.iter().map(|(&call, entry)| Candidate {
+            call,
+            mixer: entry.mixer,
+            cost_ns: entry.shared.cost_ns(),
+        });
+        let Some(chosen) = crate::rebalance::choose(&loads, candidates) else {
             return;
         };
         if self
@@ -807,7 +814,8 @@ impl Inner {
         }
     }
 
-    fn housekeep(self: &Arc<Self>) {
+    /// Returns whether files are being decoded (then the worker comes back sooner).
+    fn housekeep(self: &Arc<Self>) -> bool {
         // Events are taken before garbage: the mixer queues a slot's garbage before its end
         // event, so by the time a user sees `SourceEnded`, the slot no longer counts against
         // the limits.
@@ -875,8 +883,10 @@ impl Inner {
                 }
             }
         });
+        let reading = !decoders.is_empty();
         drop(decoders);
         lock(&self.streams).retain_mut(Running::check);
+        reading
     }
 
     pub(crate) fn forward(&self, event: Event) {

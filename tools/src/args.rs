@@ -95,15 +95,28 @@ pub fn volume(s: &str) -> Result<f32, String> {
 
 /// A number of calls, 1 to [`MAX_CALLS`].
 pub fn calls(s: &str) -> Result<usize, String> {
+    count(s, "calls", MAX_CALLS)
+}
+
+/// A number of phase groups, 1 to [`quaver::net::sender::MAX_PHASE_GROUPS`].
+pub fn phase_groups(s: &str) -> Result<usize, String> {
+    count(s, "phase groups", quaver::net::sender::MAX_PHASE_GROUPS)
+}
+
+/// Calls a phase group takes, 1 to [`MAX_CALLS`].
+pub fn calls_per_group(s: &str) -> Result<usize, String> {
+    count(s, "calls per group", MAX_CALLS)
+}
+
+/// A whole number of `what`, 1 to `max`.
+fn count(s: &str, what: &str, max: usize) -> Result<usize, String> {
     let value: u128 = s
         .trim()
         .parse()
-        .map_err(|_| format!("{s:?} is not a whole number of calls"))?;
+        .map_err(|_| format!("{s:?} is not a whole number of {what}"))?;
     match usize::try_from(value) {
-        Ok(calls @ 1..=MAX_CALLS) => Ok(calls),
-        _ => Err(format!(
-            "the number of calls must be between 1 and {MAX_CALLS}"
-        )),
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("the number of {what} must be between 1 and {max}")),
     }
 }
 
@@ -141,6 +154,12 @@ mod tests {
             assert!(calls(bad).is_err(), "{bad}");
         }
         assert_eq!(calls("5000"), Ok(5_000));
+        for bad in ["0", "21", "-1", "2.5"] {
+            assert!(phase_groups(bad).is_err(), "{bad}");
+        }
+        assert_eq!(phase_groups("20"), Ok(20));
+        assert!(calls_per_group("0").is_err());
+        assert_eq!(calls_per_group(" 8 "), Ok(8));
         for bad in ["nan", "-0.1", "inf", "16.01"] {
             assert!(volume(bad).is_err(), "{bad}");
         }

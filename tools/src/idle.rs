@@ -72,6 +72,7 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<IdleReport, Err
     config.engine.max_calls = options.calls;
     config.engine.realtime_priority = options.realtime;
     config.backend = options.backend;
+    config.phases = options.phases;
     config.control = match (&embedded, &options.server) {
         (Some(server), _) => server.trusted(config.control),
         (None, _) => crate::remote::control_config(options.ca_cert.as_deref())?,

@@ -18,7 +18,7 @@ use quaver::gateway::main_gateway::MainGatewayConfig;
 use quaver::gateway::protocol::{SpeakingFlags, Token};
 use quaver::gateway::voice::{VoiceConnectRequest, VoiceEvent};
 use quaver::net::BackendChoice;
-use quaver::{CallEvent, CallId, Config, Engine, Event, JoinOptions};
+use quaver::{CallEvent, CallId, Config, Engine, Event, JoinOptions, PhaseConfig};
 
 use crate::Error;
 use crate::baseline::BaselineSender;
@@ -77,6 +77,8 @@ pub struct JitterOptions {
     /// embedded server: 1 hears the probe alone; more load the receive path as a bot that
     /// listens to many channels would.
     pub hear: usize,
+    /// How the engine's sender staggers the calls over the period.
+    pub phases: PhaseConfig,
 }
 
 impl Default for JitterOptions {
@@ -96,6 +98,7 @@ impl Default for JitterOptions {
             progress: false,
             faults: Faults::default(),
             hear: 1,
+            phases: PhaseConfig::default(),
         }
     }
 }
@@ -283,6 +286,7 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
     config.engine.max_calls = options.calls.saturating_add(2);
     config.engine.realtime_priority = options.realtime;
     config.backend = options.backend;
+    config.phases = options.phases;
     // The engine's control thread must trust whichever server it dials.
     config.control = match &target {
         Target::Embedded(server) => server.trusted(config.control),

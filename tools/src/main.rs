@@ -250,6 +250,12 @@ struct JitterArgs {
     /// receive path under load, reported over every stream it heard.
     #[arg(long, value_name = "N", default_value = "1", value_parser = quaver_tools::args::calls, conflicts_with_all = ["server", "idle", "ramp"])]
     hear: usize,
+    /// Phase groups the sender spreads the calls over within the 20 ms period (1 to 20).
+    #[arg(long, value_name = "N", default_value_t = quaver::PhaseConfig::default().groups, value_parser = quaver_tools::args::phase_groups)]
+    phase_groups: usize,
+    /// Calls a phase group takes before the next one opens (1 or more).
+    #[arg(long, value_name = "N", default_value_t = quaver::PhaseConfig::default().calls_per_group, value_parser = quaver_tools::args::calls_per_group)]
+    calls_per_group: usize,
 }
 
 fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
@@ -270,6 +276,8 @@ fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
         udp_reorder,
         udp_duplicate,
         hear,
+        phase_groups,
+        calls_per_group,
     } = args;
     let faults = quaver_tools::server::Faults {
         udp_loss_pct: udp_loss,
@@ -304,6 +312,10 @@ fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
         progress: true,
         faults,
         hear,
+        phases: quaver::PhaseConfig {
+            groups: phase_groups,
+            calls_per_group,
+        },
         ..Default::default()
     };
     if ramp {

@@ -89,6 +89,7 @@ pub mod stats;
 mod tls;
 mod udp;
 mod voice_ws;
+mod wake;
 pub mod wav;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};

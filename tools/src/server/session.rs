@@ -51,7 +51,7 @@ pub(crate) struct Session {
     /// Numbered messages for Resume (v8 only).
     pub replay: VecDeque<(i64, Outgoing)>,
     /// The attached websocket thread, if any: its generation and queue.
-    pub outbox: Option<(u64, crossbeam_channel::Sender<Outgoing>)>,
+    pub outbox: Option<(u64, super::wake::Mailbox)>,
     pub detached_at: Option<Instant>,
     pub speaking: u32,
     pub established_at: Option<Instant>,
@@ -145,7 +145,7 @@ impl Session {
 
     pub fn send(&self, out: Outgoing) -> bool {
         match &self.outbox {
-            Some((_, tx)) => tx.send(out).is_ok(),
+            Some((_, tx)) => tx.send(out),
             None => false,
         }
     }

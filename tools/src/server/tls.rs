@@ -29,6 +29,11 @@ impl Conn {
         }
     }
 
+    /// The socket's descriptor, to poll it.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(self.tcp())
+    }
+
     pub fn set_read_timeout(&self, t: Duration) {
         let _ = self.tcp().set_read_timeout(Some(t));
     }

@@ -3,6 +3,7 @@
 
 use std::io::Write as _;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quaver_gateway::protocol::{
@@ -17,17 +18,24 @@ use zeroize::Zeroize;
 
 use super::framing::{Framing, heartbeat_nonce};
 use super::tls::Ws;
+use super::wake::{self, Mailbox, Wake, Wakeup};
 use super::{CallKey, Outgoing, ServerEvent, Session, Shared};
 
 /// How long to wait for the client's answer to a close frame before dropping the socket.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// The longest a connection thread sleeps with nothing to do.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How long a read waits for the rest of a frame, or for another after one: the thread sleeps
+/// in poll(2) otherwise, so this only bounds how long a read can hold up queued frames.
+const READ_SLICE: Duration = Duration::from_millis(1);
 
 struct Conn<'a> {
     shared: &'a Shared,
     framing: Framing,
     generation: u64,
-    tx: crossbeam_channel::Sender<Outgoing>,
+    mailbox: Mailbox,
     rx: crossbeam_channel::Receiver<Outgoing>,
+    wake: Arc<Wake>,
     /// The session this socket serves, once identified or resumed.
     session: Option<u64>,
     closing_since: Option<Instant>,
@@ -39,6 +47,8 @@ struct Conn<'a> {
 /// Serves one voice websocket until it closes.
 pub(crate) fn serve(mut ws: Ws, framing: Framing, shared: &Shared) {
     let (tx, rx) = crossbeam_channel::unbounded();
+    let wake = Arc::new(Wake::new());
+    ws.get_ref().set_read_timeout(READ_SLICE);
     let mut c = Conn {
         shared,
         framing,
@@ -46,8 +56,9 @@ pub(crate) fn serve(mut ws: Ws, framing: Framing, shared: &Shared) {
             .ws_generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1,
-        tx,
+        mailbox: Mailbox::new(tx, Arc::clone(&wake)),
         rx,
+        wake,
         session: None,
         closing_since: None,
         client_left: false,
@@ -72,6 +83,9 @@ fn send_payload(ws: &mut Ws, p: &VoicePayload) -> tungstenite::Result<()> {
 }
 
 fn run(ws: &mut Ws, c: &mut Conn<'_>) {
+    // Whether tungstenite or rustls may hold a message already read off the socket, which
+    // poll(2) cannot see: until a read finds nothing, read rather than wait.
+    let mut maybe_buffered = true;
     loop {
         if c.shared.stopped() && c.closing_since.is_none() {
             start_close(ws, c, 1001);
@@ -80,6 +94,20 @@ fn run(ws: &mut Ws, c: &mut Conn<'_>) {
             && since.elapsed() > CLOSE_GRACE
         {
             return;
+        }
+        if !maybe_buffered {
+            let socket = ws.get_ref().raw_fd();
+            match wake::wait(socket, &c.wake, next_check(c)) {
+                Wakeup::Socket => maybe_buffered = true,
+                Wakeup::Woken | Wakeup::TimedOut => {
+                    if !drain(ws, c) {
+                        return;
+                    }
+                    check_heartbeat(ws, c);
+                    inject_faults(ws, c);
+                    continue;
+                }
+            }
         }
         match ws.read() {
             Ok(Message::Text(text)) => {
@@ -101,7 +129,7 @@ fn run(ws: &mut Ws, c: &mut Conn<'_>) {
                 c.closing_since.get_or_insert_with(Instant::now);
             }
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e)) if super::read_timed_out(&e) => {}
+            Err(tungstenite::Error::Io(e)) if super::read_timed_out(&e) => maybe_buffered = false,
             Err(tungstenite::Error::Capacity(e)) => {
                 tracing::debug!(error = %e, "oversized voice frame");
                 c.shared.lock().counters.oversized_frames += 1;
@@ -123,6 +151,25 @@ fn run(ws: &mut Ws, c: &mut Conn<'_>) {
         check_heartbeat(ws, c);
         inject_faults(ws, c);
     }
+}
+
+/// How long the thread may sleep when nothing arrives: until the heartbeat deadline, the end of
+/// the close grace, or (with fault injection on) the next look at the fault timers; at most
+/// [`IDLE_CHECK`], which also bounds how long a stopping server waits for a socket that has
+/// no session to be told through.
+fn next_check(c: &Conn<'_>) -> Duration {
+    let config = &c.shared.config;
+    let mut wait = IDLE_CHECK;
+    if let Some(since) = c.closing_since {
+        wait = wait.min(CLOSE_GRACE.saturating_sub(since.elapsed()));
+    } else if let Some(limit) = heartbeat_limit(c) {
+        wait = wait.min(limit.saturating_sub(c.last_heartbeat.elapsed()));
+    }
+    if config.faults.close_code.is_some() || config.faults.drop_ws_after.is_some() {
+        wait = wait.min(config.ws_poll_interval);
+    }
+    // Past a deadline, one more millisecond lets `elapsed() > limit` hold when checked.
+    wait + Duration::from_millis(1)
 }
 
 /// Sends what other threads queued for this socket. False when the socket must go.
@@ -193,12 +240,19 @@ fn start_close(ws: &mut Ws, c: &mut Conn<'_>, code: u16) {
     c.closing_since = Some(Instant::now());
 }
 
-fn check_heartbeat(ws: &mut Ws, c: &mut Conn<'_>) {
+/// How long a client may go without a heartbeat, when the server checks.
+fn heartbeat_limit(c: &Conn<'_>) -> Option<Duration> {
     let config = &c.shared.config;
-    let Some(n) = config.heartbeat_timeout_intervals else {
+    let n = config.heartbeat_timeout_intervals?;
+    Some(Duration::from_secs_f64(
+        (config.heartbeat_interval_ms * n / 1000.0).max(0.001),
+    ))
+}
+
+fn check_heartbeat(ws: &mut Ws, c: &mut Conn<'_>) {
+    let Some(limit) = heartbeat_limit(c) else {
         return;
     };
-    let limit = Duration::from_secs_f64((config.heartbeat_interval_ms * n / 1000.0).max(0.001));
     if c.closing_since.is_none() && c.last_heartbeat.elapsed() > limit {
         tracing::info!(session = ?c.session, "no heartbeat in time; closing with 4009");
         c.shared.lock().counters.heartbeat_timeouts += 1;
@@ -417,7 +471,7 @@ fn identify(ws: &mut Ws, c: &mut Conn<'_>, id: Identify) {
         udp_peer: None,
         seq: 0,
         replay: Default::default(),
-        outbox: Some((c.generation, c.tx.clone())),
+        outbox: Some((c.generation, c.mailbox.clone())),
         detached_at: None,
         speaking: 0,
         established_at: None,
@@ -515,7 +569,7 @@ fn resume(ws: &mut Ws, c: &mut Conn<'_>, r: Resume) {
     if let Some((_, old)) = s.outbox.take() {
         let _ = old.send(Outgoing::Drop);
     }
-    let _ = c.tx.send(Outgoing::Text(
+    let _ = c.mailbox.send(Outgoing::Text(
         // Invariant: a unit payload always serialises.
         VoicePayload::Resumed
             .encode(None)
@@ -524,7 +578,7 @@ fn resume(ws: &mut Ws, c: &mut Conn<'_>, r: Resume) {
     if c.framing.numbered() {
         for (q, frame) in &s.replay {
             if *q > r.seq_ack {
-                let _ = c.tx.send(frame.clone());
+                let _ = c.mailbox.send(frame.clone());
             }
         }
     } else {
@@ -532,7 +586,7 @@ fn resume(ws: &mut Ws, c: &mut Conn<'_>, r: Resume) {
         s.replay.clear();
     }
     s.framing = c.framing;
-    s.outbox = Some((c.generation, c.tx.clone()));
+    s.outbox = Some((c.generation, c.mailbox.clone()));
     s.detached_at = None;
     // Op 5s queued while no websocket was attached never reached the client (or, before v8,
     // are not replayed): tell again, so held packets can flow.
