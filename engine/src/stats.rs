@@ -41,7 +41,11 @@ impl MixerHistograms {
     }
 
     fn reset(&mut self) {
-        for h in [&mut self.tick_us, &mut self.encode_us, &mut self.lateness_us] {
+        for h in [
+            &mut self.tick_us,
+            &mut self.encode_us,
+            &mut self.lateness_us,
+        ] {
             // An empty histogram (no encodes in a passthrough mixer) needs no clearing.
             if !h.is_empty() {
                 h.reset();

@@ -72,9 +72,24 @@ pub(crate) struct StreamRecord {
     pub decoded: Vec<i16>,
     pub dave_frames: u64,
     pub dave_undecryptable: u64,
+    /// E2EE frames received (opened or not; see [`DAVE_SAMPLE`]).
+    pub dave_seen: u64,
 }
 
+/// A server that does not decode opens one E2EE frame in this many per stream (one a second),
+/// enough to catch a sender whose E2EE is wrong. Opening every frame was 42 % of the UDP
+/// thread's time at 3,000 calls (perf), on the cores the engine it measures runs on; Discord's
+/// own servers cannot open them at all.
+pub(crate) const DAVE_SAMPLE: u64 = 50;
+
 impl StreamRecord {
+    /// Whether the server opens this E2EE frame, counting it.
+    pub fn opens_dave_frame(&mut self) -> bool {
+        let open = self.decodes || self.dave_seen.is_multiple_of(DAVE_SAMPLE);
+        self.dave_seen += 1;
+        open
+    }
+
     pub fn snapshot(&self, ssrc: u32) -> StreamStats {
         StreamStats {
             ssrc,

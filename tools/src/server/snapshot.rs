@@ -132,7 +132,8 @@ pub struct StreamStats {
     pub jitter_us: Option<Percentiles>,
     /// The WAV recording, when recording.
     pub recording: Option<PathBuf>,
-    /// DAVE (E2EE) frames the server's observer decrypted before decoding.
+    /// DAVE (E2EE) frames the server's observer decrypted: every frame when the server
+    /// decodes, one in 50 per stream when it does not.
     pub dave_frames: u64,
     /// DAVE frames it could not decrypt (not decoded, not counted as decode errors).
     pub dave_undecryptable: u64,

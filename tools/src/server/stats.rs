@@ -73,14 +73,18 @@ impl Percentiles {
     }
 }
 
+// Two significant figures (exact below 256 units, within 1 % above): with three, each stream's
+// two histograms took ~350 KB, and the first packets of 3,000 streams arriving together had the
+// UDP thread zeroing a gigabyte while the kernel dropped 65,536 datagrams at its socket.
+
 pub(crate) fn new_histogram() -> Histogram<u64> {
-    // Invariant: 1..=60e6 with 3 significant digits is a valid hdrhistogram configuration.
-    Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid histogram bounds")
+    // Invariant: 1..=60e6 with 2 significant digits is a valid hdrhistogram configuration.
+    Histogram::new_with_bounds(1, HIST_MAX_US, 2).expect("valid histogram bounds")
 }
 
 fn new_ns_histogram() -> Histogram<u64> {
-    // Invariant: 1..=60e9 with 3 significant digits is a valid hdrhistogram configuration.
-    Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("valid histogram bounds")
+    // Invariant: 1..=60e9 with 2 significant digits is a valid hdrhistogram configuration.
+    Histogram::new_with_bounds(1, HIST_MAX_NS, 2).expect("valid histogram bounds")
 }
 
 fn record(h: &mut Histogram<u64>, value_us: u64) {
@@ -359,8 +363,8 @@ mod tests {
         assert_eq!(m.timestamp_step_errors, 0);
         let l = m.lateness();
         assert_eq!(l.min(), 0);
-        // 5 ms relative to the best case (−2 ms).
-        assert!((4_990..=5_010).contains(&l.max()), "{}", l.max());
+        // 5 ms relative to the best case (−2 ms), within the histograms' 1 %.
+        assert!((4_950..=5_050).contains(&l.max()), "{}", l.max());
         assert!(m.jitter_ns.max() > 0);
     }
 

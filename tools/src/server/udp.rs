@@ -364,9 +364,11 @@ impl Udp<'_> {
             decoded: Vec::new(),
             dave_frames: 0,
             dave_undecryptable: 0,
+            dave_seen: 0,
         });
         let arrival = record.meter.on_packet(seq, ts, payload_len, d.at_ns);
         let recording = record.recording.clone();
+        let open_dave = dave && arrival != Arrival::Duplicate && record.opens_dave_frame();
         if config.forward && arrival != Arrival::Duplicate {
             let payload = &self.open[payload_at..payload_at + payload_len];
             forward(
@@ -383,7 +385,7 @@ impl Udp<'_> {
         }
         drop(reg);
         let mut payload = None;
-        if dave && arrival != Arrival::Duplicate {
+        if open_dave {
             // E2EE frames are opened with the server's own group member before decoding
             // (the DAVE decryptor would refuse a duplicate's nonce, so those are skipped).
             let frame = &self.open[payload_at..payload_at + payload_len];
