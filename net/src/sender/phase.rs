@@ -25,7 +25,12 @@ pub struct PhaseConfig {
     /// Groups spread evenly over the 20 ms period (1 = every call at the grid's own instant;
     /// at most [`MAX_PHASE_GROUPS`]). Default 10: 2 ms apart.
     pub groups: usize,
-    /// Calls a group takes before the next group opens. Default 32 (a burst of ~80 µs).
+    /// Calls a group takes before the next group opens. Default 10: 100 calls use all ten
+    /// groups. Measured at 100 calls (`quaver jitter --calls 100 --calls-per-group N`, 60 s,
+    /// steal ≤ 0.02 %), the receiver saw lateness p50 17 µs and p99 52 µs (median stream),
+    /// 82–120 µs (worst) with 10 a group, against p50 22–27 µs and p99 107–155 / 158–214 µs with
+    /// 32 (four groups); the price is the spinning before each group's send: 11.0–11.4 % of a
+    /// core for the 100 calls against 5.7–6.4 %. Beyond 100 calls both fill every group alike.
     pub calls_per_group: usize,
 }
 
@@ -33,7 +38,7 @@ impl Default for PhaseConfig {
     fn default() -> Self {
         Self {
             groups: 10,
-            calls_per_group: 32,
+            calls_per_group: 10,
         }
     }
 }

@@ -58,8 +58,9 @@ impl Pace for Pacing {
             .clamp(MIN_BUILD_AHEAD, MAX_BUILD_AHEAD);
         let wake_at = deadline.checked_sub(self.spin.window()).unwrap_or(deadline);
         self.pacer.sleep_until(wake_at);
+        let woke = Instant::now();
         self.spin
-            .observe(Instant::now().saturating_duration_since(wake_at));
+            .observe(woke.saturating_duration_since(wake_at), woke);
         while Instant::now() < deadline {
             std::hint::spin_loop();
         }
