@@ -161,9 +161,10 @@ impl SenderCore {
     }
 
     /// Tick `n` in the one order every driver uses: frames already late go out first; then,
-    /// group by group (see [`super::phase`]), `pace` waits until the group's build time,
-    /// frames that became late meanwhile go out (first wake-up only), the group's frames are
-    /// built and sealed, `pace` waits for the group's deadline and the batch is sent.
+    /// group by group (see [`super::phase`]): for the first group `pace` waits until its
+    /// build time and frames that became late meanwhile go out; each group's frames are built
+    /// and sealed (later groups' right after the previous send), `pace` waits for the group's
+    /// deadline and the batch is sent.
     ///
     /// Only groups with something to send are woken for: a group is due when one of its calls
     /// is speaking (its frame is coming) or has a frame already. A quiet call whose first
@@ -187,10 +188,14 @@ impl SenderCore {
             };
             from = usize::from(group) + 1;
             let deadline = grid_deadline + self.phases.offset(group);
-            pace.until_build(deadline);
             if std::mem::take(&mut first_wake) {
+                pace.until_build(deadline);
                 sent += self.send_late(n);
             }
+            // Later groups build straight after the previous group's send: the mixer built
+            // the whole tick before the first group's deadline, and a wake-up saved per group
+            // is ten fewer a tick at 100 calls. (A frame that still comes after its group's
+            // turn goes out with the next group woken, as below.)
             let started = Instant::now();
             if self.build(n, Pass::OnTime, group) == 0 {
                 continue;
