@@ -43,6 +43,12 @@ impl Pace for NoWait {
 /// [`SenderCore::build`] over every call, whatever its phase group.
 const ANY_GROUP: u8 = u8::MAX;
 
+/// What [`SenderCore::scan`] found.
+struct Scan {
+    late: bool,
+    group: Option<u8>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Pass {
     /// Only frames whose tick is before `n` (late ones).
@@ -172,13 +178,23 @@ impl SenderCore {
     /// instead of a tick later; with nothing due the thread sleeps once, to the grid's deadline,
     /// and looks again.
     pub(super) fn tick(&mut self, n: u64, pace: &mut impl Pace) -> usize {
-        let mut sent = self.send_late(n);
+        // One walk over the calls says both whether a frame is late and which group is due
+        // first. The walks were most of the sender's cost for 1,000 idle calls (0.9 % of a
+        // core at three a tick: late frames, the due group, the due group after the sleep).
+        let first = self.scan(n, 0);
+        let mut sent = if first.late { self.send_late(n) } else { 0 };
+        // Sending a late frame can leave the call's next frame due: look again then.
+        let mut known = (!first.late).then_some(first.group);
         let grid_deadline = self.grid.deadline(n);
         let mut first_wake = true;
         let mut from = 0;
         let mut slept_idle = false;
         loop {
-            let Some(group) = self.next_due_group(n, from) else {
+            let due = match known.take() {
+                Some(group) => group,
+                None => self.scan(n, from).group,
+            };
+            let Some(group) = due else {
                 if first_wake && !slept_idle {
                     pace.idle(grid_deadline);
                     slept_idle = true;
@@ -214,18 +230,22 @@ impl SenderCore {
         sent
     }
 
-    /// The first phase group from `from` on with something to send in tick `n`.
-    fn next_due_group(&self, n: u64, from: usize) -> Option<u8> {
-        self.calls
-            .iter()
-            .filter(|call| usize::from(call.group) >= from)
-            .filter(|call| {
-                call.speaking
-                    || call.silence_left > 0
-                    || call.frames.peek().is_ok_and(|frame| frame.tick <= n)
-            })
-            .map(|call| call.group)
-            .min()
+    /// One walk over the calls for tick `n`: whether any frame is late (its tick is before
+    /// `n`), and the first phase group from `from` on with something to send.
+    fn scan(&self, n: u64, from: usize) -> Scan {
+        let mut scan = Scan {
+            late: false,
+            group: None,
+        };
+        for call in &self.calls {
+            let queued = call.frames.peek().ok().map(|frame| frame.tick);
+            scan.late |= queued.is_some_and(|tick| tick < n);
+            let due = call.speaking || call.silence_left > 0 || queued.is_some_and(|t| t <= n);
+            if due && usize::from(call.group) >= from {
+                scan.group = Some(scan.group.map_or(call.group, |g| g.min(call.group)));
+            }
+        }
+        scan
     }
 
     /// Sends frames whose tick is before `n`, in rounds of at most one per call, bounded so a
