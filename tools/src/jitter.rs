@@ -786,8 +786,8 @@ fn tone_chunk(rate: u32, freq: f32) -> Vec<f32> {
 
 /// A run's resumes and reconnects, counted from the engine's events as they come. The queue is
 /// bounded (4,096 by default): read only at the end, a 10-minute soak of 1,000 calls counted 995
-/// resumes of 1,000 attempts while the server had resumed all 1,000. Attempts and successes are counted apart: a voice server that never
-/// comes back shows attempts and no resumes.
+/// resumes of 1,000 attempts while the server had resumed all 1,000. Attempts and successes are
+/// counted apart: a voice server that never comes back shows attempts and no resumes.
 #[derive(Debug, Default)]
 struct Outages {
     resumes: u64,

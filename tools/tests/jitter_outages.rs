@@ -1,6 +1,6 @@
 //! `quaver jitter` counts every resume of a run, however small the engine's event queues: the
-//! local server drops each voice websocket once, and the count of successful resumes must match
-//! the attempts and the server's own count.
+//! local server drops each voice websocket once, so every call must show one attempt and one
+//! successful resume.
 
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use quaver_tools::server::Faults;
 #[test]
 fn every_resume_is_counted_with_the_smallest_event_queue() {
     // 12 calls make 24 resume events (attempt and success), past the 16 the queue holds: read
-    // only at the end of the run, the last successes were dropped.
+    // only at the end of the run, none of them were left (0 attempts counted).
     let calls = 12;
     let report = run(
         &JitterOptions {

@@ -179,8 +179,8 @@ impl SenderCore {
     /// and looks again.
     pub(super) fn tick(&mut self, n: u64, pace: &mut impl Pace) -> usize {
         // One walk over the calls says both whether a frame is late and which group is due
-        // first. The walks were most of the sender's cost for 1,000 idle calls (0.9 % of a
-        // core at three a tick: late frames, the due group, the due group after the sleep).
+        // first: an idle tick walks them twice instead of three times (1,000 idle calls: the
+        // sender thread 1.08 % of a core against 1.20 %, one paired sample).
         let first = self.scan(n, 0);
         let mut sent = if first.late { self.send_late(n) } else { 0 };
         // Sending a late frame can leave the call's next frame due: look again then.
