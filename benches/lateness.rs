@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use quaver::engine::{EncodedFrame, Grid};
+use quaver::engine::frame::frame_queue;
+use quaver::engine::{EncodedFrame, FrameSignal, Grid};
 use quaver::net::crypto::{EncryptionMode, SecretKey};
 use quaver::net::pacer::SchedulingRequest;
 use quaver::net::{BackendChoice, CallConfig, Sender, SenderConfig};
@@ -53,12 +54,14 @@ fn run(backend: BackendChoice, realtime: bool, secs: u64, calls: usize) {
     receiver.set_nonblocking(busy_poll).expect("nonblocking");
     let start = grid.tick_at_or_after(Instant::now()) + 10;
     let mut producers = Vec::new();
+    // One signal for every queue, as an engine's calls have.
+    let signal = Arc::new(FrameSignal::default());
     for i in 0..calls {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("loopback bind");
         socket
             .connect(receiver.local_addr().expect("bound"))
             .expect("connect");
-        let (tx, rx) = rtrb::RingBuffer::new(16);
+        let (tx, rx) = frame_queue(16, &signal);
         sender
             .add_call(CallConfig {
                 ssrc: i as u32,

@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use quaver::engine::{EncodedFrame, Grid};
+use quaver::engine::frame::frame_queue;
+use quaver::engine::{EncodedFrame, FrameSignal, Grid};
 use quaver::net::crypto::{EncryptionMode, SecretKey};
 use quaver::net::{BackendChoice, BackendKind, CallConfig, SenderCore};
 
 struct Setup {
     core: SenderCore,
-    producers: Vec<rtrb::Producer<EncodedFrame>>,
+    producers: Vec<quaver::engine::FrameSender>,
     _sinks: Vec<UdpSocket>,
     tick: u64,
 }
@@ -28,12 +29,14 @@ fn setup(backend: BackendChoice, calls: usize) -> Option<Setup> {
         .map(|_| UdpSocket::bind("127.0.0.1:0").expect("loopback bind"))
         .collect();
     let mut producers = Vec::with_capacity(calls);
+    // One signal for every queue, as an engine's calls have.
+    let signal = Arc::new(FrameSignal::default());
     for i in 0..calls {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("loopback bind");
         socket
             .connect(sinks[i % sinks.len()].local_addr().expect("bound"))
             .expect("connect");
-        let (tx, rx) = rtrb::RingBuffer::new(4);
+        let (tx, rx) = frame_queue(4, &signal);
         core.add_call(CallConfig {
             ssrc: i as u32,
             socket: Arc::new(socket),

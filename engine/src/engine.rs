@@ -15,7 +15,8 @@ use crate::decode::Decoder;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::file::FileOptions;
-use crate::frame::{FRAME_DURATION, FrameReceiver, Grid};
+use crate::frame::{FRAME_DURATION, FrameReceiver, FrameSignal, Grid};
+use crate::frame_queue::{FrameSender, frame_queue};
 use crate::input::InputError;
 use crate::mixer::{CallShared, CallSlot, Command, Garbage, Mixer};
 use crate::pcm::PcmFormat;
@@ -172,6 +173,8 @@ pub(crate) struct Inner {
     /// Makes (and counts) every Opus encoder and decoder of the engine's calls and sources.
     codecs: CodecFactory,
     next_source_id: AtomicU64,
+    /// Bumped when a parked frame queue gets a frame (see [`crate::frame_queue`]).
+    frame_signal: Arc<FrameSignal>,
 }
 
 /// The audio engine: many calls, many sources per call, a few mixer threads.
@@ -347,6 +350,7 @@ impl Engine {
             counters,
             codecs,
             next_source_id: AtomicU64::new(1),
+            frame_signal: Arc::default(),
             config,
         });
         let engine = Self {
@@ -379,7 +383,7 @@ impl Engine {
         let max = self.inner.config.max_calls;
         // No encoder yet: the call takes one when it mixes (see `crate::pool`).
         let lookahead = opus.lookahead_samples()?;
-        let (frames_tx, frames_rx) = rtrb::RingBuffer::new(self.inner.config.frame_queue.max(2));
+        let (frames_tx, frames_rx) = self.inner.frame_queue();
         let shared = Arc::new(CallShared::new());
         let mut table = lock(&self.inner.table);
         if table.slots_in_use >= max {
@@ -438,7 +442,7 @@ impl Engine {
     pub fn replace_frame_queue(&self, call: CallId) -> Result<FrameReceiver> {
         let mut table = lock(&self.inner.table);
         let mixer = table.calls.get(&call).ok_or(Error::NoSuchCall(call))?.mixer;
-        let (frames_tx, frames_rx) = rtrb::RingBuffer::new(self.inner.config.frame_queue.max(2));
+        let (frames_tx, frames_rx) = self.inner.frame_queue();
         self.inner.send_for_call(
             &mut table,
             call,
@@ -583,6 +587,11 @@ impl Drop for Engine {
 }
 
 impl Inner {
+    /// A new frame queue for a call, on the engine's signal.
+    fn frame_queue(&self) -> (FrameSender, FrameReceiver) {
+        frame_queue(self.config.frame_queue.max(2), &self.frame_signal)
+    }
+
     pub(crate) fn next_source_id(&self) -> SourceId {
         SourceId(self.next_source_id.fetch_add(1, Ordering::Relaxed))
     }
@@ -1079,12 +1088,25 @@ mod overload_tests {
     const BUSY: Duration = Duration::from_millis(16);
     const IDLE: Duration = Duration::from_millis(1);
 
+    /// `count` calls, each playing a live source that has nothing to say yet: they tick
+    /// (idle calls would not) and encode its silence.
+    pub(super) fn calls_with_a_source(
+        engine: &Engine,
+        count: usize,
+    ) -> (Vec<CallId>, Vec<PcmWriter>) {
+        (0..count)
+            .map(|_| {
+                let (call, _) = engine.create_call().unwrap(); // invariant: below the call limit
+                let (_, writer) = engine.push_source(call, PcmFormat::STEREO_48K).unwrap(); // invariant: the call exists
+                (call, writer)
+            })
+            .unzip()
+    }
+
     #[test]
     fn overload_lowers_the_newest_calls_first_and_room_raises_the_oldest_first() {
         let (engine, mut mixer) = Engine::manual(EngineConfig::default()).unwrap(); // invariant: default config is valid
-        let calls: Vec<CallId> = (0..16)
-            .map(|_| engine.create_call().unwrap().0) // invariant: below the call limit
-            .collect();
+        let (calls, _writers) = calls_with_a_source(&engine, 16);
         mixer.tick(); // takes the calls in
         assert_eq!(mixer.govern(BUSY), 0, "manual mixers have no governor");
         mixer.set_adaptive_complexity(true);
@@ -1132,9 +1154,7 @@ mod phase_tests {
     #[test]
     fn calls_are_built_in_phase_order() {
         let (engine, mut mixer) = Engine::manual(EngineConfig::default()).unwrap(); // invariant: default config is valid
-        let calls: Vec<CallId> = (0..4)
-            .map(|_| engine.create_call().unwrap().0) // invariant: below the call limit
-            .collect();
+        let (calls, mut writers) = overload_tests::calls_with_a_source(&engine, 4);
         let ms = Duration::from_millis;
         for (call, phase) in calls.iter().zip([ms(4), ms(0), ms(2), ms(0)]) {
             engine.set_call_phase(*call, phase).unwrap(); // invariant: the call exists
@@ -1146,7 +1166,9 @@ mod phase_tests {
         );
 
         engine.set_call_phase(calls[0], ms(0)).unwrap(); // invariant: the call exists
-        let (late, _) = engine.create_call().unwrap(); // invariant: below the call limit
+        let (late, later_writers) = overload_tests::calls_with_a_source(&engine, 1);
+        writers.extend(later_writers);
+        let late = late[0];
         engine.set_call_phase(late, ms(1)).unwrap(); // invariant: the call exists
         // Out of range: kept at the end of the period.
         engine.set_call_phase(calls[3], ms(500)).unwrap(); // invariant: the call exists
@@ -1154,6 +1176,21 @@ mod phase_tests {
         assert_eq!(
             mixer.build_order(),
             [calls[0], calls[1], late, calls[2], calls[3]]
+        );
+        // Idle calls do not tick; one that gets a source comes back in its phase's place.
+        let (idle, _) = engine.create_call().unwrap(); // invariant: below the call limit
+        engine.set_call_phase(idle, ms(2)).unwrap(); // invariant: the call exists
+        mixer.tick();
+        assert_eq!(
+            mixer.build_order(),
+            [calls[0], calls[1], late, calls[2], calls[3]]
+        );
+        let (_, writer) = engine.push_source(idle, PcmFormat::STEREO_48K).unwrap(); // invariant: the call exists
+        writers.push(writer);
+        mixer.tick();
+        assert_eq!(
+            mixer.build_order(),
+            [calls[0], calls[1], late, calls[2], idle, calls[3]]
         );
         assert!(matches!(
             engine.set_call_phase(CallId(999), ms(2)),

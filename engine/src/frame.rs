@@ -81,8 +81,7 @@ impl std::fmt::Debug for EncodedFrame {
     }
 }
 
-/// Consumer end of a call's frame queue. The sender drains it; the mixer thread fills it.
-pub type FrameReceiver = rtrb::Consumer<EncodedFrame>;
+pub use crate::frame_queue::{FrameReceiver, FrameSender, FrameSignal, frame_queue};
 
 /// The shared 20 ms grid: frame `n` of every call is due at `epoch + n * 20 ms`.
 ///

@@ -33,6 +33,7 @@ mod error;
 mod event;
 mod file;
 pub mod frame;
+mod frame_queue;
 pub mod http;
 mod http_stream;
 mod input;
@@ -62,7 +63,8 @@ pub use error::{Error, Result};
 pub use event::Event;
 pub use file::{FileOptions, probe_container};
 pub use frame::{
-    EncodedFrame, FRAME_DURATION, FRAME_SAMPLES, FrameKind, FrameReceiver, Grid, MAX_OPUS_PACKET,
+    EncodedFrame, FRAME_DURATION, FRAME_SAMPLES, FrameKind, FrameReceiver, FrameSender,
+    FrameSignal, Grid, MAX_OPUS_PACKET,
 };
 pub use http::HttpError;
 pub use http_stream::{HttpOptions, UrlProbe, probe_url};

@@ -41,6 +41,10 @@ pub struct SenderStats {
     /// Frames dropped unsent while the far end refused the call's packets (`ECONNREFUSED`: the
     /// voice server's port is closed), between the back-off's probes.
     pub refused_frames: u64,
+    /// Quiet calls set aside: their frame queue parked, not looked at until it rings.
+    pub calls_parked: u64,
+    /// Parked calls woken by a frame (or by a command).
+    pub calls_woken: u64,
 }
 
 impl SenderStats {
@@ -62,6 +66,8 @@ impl SenderStats {
             dave_frames: 0,
             dave_errors: 0,
             refused_frames: 0,
+            calls_parked: 0,
+            calls_woken: 0,
         }
     }
 
@@ -80,6 +86,8 @@ impl SenderStats {
         self.dave_frames += other.dave_frames;
         self.dave_errors += other.dave_errors;
         self.refused_frames += other.refused_frames;
+        self.calls_parked += other.calls_parked;
+        self.calls_woken += other.calls_woken;
     }
 
     /// Clears everything, keeping the allocations.
@@ -96,6 +104,8 @@ impl SenderStats {
         self.dave_frames = 0;
         self.dave_errors = 0;
         self.refused_frames = 0;
+        self.calls_parked = 0;
+        self.calls_woken = 0;
     }
 }
 

@@ -69,7 +69,7 @@ fn dave_frames_over_loopback_across_a_key_change() {
             socket: Arc::new(socket),
             mode: EncryptionMode::Aes256GcmRtpSize,
             key: transport_key.clone(),
-            frames,
+            frames: frames.into(),
         })
         .expect("call added");
 

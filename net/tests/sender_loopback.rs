@@ -75,7 +75,7 @@ fn run_call(backend: BackendChoice) -> BackendKind {
             socket,
             mode,
             key: key.clone(),
-            frames,
+            frames: frames.into(),
         })
         .expect("call added");
     let grid_epoch = Instant::now();
@@ -190,7 +190,7 @@ fn send_errors_are_events_and_other_calls_continue() {
                 socket: Arc::new(bad),
                 mode,
                 key: key.clone(),
-                frames: bad_rx,
+                frames: bad_rx.into(),
             })
             .expect("added");
         sender
@@ -199,7 +199,7 @@ fn send_errors_are_events_and_other_calls_continue() {
                 socket: good,
                 mode,
                 key: key.clone(),
-                frames: good_rx,
+                frames: good_rx.into(),
             })
             .expect("added");
         let start = Grid::new(Instant::now()).tick_at_or_after(Instant::now()) + 3;
@@ -249,7 +249,7 @@ fn rekey_switches_at_a_frame_boundary() {
             socket,
             mode: EncryptionMode::Aes256GcmRtpSize,
             key: old_key.clone(),
-            frames,
+            frames: frames.into(),
         })
         .expect("added");
     let start = Grid::new(Instant::now()).tick_at_or_after(Instant::now()) + 3;
@@ -320,7 +320,7 @@ fn the_handle_tells_each_calls_phase() {
                 socket,
                 mode: EncryptionMode::Aes256GcmRtpSize,
                 key: SecretKey::new([7; 32]),
-                frames,
+                frames: frames.into(),
             })
             .expect("call added")
     };

@@ -1,15 +1,16 @@
 //! Proves the sender thread does not allocate or free after start-up: a counting global allocator
 //! counts heap operations made on the sender thread between its start and exit hooks, while the
 //! thread runs ~100 ticks with many calls, calls added and removed, a re-key, end-of-stream
-//! silence, failing sends, and DAVE keys installed, replaced (new epoch and same epoch) and
-//! removed mid-run.
+//! silence, failing sends, DAVE keys installed, replaced (new epoch and same epoch) and
+//! removed mid-run, and quiet calls parked and woken again by a frame.
 
 use std::net::UdpSocket;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use quaver_engine::{EncodedFrame, FrameKind, Grid};
+use quaver_engine::frame::frame_queue;
+use quaver_engine::{EncodedFrame, FrameKind, FrameSender, FrameSignal, Grid};
 use quaver_net::crypto::{EncryptionMode, SecretKey};
 use quaver_net::dave::SenderKey;
 use quaver_net::pacer::SchedulingRequest;
@@ -19,18 +20,14 @@ use quaver_net::{BackendChoice, CallConfig, Sender, SenderConfig, SenderEvent};
 mod counting_alloc;
 use counting_alloc::{allocations, frees, start_watching, stop_watching};
 
-fn call(
-    sender: &mut Sender,
-    receiver: &UdpSocket,
-    start: u64,
-    frames: u64,
-    end_of_stream: bool,
-) -> (quaver_net::SendSlot, rtrb::Producer<EncodedFrame>) {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("loopback bind");
-    socket
-        .connect(receiver.local_addr().expect("bound"))
-        .expect("connect");
-    let (mut tx, rx) = rtrb::RingBuffer::new(256);
+/// Every call's queue rings this one signal, as an engine's do.
+fn signal() -> &'static Arc<FrameSignal> {
+    static SIGNAL: std::sync::OnceLock<Arc<FrameSignal>> = std::sync::OnceLock::new();
+    SIGNAL.get_or_init(Arc::default)
+}
+
+/// Queues `frames` frames from tick `start` on, then an end-of-stream marker if asked.
+fn feed(tx: &mut FrameSender, start: u64, frames: u64, end_of_stream: bool) {
     for i in 0..frames {
         tx.push(EncodedFrame::from_packet(start + i, &[7; 120]).expect("small"))
             .expect("room");
@@ -39,6 +36,21 @@ fn call(
         tx.push(EncodedFrame::new(start + frames, FrameKind::EndOfStream))
             .expect("room");
     }
+}
+
+fn call(
+    sender: &mut Sender,
+    receiver: &UdpSocket,
+    start: u64,
+    frames: u64,
+    end_of_stream: bool,
+) -> (quaver_net::SendSlot, FrameSender) {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("loopback bind");
+    socket
+        .connect(receiver.local_addr().expect("bound"))
+        .expect("connect");
+    let (mut tx, rx) = frame_queue(256, signal());
+    feed(&mut tx, start, frames, end_of_stream);
     let id = sender
         .add_call(CallConfig {
             ssrc: rand_ssrc(),
@@ -138,6 +150,13 @@ fn sender_thread_never_allocates_after_start_up() {
             .set_dave_key(same, Some(SenderKey::new(4, [0x40; 16])))
             .expect("queue has room");
         std::thread::sleep(Duration::from_millis(800));
+        // Call 6 and the first call added mid-run ended long ago and are parked: frames
+        // wake them.
+        let now_tick = grid.tick_at_or_after(Instant::now());
+        for index in [6, 21] {
+            feed(&mut producers[index], now_tick + 2, 5, true);
+        }
+        std::thread::sleep(Duration::from_millis(400));
         let mut saw_error = false;
         let mut dave_events = 0;
         while let Some(e) = sender.poll_event() {
@@ -151,12 +170,14 @@ fn sender_thread_never_allocates_after_start_up() {
         let allocs = allocations();
         let frees = frees();
         eprintln!(
-            "{backend:?}: {} packets ({} DAVE frames), {} errors, {} late frames, {} ticks; {allocs} allocations, {frees} frees on the sender thread",
+            "{backend:?}: {} packets ({} DAVE frames), {} errors, {} late frames, {} ticks, {} parked, {} woken; {allocs} allocations, {frees} frees on the sender thread",
             stats.packets_sent,
             stats.dave_frames,
             stats.send_errors,
             stats.late_frames,
-            stats.ticks
+            stats.ticks,
+            stats.calls_parked,
+            stats.calls_woken
         );
         assert!(stats.packets_sent > 500, "the run did real work");
         assert!(
@@ -165,6 +186,9 @@ fn sender_thread_never_allocates_after_start_up() {
             stats.dave_frames
         );
         assert_eq!(stats.dave_errors, 0);
+        assert!(stats.calls_parked > 0, "quiet calls were parked");
+        // Both are woken unless one was still finishing its silence (a stalled thread).
+        assert!(stats.calls_woken > 0, "parked calls were woken");
         // The event queue is small and overflows on purpose, so only check that key changes
         // were applied at all (each is confirmed by an event unless the queue was full).
         assert!(dave_events > 0 || stats.events_dropped > 0);

@@ -1,8 +1,9 @@
 //! The sans-thread core: builds, seals and flushes each tick's packets; applies commands.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quaver_engine::{FrameKind, Grid};
+use quaver_engine::{FrameKind, FrameSignal, Grid};
 
 use super::call::{Call, SealError};
 use super::phase::{PhaseConfig, PhaseGroups};
@@ -63,8 +64,17 @@ pub struct SenderCore {
     pub(super) grid: Grid,
     // Boxed: a call's packet buffer must keep its address while io_uring reads it even when the
     // table is reordered, and calls cross the command queues as one pointer.
+    //
+    // `calls[..awake]` are looked at every tick; the rest are quiet calls whose frame queues
+    // are parked and wake `signal` when a frame comes (see `quaver_engine::FrameReceiver`).
     #[allow(clippy::vec_box)]
     pub(super) calls: Vec<Box<Call>>,
+    pub(super) awake: usize,
+    /// The wake-up counter of the parked calls' queues: the first call's that has one (one
+    /// engine feeds a sender). A call whose queue rings another never parks.
+    signal: Option<Arc<FrameSignal>>,
+    /// `signal`'s count when the parked calls were last looked at.
+    signal_seen: u64,
     pub(super) max_calls: usize,
     pub(super) tx: Transmitter,
     pub(super) batch: Vec<Datagram>,
@@ -102,6 +112,9 @@ impl SenderCore {
             Self {
                 grid,
                 calls: Vec::with_capacity(max_calls),
+                awake: 0,
+                signal: None,
+                signal_seen: 0,
                 max_calls,
                 tx,
                 batch: Vec::with_capacity(max_calls),
@@ -141,6 +154,81 @@ impl SenderCore {
         self.calls.len()
     }
 
+    /// Number of calls looked at every tick; the others are quiet, their queues parked.
+    pub fn awake_count(&self) -> usize {
+        self.awake
+    }
+
+    /// Adds a call, awake. Within capacity (checked by the callers): no allocation.
+    fn insert(&mut self, call: Box<Call>) {
+        if self.signal.is_none()
+            && let Some(signal) = call.frames.signal()
+        {
+            // An atomic increment, no allocation; the last reference is dropped with the core.
+            self.signal = Some(Arc::clone(signal));
+            self.signal_seen = signal.count();
+        }
+        self.calls.push(call);
+        self.move_awake(self.calls.len() - 1);
+    }
+
+    /// Takes call `id` out of the table.
+    fn take(&mut self, id: SendSlot) -> Option<Box<Call>> {
+        let mut pos = self.calls.iter().position(|c| c.id == id)?;
+        if pos < self.awake {
+            // Keep the awake ones together: it leaves from the end of their run.
+            self.awake -= 1;
+            self.calls.swap(pos, self.awake);
+            pos = self.awake;
+        }
+        Some(self.calls.swap_remove(pos))
+    }
+
+    /// Moves the call at `index`, not awake, among the awake ones.
+    fn move_awake(&mut self, index: usize) {
+        self.calls[index].frames.unpark();
+        self.calls.swap(index, self.awake);
+        self.awake += 1;
+    }
+
+    /// Wakes the parked calls whose queues got a frame, if any did since the last look.
+    fn wake_rung(&mut self) {
+        let Some(signal) = &self.signal else {
+            return;
+        };
+        let count = signal.count();
+        if count == self.signal_seen {
+            return;
+        }
+        self.signal_seen = count;
+        let mut index = self.awake;
+        while index < self.calls.len() {
+            if !self.calls[index].frames.is_parked() {
+                self.move_awake(index);
+                self.stats.calls_woken += 1;
+            }
+            index += 1;
+        }
+    }
+
+    /// Parks the awake calls that have nothing to send and nothing coming: they are not
+    /// looked at again until their queue rings.
+    fn park_quiet(&mut self) {
+        for index in (0..self.awake).rev() {
+            let call = &self.calls[index];
+            let quiet = !call.speaking && call.silence_left == 0 && !call.stop_after_send;
+            let ours = match (call.frames.signal(), &self.signal) {
+                (Some(theirs), Some(ours)) => Arc::ptr_eq(theirs, ours),
+                _ => false,
+            };
+            if quiet && ours && call.frames.try_park() {
+                self.awake -= 1;
+                self.calls.swap(index, self.awake);
+                self.stats.calls_parked += 1;
+            }
+        }
+    }
+
     /// Adds a call directly (for benches and custom drivers; the thread uses commands).
     pub fn add_call(&mut self, config: CallConfig) -> Result<SendSlot, SenderError> {
         if self.calls.len() >= self.max_calls {
@@ -150,7 +238,7 @@ impl SenderCore {
         self.next_id += 1;
         let mut call = Call::build(config, id)?;
         call.group = self.phases.assign();
-        self.calls.push(call);
+        self.insert(call);
         Ok(id)
     }
 
@@ -226,18 +314,21 @@ impl SenderCore {
             // Booked time is build + send, without the wait in between.
             sent += self.flush(send_start.checked_sub(build).unwrap_or(send_start));
         }
+        self.park_quiet();
         self.stats.ticks += 1;
         sent
     }
 
-    /// One walk over the calls for tick `n`: whether any frame is late (its tick is before
-    /// `n`), and the first phase group from `from` on with something to send.
-    fn scan(&self, n: u64, from: usize) -> Scan {
+    /// One walk over the awake calls for tick `n` (after waking those whose queue rang):
+    /// whether any frame is late (its tick is before `n`), and the first phase group from
+    /// `from` on with something to send.
+    fn scan(&mut self, n: u64, from: usize) -> Scan {
+        self.wake_rung();
         let mut scan = Scan {
             late: false,
             group: None,
         };
-        for call in &self.calls {
+        for call in &self.calls[..self.awake] {
             let queued = call.frames.peek().ok().map(|frame| frame.tick);
             scan.late |= queued.is_some_and(|tick| tick < n);
             let due = call.speaking || call.silence_left > 0 || queued.is_some_and(|t| t <= n);
@@ -266,10 +357,12 @@ impl SenderCore {
     /// Fills the batch for tick `n` with the calls of phase group `group` (or every call, for
     /// [`ANY_GROUP`]); returns its size.
     fn build(&mut self, n: u64, pass: Pass, group: u8) -> usize {
+        // A frame may have come for a parked call since the last scan (during the wait).
+        self.wake_rung();
         self.batch.clear();
         self.batch_calls.clear();
         self.batch_due.clear();
-        for (index, call) in self.calls.iter_mut().enumerate() {
+        for (index, call) in self.calls[..self.awake].iter_mut().enumerate() {
             // An earlier group's call whose frame came after its turn (a quiet call starting,
             // a late mixer) catches this group's send; silence keeps to its own group.
             let own_turn = group == ANY_GROUP || call.group == group;
@@ -414,7 +507,7 @@ impl SenderCore {
                 if self.calls.len() < self.max_calls {
                     // Placed by the handle, which tells the mixer the call's phase.
                     call.group = self.phases.occupy(call.group);
-                    self.calls.push(call);
+                    self.insert(call);
                     push_event(
                         &mut self.events,
                         &mut self.stats,
@@ -426,8 +519,7 @@ impl SenderCore {
                 }
             }
             Command::Remove(id) => {
-                if let Some(pos) = self.calls.iter().position(|c| c.id == id) {
-                    let call = self.calls.swap_remove(pos);
+                if let Some(call) = self.take(id) {
                     self.phases.release(call.group);
                     let event = SenderEvent::CallRemoved {
                         call: id,

@@ -17,13 +17,17 @@
 //!   is dropped (and zeroized) there too.
 //! * Send errors are counted per call and reported as [`SenderEvent::SendFailed`]; the thread
 //!   and other calls carry on.
+//! * Idle calls do not tick: a call that is not speaking and has nothing queued is parked
+//!   ([`FrameReceiver::try_park`]) and not looked at again until its producer's next frame rings
+//!   the engine's [`quaver_engine::FrameSignal`], which the thread reads once per look. Queues
+//!   without a doorbell (built from a bare `rtrb` consumer) are looked at every tick.
 //!
 //! After start-up the thread does not allocate, lock or make syscalls other than the sends and the
 //! pacing sleep (`tests/sender_no_alloc.rs` proves the allocation part).
 //!
 //! ```no_run
 //! use std::{net::UdpSocket, sync::Arc, time::Instant};
-//! use quaver_engine::{EncodedFrame, Grid};
+//! use quaver_engine::{FrameSignal, Grid, frame::frame_queue};
 //! use quaver_net::crypto::{EncryptionMode, SecretKey};
 //! use quaver_net::dave::SenderKey;
 //! use quaver_net::{CallConfig, Sender, SenderConfig, SenderEvent};
@@ -36,7 +40,9 @@
 //! // Per call, after Ready (ssrc, ip:port), IP discovery and the Session Description:
 //! let socket = UdpSocket::bind("0.0.0.0:0")?;
 //! socket.connect("127.0.0.1:50000")?;
-//! let (mut frames_tx, frames_rx) = rtrb::RingBuffer::<EncodedFrame>::new(16); // mixer side keeps frames_tx
+//! // The mixer side keeps frames_tx (an `Engine`'s calls come with their queues made). Its
+//! // pushes wake the sender's look at the queue when it parked it for a quiet call.
+//! let (mut frames_tx, frames_rx) = frame_queue(16, &Arc::new(FrameSignal::default()));
 //! let call = sender.add_call(CallConfig {
 //!     ssrc: 1234,
 //!     socket: Arc::new(socket),

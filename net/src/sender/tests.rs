@@ -4,7 +4,8 @@ use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::Instant;
 
-use quaver_engine::{EncodedFrame, FrameKind, Grid};
+use quaver_engine::frame::frame_queue;
+use quaver_engine::{EncodedFrame, FrameKind, FrameSender, FrameSignal, Grid};
 
 use super::*;
 use crate::crypto::{EncryptionMode, SecretKey};
@@ -14,7 +15,7 @@ use crate::transmit::BackendChoice;
 fn core_with_call() -> (
     SenderCore,
     rtrb::Consumer<SenderEvent>,
-    rtrb::Producer<EncodedFrame>,
+    FrameSender,
     UdpSocket,
     SendSlot,
 ) {
@@ -23,7 +24,7 @@ fn core_with_call() -> (
     let receiver = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
     socket.connect(receiver.local_addr().unwrap()).unwrap(); // invariant: bound, loopback
-    let (tx, rx) = rtrb::RingBuffer::new(16);
+    let (tx, rx) = frame_queue(16, &Arc::default());
     let id = core
         .add_call(CallConfig {
             ssrc: 1,
@@ -260,13 +261,14 @@ fn a_refusing_peer_gets_probes_not_every_frame() {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
     socket.connect(closed.local_addr().unwrap()).unwrap(); // invariant: bound, loopback
     drop(closed);
+    // A bare queue, without a doorbell: never parked, looked at every tick.
     let (mut tx, rx) = rtrb::RingBuffer::new(8);
     core.add_call(CallConfig {
         ssrc: 1,
         socket: Arc::new(socket),
         mode: EncryptionMode::Aes256GcmRtpSize,
         key: SecretKey::new([0; 32]),
-        frames: rx,
+        frames: rx.into(),
     })
     .unwrap(); // invariant: below max_calls, socket connected
     let ticks = 500; // 10 s of audio
@@ -354,10 +356,11 @@ fn calls_send_in_phase_groups_spread_over_the_period() {
     .unwrap(); // invariant: no calls yet
     let receiver = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
     let mut producers = Vec::new();
+    let signal = Arc::<FrameSignal>::default();
     for ssrc in 0..35 {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
         socket.connect(receiver.local_addr().unwrap()).unwrap(); // invariant: loopback
-        let (tx, rx) = rtrb::RingBuffer::new(4);
+        let (tx, rx) = frame_queue(4, &signal);
         core.add_call(CallConfig {
             ssrc,
             socket: Arc::new(socket),
@@ -424,7 +427,7 @@ fn calls_send_in_phase_groups_spread_over_the_period() {
 /// A [`RecordingPace`] during whose first build wait a frame arrives for a quiet call.
 struct ArrivingPace<'a> {
     inner: RecordingPace,
-    arrives: Option<&'a mut rtrb::Producer<EncodedFrame>>,
+    arrives: Option<&'a mut FrameSender>,
     tick: u64,
 }
 
@@ -445,4 +448,102 @@ impl super::core::Pace for ArrivingPace<'_> {
     fn idle(&mut self, deadline: Instant) {
         self.inner.idle(deadline);
     }
+}
+
+fn audio(tick: u64) -> EncodedFrame {
+    EncodedFrame::from_packet(tick, b"abc").expect("small packet")
+}
+
+#[test]
+fn quiet_calls_park_and_a_frame_wakes_them() {
+    let (mut core, _events, mut tx, _receiver, _id) = core_with_call();
+    assert_eq!(core.awake_count(), 1, "a new call starts awake");
+    assert_eq!(core.run_tick(1), 0);
+    assert_eq!(core.awake_count(), 0, "nothing queued: parked");
+    tx.push(audio(3)).unwrap(); // invariant: room
+    assert_eq!(core.run_tick(2), 0, "woken, but its frame is not due yet");
+    assert_eq!(
+        core.awake_count(),
+        1,
+        "a call with a queued frame stays awake"
+    );
+    assert_eq!(core.run_tick(3), 1);
+    assert_eq!(core.run_tick(4), 0);
+    assert_eq!(
+        core.awake_count(),
+        1,
+        "a speaking call stays awake between frames"
+    );
+    tx.push(EncodedFrame::new(5, FrameKind::EndOfStream))
+        .unwrap(); // invariant: room
+    for t in 5..10 {
+        assert_eq!(core.run_tick(t), 1, "silence frame at tick {t}");
+    }
+    assert_eq!(core.awake_count(), 0, "parked once its silence is out");
+    assert_eq!(
+        (core.stats().calls_parked, core.stats().calls_woken),
+        (2, 1)
+    );
+}
+
+/// Parking reorders the call table: packets must still leave on each call's own socket, and
+/// removing parked and awake calls must keep the rest where they are.
+#[test]
+fn parked_and_awake_calls_keep_their_own_sockets_through_removals() {
+    let grid = Grid::new(Instant::now());
+    let (mut core, _events) = SenderCore::new(grid, BackendChoice::Portable, 8, 64).unwrap(); // invariant: the portable backend always builds
+    let signal = Arc::<FrameSignal>::default();
+    let mut calls = Vec::new();
+    for ssrc in 0..4 {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
+        receiver.set_nonblocking(true).unwrap(); // invariant: a bound socket
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
+        socket.connect(receiver.local_addr().unwrap()).unwrap(); // invariant: loopback
+        let (tx, rx) = frame_queue(8, &signal);
+        let id = core
+            .add_call(CallConfig {
+                ssrc,
+                socket: Arc::new(socket),
+                mode: EncryptionMode::Aes256GcmRtpSize,
+                key: SecretKey::new([0; 32]),
+                frames: rx,
+            })
+            .unwrap(); // invariant: below max_calls
+        calls.push((id, tx, receiver));
+    }
+    let (mut garbage, mut garbage_rx) = rtrb::RingBuffer::<Returned>::new(8);
+    let received = |calls: &[(SendSlot, FrameSender, UdpSocket)]| -> Vec<usize> {
+        let mut buf = [0u8; 2048];
+        calls
+            .iter()
+            .map(|(_, _, r)| std::iter::from_fn(|| r.recv(&mut buf).ok()).count())
+            .collect()
+    };
+    assert_eq!(core.run_tick(1), 0);
+    assert_eq!(core.awake_count(), 0);
+    // Calls 1 and 3 speak; 0 and 2 stay parked.
+    for t in 2..4 {
+        for index in [1, 3] {
+            calls[index].1.push(audio(t)).unwrap(); // invariant: room
+        }
+        assert_eq!(core.run_tick(t), 2);
+    }
+    assert_eq!(core.awake_count(), 2);
+    assert_eq!(received(&calls), [0, 2, 0, 2]);
+    // Remove a parked call (0) and an awake one (3).
+    core.apply(Command::Remove(calls[0].0), &mut garbage);
+    core.apply(Command::Remove(calls[3].0), &mut garbage);
+    assert_eq!((core.call_count(), core.awake_count()), (2, 1));
+    assert_eq!(
+        std::iter::from_fn(|| garbage_rx.pop().ok()).count(),
+        2,
+        "both removed calls came back"
+    );
+    // The remaining parked call (2) wakes; the awake one (1) keeps speaking.
+    for index in [1, 2] {
+        calls[index].1.push(audio(4)).unwrap(); // invariant: room
+    }
+    assert_eq!(core.run_tick(4), 2);
+    assert_eq!(received(&calls), [0, 1, 1, 0]);
+    assert_eq!(core.awake_count(), 2);
 }

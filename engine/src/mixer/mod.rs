@@ -7,9 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+mod calls;
+
+use calls::Calls;
+
 use crate::codec::OpusConfig;
 use crate::event::Event;
 use crate::frame::{EncodedFrame, FRAME_SAMPLES, FrameKind};
+use crate::frame_queue::FrameSender;
 use crate::limiter::Limiter;
 use crate::overload::{self, Governor, Rung, Verdict};
 use crate::pcm::{MIX_FRAME_LEN, MixFrame};
@@ -27,7 +32,7 @@ pub(crate) enum Command {
     /// (see [`crate::pool`]); the call keeps it if it has none, else it becomes a spare.
     AddSource(CallId, Box<SourceSlot>, Option<PooledEncoder>),
     /// Points the call at a new frame queue (its consumer moved to a new sender session).
-    ReplaceFrames(CallId, Box<rtrb::Producer<EncodedFrame>>),
+    ReplaceFrames(CallId, Box<FrameSender>),
     /// The call's next queued track, prebuffering until the current one ends (or until its
     /// crossfade starts); it starts at once when no track plays.
     QueueNext {
@@ -63,7 +68,7 @@ pub(crate) enum Garbage {
         call: CallId,
         slot: Box<SourceSlot>,
     },
-    Frames(Box<rtrb::Producer<EncodedFrame>>),
+    Frames(Box<FrameSender>),
     /// Codecs no call or source needs now and the mixer has no room to keep as spares: they
     /// go back to the control side's spares, or are dropped there.
     Encoder(PooledEncoder),
@@ -136,7 +141,7 @@ pub(crate) struct CallSlot {
     encoder: Option<PooledEncoder>,
     /// The settings a spare encoder is given when this call takes it.
     opus: OpusConfig,
-    frames: rtrb::Producer<EncodedFrame>,
+    frames: FrameSender,
     master_gain: f32,
     limiter: Limiter,
     /// Whether the last tick produced audio, to mark the end of a stretch of frames.
@@ -174,7 +179,7 @@ impl CallSlot {
         shared: Arc<CallShared>,
         opus: OpusConfig,
         lookahead: usize,
-        frames: rtrb::Producer<EncodedFrame>,
+        frames: FrameSender,
         max_sources: usize,
     ) -> Box<Self> {
         Box::new(Self {
@@ -199,6 +204,12 @@ impl CallSlot {
             handed_over: false,
             phase_us: 0,
         })
+    }
+
+    /// Whether the call has nothing to do until a command brings it something: no source, no
+    /// queued track, its stretch of frames ended and its encoder handed back.
+    fn is_idle(&self) -> bool {
+        self.sources.is_empty() && !self.producing && self.next.is_none() && self.encoder.is_none()
     }
 
     /// Takes a spare encoder if the call holds none. False when none is spare.
@@ -838,7 +849,7 @@ impl Outboxes<'_> {
         }
     }
 
-    fn send_frame(&mut self, frames: &mut rtrb::Producer<EncodedFrame>, frame: &EncodedFrame) {
+    fn send_frame(&mut self, frames: &mut FrameSender, frame: &EncodedFrame) {
         if frames.push(frame.clone()).is_err() {
             MixerCounters::bump(&self.counters.frames_dropped);
         }
@@ -879,9 +890,7 @@ impl Outboxes<'_> {
 /// Obtain one from [`crate::Engine::manual`] to drive it yourself (offline rendering, tests), or
 /// let [`crate::Engine::new`] run it on its real-time mixer thread.
 pub struct Mixer {
-    // Boxed for the same reason as `CallSlot::sources`.
-    #[allow(clippy::vec_box)]
-    calls: Vec<Box<CallSlot>>,
+    calls: Calls,
     commands: rtrb::Consumer<Command>,
     events: rtrb::Producer<Event>,
     garbage: rtrb::Producer<Garbage>,
@@ -943,7 +952,7 @@ impl Mixer {
         spares: Spares,
     ) -> Self {
         Self {
-            calls: Vec::with_capacity(max_calls),
+            calls: Calls::with_capacity(max_calls),
             commands,
             events,
             garbage,
@@ -984,16 +993,20 @@ impl Mixer {
         self.governor = on.then(Governor::default);
     }
 
-    /// The calls in the order they are built.
+    /// The calls that tick, in the order they are built.
     #[cfg(test)]
     pub(crate) fn build_order(&self) -> Vec<CallId> {
-        self.calls.iter().map(|c| c.id).collect()
+        self.calls.ticking().iter().map(|c| c.id).collect()
     }
 
-    /// Each call's Opus complexity now, in build order.
+    /// Each ticking call's Opus complexity now, in build order.
     #[cfg(test)]
     pub(crate) fn complexities(&self) -> Vec<u8> {
-        self.calls.iter().map(|c| c.rung.complexity()).collect()
+        self.calls
+            .ticking()
+            .iter()
+            .map(|c| c.rung.complexity())
+            .collect()
     }
 
     /// Acts on one tick's work time (see [`crate::overload`]); returns the calls that moved.
@@ -1004,12 +1017,14 @@ impl Mixer {
         let verdict = governor.observe(work);
         let counters = &self.counters;
         let mut moved = 0;
-        let want = overload::batch(self.calls.len());
+        // Idle calls encode nothing: only the ticking ones take part.
+        let calls = self.calls.ticking_mut();
+        let want = overload::batch(calls.len());
         match verdict {
             Verdict::Hold => {}
             // Newest first: the calls that came last give up quality first.
             Verdict::StepDown => {
-                for call in self.calls.iter_mut().rev() {
+                for call in calls.iter_mut().rev() {
                     if moved == want {
                         break;
                     }
@@ -1029,7 +1044,7 @@ impl Mixer {
                     .fetch_add(moved as u64, Ordering::Relaxed);
             }
             Verdict::StepUp => {
-                for call in self.calls.iter_mut() {
+                for call in calls.iter_mut() {
                     if moved == want {
                         break;
                     }
@@ -1080,7 +1095,7 @@ impl Mixer {
     /// The thread skipped `ticks` ticks: live sources' input is that much later (see
     /// [`crate::latency`]).
     pub(crate) fn note_skipped(&mut self, ticks: u64) {
-        for call in self.calls.iter_mut() {
+        for call in self.calls.ticking_mut() {
             for source in call.sources.iter_mut() {
                 source.note_skipped(ticks);
             }
@@ -1109,9 +1124,9 @@ impl Mixer {
         // Calls from other mixers first: commands that follow a hand-over may name them.
         for ring in &mut self.transfers_in {
             while let Ok(mut call) = ring.pop() {
-                if self.calls.len() < self.calls.capacity() {
+                if self.calls.has_room() {
                     call.handed_over = true;
-                    place(&mut self.calls, call);
+                    self.calls.insert(call);
                 } else {
                     out.discard(Garbage::Call(call));
                 }
@@ -1130,7 +1145,8 @@ impl Mixer {
         // Rushing is part of graceful overload: only where the governor runs.
         let deadline = deadline.filter(|_| self.governor.is_some());
         let mut previous = Instant::now();
-        for call in self.calls.iter_mut() {
+        let mut settled = true;
+        for call in self.calls.ticking_mut() {
             // Handed over from a mixer that already built this tick: skip it. Handed over from
             // one a tick behind: build the tick it missed first, so no frame goes missing.
             if call.next_tick > tick {
@@ -1150,6 +1166,7 @@ impl Mixer {
             let encoded = call.tick(tick, self.encode, rush, &mut self.work, &mut out);
             call.next_tick = tick + 1;
             if idle {
+                settled &= !call.is_idle();
                 continue;
             }
             let now = Instant::now();
@@ -1165,17 +1182,20 @@ impl Mixer {
                 continue;
             };
             let ring = self.transfers_out.get_mut(to).and_then(Option::as_mut);
-            let index = self.calls.iter().position(|c| c.id == id);
-            match (ring, index) {
-                (Some(ring), Some(index)) if ring.slots() > 0 => {
-                    // Joining order is kept on this side; the call joins the other at its end.
+            match ring {
+                Some(ring) if ring.slots() > 0 => match self.calls.take(id) {
                     // It keeps its complexity step; `calls_lowered` is engine-wide.
-                    let call = self.calls.remove(index);
-                    let _ = ring.push(call);
-                    out.discard(Garbage::Moved { call: id, to });
-                }
+                    Some(call) => {
+                        let _ = ring.push(call);
+                        out.discard(Garbage::Moved { call: id, to });
+                    }
+                    None => out.discard(Garbage::MoveFailed { call: id }),
+                },
                 _ => out.discard(Garbage::MoveFailed { call: id }),
             }
+        }
+        if !settled {
+            self.calls.settle();
         }
         let work = started.elapsed();
         self.load.record(work);
@@ -1189,40 +1209,20 @@ impl Mixer {
     }
 }
 
-/// Puts `call` in the table in phase order, and in joining order within a phase. Built in
-/// this order, the calls whose packets are due first are ready first, and a tick that runs
-/// long delays only calls with the most slack (up to 18 ms with ten phase groups); in joining
-/// order alone a call due at the grid's instant could be built last, after its packet was due.
-/// Groups fill in joining order, so the end of the table, which the governor lowers first, is
-/// still the newest calls. Within capacity (checked by the callers): no allocation.
-#[allow(clippy::vec_box)] // see `Mixer::calls`
-fn place(calls: &mut Vec<Box<CallSlot>>, call: Box<CallSlot>) {
-    let at = calls.partition_point(|c| (c.phase_us, c.id.0) <= (call.phase_us, call.id.0));
-    calls.insert(at, call);
-}
-
-#[allow(clippy::vec_box)] // see `Mixer::calls`
-fn apply_command(
-    calls: &mut Vec<Box<CallSlot>>,
-    command: Command,
-    tick: u64,
-    out: &mut Outboxes<'_>,
-) {
+fn apply_command(calls: &mut Calls, command: Command, tick: u64, out: &mut Outboxes<'_>) {
     match command {
         Command::AddCall(call) => {
-            if calls.len() < calls.capacity() {
-                place(calls, call);
+            if calls.has_room() {
+                calls.insert(call);
             } else {
                 // The control side counts calls, so this means a broken invariant.
                 out.discard(Garbage::Call(call));
             }
         }
         Command::RemoveCall(id) => {
-            let Some(index) = calls.iter().position(|call| call.id == id) else {
+            let Some(mut call) = calls.take(id) else {
                 return;
             };
-            // `remove`, not `swap_remove`: the table stays in phase order (see `place`).
-            let mut call = calls.remove(index);
             if call.rung.lowered() {
                 out.counters.calls_lowered.fetch_sub(1, Ordering::Relaxed);
             }
@@ -1244,7 +1244,7 @@ fn apply_command(
             out.event(Event::CallRemoved { call: id });
         }
         Command::ReplaceFrames(id, mut frames) => {
-            if let Some(call) = calls.iter_mut().find(|call| call.id == id) {
+            if let Some(call) = calls.find_mut(id) {
                 std::mem::swap(&mut *frames, &mut call.frames);
                 // A new queue starts a new stretch: the next audio frame starts speaking again.
                 call.producing = false;
@@ -1256,7 +1256,7 @@ fn apply_command(
             slot,
             crossfade_ticks,
             encoder,
-        } => match calls.iter_mut().find(|call| call.id == id) {
+        } => match calls.wake(id, tick) {
             Some(call) => {
                 call.offer_encoder(encoder, out);
                 call.crossfade_ticks = crossfade_ticks;
@@ -1270,35 +1270,27 @@ fn apply_command(
             }
         },
         Command::ClearNext(id) => {
-            if let Some(call) = calls.iter_mut().find(|call| call.id == id)
+            if let Some(call) = calls.find_mut(id)
                 && let Some(next) = call.next.take()
             {
                 out.end_source(id, next, EndReason::Stopped);
             }
         }
-        Command::AddSource(id, source, encoder) => {
-            match calls.iter_mut().find(|call| call.id == id) {
-                Some(call) if call.sources.len() < call.sources.capacity() => {
-                    call.offer_encoder(encoder, out);
-                    call.sources.push(source);
-                }
-                Some(_) => {
-                    out.discard_encoder(encoder);
-                    out.end_source(id, source, EndReason::Failed);
-                }
-                None => {
-                    out.discard_encoder(encoder);
-                    out.end_source(id, source, EndReason::CallRemoved);
-                }
+        Command::AddSource(id, source, encoder) => match calls.wake(id, tick) {
+            Some(call) if call.sources.len() < call.sources.capacity() => {
+                call.offer_encoder(encoder, out);
+                call.sources.push(source);
             }
-        }
-        Command::SetPhase { call: id, phase_us } => {
-            if let Some(index) = calls.iter().position(|call| call.id == id) {
-                let mut call = calls.remove(index);
-                call.phase_us = phase_us;
-                place(calls, call);
+            Some(_) => {
+                out.discard_encoder(encoder);
+                out.end_source(id, source, EndReason::Failed);
             }
-        }
+            None => {
+                out.discard_encoder(encoder);
+                out.end_source(id, source, EndReason::CallRemoved);
+            }
+        },
+        Command::SetPhase { call: id, phase_us } => calls.set_phase(id, phase_us),
         // Taken by `Mixer::run_tick` before it gets here.
         Command::MoveCall { call, .. } => out.discard(Garbage::MoveFailed { call }),
     }
