@@ -555,6 +555,7 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
         sender: engine.sender_mode().to_string(),
         packets_sent: sender.packets_sent,
         send_lateness_us: Quantiles::of_ns(&sender.lateness_ns),
+        send_wake_us: Quantiles::of_ns(&sender.wake_ns),
         mixer_wake_lateness_us: Quantiles::of_scaled_us(&mixer.histograms.lateness_us),
         mixer_tick_us: Quantiles::of_scaled_us(&mixer.histograms.tick_us),
         late_frames: sender.late_frames,

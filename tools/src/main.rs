@@ -147,6 +147,11 @@ struct ServeArgs {
     /// Do not Opus-decode received packets (for many-call benchmarks).
     #[arg(long)]
     no_decode: bool,
+    /// Drain the UDP socket every MICROS µs instead of sleeping in recv (0: sleep in recv,
+    /// woken by each datagram, which makes the sender on this machine pay for waking the
+    /// server at every burst).
+    #[arg(long, value_name = "MICROS", default_value_t = 1000)]
+    udp_read_interval_us: u64,
     /// Reject voice tokens the main gateway did not issue (4004).
     #[arg(long)]
     require_tokens: bool,
@@ -394,6 +399,8 @@ fn serve(args: ServeArgs) -> Result<(), quaver_tools::Error> {
         tls: !args.plain,
         record_dir: args.record,
         decode_audio: !args.no_decode,
+        udp_read_interval: (args.udp_read_interval_us > 0)
+            .then(|| Duration::from_micros(args.udp_read_interval_us)),
         keylog: args.keylog.clone(),
         forward: !args.no_forward,
         require_issued_tokens: args.require_tokens,

@@ -186,6 +186,9 @@ pub struct Report {
     pub dave_undecryptable: Option<u64>,
     /// When each packet's send returned, against its deadline, at the sender.
     pub send_lateness_us: Option<Quantiles>,
+    /// When the sender's pacer returned (sleep, then spin) against the deadline of the group it
+    /// woke for, before any send: the pacing alone, once per wake-up with packets.
+    pub send_wake_us: Option<Quantiles>,
     /// Frames that reached the sender after their tick had passed.
     pub late_frames: u64,
     /// How late the mixer thread woke against its plan, and how long its ticks took.
@@ -359,6 +362,12 @@ impl Report {
             &mut out,
             "send lateness (sender)",
             &self.send_lateness_us,
+            "µs",
+        );
+        row(
+            &mut out,
+            "sender wake-up lateness",
+            &self.send_wake_us,
             "µs",
         );
         row(
@@ -572,6 +581,7 @@ mod tests {
             "interarrival_jitter_us",
             "latency_ms",
             "send_lateness_us",
+            "send_wake_us",
             "steal_percent",
         ] {
             assert!(json[key].is_null(), "{key} is {}", json[key]);

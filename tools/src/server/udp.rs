@@ -109,8 +109,9 @@ struct Datagram {
     kernel_drops: Option<u32>,
 }
 
-/// `recvmsg` with the SO_TIMESTAMPNS control message.
-fn recv(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Datagram> {
+/// `recvmsg` with the SO_TIMESTAMPNS control message; `wait: false` returns `WouldBlock` at
+/// once when nothing is queued.
+fn recv(sock: &UdpSocket, buf: &mut [u8], wait: bool) -> std::io::Result<Datagram> {
     // SAFETY: all-zero is a valid sockaddr_storage / msghdr.
     let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut iov = libc::iovec {
@@ -126,8 +127,9 @@ fn recv(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Datagram> {
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
     // SAFETY: msg points at live buffers of the stated sizes for the duration of the call.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) };
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -224,15 +226,21 @@ pub(crate) fn run(shared: std::sync::Arc<Shared>) {
     };
     let mut buf = vec![0u8; 2048];
     let mut last_housekeeping = Instant::now();
+    let read_interval = shared.config.udp_read_interval.filter(|i| !i.is_zero());
     while !shared.stopped() {
-        match recv(&shared.udp, &mut buf) {
+        match recv(&shared.udp, &mut buf, read_interval.is_none()) {
             Ok(d) => u.on_datagram(&buf[..d.len], &d),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // Drained: nobody waits on the socket until the next slice (see
+                // `ServerConfig::udp_read_interval`). Blocking reads time out here instead.
+                if let Some(interval) = read_interval {
+                    std::thread::sleep(interval);
+                }
+            }
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => {
                 // ICMP errors from earlier sends (a receiver went away) surface here; keep going.
@@ -627,7 +635,7 @@ mod tests {
         let mut buf = [0u8; 2048];
         rx.set_nonblocking(true).unwrap();
         let mut queued = 0;
-        while let Ok(d) = recv(&rx, &mut buf) {
+        while let Ok(d) = recv(&rx, &mut buf, true) {
             assert_eq!(d.len, 200);
             queued += 1;
         }
@@ -635,7 +643,7 @@ mod tests {
         rx.set_nonblocking(false).unwrap();
         // The next datagram brings the socket's drop count.
         tx.send_to(&[0u8; 200], rx.local_addr().unwrap()).unwrap();
-        let d = recv(&rx, &mut buf).unwrap();
+        let d = recv(&rx, &mut buf, true).unwrap();
         let dropped = d.kernel_drops.expect("SO_RXQ_OVFL attaches the count");
         assert_eq!(
             dropped,
