@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use quaver_engine::frame::frame_queue;
-use quaver_engine::{EncodedFrame, FrameKind, FrameSender, FrameSignal, Grid};
+use quaver_engine::{EncodedFrame, FrameKind, FrameReceiver, FrameSender, FrameSignal, Grid};
 
 use super::*;
 use crate::crypto::{EncryptionMode, SecretKey};
@@ -22,19 +22,24 @@ fn core_with_call() -> (
     let grid = Grid::new(Instant::now());
     let (mut core, events) = SenderCore::new(grid, BackendChoice::Portable, 4, 64).unwrap(); // invariant: the portable backend always builds
     let receiver = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
-    socket.connect(receiver.local_addr().unwrap()).unwrap(); // invariant: bound, loopback
     let (tx, rx) = frame_queue(16, &Arc::default());
-    let id = core
-        .add_call(CallConfig {
-            ssrc: 1,
-            socket: Arc::new(socket),
-            mode: EncryptionMode::Aes256GcmRtpSize,
-            key: SecretKey::new([0; 32]),
-            frames: rx,
-        })
-        .unwrap(); // invariant: below max_calls, socket connected
+    let id = add_call(&mut core, 1, &receiver, rx);
     (core, events, tx, receiver, id)
+}
+
+/// Adds call `ssrc` to `core`, sending to `to` from a socket of its own, its frames from
+/// `frames`.
+fn add_call(core: &mut SenderCore, ssrc: u32, to: &UdpSocket, frames: FrameReceiver) -> SendSlot {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
+    socket.connect(to.local_addr().unwrap()).unwrap(); // invariant: bound, loopback
+    core.add_call(CallConfig {
+        ssrc,
+        socket: Arc::new(socket),
+        mode: EncryptionMode::Aes256GcmRtpSize,
+        key: SecretKey::new([0; 32]),
+        frames,
+    })
+    .unwrap() // invariant: callers stay below max_calls; the socket is connected
 }
 
 fn drain(events: &mut rtrb::Consumer<SenderEvent>) -> Vec<SenderEvent> {
@@ -258,19 +263,10 @@ fn a_refusing_peer_gets_probes_not_every_frame() {
     // A port nobody listens on: loopback answers each packet with ICMP port unreachable, which
     // the next send reports as ECONNREFUSED (loopback ICMP is not rate-limited).
     let closed = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
-    socket.connect(closed.local_addr().unwrap()).unwrap(); // invariant: bound, loopback
-    drop(closed);
     // A bare queue, without a doorbell: never parked, looked at every tick.
     let (mut tx, rx) = rtrb::RingBuffer::new(8);
-    core.add_call(CallConfig {
-        ssrc: 1,
-        socket: Arc::new(socket),
-        mode: EncryptionMode::Aes256GcmRtpSize,
-        key: SecretKey::new([0; 32]),
-        frames: rx.into(),
-    })
-    .unwrap(); // invariant: below max_calls, socket connected
+    add_call(&mut core, 1, &closed, rx.into());
+    drop(closed);
     let ticks = 500; // 10 s of audio
     for t in 1..=ticks {
         tx.push(EncodedFrame::from_packet(t, b"abc").expect("small packet"))
@@ -358,17 +354,8 @@ fn calls_send_in_phase_groups_spread_over_the_period() {
     let mut producers = Vec::new();
     let signal = Arc::<FrameSignal>::default();
     for ssrc in 0..35 {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
-        socket.connect(receiver.local_addr().unwrap()).unwrap(); // invariant: loopback
         let (tx, rx) = frame_queue(4, &signal);
-        core.add_call(CallConfig {
-            ssrc,
-            socket: Arc::new(socket),
-            mode: EncryptionMode::Aes256GcmRtpSize,
-            key: SecretKey::new([0; 32]),
-            frames: rx,
-        })
-        .unwrap(); // invariant: below max_calls
+        add_call(&mut core, ssrc, &receiver, rx);
         producers.push(tx);
     }
     assert!(matches!(
@@ -497,18 +484,8 @@ fn parked_and_awake_calls_keep_their_own_sockets_through_removals() {
     for ssrc in 0..4 {
         let receiver = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
         receiver.set_nonblocking(true).unwrap(); // invariant: a bound socket
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
-        socket.connect(receiver.local_addr().unwrap()).unwrap(); // invariant: loopback
         let (tx, rx) = frame_queue(8, &signal);
-        let id = core
-            .add_call(CallConfig {
-                ssrc,
-                socket: Arc::new(socket),
-                mode: EncryptionMode::Aes256GcmRtpSize,
-                key: SecretKey::new([0; 32]),
-                frames: rx,
-            })
-            .unwrap(); // invariant: below max_calls
+        let id = add_call(&mut core, ssrc, &receiver, rx);
         calls.push((id, tx, receiver));
     }
     let (mut garbage, mut garbage_rx) = rtrb::RingBuffer::<Returned>::new(8);
