@@ -84,7 +84,7 @@ fn run(backend: BackendChoice, realtime: bool, secs: u64, calls: usize) {
             while next < end && next <= now_tick + 3 {
                 let frame = EncodedFrame::from_packet(next, &opus).expect("small");
                 for p in &mut producers {
-                    let _ = p.push(frame.clone());
+                    let _ = p.push(&frame);
                 }
                 next += 1;
             }

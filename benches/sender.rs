@@ -85,7 +85,7 @@ fn tick_cost(c: &mut Criterion) {
                     for _ in 0..iters {
                         let frame = EncodedFrame::from_packet(s.tick, &opus).expect("small");
                         for p in &mut s.producers {
-                            p.push(frame.clone()).expect("one frame per tick fits");
+                            p.push(&frame).expect("one frame per tick fits");
                         }
                         let t0 = Instant::now();
                         let sent = s.core.run_tick(s.tick);

@@ -45,7 +45,9 @@ pub struct EngineConfig {
     /// Frames each call's queue holds (20 ms each) before the mixer drops new ones. Default 5:
     /// the mixer runs at most a lead (≤ 16 ms) plus the call's phase (≤ 18 ms) ahead of the
     /// sender, so the queue holds two frames in steady flow, and the rest absorbs ~60 ms of a
-    /// stalled sender. Each slot is 1.3 KB of every call's memory.
+    /// stalled sender. Frames are queued at their own length: each counts 640 bytes of every
+    /// call's memory (a 256 kb/s stream's frame; larger ones fill the queue sooner, but it
+    /// always holds two of the largest).
     pub frame_queue: usize,
     /// Events held for [`Engine::events`] before new ones are dropped (and counted).
     pub event_queue: usize,
@@ -1051,8 +1053,8 @@ mod tests {
         for _ in 0..70 {
             engine.housekeep();
             mixer.tick();
-            while broken_frames.pop().is_ok() {}
-            while frames.pop().is_ok() {}
+            while broken_frames.discard() {}
+            while frames.discard() {}
             events.extend(engine.events().try_iter());
         }
         let reported = events.iter().any(|event| {
@@ -1221,7 +1223,7 @@ mod rush_tests {
         let feed = |writers: &mut Vec<(PcmWriter, FrameReceiver)>| {
             for (writer, frames) in writers.iter_mut() {
                 writer.write_f32(&tone).unwrap(); // invariant: the ring has room for a frame
-                while frames.pop().is_ok() {}
+                while frames.discard() {}
             }
         };
         let rushed = |engine: &Engine| engine.stats().frames_rushed;
@@ -1275,7 +1277,7 @@ mod rebalance_tests {
             }
             // 20 ms of audio per tick keeps the source playing.
             let _ = writer.write_f32(&[0.1; 1_920]);
-            while let Ok(frame) = frames.pop() {
+            while let Some(frame) = frames.pop() {
                 if frame.kind == FrameKind::Audio {
                     ticks.push(frame.tick);
                 }

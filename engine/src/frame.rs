@@ -81,7 +81,9 @@ impl std::fmt::Debug for EncodedFrame {
     }
 }
 
-pub use crate::frame_queue::{FrameReceiver, FrameSender, FrameSignal, frame_queue};
+pub use crate::frame_queue::{
+    FrameHead, FrameReceiver, FrameSender, FrameSignal, QueueFull, frame_queue,
+};
 
 /// The shared 20 ms grid: frame `n` of every call is due at `epoch + n * 20 ms`.
 ///

@@ -1,6 +1,11 @@
 //! A call's frame queue, with the doorbell that lets its consumer stop looking at it while the
 //! call is quiet.
 //!
+//! Frames are queued at their own length (a [`crate::packets`] ring), not in 1,288-byte
+//! [`EncodedFrame`] slots: the five slots of the default queue were 6.4 KB of every call's
+//! memory, the largest single share of a passthrough call's 65 KB, for packets that are
+//! mostly 100–400 bytes.
+//!
 //! DESIGN.md's target is 1,000 idle joined calls within 2 % of one core: idle calls must not
 //! tick. The sender used to look into every call's queue on every tick to see whether a frame
 //! had come; with 1,000 quiet calls that walk was two cache misses a call (the call, then the
@@ -19,7 +24,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 
-use crate::frame::EncodedFrame;
+use crate::frame::{EncodedFrame, FrameKind};
+use crate::packets::{PacketConsumer, PacketProducer, packet_ring};
 
 /// Counts wake-ups of parked queues; one per engine, shared by all its calls' queues.
 #[derive(Debug, Default)]
@@ -42,57 +48,89 @@ struct Bell {
     signal: Arc<FrameSignal>,
 }
 
+/// What the queue keeps of a frame besides its Opus bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHead {
+    /// Grid index the frame is due at (see [`EncodedFrame::tick`]).
+    pub tick: u64,
+    /// Audio, or the end of a stretch of audio.
+    pub kind: FrameKind,
+}
+
+/// The frame queue is full: the frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
+impl std::fmt::Display for QueueFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the frame queue is full")
+    }
+}
+
+impl std::error::Error for QueueFull {}
+
 /// Consumer end of a call's frame queue: the sender drains it; the mixer thread fills it.
-///
-/// Read it like the [`rtrb::Consumer`] it wraps (it dereferences to one). A queue built from a
-/// bare consumer (`FrameReceiver::from`) has no doorbell: it never parks, so its consumer must
-/// look at it every tick.
 pub struct FrameReceiver {
-    frames: rtrb::Consumer<EncodedFrame>,
-    bell: Option<Arc<Bell>>,
+    frames: PacketConsumer<FrameHead>,
+    bell: Arc<Bell>,
 }
 
 impl std::fmt::Debug for FrameReceiver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FrameReceiver")
-            .field("queued", &self.frames.slots())
+            .field("queued", &self.frames.len())
             .field("parked", &self.is_parked())
             .finish()
     }
 }
 
-impl From<rtrb::Consumer<EncodedFrame>> for FrameReceiver {
-    fn from(frames: rtrb::Consumer<EncodedFrame>) -> Self {
-        Self { frames, bell: None }
-    }
-}
-
-impl std::ops::Deref for FrameReceiver {
-    type Target = rtrb::Consumer<EncodedFrame>;
-    fn deref(&self) -> &Self::Target {
-        &self.frames
-    }
-}
-
-impl std::ops::DerefMut for FrameReceiver {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.frames
-    }
-}
-
 impl FrameReceiver {
+    /// Frames queued.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether no frame is queued.
+    pub fn is_empty(&self) -> bool {
+        self.frames.len() == 0
+    }
+
+    /// The oldest frame's tick and kind, without taking it.
+    pub fn peek(&self) -> Option<FrameHead> {
+        self.frames.peek().map(|(head, _)| head)
+    }
+
+    /// Takes the oldest frame and hands its head and Opus bytes (empty for
+    /// [`FrameKind::EndOfStream`]) to `read`, straight from the queue: nothing is copied.
+    pub fn pop_with<R>(&mut self, read: impl FnOnce(FrameHead, &[u8]) -> R) -> Option<R> {
+        self.frames.read(true, read)
+    }
+
+    /// Takes the oldest frame, copied out whole.
+    pub fn pop(&mut self) -> Option<EncodedFrame> {
+        self.pop_with(|head, opus| {
+            let mut frame = EncodedFrame::new(head.tick, head.kind);
+            frame.buffer_mut()[..opus.len()].copy_from_slice(opus);
+            frame.set_len(opus.len());
+            frame
+        })
+    }
+
+    /// Drops the oldest frame; false when none was queued.
+    pub fn discard(&mut self) -> bool {
+        self.frames.discard(1) == 1
+    }
+
     /// Parks the queue if it is empty: its producer's next push then bumps [`Self::signal`]
     /// and clears the park, so the consumer need not look at it until then. Returns whether it
-    /// parked; never for a queue without a doorbell.
+    /// parked.
     pub fn try_park(&self) -> bool {
-        let Some(bell) = &self.bell else {
-            return false;
-        };
+        let bell = &*self.bell;
         bell.parked.store(true, Ordering::Relaxed);
         // Pairs with the fence in `FrameSender::push`: either this side sees the frame or
         // that side sees the park.
         fence(Ordering::SeqCst);
-        if self.frames.is_empty() {
+        if self.is_empty() {
             return true;
         }
         bell.parked.store(false, Ordering::Relaxed);
@@ -101,48 +139,46 @@ impl FrameReceiver {
 
     /// Whether the queue is parked and no frame has come since.
     pub fn is_parked(&self) -> bool {
-        self.bell
-            .as_ref()
-            .is_some_and(|bell| bell.parked.load(Ordering::Acquire))
+        self.bell.parked.load(Ordering::Acquire)
     }
 
     /// Takes the queue out of parking without a frame (the consumer wants to look at it again).
     pub fn unpark(&self) {
-        if let Some(bell) = &self.bell {
-            bell.parked.store(false, Ordering::Relaxed);
-        }
+        self.bell.parked.store(false, Ordering::Relaxed);
     }
 
-    /// The counter a wake-up of this queue bumps (`None`: no doorbell).
-    pub fn signal(&self) -> Option<&Arc<FrameSignal>> {
-        self.bell.as_ref().map(|bell| &bell.signal)
+    /// The counter a wake-up of this queue bumps.
+    pub fn signal(&self) -> &Arc<FrameSignal> {
+        &self.bell.signal
     }
 }
 
 /// Producer end of a call's frame queue: the mixer fills it (or you, feeding a sender
 /// yourself).
 pub struct FrameSender {
-    frames: rtrb::Producer<EncodedFrame>,
+    frames: PacketProducer<FrameHead>,
     bell: Arc<Bell>,
 }
 
 impl std::fmt::Debug for FrameSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FrameSender")
-            .field("room", &self.frames.slots())
+            .field("room", &self.frames.free_packets())
             .finish()
     }
 }
 
 impl FrameSender {
-    /// Queues `frame`; hands it back when the queue is full. Wakes a parked consumer.
-    // As `rtrb::Producer::push`: the frame comes back by value, to be retried; boxing it
-    // would allocate on the mixer thread.
-    #[allow(clippy::result_large_err)]
-    pub fn push(&mut self, frame: EncodedFrame) -> Result<(), EncodedFrame> {
-        self.frames
-            .push(frame)
-            .map_err(|rtrb::PushError::Full(frame)| frame)?;
+    /// Queues a copy of `frame` (its Opus bytes only, not the whole slot); fails when the
+    /// queue is full. Wakes a parked consumer.
+    pub fn push(&mut self, frame: &EncodedFrame) -> Result<(), QueueFull> {
+        let head = FrameHead {
+            tick: frame.tick,
+            kind: frame.kind,
+        };
+        if !self.frames.push(head, frame.opus()) {
+            return Err(QueueFull);
+        }
         // Pairs with the fence in `FrameReceiver::try_park`.
         fence(Ordering::SeqCst);
         let bell = &*self.bell;
@@ -154,9 +190,12 @@ impl FrameSender {
 }
 
 /// A frame queue of `capacity` frames whose wake-ups bump `signal` (the engine uses one signal
-/// for all its calls; a sender watches one).
+/// for all its calls; a sender watches the first it is given).
+///
+/// It holds `capacity` frames of up to 640 bytes (a 256 kb/s stream), and at least two of the
+/// largest (1,275 bytes); larger frames fill it sooner.
 pub fn frame_queue(capacity: usize, signal: &Arc<FrameSignal>) -> (FrameSender, FrameReceiver) {
-    let (producer, consumer) = rtrb::RingBuffer::new(capacity);
+    let (producer, consumer) = packet_ring(capacity.max(1));
     let bell = Arc::new(Bell {
         parked: AtomicBool::new(false),
         signal: Arc::clone(signal),
@@ -168,7 +207,7 @@ pub fn frame_queue(capacity: usize, signal: &Arc<FrameSignal>) -> (FrameSender, 
         },
         FrameReceiver {
             frames: consumer,
-            bell: Some(bell),
+            bell,
         },
     )
 }
@@ -181,7 +220,7 @@ mod tests {
     use crate::frame::FrameKind;
 
     fn frame(tick: u64) -> EncodedFrame {
-        EncodedFrame::new(tick, FrameKind::Audio)
+        EncodedFrame::from_packet(tick, &[0xF8, tick as u8, 0xFE]).unwrap()
     }
 
     #[test]
@@ -191,11 +230,11 @@ mod tests {
         assert!(rx.try_park());
         assert!(rx.is_parked());
         assert_eq!(signal.count(), 0);
-        tx.push(frame(1)).unwrap();
+        tx.push(&frame(1)).unwrap();
         assert!(!rx.is_parked());
         assert_eq!(signal.count(), 1);
         // Not parked any more: further pushes do not bump the signal.
-        tx.push(frame(2)).unwrap();
+        tx.push(&frame(2)).unwrap();
         assert_eq!(signal.count(), 1);
         // A queue with frames does not park.
         assert!(!rx.try_park());
@@ -205,25 +244,72 @@ mod tests {
         assert!(rx.try_park());
         rx.unpark();
         assert!(!rx.is_parked());
-        tx.push(frame(3)).unwrap();
+        tx.push(&frame(3)).unwrap();
         assert_eq!(signal.count(), 1, "unparked by its consumer: no wake-up");
     }
 
     #[test]
-    fn a_full_queue_hands_the_frame_back() {
+    fn a_full_queue_refuses_the_frame() {
         let signal = Arc::new(FrameSignal::default());
-        let (mut tx, _rx) = frame_queue(1, &signal);
-        tx.push(frame(1)).unwrap();
-        assert_eq!(tx.push(frame(2)).unwrap_err().tick, 2);
+        let (mut tx, mut rx) = frame_queue(2, &signal);
+        tx.push(&frame(1)).unwrap();
+        tx.push(&frame(2)).unwrap();
+        assert_eq!(tx.push(&frame(3)), Err(QueueFull));
+        assert_eq!(rx.pop().unwrap().tick, 1);
+        tx.push(&frame(3)).unwrap();
     }
 
     #[test]
-    fn a_bare_consumer_never_parks() {
-        let (_tx, rx) = rtrb::RingBuffer::<EncodedFrame>::new(2);
-        let rx = FrameReceiver::from(rx);
-        assert!(!rx.try_park());
-        assert!(!rx.is_parked());
-        assert!(rx.signal().is_none());
+    fn frames_come_out_as_they_went_in() {
+        let signal = Arc::new(FrameSignal::default());
+        let (mut tx, mut rx) = frame_queue(5, &signal);
+        let mut next = 0_u64;
+        for round in 0..300_u64 {
+            let len = (round as usize * 211) % (crate::frame::MAX_OPUS_PACKET + 1);
+            let opus: Vec<u8> = (0..len).map(|i| (i as u64 + round) as u8).collect();
+            let mut queued = EncodedFrame::from_packet(round, &opus).unwrap();
+            if round % 7 == 0 {
+                queued = EncodedFrame::new(round, FrameKind::EndOfStream);
+            }
+            if tx.push(&queued).is_err() {
+                // Full: drain what is there, then it fits.
+                while let Some(out) = rx.pop() {
+                    assert_eq!(out.tick, next);
+                    next += 1;
+                }
+                tx.push(&queued).unwrap();
+            }
+            if round % 3 == 0 {
+                let head = rx.peek().unwrap();
+                assert_eq!(head.tick, next);
+                let (tick, kind, opus_len) = rx
+                    .pop_with(|head, opus| (head.tick, head.kind, opus.len()))
+                    .unwrap();
+                assert_eq!((tick, kind), (head.tick, head.kind));
+                if kind == FrameKind::EndOfStream {
+                    assert_eq!(opus_len, 0);
+                }
+                next += 1;
+            }
+        }
+        while let Some(out) = rx.pop() {
+            let expected_len = if out.tick % 7 == 0 {
+                0
+            } else {
+                (out.tick as usize * 211) % (crate::frame::MAX_OPUS_PACKET + 1)
+            };
+            assert_eq!(out.opus().len(), expected_len);
+            assert!(
+                out.opus()
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &b)| b == (i as u64 + out.tick) as u8)
+            );
+            assert_eq!(out.tick, next);
+            next += 1;
+        }
+        assert_eq!(next, 300);
+        assert!(!rx.discard());
     }
 
     /// Producer and consumer race on two threads: every frame pushed is either seen by a
@@ -235,9 +321,8 @@ mod tests {
         let (mut tx, mut rx) = frame_queue(8, &signal);
         let producer = std::thread::spawn(move || {
             for tick in 0..FRAMES {
-                let mut f = frame(tick);
-                while let Err(back) = tx.push(f) {
-                    f = back;
+                let f = frame(tick);
+                while tx.push(&f).is_err() {
                     std::hint::spin_loop();
                 }
             }
@@ -268,7 +353,7 @@ mod tests {
                     continue;
                 }
             }
-            while let Ok(f) = rx.pop() {
+            while let Some(f) = rx.pop() {
                 assert_eq!(f.tick, got);
                 got += 1;
             }

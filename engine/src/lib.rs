@@ -63,8 +63,8 @@ pub use error::{Error, Result};
 pub use event::Event;
 pub use file::{FileOptions, probe_container};
 pub use frame::{
-    EncodedFrame, FRAME_DURATION, FRAME_SAMPLES, FrameKind, FrameReceiver, FrameSender,
-    FrameSignal, Grid, MAX_OPUS_PACKET,
+    EncodedFrame, FRAME_DURATION, FRAME_SAMPLES, FrameHead, FrameKind, FrameReceiver, FrameSender,
+    FrameSignal, Grid, MAX_OPUS_PACKET, QueueFull,
 };
 pub use http::HttpError;
 pub use http_stream::{HttpOptions, UrlProbe, probe_url};

@@ -181,6 +181,13 @@ impl OpusPacket {
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.data[..usize::from(self.len)]
     }
+
+    /// Holds a copy of `bytes`, cut at [`MAX_OPUS_PACKET`] (a ring never holds longer).
+    pub(crate) fn set(&mut self, bytes: &[u8]) {
+        let len = bytes.len().min(MAX_OPUS_PACKET);
+        self.data[..len].copy_from_slice(&bytes[..len]);
+        self.len = len as u16;
+    }
 }
 
 /// Checks that `packet` is one Opus packet of exactly 20 ms, the only duration a Discord RTP
@@ -241,7 +248,7 @@ impl OpusWriter {
             self.shared.ahead.store(true, Ordering::Relaxed);
             return Ok(false);
         }
-        let pushed = self.ring.push(packet);
+        let pushed = self.ring.push((), packet);
         self.written += u64::from(pushed);
         Ok(pushed)
     }

@@ -41,7 +41,7 @@ fn decode_all(
     decoder: &mut audiopus::coder::Decoder,
     out: &mut Decoded,
 ) {
-    while let Ok(frame) = frames.pop() {
+    while let Some(frame) = frames.pop() {
         out.kinds.push(frame.kind);
         if frame.kind != FrameKind::Audio {
             continue;
@@ -555,7 +555,7 @@ fn calls_spread_over_several_mixer_threads_all_produce_frames() {
     while audio.iter().any(|&n| n < 7) && std::time::Instant::now() < give_up {
         std::thread::sleep(Duration::from_millis(20));
         for (count, queue) in audio.iter_mut().zip(queues.iter_mut()) {
-            while let Ok(frame) = queue.pop() {
+            while let Some(frame) = queue.pop() {
                 *count += usize::from(frame.kind == FrameKind::Audio);
             }
         }
@@ -827,7 +827,7 @@ fn late_live_producer(latency_cap: Option<Duration>) -> (quaver_engine::SourceSt
         }
         engine.housekeep();
         mixer.tick();
-        while frames.pop().is_ok() {}
+        while frames.discard() {}
     }
     let queued = (capacity - writer.free_samples()) / 2;
     (

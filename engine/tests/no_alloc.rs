@@ -127,7 +127,7 @@ fn feed(producers: &mut [Producer]) {
 fn drain(frames: &mut [FrameReceiver]) -> usize {
     frames
         .iter_mut()
-        .map(|queue| std::iter::from_fn(|| queue.pop().ok()).count())
+        .map(|queue| std::iter::from_fn(|| queue.pop()).count())
         .sum()
 }
 
@@ -294,7 +294,7 @@ fn mixer_ticks_allocate_nothing_while_calls_come_and_go() {
         ON_REALTIME_PATH.with(|path| path.set(0));
 
         for call in live.iter_mut() {
-            let got = std::iter::from_fn(|| call.queue.pop().ok()).count();
+            let got = std::iter::from_fn(|| call.queue.pop()).count();
             if tick % 20 > 7 {
                 frames_after_replacement += got;
             }
@@ -366,11 +366,11 @@ fn the_mixer_thread_allocates_nothing_either() {
         }
         if let Some((_, queue, producers)) = second.as_mut() {
             feed(producers);
-            second_frames += std::iter::from_fn(|| queue.pop().ok()).count();
+            second_frames += std::iter::from_fn(|| queue.pop()).count();
         }
         feed(&mut producers);
         std::thread::sleep(Duration::from_millis(10));
-        received += std::iter::from_fn(|| queue.pop().ok()).count();
+        received += std::iter::from_fn(|| queue.pop()).count();
         if round % 15 == 14 {
             match producers.remove(0) {
                 Producer::Pcm(handle, ..) | Producer::Opus(handle, ..) => handle.stop(),
@@ -480,7 +480,7 @@ fn seeks_and_queue_hand_overs_allocate_nothing_on_the_mixer() {
         ON_REALTIME_PATH.with(|path| path.set(SEEK_AND_QUEUE));
         mixer.tick();
         ON_REALTIME_PATH.with(|path| path.set(0));
-        while frames.pop().is_ok() {}
+        while frames.discard() {}
         engine.housekeep();
         started += engine
             .events()

@@ -7,6 +7,7 @@ use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use quaver_engine::frame::frame_queue;
 use quaver_engine::{EncodedFrame, FrameKind, Grid};
 use quaver_net::crypto::{EncryptionMode, SecretKey, TransportCipher};
 use quaver_net::dave::{DaveError, FrameDecryptor, SenderKey, parse_frame};
@@ -62,14 +63,14 @@ fn dave_frames_over_loopback_across_a_key_change() {
         .connect(receiver.local_addr().expect("bound"))
         .expect("loopback connect");
     let transport_key = SecretKey::new([0x5C; 32]);
-    let (mut producer, frames) = rtrb::RingBuffer::new(FRAMES + 8);
+    let (mut producer, frames) = frame_queue(FRAMES + 8, &Arc::default());
     let call = sender
         .add_call(quaver_net::CallConfig {
             ssrc: 77,
             socket: Arc::new(socket),
             mode: EncryptionMode::Aes256GcmRtpSize,
             key: transport_key.clone(),
-            frames: frames.into(),
+            frames,
         })
         .expect("call added");
 
@@ -85,11 +86,11 @@ fn dave_frames_over_loopback_across_a_key_change() {
     let start = grid.tick_at_or_after(Instant::now()) + 2;
     for i in 0..FRAMES {
         producer
-            .push(EncodedFrame::from_packet(start + i as u64, &opus(i)).expect("small"))
+            .push(&EncodedFrame::from_packet(start + i as u64, &opus(i)).expect("small"))
             .expect("room");
     }
     producer
-        .push(EncodedFrame::new(
+        .push(&EncodedFrame::new(
             start + FRAMES as u64,
             FrameKind::EndOfStream,
         ))

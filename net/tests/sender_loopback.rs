@@ -6,6 +6,7 @@ use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use quaver_engine::frame::frame_queue;
 use quaver_engine::{EncodedFrame, FrameKind, Grid};
 use quaver_net::crypto::{EncryptionMode, SecretKey, TransportCipher};
 use quaver_net::pacer::SchedulingRequest;
@@ -68,14 +69,14 @@ fn run_call(backend: BackendChoice) -> BackendKind {
     let (socket, receiver) = connected_pair();
     let key = SecretKey::new([0x42; 32]);
     let mode = EncryptionMode::Aes256GcmRtpSize;
-    let (mut producer, frames) = rtrb::RingBuffer::new(64);
+    let (mut producer, frames) = frame_queue(64, &Arc::default());
     let call = sender
         .add_call(CallConfig {
             ssrc: 0x1234_5678,
             socket,
             mode,
             key: key.clone(),
-            frames: frames.into(),
+            frames,
         })
         .expect("call added");
     let grid_epoch = Instant::now();
@@ -85,10 +86,10 @@ fn run_call(backend: BackendChoice) -> BackendKind {
     let start = start + 3;
     for i in 0..FRAMES {
         let f = EncodedFrame::from_packet(start + i, &frame_payload(i)).expect("small packet");
-        producer.push(f).expect("ring has room for all frames");
+        producer.push(&f).expect("ring has room for all frames");
     }
     producer
-        .push(EncodedFrame::new(start + FRAMES, FrameKind::EndOfStream))
+        .push(&EncodedFrame::new(start + FRAMES, FrameKind::EndOfStream))
         .expect("ring has room");
 
     let cipher = TransportCipher::new(mode, &key);
@@ -181,8 +182,8 @@ fn send_errors_are_events_and_other_calls_continue() {
         bad.connect(dead_addr).expect("connect");
         let (good, receiver) = connected_pair();
         let key = SecretKey::new([1; 32]);
-        let (mut bad_tx, bad_rx) = rtrb::RingBuffer::new(64);
-        let (mut good_tx, good_rx) = rtrb::RingBuffer::new(64);
+        let (mut bad_tx, bad_rx) = frame_queue(64, &Arc::default());
+        let (mut good_tx, good_rx) = frame_queue(64, &Arc::default());
         let mode = EncryptionMode::XChaCha20Poly1305RtpSize;
         let bad_id = sender
             .add_call(CallConfig {
@@ -190,7 +191,7 @@ fn send_errors_are_events_and_other_calls_continue() {
                 socket: Arc::new(bad),
                 mode,
                 key: key.clone(),
-                frames: bad_rx.into(),
+                frames: bad_rx,
             })
             .expect("added");
         sender
@@ -199,14 +200,14 @@ fn send_errors_are_events_and_other_calls_continue() {
                 socket: good,
                 mode,
                 key: key.clone(),
-                frames: good_rx.into(),
+                frames: good_rx,
             })
             .expect("added");
         let start = Grid::new(Instant::now()).tick_at_or_after(Instant::now()) + 3;
         for i in 0..10 {
             let f = EncodedFrame::from_packet(start + i, b"opus").expect("small");
-            bad_tx.push(f.clone()).expect("room");
-            good_tx.push(f).expect("room");
+            bad_tx.push(&f).expect("room");
+            good_tx.push(&f).expect("room");
         }
         let cipher = TransportCipher::new(mode, &key);
         let (mut buf, mut out) = ([0u8; 256], [0u8; 256]);
@@ -242,20 +243,20 @@ fn rekey_switches_at_a_frame_boundary() {
     let (socket, receiver) = connected_pair();
     let old_key = SecretKey::new([5; 32]);
     let new_key = SecretKey::new([6; 32]);
-    let (mut producer, frames) = rtrb::RingBuffer::new(64);
+    let (mut producer, frames) = frame_queue(64, &Arc::default());
     let call = sender
         .add_call(CallConfig {
             ssrc: 9,
             socket,
             mode: EncryptionMode::Aes256GcmRtpSize,
             key: old_key.clone(),
-            frames: frames.into(),
+            frames,
         })
         .expect("added");
     let start = Grid::new(Instant::now()).tick_at_or_after(Instant::now()) + 3;
     for i in 0..20 {
         producer
-            .push(EncodedFrame::from_packet(start + i, &[i as u8; 50]).expect("small"))
+            .push(&EncodedFrame::from_packet(start + i, &[i as u8; 50]).expect("small"))
             .expect("room");
     }
     let old = TransportCipher::new(EncryptionMode::Aes256GcmRtpSize, &old_key);
@@ -313,14 +314,14 @@ fn the_handle_tells_each_calls_phase() {
     let mut add = |sender: &mut Sender| {
         let (socket, receiver) = connected_pair();
         receivers.push(receiver);
-        let (_, frames) = rtrb::RingBuffer::new(4);
+        let (_, frames) = frame_queue(4, &Arc::default());
         sender
             .add_call(CallConfig {
                 ssrc: receivers.len() as u32,
                 socket,
                 mode: EncryptionMode::Aes256GcmRtpSize,
                 key: SecretKey::new([7; 32]),
-                frames: frames.into(),
+                frames,
             })
             .expect("call added")
     };

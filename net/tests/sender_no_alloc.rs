@@ -29,11 +29,11 @@ fn signal() -> &'static Arc<FrameSignal> {
 /// Queues `frames` frames from tick `start` on, then an end-of-stream marker if asked.
 fn feed(tx: &mut FrameSender, start: u64, frames: u64, end_of_stream: bool) {
     for i in 0..frames {
-        tx.push(EncodedFrame::from_packet(start + i, &[7; 120]).expect("small"))
+        tx.push(&EncodedFrame::from_packet(start + i, &[7; 120]).expect("small"))
             .expect("room");
     }
     if end_of_stream {
-        tx.push(EncodedFrame::new(start + frames, FrameKind::EndOfStream))
+        tx.push(&EncodedFrame::new(start + frames, FrameKind::EndOfStream))
             .expect("room");
     }
 }

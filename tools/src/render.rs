@@ -72,7 +72,7 @@ pub fn render(
         // Manual mode: read the files ahead, then build the next frame.
         engine.housekeep();
         mixer.tick();
-        while let Ok(frame) = frames.pop() {
+        while let Some(frame) = frames.pop() {
             match frame.kind {
                 FrameKind::Audio => {
                     writer

@@ -850,7 +850,7 @@ impl Outboxes<'_> {
     }
 
     fn send_frame(&mut self, frames: &mut FrameSender, frame: &EncodedFrame) {
-        if frames.push(frame.clone()).is_err() {
+        if frames.push(frame).is_err() {
             MixerCounters::bump(&self.counters.frames_dropped);
         }
     }

@@ -107,7 +107,7 @@ impl Output {
                 .unwrap()
         });
         let mut produced = false;
-        while let Ok(frame) = frames.pop() {
+        while let Some(frame) = frames.pop() {
             if frame.kind != FrameKind::Audio {
                 continue;
             }

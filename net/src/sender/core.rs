@@ -161,9 +161,8 @@ impl SenderCore {
 
     /// Adds a call, awake. Within capacity (checked by the callers): no allocation.
     fn insert(&mut self, call: Box<Call>) {
-        if self.signal.is_none()
-            && let Some(signal) = call.frames.signal()
-        {
+        if self.signal.is_none() {
+            let signal = call.frames.signal();
             // An atomic increment, no allocation; the last reference is dropped with the core.
             self.signal = Some(Arc::clone(signal));
             self.signal_seen = signal.count();
@@ -217,10 +216,10 @@ impl SenderCore {
         for index in (0..self.awake).rev() {
             let call = &self.calls[index];
             let quiet = !call.speaking && call.silence_left == 0 && !call.stop_after_send;
-            let ours = match (call.frames.signal(), &self.signal) {
-                (Some(theirs), Some(ours)) => Arc::ptr_eq(theirs, ours),
-                _ => false,
-            };
+            let ours = self
+                .signal
+                .as_ref()
+                .is_some_and(|ours| Arc::ptr_eq(call.frames.signal(), ours));
             if quiet && ours && call.frames.try_park() {
                 self.awake -= 1;
                 self.calls.swap(index, self.awake);
@@ -328,7 +327,7 @@ impl SenderCore {
             group: None,
         };
         for call in &self.calls[..self.awake] {
-            let queued = call.frames.peek().ok().map(|frame| frame.tick);
+            let queued = call.frames.peek().map(|frame| frame.tick);
             scan.late |= queued.is_some_and(|tick| tick < n);
             let due = call.speaking || call.silence_left > 0 || queued.is_some_and(|t| t <= n);
             if due && usize::from(call.group) >= from {
@@ -371,7 +370,7 @@ impl SenderCore {
             let mut due = n;
             let mut payload_ready = false;
             let mut has_packet = false;
-            if let Ok(frame) = call.frames.peek() {
+            if let Some(frame) = call.frames.peek() {
                 let take = match pass {
                     Pass::Late => frame.tick < n,
                     Pass::OnTime => frame.tick <= n,
@@ -384,7 +383,7 @@ impl SenderCore {
                             if call.speaking {
                                 call.silence_left = SILENCE_FRAMES_AT_STOP;
                             }
-                            let _ = call.frames.pop();
+                            call.frames.discard();
                         }
                     }
                 }
@@ -392,22 +391,17 @@ impl SenderCore {
             if call.refusal.holds(n) {
                 // The far end refuses packets: frames keep moving so the call does not back up,
                 // but nothing is sent until the next probe.
-                if payload_ready && call.frames.pop().is_ok() {
+                if payload_ready && call.frames.discard() {
                     self.stats.refused_frames += 1;
                 }
                 continue;
             }
             if payload_ready {
-                let Ok(chunk) = call.frames.read_chunk(1) else {
+                // Sealing copies the Opus bytes straight out of the queue: no frame copy.
+                let out = &mut call.out;
+                let Some(sealed) = call.frames.pop_with(|_, opus| out.seal(Some(opus), due)) else {
                     continue;
                 };
-                let (first, second) = chunk.as_slices();
-                // Sealing copies the Opus bytes straight out of the ring slot: no frame copy.
-                let sealed = match first.first().or(second.first()) {
-                    Some(frame) => call.out.seal(Some(frame.opus()), due),
-                    None => Err(SealError::TransportExhausted),
-                };
-                chunk.commit_all();
                 if !book_seal(sealed, call.id, &mut self.events, &mut self.stats) {
                     continue;
                 }

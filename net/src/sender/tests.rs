@@ -50,10 +50,10 @@ fn drain(events: &mut rtrb::Consumer<SenderEvent>) -> Vec<SenderEvent> {
 fn ticks_frames_silence_and_speaking_events() {
     let (mut core, mut events, mut tx, _rx, id) = core_with_call();
     for t in [5, 6] {
-        tx.push(EncodedFrame::from_packet(t, b"abc").expect("small packet"))
+        tx.push(&EncodedFrame::from_packet(t, b"abc").expect("small packet"))
             .unwrap(); // invariant: small, room
     }
-    tx.push(EncodedFrame::new(7, FrameKind::EndOfStream))
+    tx.push(&EncodedFrame::new(7, FrameKind::EndOfStream))
         .unwrap(); // invariant: room
     assert_eq!(core.run_tick(4), 0, "nothing due before tick 5");
     assert_eq!(core.run_tick(5), 1);
@@ -80,7 +80,7 @@ fn ticks_frames_silence_and_speaking_events() {
 fn timestamps_follow_the_grid_across_gaps() {
     let (mut core, _events, mut tx, receiver, _id) = core_with_call();
     for t in [10, 11, 15] {
-        tx.push(EncodedFrame::from_packet(t, b"abc").expect("small packet"))
+        tx.push(&EncodedFrame::from_packet(t, b"abc").expect("small packet"))
             .unwrap(); // invariant: small, room
     }
     for t in 10..16 {
@@ -113,14 +113,14 @@ fn timestamps_follow_the_grid_across_gaps() {
 fn late_frames_go_out_at_once_and_audio_cancels_silence() {
     let (mut core, mut events, mut tx, _rx, id) = core_with_call();
     for t in 1..=3 {
-        tx.push(EncodedFrame::from_packet(t, b"x").expect("small packet"))
+        tx.push(&EncodedFrame::from_packet(t, b"x").expect("small packet"))
             .unwrap(); // invariant: room
     }
     assert_eq!(core.run_tick(3), 3, "two late frames plus the on-time one");
     assert_eq!(core.stats().late_frames, 2);
-    tx.push(EncodedFrame::new(4, FrameKind::EndOfStream))
+    tx.push(&EncodedFrame::new(4, FrameKind::EndOfStream))
         .unwrap(); // invariant: room
-    tx.push(EncodedFrame::from_packet(6, b"y").expect("small packet"))
+    tx.push(&EncodedFrame::from_packet(6, b"y").expect("small packet"))
         .unwrap(); // invariant: room
     assert_eq!(core.run_tick(4), 1); // silence 1
     assert_eq!(core.run_tick(5), 1); // silence 2
@@ -164,7 +164,7 @@ fn dave_keys_wrap_frames_keep_or_restart_the_counter_and_come_off() {
     );
     let mut tick = 1;
     let mut send = |core: &mut SenderCore, opus: &[u8]| {
-        tx.push(EncodedFrame::from_packet(tick, opus).expect("small packet"))
+        tx.push(&EncodedFrame::from_packet(tick, opus).expect("small packet"))
             .unwrap(); // invariant: room
         assert_eq!(core.run_tick(tick), 1);
         tick += 1;
@@ -232,7 +232,7 @@ fn largest_opus_frame_fits_under_dave() {
     core.set_dave_key(id, Some(SenderKey::new(7, [7; 16])))
         .unwrap(); // invariant: the call exists
     let opus = [0x42u8; quaver_engine::MAX_OPUS_PACKET];
-    tx.push(EncodedFrame::from_packet(1, &opus).expect("maximal packet"))
+    tx.push(&EncodedFrame::from_packet(1, &opus).expect("maximal packet"))
         .unwrap(); // invariant: room
     assert_eq!(core.run_tick(1), 1);
     let frame = receive_payload(&receiver);
@@ -248,7 +248,7 @@ fn largest_opus_frame_fits_under_dave() {
 #[test]
 fn end_of_stream_while_idle_sends_nothing() {
     let (mut core, mut events, mut tx, _rx, _id) = core_with_call();
-    tx.push(EncodedFrame::new(1, FrameKind::EndOfStream))
+    tx.push(&EncodedFrame::new(1, FrameKind::EndOfStream))
         .unwrap(); // invariant: room
     for t in 1..8 {
         assert_eq!(core.run_tick(t), 0);
@@ -264,12 +264,12 @@ fn a_refusing_peer_gets_probes_not_every_frame() {
     // the next send reports as ECONNREFUSED (loopback ICMP is not rate-limited).
     let closed = UdpSocket::bind("127.0.0.1:0").unwrap(); // invariant: loopback bind
     // A bare queue, without a doorbell: never parked, looked at every tick.
-    let (mut tx, rx) = rtrb::RingBuffer::new(8);
-    add_call(&mut core, 1, &closed, rx.into());
+    let (mut tx, rx) = frame_queue(8, &Arc::default());
+    add_call(&mut core, 1, &closed, rx);
     drop(closed);
     let ticks = 500; // 10 s of audio
     for t in 1..=ticks {
-        tx.push(EncodedFrame::from_packet(t, b"abc").expect("small packet"))
+        tx.push(&EncodedFrame::from_packet(t, b"abc").expect("small packet"))
             .unwrap(); // invariant: the core took the previous frame
         core.run_tick(t);
     }
@@ -363,7 +363,7 @@ fn calls_send_in_phase_groups_spread_over_the_period() {
         Err(SenderError::PhasesFixed)
     ));
     for tx in &mut producers {
-        tx.push(EncodedFrame::from_packet(3, b"abc").expect("small packet"))
+        tx.push(&EncodedFrame::from_packet(3, b"abc").expect("small packet"))
             .unwrap(); // invariant: room
     }
     let mut pace = RecordingPace::default();
@@ -378,7 +378,7 @@ fn calls_send_in_phase_groups_spread_over_the_period() {
     assert_eq!(offsets, [0, 5, 10, 15].map(Duration::from_millis).to_vec());
     // The streams end: five silence frames each, still in their groups.
     for tx in &mut producers {
-        tx.push(EncodedFrame::new(4, FrameKind::EndOfStream))
+        tx.push(&EncodedFrame::new(4, FrameKind::EndOfStream))
             .unwrap(); // invariant: room
     }
     for t in 4..9 {
@@ -396,7 +396,7 @@ fn calls_send_in_phase_groups_spread_over_the_period() {
     // waits for group 3) goes out with the next group woken, in the same tick.
     let mut late = producers.swap_remove(0);
     producers[33 - 1]
-        .push(EncodedFrame::from_packet(10, b"abc").expect("small packet"))
+        .push(&EncodedFrame::from_packet(10, b"abc").expect("small packet"))
         .unwrap(); // invariant: room
     let mut pace = ArrivingPace {
         inner: RecordingPace::default(),
@@ -425,7 +425,7 @@ impl super::core::Pace for ArrivingPace<'_> {
     fn until_build(&mut self, _deadline: Instant) {
         if let Some(producer) = self.arrives.take() {
             producer
-                .push(EncodedFrame::from_packet(self.tick, b"abc").expect("small packet"))
+                .push(&EncodedFrame::from_packet(self.tick, b"abc").expect("small packet"))
                 .unwrap(); // invariant: room
         }
     }
@@ -447,7 +447,7 @@ fn quiet_calls_park_and_a_frame_wakes_them() {
     assert_eq!(core.awake_count(), 1, "a new call starts awake");
     assert_eq!(core.run_tick(1), 0);
     assert_eq!(core.awake_count(), 0, "nothing queued: parked");
-    tx.push(audio(3)).unwrap(); // invariant: room
+    tx.push(&audio(3)).unwrap(); // invariant: room
     assert_eq!(core.run_tick(2), 0, "woken, but its frame is not due yet");
     assert_eq!(
         core.awake_count(),
@@ -461,7 +461,7 @@ fn quiet_calls_park_and_a_frame_wakes_them() {
         1,
         "a speaking call stays awake between frames"
     );
-    tx.push(EncodedFrame::new(5, FrameKind::EndOfStream))
+    tx.push(&EncodedFrame::new(5, FrameKind::EndOfStream))
         .unwrap(); // invariant: room
     for t in 5..10 {
         assert_eq!(core.run_tick(t), 1, "silence frame at tick {t}");
@@ -501,7 +501,7 @@ fn parked_and_awake_calls_keep_their_own_sockets_through_removals() {
     // Calls 1 and 3 speak; 0 and 2 stay parked.
     for t in 2..4 {
         for index in [1, 3] {
-            calls[index].1.push(audio(t)).unwrap(); // invariant: room
+            calls[index].1.push(&audio(t)).unwrap(); // invariant: room
         }
         assert_eq!(core.run_tick(t), 2);
     }
@@ -518,7 +518,7 @@ fn parked_and_awake_calls_keep_their_own_sockets_through_removals() {
     );
     // The remaining parked call (2) wakes; the awake one (1) keeps speaking.
     for index in [1, 2] {
-        calls[index].1.push(audio(4)).unwrap(); // invariant: room
+        calls[index].1.push(&audio(4)).unwrap(); // invariant: room
     }
     assert_eq!(core.run_tick(4), 2);
     assert_eq!(received(&calls), [0, 1, 1, 0]);
