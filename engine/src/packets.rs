@@ -9,7 +9,10 @@
 //! head the consumer sees always has its bytes behind it). A packet never straddles the end
 //! of the byte ring: one that would starts over at its beginning, behind a pad that the head
 //! counts, so the consumer reads every packet as one slice and the sender seals it straight
-//! from the ring. Both are allocated up front; nothing allocates after.
+//! from the ring. A ring can also *keep* its last few taken packets readable (an Opus source
+//! keeps two, to bring a decoder up to date when it leaves passthrough; see
+//! [`crate::source`]): their room is given back only as newer packets are taken. Both rings
+//! are allocated up front; nothing allocates after.
 
 use crate::frame::MAX_OPUS_PACKET;
 use crate::writer::OpusPacket;
@@ -19,12 +22,18 @@ use crate::writer::OpusPacket;
 /// nothing is lost).
 pub(crate) const BYTES_PER_PACKET: usize = 640;
 
-/// A ring for `packets` packets of [`BYTES_PER_PACKET`] bytes on average (room for at least
-/// two of the largest), each carrying a `M` beside its bytes.
-pub(crate) fn packet_ring<M: Copy>(packets: usize) -> (PacketProducer<M>, PacketConsumer<M>) {
+/// A ring for `packets` packets of [`BYTES_PER_PACKET`] bytes on average, each carrying a `M`
+/// beside its bytes, that keeps its last `KEEP` taken packets. Those count against the bytes
+/// (a source's 200 ms hold ten packets averaging 533 bytes beside the two it keeps), not
+/// against the packets. It has room for `KEEP` of the largest packets and two more: with the
+/// kept ones at their largest, an empty ring still takes the largest packet after the largest
+/// pad (else a writer could wait for room that only a packet it cannot write would free).
+pub(crate) fn packet_ring<M: Copy, const KEEP: usize>(
+    packets: usize,
+) -> (PacketProducer<M>, PacketConsumer<M, KEEP>) {
     let packets = packets.max(2);
-    let bytes = (packets * BYTES_PER_PACKET).max(2 * MAX_OPUS_PACKET);
-    let (heads_tx, heads_rx) = rtrb::RingBuffer::new(packets);
+    let bytes = (packets * BYTES_PER_PACKET).max((KEEP + 2) * MAX_OPUS_PACKET);
+    let (heads_tx, heads_rx) = rtrb::RingBuffer::new(packets + KEEP);
     let (bytes_tx, bytes_rx) = rtrb::RingBuffer::new(bytes);
     (
         PacketProducer {
@@ -36,6 +45,8 @@ pub(crate) fn packet_ring<M: Copy>(packets: usize) -> (PacketProducer<M>, Packet
         PacketConsumer {
             heads: heads_rx,
             bytes: bytes_rx,
+            kept: 0,
+            kept_bytes: 0,
         },
     )
 }
@@ -47,6 +58,13 @@ struct Head<M> {
     /// Bytes skipped before the packet so that it does not straddle the ring's end.
     pad: u16,
     len: u16,
+}
+
+impl<M> Head<M> {
+    /// Bytes the packet takes in the byte ring, its pad included.
+    fn size(&self) -> usize {
+        usize::from(self.pad) + usize::from(self.len)
+    }
 }
 
 /// The writer's end.
@@ -108,52 +126,99 @@ impl<M: Copy> PacketProducer<M> {
     }
 }
 
-/// The reader's end (the mixer's, or the sender's). Never allocates.
-pub(crate) struct PacketConsumer<M = ()> {
+/// The reader's end (the mixer's, or the sender's), keeping the last `KEEP` packets it took.
+/// Never allocates.
+pub(crate) struct PacketConsumer<M = (), const KEEP: usize = 0> {
     heads: rtrb::Consumer<Head<M>>,
     bytes: rtrb::Consumer<u8>,
+    /// Packets taken but kept (at most `KEEP`): the oldest ones in both rings.
+    kept: usize,
+    /// Their bytes, pads included.
+    kept_bytes: usize,
 }
 
-impl<M: Copy> PacketConsumer<M> {
-    /// Packets queued.
-    pub(crate) fn len(&self) -> usize {
-        self.heads.slots()
-    }
-
+impl<M: Copy> PacketConsumer<M, 0> {
     /// The oldest packet's `meta` and length, without taking it.
     pub(crate) fn peek(&self) -> Option<(M, usize)> {
         let head = self.heads.peek().ok()?;
         Some((head.meta, usize::from(head.len)))
     }
+}
 
-    /// Calls `read` with the oldest packet's `meta` and bytes, and takes the packet when
+impl<M: Copy, const KEEP: usize> PacketConsumer<M, KEEP> {
+    /// Packets queued (the kept ones are not).
+    pub(crate) fn len(&self) -> usize {
+        self.heads.slots() - self.kept
+    }
+
+    /// The head at `index` in the ring (the kept packets come first) and the bytes before its
+    /// packet's pad.
+    fn head(&mut self, index: usize) -> Option<(Head<M>, usize)> {
+        let chunk = self.heads.read_chunk(index + 1).ok()?;
+        let (first, second) = chunk.as_slices();
+        let head = *first.iter().chain(second).nth(index)?;
+        let before = match index {
+            i if i == self.kept => self.kept_bytes,
+            _ => first.iter().chain(second).take(index).map(Head::size).sum(),
+        };
+        Some((head, before))
+    }
+
+    /// Calls `read` with the bytes of the packet of `head` found `before` bytes into the ring
+    /// (empty if they are not there, a broken invariant: the bytes are committed before their
+    /// head is pushed; the decoder conceals an empty packet, passthrough and the sender send
+    /// silence).
+    fn with_bytes<R>(&mut self, head: Head<M>, before: usize, read: impl FnOnce(&[u8]) -> R) -> R {
+        let start = before + usize::from(head.pad);
+        let end = start + usize::from(head.len);
+        let Ok(chunk) = self.bytes.read_chunk(end) else {
+            return read(&[]);
+        };
+        let (first, second) = chunk.as_slices();
+        // The producer never lets a packet straddle the ring's end: it is whole in one slice.
+        let packet = if end <= first.len() {
+            first.get(start..end)
+        } else if start >= first.len() {
+            second.get(start - first.len()..end - first.len())
+        } else {
+            None
+        };
+        read(packet.unwrap_or_default())
+    }
+
+    /// Calls `read` with the oldest queued packet's `meta` and bytes, and takes the packet when
     /// `take`; `None` when none is queued.
     pub(crate) fn read<R>(&mut self, take: bool, read: impl FnOnce(M, &[u8]) -> R) -> Option<R> {
-        let head = *self.heads.peek().ok()?;
-        let (pad, len) = (usize::from(head.pad), usize::from(head.len));
-        // The bytes were committed before their head was pushed, so the chunk is there; if
-        // not (a broken invariant) the packet reads as empty, which the decoder conceals and
-        // passthrough and the sender replace with silence.
-        let read_out = match self.bytes.read_chunk(pad + len) {
-            Ok(chunk) => {
-                let (first, second) = chunk.as_slices();
-                let packet = match pad {
-                    0 => first.get(..len),
-                    _ if first.len() == pad => second.get(..len),
-                    _ => None,
-                };
-                let out = read(head.meta, packet.unwrap_or_default());
-                if take {
-                    chunk.commit_all();
-                }
-                out
-            }
-            Err(_) => read(head.meta, &[]),
-        };
+        let (head, before) = self.head(self.kept)?;
+        let out = self.with_bytes(head, before, |bytes| read(head.meta, bytes));
         if take {
-            let _ = self.heads.pop();
+            self.kept += 1;
+            self.kept_bytes += head.size();
+            if self.kept > KEEP {
+                self.release_oldest();
+            }
         }
-        Some(read_out)
+        Some(out)
+    }
+
+    /// Gives the oldest kept packet's room back to the producer.
+    fn release_oldest(&mut self) {
+        let Ok(head) = self.heads.pop() else {
+            return;
+        };
+        if let Ok(chunk) = self.bytes.read_chunk(head.size()) {
+            chunk.commit_all();
+        }
+        self.kept -= 1;
+        self.kept_bytes -= head.size();
+    }
+
+    /// Calls `read` with the bytes of a kept packet, `age` packets older than the last one
+    /// taken (0: the last); `None` when fewer are kept.
+    pub(crate) fn kept<R>(&mut self, age: usize, read: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        let index = self.kept.checked_sub(age + 1)?;
+        let (head, before) = self.head(index)?;
+        Some(self.with_bytes(head, before, read))
     }
 
     /// Copies the oldest packet into `packet` without taking it; false when none is queued.
@@ -166,7 +231,7 @@ impl<M: Copy> PacketConsumer<M> {
         self.read(true, |_, bytes| packet.set(bytes)).is_some()
     }
 
-    /// Drops up to `count` of the oldest packets; returns how many.
+    /// Takes up to `count` of the oldest packets; returns how many.
     pub(crate) fn discard(&mut self, count: usize) -> usize {
         let mut dropped = 0;
         while dropped < count && self.read(true, |_, _| ()).is_some() {
@@ -186,7 +251,7 @@ mod tests {
 
     #[test]
     fn packets_keep_their_bytes_and_order_across_the_ring_wrapping() {
-        let (mut tx, mut rx) = packet_ring::<()>(3);
+        let (mut tx, mut rx) = packet_ring::<(), 0>(3);
         let mut out = OpusPacket::EMPTY;
         // Sizes that do not divide the byte ring, so packets straddle its end.
         for round in 0..50_u8 {
@@ -206,7 +271,7 @@ mod tests {
 
     #[test]
     fn the_ring_is_full_by_count_for_small_packets_and_by_bytes_for_large_ones() {
-        let (mut tx, mut rx) = packet_ring::<()>(10);
+        let (mut tx, mut rx) = packet_ring::<(), 0>(10);
         for n in 0..10 {
             assert!(tx.push((), &packet(240, n)), "a 96 kb/s packet {n} fits");
         }
@@ -239,7 +304,7 @@ mod tests {
 
     #[test]
     fn every_packet_reads_as_one_slice_with_its_meta() {
-        let (mut tx, mut rx) = packet_ring::<u64>(3);
+        let (mut tx, mut rx) = packet_ring::<u64, 0>(3);
         let capacity = 2 * MAX_OPUS_PACKET;
         let mut written = 0;
         let mut pads = 0;
@@ -276,7 +341,7 @@ mod tests {
 
     #[test]
     fn a_packet_that_needs_a_pad_fits_only_with_room_for_both() {
-        let (mut tx, mut rx) = packet_ring::<()>(3);
+        let (mut tx, mut rx) = packet_ring::<(), 0>(3);
         // 2,550 bytes: fill to 100 before the end, then free the first 275.
         assert!(tx.push((), &packet(275, 1)));
         assert!(tx.push((), &packet(1_000, 2)));
@@ -298,5 +363,52 @@ mod tests {
             &packet(1_175, 4)[..],
             "read from after the pad"
         );
+    }
+
+    #[test]
+    fn kept_packets_stay_readable_and_hold_their_room_until_newer_ones_are_taken() {
+        let (mut tx, mut rx) = packet_ring::<(), 2>(3);
+        let capacity = 4 * MAX_OPUS_PACKET;
+        for n in 1..=5_u8 {
+            assert!(tx.push((), &packet(usize::from(n) * 100, n)));
+        }
+        assert_eq!(rx.len(), 5, "room for three packets and the two kept");
+        assert!(!tx.push((), &packet(1, 0)), "no head left");
+        assert_eq!(rx.kept(0, <[u8]>::to_vec), None, "nothing taken yet");
+        assert_eq!(rx.discard(2), 2);
+        assert_eq!(rx.len(), 3);
+        assert_eq!(rx.kept(0, <[u8]>::to_vec), Some(packet(200, 2)));
+        assert_eq!(rx.kept(1, <[u8]>::to_vec), Some(packet(100, 1)));
+        assert_eq!(rx.kept(2, <[u8]>::to_vec), None);
+        assert_eq!(
+            tx.bytes.slots(),
+            capacity - 1_500,
+            "kept packets keep their room"
+        );
+        assert!(!tx.push((), &packet(1, 0)), "nor their heads");
+        let mut out = OpusPacket::EMPTY;
+        assert!(rx.pop_into(&mut out));
+        assert_eq!(out.bytes(), &packet(300, 3)[..]);
+        assert_eq!(rx.kept(0, <[u8]>::to_vec), Some(packet(300, 3)));
+        assert_eq!(rx.kept(1, <[u8]>::to_vec), Some(packet(200, 2)));
+        assert_eq!(
+            tx.bytes.slots(),
+            capacity - 1_400,
+            "the oldest kept one left"
+        );
+        // Around the ring's end, pads and all: the kept packets read back whole.
+        for round in 6..100_usize {
+            let len = 1 + (round * 389) % MAX_OPUS_PACKET;
+            while !tx.push((), &packet(len, round as u8)) {
+                // Room always comes back from packets that can be taken.
+                assert_eq!(rx.discard(1), 1, "round {round}");
+            }
+            while rx.len() > 0 {
+                let expect_older = rx.kept(0, <[u8]>::to_vec);
+                let taken = rx.read(true, |_, bytes| bytes.to_vec()).unwrap();
+                assert_eq!(rx.kept(0, <[u8]>::to_vec), Some(taken));
+                assert_eq!(rx.kept(1, <[u8]>::to_vec), expect_older);
+            }
+        }
     }
 }

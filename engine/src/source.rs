@@ -7,7 +7,7 @@ use std::thread::Thread;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::frame::{EncodedFrame, FRAME_SAMPLES, FrameKind, MAX_OPUS_PACKET};
+use crate::frame::{EncodedFrame, FRAME_SAMPLES, FrameKind};
 use crate::latency::LatencyCap;
 use crate::packets::{PacketConsumer, packet_ring};
 use crate::pcm::{MixFrame, PcmFormat};
@@ -321,12 +321,12 @@ enum Input {
         resampler: SourceResampler,
     },
     Opus {
-        ring: PacketConsumer,
+        ring: PacketConsumer<(), PRIME_PACKETS>,
         /// Only while the source is mixed (see [`crate::pool`]): a passed-through source has
         /// none, and takes a spare one when it leaves passthrough.
         decoder: Option<PooledDecoder>,
         /// What keeps the decoder in step with packets that were passed through undecoded.
-        resync: Box<OpusResync>,
+        resync: OpusResync,
     },
 }
 
@@ -340,13 +340,15 @@ enum Input {
 /// `leaving_and_rejoining_passthrough_keeps_the_level_and_does_not_click`). Two ways to avoid
 /// it: decode every passthrough packet (a libopus decode per frame on every passthrough call,
 /// forever — the cost passthrough exists to avoid), or keep the last packets and decode them only when
-/// the source leaves passthrough. The latter is used: a copy of at most 1,275 bytes per frame,
-/// and [`PRIME_PACKETS`] decodes once per switch. Measured in that test: catching up on one
-/// packet still left a dip to 34 % (CELT's energy prediction halves an error per frame); two
-/// and four packets both keep the level within the ramp.
+/// the source leaves passthrough. The latter is used, and [`PRIME_PACKETS`] decodes once per
+/// switch. Measured in that test: catching up on one packet still left a dip to 34 % (CELT's
+/// energy prediction halves an error per frame); two and four packets both keep the level
+/// within the ramp. The packets stay where they are, in the source's ring, which keeps the
+/// last ones taken (see [`crate::packets`]): a copy of them in every Opus source was 2.6 KB of
+/// each passthrough call's memory, rewritten every tick.
 pub(crate) struct OpusResync {
-    /// The last passed-through packets, oldest first.
-    recent: [OpusPacket; PRIME_PACKETS],
+    /// How many of the packets the ring keeps (the newest ones) were passed through since the
+    /// decoder last ran.
     recent_len: usize,
     /// The next packet is decoded ahead, for a call going back to passthrough (into its
     /// decoder's `ahead`, see [`crate::pool::SourceDecoder`]).
@@ -596,14 +598,10 @@ impl SourceSlot {
             input: Input::Opus {
                 ring: consumer,
                 decoder: None,
-                resync: Box::new(OpusResync {
-                    recent: [OpusPacket {
-                        len: 0,
-                        data: [0; MAX_OPUS_PACKET],
-                    }; PRIME_PACKETS],
+                resync: OpusResync {
                     recent_len: 0,
                     ahead_ready: false,
-                }),
+                },
             },
             gain: 0.0,
             phase: Phase::Prebuffering,
@@ -850,12 +848,9 @@ impl SourceSlot {
                         (true, false) => &mut tail.older,
                         (false, _) => &mut *out,
                     };
-                    let packet = resync.recent[i];
-                    decode_into(
-                        decoder.as_deref_mut().map(|d| &mut d.decoder),
-                        Some(packet.bytes()),
-                        target,
-                    );
+                    let age = resync.recent_len - 1 - i;
+                    let decoder = decoder.as_deref_mut().map(|d| &mut d.decoder);
+                    ring.kept(age, |packet| decode_into(decoder, Some(packet), target));
                 }
                 if keep {
                     tail.decoded = resync.recent_len;
@@ -933,28 +928,36 @@ impl SourceSlot {
         let Input::Opus { ring, resync, .. } = &mut self.input else {
             return;
         };
-        let mut popped = OpusPacket::EMPTY;
-        let consumed = ring.pop_into(&mut popped);
-        self.cursor.consumed(usize::from(consumed));
-        let packet = (consumed && popped.len > 0).then_some(&popped);
+        let opus = frame.buffer_mut();
+        let copied = ring.read(true, |_, packet| {
+            opus[..packet.len()].copy_from_slice(packet);
+            packet.len()
+        });
+        self.cursor.consumed(usize::from(copied.is_some()));
+        // `recent_len` counts the newest packets the ring keeps, so every packet taken here
+        // either counts or resets it.
         if resync.ahead_ready {
-            // The decoder has seen this packet already.
+            // The decoder has seen this packet already (and none since it last ran).
             resync.ahead_ready = false;
-        } else if let Some(packet) = packet {
-            if resync.recent_len == PRIME_PACKETS {
-                resync.recent.copy_within(1.., 0);
-                resync.recent_len -= 1;
+            resync.recent_len = 0;
+        } else {
+            match copied {
+                Some(0) => resync.recent_len = 0,
+                Some(_) => resync.recent_len = (resync.recent_len + 1).min(PRIME_PACKETS),
+                None => {}
             }
-            resync.recent[resync.recent_len] = *packet;
-            resync.recent_len += 1;
         }
-        let bytes = match packet {
-            Some(packet) => packet.bytes(),
-            None => &OPUS_SILENCE[..],
+        // A missing packet (`None`), or an empty one (not reached: writers refuse them), becomes
+        // the silence packet.
+        let len = match copied {
+            Some(len) if len > 0 => len,
+            _ => {
+                opus[..OPUS_SILENCE.len()].copy_from_slice(&OPUS_SILENCE);
+                OPUS_SILENCE.len()
+            }
         };
         frame.kind = FrameKind::Audio;
-        frame.buffer_mut()[..bytes.len()].copy_from_slice(bytes);
-        frame.set_len(bytes.len());
+        frame.set_len(len);
     }
 
     /// True when the source would play unchanged this tick: unity gain with no ramp.
