@@ -128,7 +128,9 @@ pub(crate) struct Driver {
     voice: VoiceConfig,
     /// Whether host-path joins may use a `ws://` voice endpoint as given.
     plain_endpoints: bool,
-    calls: HashMap<CallId, Call>,
+    /// Boxed: a call is ~700 bytes, and a table sized for twice the calls (as hash tables
+    /// grow) holding them inline cost 1.4 KB a call at 550 calls.
+    calls: HashMap<CallId, Box<Call>>,
     by_gateway: HashMap<GatewayCall, CallId>,
     by_slot: HashMap<SendSlot, CallId>,
     /// Discovery sockets registered with the control thread, by their key.
@@ -220,7 +222,7 @@ impl Driver {
                 frames,
                 request,
             } => {
-                let mut c = Call::new(call, frames, None);
+                let mut c = Box::new(Call::new(call, frames, None));
                 let gateway = ctl.connect(*request, self.voice.clone());
                 c.gateway = Some(gateway);
                 self.by_gateway.insert(gateway, call);
@@ -260,7 +262,7 @@ impl Driver {
                 };
                 match send_voice_state(&via, &update, ctl) {
                     Ok(()) => {
-                        let c = Call::new(call, frames, Some((via, flow)));
+                        let c = Box::new(Call::new(call, frames, Some((via, flow))));
                         self.publish(&c);
                         self.calls.insert(call, c);
                         let _ = reply.send(Ok(()));
