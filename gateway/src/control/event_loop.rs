@@ -11,14 +11,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use tungstenite::handshake::HandshakeError;
-use tungstenite::handshake::client::ClientHandshake;
+use tungstenite::Message;
 use tungstenite::protocol::WebSocketConfig;
-use tungstenite::{Message, WebSocket};
 
 use super::handle::Command;
 use super::resolver::Resolver;
 use super::socket::{Socket, Stream, Target, close_socket, deregister, parse_url, tls_config};
+use super::upgrade::{Progress, Upgrade, UpgradeError};
 use super::{
     BotId, ConnectionId, ControlConfig, ControlEvent, ControlHandler, ControlStats,
     HANDLER_TOKEN_BASE, SocketFailure, WAKER,
@@ -30,8 +29,11 @@ use crate::main_gateway::{MAX_DISPATCH_LEN, MainGateway, MainGatewayConfig};
 use crate::protocol::SpeakingFlags;
 use crate::voice::{OutgoingFrame, Output, VoiceConfig, VoiceConnectRequest, VoiceGateway};
 
-/// Read and write buffer of each websocket (see where it is used).
-const WS_BUFFER: usize = 4 * 1024;
+/// Read buffer of each websocket: voice messages are mostly under 300 bytes, and it grows for
+/// a longer one (see where it is used, and [`super::upgrade`] for why it can be this small).
+const WS_READ_BUFFER: usize = 1024;
+/// Write buffer of each websocket (see where it is used).
+const WS_WRITE_BUFFER: usize = 4 * 1024;
 
 /// The sans-IO machine behind a connection.
 pub(super) enum Machine {
@@ -650,21 +652,22 @@ impl EventLoop {
                 // default: 128 MB for 1,000 calls, most of a call's memory). Voice messages are
                 // small, and the buffer still grows for a large one (a GUILD_CREATE).
                 let ws_config = WebSocketConfig::default()
-                    .read_buffer_size(WS_BUFFER)
-                    .write_buffer_size(WS_BUFFER)
+                    .read_buffer_size(WS_READ_BUFFER)
+                    .write_buffer_size(WS_WRITE_BUFFER)
                     .max_message_size(Some(max_message))
                     .max_frame_size(Some(max_message))
                     .max_write_buffer_size(self.config.max_write_buffer);
-                let r = tungstenite::client::client_with_config(
-                    target.url.as_str(),
-                    stream,
-                    Some(ws_config),
-                );
-                self.on_handshake(id, r, now);
+                let uri = target.url.parse::<tungstenite::http::Uri>();
+                match uri
+                    .map_err(|_| UpgradeError::NoHost)
+                    .and_then(|uri| Upgrade::start(&uri, stream, ws_config))
+                {
+                    Ok(upgrade) => self.on_upgrade(id, upgrade.step(), now),
+                    Err(e) => self.fail_socket(id, Some(SocketFailure::Upgrade(Box::new(e))), None),
+                }
             }
-            Some(Socket::Handshaking(mid)) => {
-                let r = mid.handshake();
-                self.on_handshake(id, r, now);
+            Some(Socket::Upgrading(upgrade)) => {
+                self.on_upgrade(id, upgrade.step(), now);
             }
             Some(Socket::Open(ws)) => {
                 conn.socket = Some(Socket::Open(ws));
@@ -673,33 +676,25 @@ impl EventLoop {
         }
     }
 
-    fn on_handshake(
-        &mut self,
-        id: u64,
-        r: Result<
-            (WebSocket<Stream>, tungstenite::handshake::client::Response),
-            HandshakeError<ClientHandshake<Stream>>,
-        >,
-        now: Instant,
-    ) {
+    fn on_upgrade(&mut self, id: u64, progress: Progress, now: Instant) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        match r {
-            Ok((ws, _response)) => {
-                conn.socket = Some(Socket::Open(Box::new(ws)));
+        match progress {
+            Progress::Open(ws) => {
+                conn.socket = Some(Socket::Open(ws));
                 conn.machine.open(now);
                 self.drive(id);
                 // Data may have arrived together with the upgrade response.
                 self.read_open(id, now);
             }
-            Err(HandshakeError::Interrupted(mid)) => {
-                conn.socket = Some(Socket::Handshaking(Box::new(mid)));
+            Progress::Pending(upgrade) => {
+                conn.socket = Some(Socket::Upgrading(upgrade));
             }
-            Err(HandshakeError::Failure(e)) => {
-                // The stream is owned by the failed handshake and is dropped with it; mio
-                // deregisters closed sockets from epoll automatically.
-                self.fail_socket(id, Some(SocketFailure::Handshake(Box::new(e))), None);
+            Progress::Failed(e) => {
+                // The stream was owned by the upgrade and is dropped with it; mio deregisters
+                // closed sockets from epoll automatically.
+                self.fail_socket(id, Some(SocketFailure::Upgrade(Box::new(e))), None);
             }
         }
     }

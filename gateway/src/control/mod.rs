@@ -18,9 +18,11 @@ mod event_loop;
 mod handle;
 mod resolver;
 mod socket;
+mod upgrade;
 
 pub use event_loop::ControlContext;
 pub use handle::{ControlThread, ControlWaker};
+pub use upgrade::{MAX_RESPONSE_HEAD, UpgradeError, parse_response as parse_upgrade_response};
 
 use std::time::{Duration, Instant};
 
@@ -128,8 +130,8 @@ pub enum SocketFailure {
     #[error("tls: {0}")]
     Tls(Box<Error>),
     /// The websocket upgrade failed.
-    #[error("handshake: {0}")]
-    Handshake(Box<tungstenite::Error>),
+    #[error("upgrade: {0}")]
+    Upgrade(Box<UpgradeError>),
     /// Reading or writing the open websocket failed.
     #[error("websocket: {0}")]
     WebSocket(Box<tungstenite::Error>),

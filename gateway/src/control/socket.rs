@@ -7,11 +7,10 @@ use std::sync::Arc;
 use mio::Poll;
 use mio::net::TcpStream;
 use tungstenite::WebSocket;
-use tungstenite::handshake::MidHandshake;
-use tungstenite::handshake::client::ClientHandshake;
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use super::upgrade::Upgrade;
 use crate::Error;
 
 /// A TCP stream, optionally wrapped in TLS.
@@ -84,15 +83,13 @@ pub(super) fn parse_url(url: &str) -> Result<Target, Error> {
     })
 }
 
-pub(super) type Handshake = MidHandshake<ClientHandshake<Stream>>;
-
 pub(super) enum Socket {
     /// Waiting for the resolver.
     Resolving(Target),
     /// TCP connect in flight; the other resolved addresses to try if it fails.
     Connecting(Target, TcpStream, Vec<SocketAddr>),
     /// TLS + websocket upgrade in flight.
-    Handshaking(Box<Handshake>),
+    Upgrading(Box<Upgrade>),
     /// Up.
     Open(Box<WebSocket<Stream>>),
 }
@@ -126,8 +123,8 @@ pub(super) fn close_socket(poll: &Poll, socket: Socket, code: u16) {
     match socket {
         Socket::Resolving(_) => {}
         Socket::Connecting(_, s, _) => deregister(poll, s),
-        Socket::Handshaking(mid) => {
-            drop(mid);
+        Socket::Upgrading(mut upgrade) => {
+            let _ = poll.registry().deregister(upgrade.stream().tcp());
         }
         Socket::Open(mut ws) => {
             let _ = ws.close(Some(CloseFrame {
