@@ -20,7 +20,7 @@ use super::socket::Stream;
 pub const MAX_RESPONSE_HEAD: usize = 8 * 1024;
 
 /// Most response headers accepted.
-const MAX_HEADERS: usize = 32;
+const MAX_HEADERS: usize = 64;
 
 /// Bytes read from the socket at a time while the head is incomplete.
 const READ_PIECE: usize = 512;
@@ -41,7 +41,7 @@ pub enum UpgradeError {
     /// The response head is longer than [`MAX_RESPONSE_HEAD`].
     #[error("the response head is over {MAX_RESPONSE_HEAD} bytes")]
     TooLarge,
-    /// The response is not HTTP/1.1 (or has more than 32 headers).
+    /// The response is not HTTP/1.1 (or has more than 64 headers).
     #[error("malformed response: {0}")]
     Malformed(httparse::Error),
     /// The server answered with another status than 101 Switching Protocols.
