@@ -23,7 +23,8 @@ pub enum FrameKind {
 
 /// One 20 ms Opus frame (or an end-of-stream marker) for one call, built ahead of its deadline.
 ///
-/// Fixed size so that queues of them never allocate on the real-time path.
+/// Fixed size, so the mixer builds one in place without allocating; a frame queue keeps only its
+/// head and Opus bytes (see [`FrameReceiver`]).
 #[derive(Clone)]
 pub struct EncodedFrame {
     /// Grid index: the frame is due at `epoch + tick * 20 ms` (see [`Grid`]).

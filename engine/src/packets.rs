@@ -46,7 +46,6 @@ pub(crate) fn packet_ring<M: Copy, const KEEP: usize>(
             heads: heads_rx,
             bytes: bytes_rx,
             kept: 0,
-            kept_bytes: 0,
         },
     )
 }
@@ -133,8 +132,6 @@ pub(crate) struct PacketConsumer<M = (), const KEEP: usize = 0> {
     bytes: rtrb::Consumer<u8>,
     /// Packets taken but kept (at most `KEEP`): the oldest ones in both rings.
     kept: usize,
-    /// Their bytes, pads included.
-    kept_bytes: usize,
 }
 
 impl<M: Copy> PacketConsumer<M, 0> {
@@ -157,10 +154,8 @@ impl<M: Copy, const KEEP: usize> PacketConsumer<M, KEEP> {
         let chunk = self.heads.read_chunk(index + 1).ok()?;
         let (first, second) = chunk.as_slices();
         let head = *first.iter().chain(second).nth(index)?;
-        let before = match index {
-            i if i == self.kept => self.kept_bytes,
-            _ => first.iter().chain(second).take(index).map(Head::size).sum(),
-        };
+        // At most `KEEP` heads come before it.
+        let before = first.iter().chain(second).take(index).map(Head::size).sum();
         Some((head, before))
     }
 
@@ -193,7 +188,6 @@ impl<M: Copy, const KEEP: usize> PacketConsumer<M, KEEP> {
         let out = self.with_bytes(head, before, |bytes| read(head.meta, bytes));
         if take {
             self.kept += 1;
-            self.kept_bytes += head.size();
             if self.kept > KEEP {
                 self.release_oldest();
             }
@@ -210,7 +204,6 @@ impl<M: Copy, const KEEP: usize> PacketConsumer<M, KEEP> {
             chunk.commit_all();
         }
         self.kept -= 1;
-        self.kept_bytes -= head.size();
     }
 
     /// Calls `read` with the bytes of a kept packet, `age` packets older than the last one
