@@ -62,9 +62,9 @@ fn panels(report: &Report) -> Vec<Panel> {
         report
             .baseline
             .as_ref()
-            .and_then(pick)
-            .map(|quantiles| Series {
-                name: "baseline (sleep-paced sender)",
+            .and_then(|b| Some((b.sender.label(), pick(b)?)))
+            .map(|(name, quantiles)| Series {
+                name,
                 colour: BASELINE_COLOUR,
                 quantiles,
             })

@@ -21,7 +21,7 @@ use quaver::net::BackendChoice;
 use quaver::{CallEvent, CallId, Config, Engine, Event, JoinOptions, PhaseConfig};
 
 use crate::Error;
-use crate::baseline::BaselineSender;
+use crate::baseline::{BaselineKind, BaselineSender, Pacing};
 use crate::listener::Listener;
 use crate::probe::PushLog;
 use crate::report::{BaselineReport, Quantiles, Report};
@@ -58,8 +58,9 @@ pub struct JitterOptions {
     pub server: Option<String>,
     /// The CA certificate (PEM) of that server, as `quaver serve --cert-out` wrote it.
     pub ca_cert: Option<PathBuf>,
-    /// Also run the sleep-paced baseline sender with as many calls, in the same run.
-    pub baseline: bool,
+    /// Also run a baseline sender with as many calls, in the same run: the sleep-paced one
+    /// other libraries resemble, or the bare real-time one that shows the machine's floor.
+    pub baseline: Option<BaselineKind>,
     /// The transmit backend of the engine's sender (io_uring or the portable path).
     pub backend: BackendChoice,
     /// Where the embedded server records each stream as WAV.
@@ -93,7 +94,7 @@ impl Default for JitterOptions {
             files: Vec::new(),
             server: None,
             ca_cert: None,
-            baseline: false,
+            baseline: None,
             backend: BackendChoice::Auto,
             record: None,
             realtime: true,
@@ -218,7 +219,7 @@ fn validate(options: &JitterOptions) -> Result<(), Error> {
 fn descriptors_needed(options: &JitterOptions) -> u64 {
     let calls = options.calls as u64;
     let per_call = if options.server.is_some() { 2 } else { 3 } + options.files.len() as u64;
-    let baseline = if options.baseline { 3 } else { 0 };
+    let baseline = if options.baseline.is_some() { 3 } else { 0 };
     // Each call the receiver hears past the probe: its socket and websocket, and the server's
     // end of that websocket.
     let heard = (options.hear.saturating_sub(1) as u64).saturating_mul(3);
@@ -385,7 +386,7 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
     let heard_by = |tid: u32| hearing_threads.contains(&tid);
 
     let loop_packets = Arc::new(encode_tone_packets(50, 440.0));
-    let baseline = if options.baseline {
+    let baseline = if let Some(kind) = options.baseline {
         let sessions = (0..options.calls as u64)
             .map(|i| {
                 let request =
@@ -398,8 +399,15 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let pacing = match kind {
+            BaselineKind::Sleep => Pacing::Sleep,
+            BaselineKind::Floor => Pacing::Floor {
+                phases: options.phases,
+                grid: engine.audio_engine().grid(),
+            },
+        };
         Some(
-            BaselineSender::start(sessions, Arc::clone(&loop_packets))
+            BaselineSender::start(sessions, Arc::clone(&loop_packets), pacing)
                 .map_err(|e| Error::Usage(e.to_string()))?,
         )
     } else {
@@ -616,7 +624,9 @@ pub fn run(options: &JitterOptions, stop: &AtomicBool) -> Result<Report, Error> 
                     .filter(|c| c.guild_id >= BASELINE_GUILD_OFFSET)
                     .flat_map(|c| c.streams.iter())
                     .collect();
-                report.baseline = Some(BaselineReport::from_streams(sent, &theirs));
+                report.baseline = options
+                    .baseline
+                    .map(|kind| BaselineReport::from_streams(kind, sent, &theirs));
             }
         }
         Target::Remote { .. } => {

@@ -213,6 +213,11 @@ struct JitterArgs {
     /// Also run a sleep-paced baseline sender (as other libraries send) in the same run.
     #[arg(long)]
     baseline: bool,
+    /// Also run the machine's floor in the same run: a bare real-time sender (packets sealed
+    /// ahead, a spin to each phase group's deadline, one send per call) on its own calls, half a
+    /// group apart from Quaver's. No sender gets a tail below it on the same machine.
+    #[arg(long, conflicts_with_all = ["baseline", "server"])]
+    floor: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -231,12 +236,12 @@ struct JitterArgs {
     #[arg(long, default_value = "auto")]
     backend: String,
     /// Join the calls but play nothing, and report what they cost (CPU of Quaver's threads).
-    #[arg(long, conflicts_with_all = ["encode", "baseline", "out"])]
+    #[arg(long, conflicts_with_all = ["encode", "baseline", "floor", "out"])]
     idle: bool,
     /// Find the capacity: run with --calls calls (the first step), then half as many again
     /// each step, --seconds each, until a step has late frames, skipped ticks or lost audio;
     /// report the last clean step in calls and calls per core.
-    #[arg(long, conflicts_with_all = ["idle", "baseline", "out"])]
+    #[arg(long, conflicts_with_all = ["idle", "baseline", "floor", "out"])]
     ramp: bool,
     /// With --ramp: stop after the step that reaches this many calls (default 1000).
     #[arg(long, value_name = "CALLS", requires = "ramp", default_value = "1000", value_parser = quaver_tools::args::calls)]
@@ -269,6 +274,7 @@ fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
         seconds,
         encode,
         baseline,
+        floor,
         json,
         out,
         server,
@@ -309,7 +315,11 @@ fn jitter(args: JitterArgs) -> Result<Finished, quaver_tools::Error> {
         calls,
         seconds,
         encode,
-        baseline,
+        baseline: if floor {
+            Some(quaver_tools::baseline::BaselineKind::Floor)
+        } else {
+            baseline.then_some(quaver_tools::baseline::BaselineKind::Sleep)
+        },
         server,
         ca_cert,
         backend,

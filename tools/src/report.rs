@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::baseline::BaselineKind;
 use crate::server::StreamStats;
 
 /// How a measuring run ended: interrupted, audio lost (said on stderr), or complete.
@@ -110,8 +111,10 @@ impl Quantiles {
 
 /// The baseline sender's numbers from the same run (the baseline needs the in-process
 /// server, so its receiving side is always measured).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct BaselineReport {
+    /// Which baseline sender ran.
+    pub sender: BaselineKind,
     /// RTP packets the baseline sender handed to the kernel.
     pub packets_sent: u64,
     /// Distinct packets the server received from it (duplicates not counted).
@@ -121,6 +124,8 @@ pub struct BaselineReport {
     /// Arrival at the server (kernel timestamp) against each stream's ideal 20 ms grid, in µs;
     /// the median of the streams' medians and the worst stream's tail.
     pub recv_lateness_us: Option<Quantiles>,
+    /// The p99 receiver lateness of the median stream, in µs.
+    pub recv_lateness_p99_median_stream_us: Option<f64>,
     /// RFC 3550 inter-arrival jitter at the server, in µs, combined over streams the same way.
     pub interarrival_jitter_us: Option<Quantiles>,
 }
@@ -128,15 +133,29 @@ pub struct BaselineReport {
 impl BaselineReport {
     /// The baseline's figures from the `sent` count and the server's statistics of the
     /// baseline's streams.
-    pub fn from_streams(sent: u64, streams: &[&StreamStats]) -> Self {
+    pub fn from_streams(sender: BaselineKind, sent: u64, streams: &[&StreamStats]) -> Self {
         Self {
+            sender,
             packets_sent: sent,
             packets_received: streams.iter().map(|s| s.unique_packets).sum(),
             lost: streams.iter().map(|s| s.lost).sum(),
             recv_lateness_us: Quantiles::combine(streams.iter().map(|s| s.lateness_us)),
+            recv_lateness_p99_median_stream_us: median_stream_p99(streams),
             interarrival_jitter_us: Quantiles::combine(streams.iter().map(|s| s.jitter_us)),
         }
     }
+}
+
+/// The p99 lateness of the median stream among those that measured any.
+fn median_stream_p99(streams: &[&StreamStats]) -> Option<f64> {
+    let mut p99s: Vec<f64> = streams
+        .iter()
+        .filter_map(|s| s.lateness_us)
+        .filter(|l| l.count > 0)
+        .map(|l| l.p99)
+        .collect();
+    p99s.sort_unstable_by(f64::total_cmp);
+    p99s.get(p99s.len() / 2).copied()
 }
 
 /// Everything a run measured. Lateness and jitter in µs, latency in ms.
@@ -279,14 +298,7 @@ impl Report {
         self.dave_frames = Some(streams.iter().map(|s| s.dave_frames).sum());
         self.dave_undecryptable = Some(streams.iter().map(|s| s.dave_undecryptable).sum());
         self.recv_lateness_us = Quantiles::combine(streams.iter().map(|s| s.lateness_us));
-        let mut p99s: Vec<f64> = streams
-            .iter()
-            .filter_map(|s| s.lateness_us)
-            .filter(|l| l.count > 0)
-            .map(|l| l.p99)
-            .collect();
-        p99s.sort_unstable_by(f64::total_cmp);
-        self.recv_lateness_p99_median_stream_us = p99s.get(p99s.len() / 2).copied();
+        self.recv_lateness_p99_median_stream_us = median_stream_p99(streams);
         self.interarrival_jitter_us = Quantiles::combine(streams.iter().map(|s| s.jitter_us));
     }
 
@@ -487,8 +499,16 @@ impl Report {
         if let Some(baseline) = &self.baseline {
             let _ = writeln!(
                 out,
-                "baseline sender (sleep to each deadline, one send after another), same run: sent {}, received {}, lost {}",
-                baseline.packets_sent, baseline.packets_received, baseline.lost
+                "{} ({}), same run: sent {}, received {}, lost {}",
+                if baseline.sender == BaselineKind::Floor {
+                    "floor"
+                } else {
+                    "baseline sender"
+                },
+                baseline.sender.describe(),
+                baseline.packets_sent,
+                baseline.packets_received,
+                baseline.lost
             );
             row(
                 &mut out,
@@ -502,7 +522,25 @@ impl Report {
                 &baseline.interarrival_jitter_us,
                 "µs",
             );
-            if let (Some(ours), Some(theirs)) = (self.recv_lateness_us, baseline.recv_lateness_us)
+            if baseline.sender == BaselineKind::Floor {
+                if let (Some(ours), Some(floor)) =
+                    (self.recv_lateness_us, baseline.recv_lateness_us)
+                {
+                    let median =
+                        |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.0}"));
+                    let _ = writeln!(
+                        out,
+                        "  receiver lateness p50, p99 of the median stream / worst: Quaver {:.0}, {} / {:.0} µs; the floor {:.0}, {} / {:.0} µs",
+                        ours.p50,
+                        median(self.recv_lateness_p99_median_stream_us),
+                        ours.p99,
+                        floor.p50,
+                        median(baseline.recv_lateness_p99_median_stream_us),
+                        floor.p99
+                    );
+                }
+            } else if let (Some(ours), Some(theirs)) =
+                (self.recv_lateness_us, baseline.recv_lateness_us)
                 && ours.p99 > 0.0
             {
                 let _ = writeln!(

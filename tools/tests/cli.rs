@@ -85,14 +85,14 @@ fn jitter_reports_every_documented_key_as_json_and_draws_a_picture() {
     assert!(jitter["p50"].as_f64().unwrap() > 0.0, "{json}");
     assert!(jitter["max"].as_f64().unwrap() > 0.0, "{json}");
     let picture = std::fs::read_to_string(&svg).unwrap();
-    check_chart(&picture, true);
+    check_chart(&picture, Some("baseline"));
     std::fs::remove_file(svg).ok();
 }
 
 /// The chart is well-formed SVG with what a reader needs: a title, labelled log-scale time
 /// axes with units, the four percentiles named on every panel, and the baseline's bars beside
-/// Quaver's when the baseline ran.
-fn check_chart(picture: &str, baseline: bool) {
+/// Quaver's when a baseline ran (`baseline` is a word of its legend).
+fn check_chart(picture: &str, baseline: Option<&str>) {
     let document = roxmltree::Document::parse(picture)
         .unwrap_or_else(|e| panic!("not well-formed XML: {e}\n{picture}"));
     let root = document.root_element();
@@ -129,13 +129,70 @@ fn check_chart(picture: &str, baseline: bool) {
     }
     // Axis labels and bar labels carry their unit.
     assert!(has(" µs") > 0 && has(" ms") > 0, "{texts:?}");
-    assert_eq!(has("baseline") > 0, baseline, "{texts:?}");
+    if let Some(name) = baseline {
+        assert!(has(name) > 0, "no {name:?} in {texts:?}");
+    }
+    assert_eq!(
+        has("baseline") + has("floor") > 0,
+        baseline.is_some(),
+        "{texts:?}"
+    );
     let bars = root
         .descendants()
         .filter(|n| n.has_tag_name("rect") && n.attribute("fill") == Some("#e07b1a"))
         .count();
     // Two panels (lateness and jitter at the receiver) of four percentiles, and the legend.
-    assert_eq!(bars, if baseline { 2 * 4 + 1 } else { 0 }, "{picture}");
+    assert_eq!(
+        bars,
+        if baseline.is_some() { 2 * 4 + 1 } else { 0 },
+        "{picture}"
+    );
+}
+
+/// `--floor` runs the bare real-time sender on calls of its own beside Quaver's, measured by
+/// the same server, and reports it beside Quaver's figures.
+#[test]
+fn jitter_runs_the_machines_floor_beside_quaver() {
+    let svg = std::env::temp_dir().join(format!("quaver-floor-{}.svg", std::process::id()));
+    let json = quaver(&[
+        "jitter",
+        "--calls",
+        "3",
+        "--seconds",
+        "1.5",
+        "--floor",
+        "--json",
+        "--out",
+        svg.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let floor = &report["baseline"];
+    assert_eq!(floor["sender"], "floor", "{json}");
+    // Three calls for 1.5 s, from the tick after it starts: 200 packets at least.
+    assert!(floor["packets_sent"].as_u64().unwrap() >= 200, "{json}");
+    assert_eq!(floor["packets_received"], floor["packets_sent"], "{json}");
+    assert_eq!(floor["lost"], 0, "{json}");
+    let median_stream_p99 = floor["recv_lateness_p99_median_stream_us"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        median_stream_p99 <= floor["recv_lateness_us"]["p99"].as_f64().unwrap(),
+        "{json}"
+    );
+    // Quaver's own calls ran as usual.
+    assert!(
+        report["packets_received"].as_u64().unwrap() >= 200,
+        "{json}"
+    );
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    check_chart(&picture, Some("floor"));
+    std::fs::remove_file(svg).ok();
+
+    let both = Command::new(env!("CARGO_BIN_EXE_quaver"))
+        .args(["jitter", "--floor", "--baseline"])
+        .output()
+        .unwrap();
+    assert!(!both.status.success(), "one baseline sender at a time");
 }
 
 #[test]
