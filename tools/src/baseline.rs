@@ -48,7 +48,7 @@ impl BaselineKind {
         match self {
             Self::Sleep => "sleep to each deadline, one send after another",
             Self::Floor => {
-                "the machine's floor: packets sealed ahead, a real-time thread spinning to each phase group's deadline, one send(2) per call"
+                "a bare real-time sender: packets sealed ahead, a spin to each phase group's deadline, one send(2) per call"
             }
         }
     }

@@ -501,7 +501,7 @@ impl Report {
                 out,
                 "{} ({}), same run: sent {}, received {}, lost {}",
                 if baseline.sender == BaselineKind::Floor {
-                    "floor"
+                    "the machine's floor"
                 } else {
                     "baseline sender"
                 },
