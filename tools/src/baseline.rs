@@ -9,9 +9,11 @@
 //!   library: on the VM of 2026-12-07, 10 plain loopback sends from such a thread every 2 ms
 //!   (a 60-line probe outside the project, 10,000 batches a run) took over 100 µs in 1.2–2 % of
 //!   batches, p99 134–165 µs, whatever the spin before them and whichever CPU the reader ran on;
-//!   no sender's p99 can be below that there. Its fixed 200 µs spin per group costs ~10 % of a
-//!   core at 100 calls, which the run's other threads feel: Quaver's own tail in a floor run is
-//!   a little worse than in a run alone.
+//!   a sender's p99 does not get below that there. Its fixed 200 µs spin per group costs ~10 %
+//!   of a core at 100 calls, which the run's other threads feel: Quaver's own tail in a floor
+//!   run is a little worse than in a run alone. With one call, where the timer's late wake-ups
+//!   decide the tail, it shows what a 200 µs spin gets; Quaver's sender spins less (see
+//!   `quaver::net::sender`'s spin window) and pays for it at p99.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -215,7 +215,7 @@ struct JitterArgs {
     baseline: bool,
     /// Also run the machine's floor in the same run: a bare real-time sender (packets sealed
     /// ahead, a spin to each phase group's deadline, one send per call) on its own calls, half a
-    /// group apart from Quaver's. No sender gets a tail below it on the same machine.
+    /// group apart from Quaver's. A tail that both show is the machine's, not Quaver's.
     #[arg(long, conflicts_with_all = ["baseline", "server"])]
     floor: bool,
     /// Print the report as JSON.
