@@ -3,7 +3,7 @@
 //!
 //! - [`Pacing::Sleep`] is what other voice libraries do: one loop that sleeps until the next 20 ms
 //!   deadline, then seals and sends each call's packet in turn.
-//! - [`Pacing::Floor`] is the least any sender can do: packets sealed ahead, a `SCHED_FIFO`
+//! - [`Pacing::Floor`] does as little as a sender can: packets sealed ahead, a `SCHED_FIFO`
 //!   thread that sleeps and spins to each phase group's deadline (the groups Quaver's sender
 //!   uses), then one `send(2)` per call and nothing else. It measures the machine, not a
 //!   library: on the VM of 2026-12-07, 10 plain loopback sends from such a thread every 2 ms
@@ -30,9 +30,9 @@ use crate::session::RawSession;
 
 /// The period.
 const TICK: Duration = Duration::from_millis(20);
-/// The floor sender's spin before each deadline: wide enough for this VM's late wake-ups at
-/// `SCHED_FIFO` (p99 ~65 µs, see `quaver::engine::pacer`), fixed so it never adapts too short.
-const FLOOR_SPIN: Duration = Duration::from_micros(200);
+/// The floor sender's spin before each deadline: the most Quaver's sender spins by default
+/// (`quaver::engine::pacer::DEFAULT_SPIN`), always, so that it never spins too short.
+const FLOOR_SPIN: Duration = quaver::engine::pacer::DEFAULT_SPIN;
 
 /// Which baseline sender runs beside Quaver's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
