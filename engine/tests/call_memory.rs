@@ -75,10 +75,10 @@ fn live_bytes_of(f: impl FnOnce()) -> u64 {
 /// What a passthrough call needs on the Rust side with the default settings: its frame queue
 /// (5 frames averaging up to 640 bytes), the source's packet ring (200 ms: 10 packets
 /// averaging up to 640 bytes, which also keeps the two packets that resynchronise a decoder),
-/// and small state. About 12.7 KB. It was 67 KB while every call and every Opus source carried its own
-/// per-tick buffers, 35 KB while every Opus source carried the frame a mixed source decodes
-/// ahead (now beside its decoder, which a passed-through source does not hold), 27 KB while
-/// the packet ring had a 1,275-byte slot per packet, 21 KB with an 8-frame queue, 17.4 KB
+/// and small state. About 12.7 KB. It was 67 KB while every call and every Opus source carried
+/// its own per-tick buffers, 35 KB while every Opus source carried the frame a mixed source
+/// decodes ahead (now beside its decoder, which a passed-through source does not hold), 27 KB
+/// while the packet ring had a 1,275-byte slot per packet, 21 KB with an 8-frame queue, 17.4 KB
 /// while the frame queue had a 1,288-byte slot per frame, and 15.2 KB while every Opus source
 /// kept a copy of its last two packets.
 const PASSTHROUGH_CALL_BUDGET: u64 = 14 * 1024;

@@ -15,21 +15,33 @@ fn quaver(args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-#[test]
-fn jitter_reports_every_documented_key_as_json_and_draws_a_picture() {
-    let svg = std::env::temp_dir().join(format!("quaver-jitter-{}.svg", std::process::id()));
+/// `quaver jitter --calls <calls> --seconds 1.5 <baseline> --json --out <svg>`: the report,
+/// its JSON text and the picture.
+fn jitter_with_baseline(calls: &str, baseline: &str) -> (serde_json::Value, String, String) {
+    let svg = std::env::temp_dir().join(format!(
+        "quaver-jitter{baseline}-{}.svg",
+        std::process::id()
+    ));
     let json = quaver(&[
         "jitter",
         "--calls",
-        "2",
+        calls,
         "--seconds",
         "1.5",
-        "--baseline",
+        baseline,
         "--json",
         "--out",
         svg.to_str().unwrap(),
     ]);
-    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let report = serde_json::from_str(&json).unwrap();
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    std::fs::remove_file(svg).ok();
+    (report, json, picture)
+}
+
+#[test]
+fn jitter_reports_every_documented_key_as_json_and_draws_a_picture() {
+    let (report, json, picture) = jitter_with_baseline("2", "--baseline");
     for key in [
         "calls",
         "seconds",
@@ -84,9 +96,7 @@ fn jitter_reports_every_documented_key_as_json_and_draws_a_picture() {
     let jitter = &report["interarrival_jitter_us"];
     assert!(jitter["p50"].as_f64().unwrap() > 0.0, "{json}");
     assert!(jitter["max"].as_f64().unwrap() > 0.0, "{json}");
-    let picture = std::fs::read_to_string(&svg).unwrap();
     check_chart(&picture, Some("baseline"));
-    std::fs::remove_file(svg).ok();
 }
 
 /// The chart is well-formed SVG with what a reader needs: a title, labelled log-scale time
@@ -153,19 +163,7 @@ fn check_chart(picture: &str, baseline: Option<&str>) {
 /// the same server, and reports it beside Quaver's figures.
 #[test]
 fn jitter_runs_the_machines_floor_beside_quaver() {
-    let svg = std::env::temp_dir().join(format!("quaver-floor-{}.svg", std::process::id()));
-    let json = quaver(&[
-        "jitter",
-        "--calls",
-        "3",
-        "--seconds",
-        "1.5",
-        "--floor",
-        "--json",
-        "--out",
-        svg.to_str().unwrap(),
-    ]);
-    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let (report, json, picture) = jitter_with_baseline("3", "--floor");
     let floor = &report["baseline"];
     assert_eq!(floor["sender"], "floor", "{json}");
     // Three calls for 1.5 s, from the tick after it starts: 200 packets at least.
@@ -184,9 +182,7 @@ fn jitter_runs_the_machines_floor_beside_quaver() {
         report["packets_received"].as_u64().unwrap() >= 200,
         "{json}"
     );
-    let picture = std::fs::read_to_string(&svg).unwrap();
     check_chart(&picture, Some("floor"));
-    std::fs::remove_file(svg).ok();
 
     let both = Command::new(env!("CARGO_BIN_EXE_quaver"))
         .args(["jitter", "--floor", "--baseline"])
